@@ -1,0 +1,480 @@
+"""Configuration: a TOML file plus ``GATEWAY_*`` environment variables.
+
+Every setting is declared once in :data:`SETTINGS` (its TOML section and key,
+its environment variable, its type, default and bounds). :func:`load` merges
+the file and the environment, validates everything and returns an immutable
+:class:`Config`; any problem raises :class:`~gateway.errors.ConfigError`
+naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "HostPort",
+    "ProviderConfig",
+    "SETTINGS",
+    "Setting",
+    "load",
+    "render",
+]
+
+ProviderName = Literal["demo", "openai", "dashscope"]
+PROVIDERS: tuple[ProviderName, ...] = ("demo", "openai", "dashscope")
+DEFAULT_URLS: dict[str, str] = {
+    "demo": "",
+    "openai": "https://api.openai.com/v1",
+    "dashscope": "https://dashscope.aliyuncs.com/api/v1/services/aigc/text-generation/generation",
+}
+DEFAULT_MODELS: dict[str, str] = {"demo": "demo", "openai": "gpt-4o-mini", "dashscope": "qwen-plus"}
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def url(self, scheme: str, port: int | None = None) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port if port is None else port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: ProviderName
+    upstream_url: str
+    model: str
+    api_key: str = field(repr=False)
+    connect_timeout: float
+    upstream_timeout: float
+    max_reply_seconds: float
+    system_prompt: str
+    params: Mapping[str, Any]
+    include_usage: bool
+    incremental_output: bool
+    demo_delay_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    ws_addr: HostPort
+    http_addr: HostPort
+    allowed_origins: tuple[str, ...]
+    public_ws_url: str
+    state_dir: Path
+    static_dir: Path
+    drain_timeout: float
+    ping_interval: float
+    max_connections: int
+    max_replies: int
+    max_message_bytes: int
+    max_content_chars: int
+    max_pending_bytes: int
+    write_limit: int
+    compression: bool
+    history_limit: int
+    max_conversations: int
+    max_conversation_messages: int
+    context_max_messages: int
+    context_max_chars: int
+    log_level: str
+    log_format: Literal["json", "console"]
+    provider: ProviderConfig
+    unknown_env: tuple[str, ...] = ()
+    source: str = "defaults"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One configuration key: where it lives and how it is checked."""
+
+    section: str
+    key: str
+    parse: Callable[[Any], Any]
+    default: Any
+    env: str | None = None
+    doc: str = ""
+    secret: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value.lstrip("-").isdigit():
+                raise ValueError(f"expected an integer, got {value!r}")
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ValueError(f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {value!r}")
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo:g} and {hi:g}, got {value:g}")
+        return float(value)
+
+    return parse
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        value = _str(value).strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}; got {value!r}")
+        return str(value)
+
+    return parse
+
+
+def _addr(value: Any) -> HostPort:
+    text = _str(value).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected host:port, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets, like [::1]:8765; got {text!r}")
+    if int(port) > 65535:
+        raise ValueError(f"port out of range in {text!r}")
+    return HostPort(host, int(port))
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected a list of origins, got {value!r}")
+    origins = []
+    for item in items:
+        origin = _str(item).strip().rstrip("/")
+        if not origin:
+            continue
+        if origin != "*" and "://" not in origin:
+            raise ValueError(f"an origin looks like https://chat.example.com, got {origin!r}")
+        origins.append(origin)
+    return tuple(origins)
+
+
+def _params(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("expected a table of request parameters")
+    reserved = {"model", "messages", "stream", "input"} & value.keys()
+    if reserved:
+        raise ValueError(f"{', '.join(sorted(reserved))} is set by the gateway")
+    return dict(value)
+
+
+def _path(value: Any) -> str:
+    return _str(value).strip()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("server", "ws_addr", _addr, "127.0.0.1:8765", "GATEWAY_WS_ADDR",
+            "host:port of the WebSocket listener (path /chat)"),
+    Setting("server", "http_addr", _addr, "127.0.0.1:8080", "GATEWAY_HTTP_ADDR",
+            "host:port of the HTTP listener (page, /healthz, /readyz, /config.json)"),
+    Setting("server", "allowed_origins", _origins, (), "GATEWAY_ALLOWED_ORIGINS",
+            "browser origins allowed to open /chat; empty: the gateway's own page origins"),
+    Setting("server", "public_ws_url", _str, "", "GATEWAY_PUBLIC_WS_URL",
+            "WebSocket URL the page is told in /config.json; empty: derived, or same-origin"),
+    Setting("server", "state_dir", _path, "", "GATEWAY_STATE_DIR",
+            "directory for state; empty: $STATE_DIRECTORY or ./state"),
+    Setting("server", "static_dir", _path, "", "GATEWAY_STATIC_DIR",
+            "directory of the chat page; empty: the bundled page"),
+    Setting("server", "drain_timeout", _float(0, 3600), 20.0, "GATEWAY_DRAIN_TIMEOUT",
+            "seconds in-flight replies get to finish on SIGTERM"),
+    Setting("server", "ping_interval", _float(0, 3600), 20.0, None,
+            "seconds between WebSocket pings (0 disables)"),
+    Setting("server", "compression", _bool, False, None,
+            "negotiate permessage-deflate when a client offers it"),
+    Setting("limits", "max_connections", _int(1, 1_000_000), 10_000, None,
+            "open WebSocket connections; past it new ones are closed with 1013"),
+    Setting("limits", "max_replies", _int(1, 1_000_000), 1_000, None,
+            "replies streaming at once; past it a message gets 'overloaded'"),
+    Setting("limits", "max_message_bytes", _int(256, 16 << 20), 65_536, "GATEWAY_MAX_MESSAGE_BYTES",
+            "largest frame a client may send; larger ones close the connection with 1009"),
+    Setting("limits", "max_content_chars", _int(1, 16 << 20), 32_000, None,
+            "longest user message in characters; longer ones get 'too_large'"),
+    Setting("limits", "max_pending_bytes", _int(1024, 256 << 20), 1 << 20, None,
+            "reply text queued for one slow client before it is disconnected (1013)"),
+    Setting("limits", "write_limit", _int(1024, 64 << 20), 65_536, None,
+            "bytes buffered in a socket's write buffer before sending waits"),
+    Setting("limits", "history_limit", _int(1, 10_000), 50, None,
+            "messages of history sent in 'ready'"),
+    Setting("limits", "max_conversations", _int(1, 10_000_000), 10_000, None,
+            "conversations kept by the in-memory store (least recently used dropped)"),
+    Setting("limits", "max_conversation_messages", _int(2, 1_000_000), 1_000, None,
+            "messages kept per conversation (oldest dropped)"),
+    Setting("limits", "context_max_messages", _int(1, 10_000), 40, None,
+            "history messages sent upstream with each request (oldest dropped first)"),
+    Setting("limits", "context_max_chars", _int(100, 16 << 20), 48_000, None,
+            "characters of history sent upstream (oldest dropped first)"),
+    Setting("provider", "name", _choice(*PROVIDERS), "demo", "GATEWAY_PROVIDER",
+            "demo, openai (any OpenAI-compatible API) or dashscope (native API)"),
+    Setting("provider", "upstream_url", _str, "", "GATEWAY_UPSTREAM_URL",
+            "openai: base URL (…/v1); dashscope: the full text-generation URL"),
+    Setting("provider", "model", _str, "", "GATEWAY_MODEL", "model name sent upstream"),
+    Setting("provider", "api_key", _str, "", "GATEWAY_API_KEY",
+            "API key (prefer api_key_file or systemd credentials)", secret=True),
+    Setting("provider", "api_key_file", _path, "", "GATEWAY_API_KEY_FILE",
+            "file holding the API key; default $CREDENTIALS_DIRECTORY/api_key if present"),
+    Setting("provider", "connect_timeout", _float(0.1, 600), 10.0, None,
+            "seconds to connect to the upstream"),
+    Setting("provider", "upstream_timeout", _float(0.1, 3600), 60.0, "GATEWAY_UPSTREAM_TIMEOUT",
+            "seconds without a byte from the upstream, before the first token or between tokens"),
+    Setting("provider", "max_reply_seconds", _float(1, 86_400), 600.0, None,
+            "hard limit on one reply's duration"),
+    Setting("provider", "system_prompt", _str, "", None, "system message sent first, if set"),
+    Setting("provider", "params", _params, {}, None,
+            "extra request body fields, e.g. { temperature = 0.7, max_tokens = 1024 }"),
+    Setting("provider", "include_usage", _bool, True, None,
+            "openai: ask for a final usage chunk (stream_options.include_usage)"),
+    Setting("provider", "incremental_output", _bool, True, None,
+            "dashscope: ask for incremental output (false: cumulative, deltas computed)"),
+    Setting("provider", "demo_delay_ms", _float(0, 10_000), 30.0, None,
+            "demo: milliseconds between tokens"),
+    Setting("log", "level", _choice("debug", "info", "warning", "error"), "info",
+            "GATEWAY_LOG_LEVEL", "debug, info, warning or error"),
+    Setting("log", "format", _choice("auto", "json", "console"), "auto", "GATEWAY_LOG_FORMAT",
+            "json, console, or auto (console on a terminal, json otherwise)"),
+)
+
+_KNOWN_ENV = {s.env for s in SETTINGS if s.env} | {"GATEWAY_CONFIG", "GATEWAY_SITE"}
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    isatty: bool = False,
+) -> Config:
+    """Build the effective :class:`Config` from a TOML file and the environment."""
+    env = os.environ if env is None else env
+    path = path or env.get("GATEWAY_CONFIG") or None
+    raw = _read_toml(Path(path)) if path else {}
+    values = _merge(raw, env)
+    provider = _provider(values, env)
+    log_format = values["log.format"]
+    if log_format == "auto":
+        log_format = "console" if isatty else "json"
+    ws_addr, http_addr = values["server.ws_addr"], values["server.http_addr"]
+    return Config(
+        ws_addr=ws_addr,
+        http_addr=http_addr,
+        allowed_origins=values["server.allowed_origins"] or _own_origins(http_addr),
+        public_ws_url=values["server.public_ws_url"],
+        state_dir=_state_dir(values["server.state_dir"], env),
+        static_dir=_static_dir(values["server.static_dir"]),
+        drain_timeout=values["server.drain_timeout"],
+        ping_interval=values["server.ping_interval"],
+        max_connections=values["limits.max_connections"],
+        max_replies=values["limits.max_replies"],
+        max_message_bytes=values["limits.max_message_bytes"],
+        max_content_chars=values["limits.max_content_chars"],
+        max_pending_bytes=values["limits.max_pending_bytes"],
+        write_limit=values["limits.write_limit"],
+        compression=values["server.compression"],
+        history_limit=values["limits.history_limit"],
+        max_conversations=values["limits.max_conversations"],
+        max_conversation_messages=values["limits.max_conversation_messages"],
+        context_max_messages=values["limits.context_max_messages"],
+        context_max_chars=values["limits.context_max_chars"],
+        log_level=values["log.level"],
+        log_format=log_format,
+        provider=provider,
+        unknown_env=tuple(sorted(k for k in env if k.startswith("GATEWAY_") and k not in _KNOWN_ENV)),
+        source=str(path) if path else "defaults",
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+
+
+def _merge(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    by_section: dict[str, dict[str, Setting]] = {}
+    for s in SETTINGS:
+        by_section.setdefault(s.section, {})[s.key] = s
+    for section, table in raw.items():
+        if section not in by_section:
+            raise ConfigError(section, "unknown section")
+        if not isinstance(table, dict):
+            raise ConfigError(section, "expected a table like [" + section + "]")
+        for key in table:
+            if key not in by_section[section]:
+                raise ConfigError(f"{section}.{key}", "unknown key")
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        value, origin = raw.get(s.section, {}).get(s.key, s.default), s.name
+        if s.env and s.env in env:
+            value, origin = env[s.env], s.env
+        try:
+            values[s.name] = s.parse(value)
+        except ValueError as exc:
+            raise ConfigError(origin, str(exc)) from None
+    return values
+
+
+def _provider(values: Mapping[str, Any], env: Mapping[str, str]) -> ProviderConfig:
+    name = values["provider.name"]
+    url = (values["provider.upstream_url"] or DEFAULT_URLS[name]).strip()
+    if name != "demo" and not url.startswith(("http://", "https://")):
+        raise ConfigError("provider.upstream_url", f"expected an http(s) URL, got {url!r}")
+    key = _api_key(values, env)
+    if name == "dashscope" and not key:
+        raise ConfigError("provider.api_key", "dashscope needs an API key (GATEWAY_API_KEY or a key file)")
+    return ProviderConfig(
+        name=name,
+        upstream_url=url.rstrip("/"),
+        model=values["provider.model"] or DEFAULT_MODELS[name],
+        api_key=key,
+        connect_timeout=values["provider.connect_timeout"],
+        upstream_timeout=values["provider.upstream_timeout"],
+        max_reply_seconds=values["provider.max_reply_seconds"],
+        system_prompt=values["provider.system_prompt"],
+        params=values["provider.params"],
+        include_usage=values["provider.include_usage"],
+        incremental_output=values["provider.incremental_output"],
+        demo_delay_ms=values["provider.demo_delay_ms"],
+    )
+
+
+def _api_key(values: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    if env.get("GATEWAY_API_KEY"):
+        return env["GATEWAY_API_KEY"].strip()
+    if env.get("API_KEY"):
+        return env["API_KEY"].strip()
+    key_file = values["provider.api_key_file"]
+    if not key_file and env.get("CREDENTIALS_DIRECTORY"):
+        candidate = Path(env["CREDENTIALS_DIRECTORY"]) / "api_key"
+        key_file = str(candidate) if candidate.is_file() else ""
+    if key_file:
+        try:
+            return Path(key_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("provider.api_key_file", f"cannot read {key_file}: {exc}") from None
+    return str(values["provider.api_key"]).strip()
+
+
+def _own_origins(http: HostPort) -> tuple[str, ...]:
+    hosts = [http.host]
+    if http.host in {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}:
+        hosts = ["127.0.0.1", "localhost", "::1"]
+    return tuple(HostPort(h, http.port).url("http") for h in hosts)
+
+
+def _state_dir(value: str, env: Mapping[str, str]) -> Path:
+    if value:
+        return Path(value)
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    return Path("state")
+
+
+def _static_dir(value: str) -> Path:
+    if value:
+        path = Path(value)
+        if not (path / "index.html").is_file():
+            raise ConfigError("server.static_dir", f"{path} has no index.html")
+        return path
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "static", here.parent / "static"):
+        if (candidate / "index.html").is_file():
+            return candidate
+    return here.parent / "static"
+
+
+def render(config: Config) -> str:
+    """The effective configuration as TOML, with secrets masked."""
+    flat = _flatten(config)
+    lines = [f"# effective configuration (from {config.source} and the environment)"]
+    section = ""
+    for s in SETTINGS:
+        if s.section != section:
+            section = s.section
+            lines.append(f"\n[{section}]")
+        value = flat[s.name]
+        if s.secret:
+            value = "********" if value else ""
+        lines.append(f"{s.key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _flatten(config: Config) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    top, provider = dataclasses.asdict(config), dataclasses.asdict(config.provider)
+    for s in SETTINGS:
+        source = provider if s.section == "provider" else top
+        attr = {"log.level": "log_level", "log.format": "log_format"}.get(s.name, s.key)
+        flat[s.name] = source.get(attr, "")
+    flat["provider.api_key_file"] = ""
+    return flat
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict) and "host" in value and "port" in value:
+        return _toml_value(str(HostPort(value["host"], value["port"])))
+    if isinstance(value, dict | Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'

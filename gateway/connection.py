@@ -1,0 +1,253 @@
+"""One chat socket: reads client frames, watches replies, writes frames.
+
+This is the one place where errors become protocol frames and close codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from . import wire
+from .config import Config
+from .errors import ErrorCode, GatewayError, ProtocolError
+from .outbox import Frame, Outbox
+from .replies import Reply, ReplyRegistry, StopReason
+from .store import ConversationStore, StoredMessage, new_id
+
+__all__ = ["CLOSE_GOING_AWAY", "CLOSE_OVERLOADED", "Connection", "Hub"]
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_OVERLOADED = 1013
+
+_log: Any = structlog.get_logger("gateway.connection")
+
+
+class Hub:
+    """What connections share: the current config, the registry and the store."""
+
+    def __init__(self, config: Config, registry: ReplyRegistry, store: ConversationStore) -> None:
+        self.config = config
+        self.registry = registry
+        self.store = store
+        self.connections: set[Connection] = set()
+
+
+class Connection:
+    """A connection in JSON (``chat.v1``) or plain-text mode."""
+
+    def __init__(self, ws: ServerConnection, hub: Hub) -> None:
+        self.ws = ws
+        self.hub = hub
+        self.json = ws.subprotocol == wire.SUBPROTOCOL
+        self.session_id = secrets.token_hex(8)
+        self.conversation_id: str | None = None
+        self.replies: dict[str, Reply] = {}
+        encode: Callable[[str, int, str], Frame] = wire.encode_delta if self.json else _plain_delta
+        self.outbox = Outbox(hub.config.max_pending_bytes, encode, self._overflowed)
+        self._closer: asyncio.Task[None] | None = None
+        self.log: Any = _log.bind(session_id=self.session_id)
+
+    async def run(self) -> None:
+        """Serve the socket until it closes; replies it watched go on without it."""
+        writer = asyncio.create_task(self._write(), name=f"writer-{self.session_id}")
+        try:
+            await (self._read_json() if self.json else self._read_plain())
+        except ConnectionClosed:
+            pass
+        finally:
+            writer.cancel()
+            for reply in self.replies.values():
+                reply.unsubscribe(self)
+                if not self.json:
+                    reply.stop(StopReason.CANCELLED)
+            await asyncio.gather(writer, return_exceptions=True)
+            if self._closer is not None:
+                await self._closer
+
+    async def _write(self) -> None:
+        send, outbox = self.ws.send, self.outbox
+        try:
+            while True:
+                for frame in await outbox.get():
+                    await send(frame, text=True)
+        except ConnectionClosed:
+            pass
+
+    def _overflowed(self) -> None:
+        self.log.warning("client_too_slow", pending_limit=self.hub.config.max_pending_bytes)
+        self.close(CLOSE_OVERLOADED, "client too slow; reconnect and resume")
+
+    def close(self, code: int, reason: str) -> None:
+        """Start closing the socket with ``code`` (once)."""
+        if self._closer is None:
+            self._closer = asyncio.create_task(self.ws.close(code, reason))
+
+    # JSON mode
+
+    async def _read_json(self) -> None:
+        async for frame in self.ws:
+            try:
+                await self._dispatch(wire.parse_client(frame))
+            except ProtocolError as exc:
+                self.outbox.put(wire.encode_error(exc, ref=exc.ref))
+            except GatewayError as exc:
+                self.outbox.put(wire.encode_error(exc))
+            except Exception:
+                self.log.exception("frame_failed")
+                self.outbox.put(wire.encode_error(GatewayError(ErrorCode.INTERNAL, "internal error")))
+
+    async def _dispatch(self, msg: wire.ClientMessage) -> None:
+        match msg:
+            case wire.Message():
+                await self._message(msg)
+            case wire.Hello():
+                await self._hello(msg.conversation_id)
+            case wire.Cancel():
+                self._cancel(msg.reply_id)
+            case wire.Resume():
+                self._resume(msg)
+            case wire.Ping():
+                self.outbox.put(wire.encode("pong", id=msg.id))
+            case wire.History():
+                await self._history(msg)
+
+    async def _hello(self, conversation_id: str | None) -> None:
+        store = self.hub.store
+        conv = await store.get(conversation_id) if conversation_id else await store.create()
+        if conv is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
+        self.conversation_id = conv.id
+        cfg = self.hub.config
+        history = await store.history(conv.id, cfg.history_limit)
+        active = self.hub.registry.active(conv.id)
+        self.outbox.put(
+            wire.encode(
+                "ready",
+                session_id=self.session_id,
+                conversation_id=conv.id,
+                title=conv.title,
+                history=wire.history_items(history),
+                model=self.hub.registry.provider.model,
+                provider=self.hub.registry.provider.name,
+                limits={
+                    "max_message_bytes": cfg.max_message_bytes,
+                    "max_content_chars": cfg.max_content_chars,
+                },
+                streaming={"reply_id": active.id, "seq": active.log.seq} if active else None,
+            )
+        )
+
+    async def _message(self, msg: wire.Message) -> None:
+        if len(msg.content) > self.hub.config.max_content_chars:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"the message is longer than {self.hub.config.max_content_chars} characters",
+                ref=msg.id,
+            )
+        if self.conversation_id is None or (msg.conversation_id and msg.conversation_id != self.conversation_id):
+            try:
+                await self._hello(msg.conversation_id)
+            except ProtocolError as exc:
+                exc.ref = msg.id
+                raise
+        assert self.conversation_id is not None
+        try:
+            await self.hub.registry.start(self.conversation_id, StoredMessage(msg.id, "user", msg.content), self)
+        except ProtocolError as exc:
+            exc.ref = msg.id
+            raise
+        except GatewayError as exc:
+            self.outbox.put(wire.encode_error(exc, ref=msg.id))
+
+    def _cancel(self, reply_id: str) -> None:
+        reply = self.hub.registry.get(reply_id)
+        if reply is None or reply.conversation_id != self.conversation_id:
+            raise ProtocolError(ErrorCode.NOT_FOUND, "no such reply in this conversation")
+        reply.stop(StopReason.CANCELLED)
+
+    def _resume(self, msg: wire.Resume) -> None:
+        reply = self.hub.registry.get(msg.reply_id)
+        if reply is None or reply.conversation_id != self.conversation_id:
+            raise GatewayError(
+                ErrorCode.RESUME_UNAVAILABLE,
+                "this reply can no longer be resumed; its stored text is in the history",
+                retryable=False,
+            )
+        if msg.after_seq > reply.log.seq:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"after_seq is past the reply's last seq ({reply.log.seq})")
+        self.replies[reply.id] = reply
+        reply.subscribe(self, msg.after_seq)
+
+    async def _history(self, msg: wire.History) -> None:
+        if self.conversation_id is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first")
+        messages = await self.hub.store.history(self.conversation_id, msg.limit + 1, msg.before)
+        self.outbox.put(
+            wire.encode(
+                "history",
+                conversation_id=self.conversation_id,
+                messages=wire.history_items(messages[-msg.limit:]),
+                has_more=len(messages) > msg.limit,
+            )
+        )
+
+    # plain-text mode: one text frame in, raw text deltas out, "Error: ..." on failure
+
+    async def _read_plain(self) -> None:
+        async for frame in self.ws:
+            if not isinstance(frame, str):
+                self.outbox.put("Error: binary frames are not supported; send text")
+            elif not frame.strip():
+                self.outbox.put("Error: the message is empty")
+            elif len(frame) > self.hub.config.max_content_chars:
+                self.outbox.put(f"Error: the message is longer than {self.hub.config.max_content_chars} characters")
+            else:
+                await self._plain_message(frame)
+
+    async def _plain_message(self, text: str) -> None:
+        if self.conversation_id is None:
+            self.conversation_id = (await self.hub.store.create()).id
+        try:
+            reply = await self.hub.registry.start(self.conversation_id, StoredMessage(new_id(), "user", text), self)
+        except GatewayError as exc:
+            self.outbox.put(f"Error: {exc.message}")
+            return
+        await reply.ended.wait()
+
+    # Subscriber: called by replies, synchronously
+
+    def reply_started(self, reply: Reply) -> None:
+        self.replies[reply.id] = reply
+        if self.json:
+            self.outbox.put(
+                wire.encode(
+                    "reply.start", id=reply.message_id, reply_id=reply.id, conversation_id=reply.conversation_id
+                )
+            )
+
+    def reply_delta(self, reply: Reply, seq: int, text: str) -> None:
+        self.outbox.put_delta(reply.id, seq, text)
+
+    def reply_ended(self, reply: Reply) -> None:
+        self.replies.pop(reply.id, None)
+        if self.json:
+            if reply.error is not None:
+                self.outbox.put(wire.encode_error(reply.error, ref=reply.message_id, reply_id=reply.id))
+            usage = reply.usage.as_dict() if reply.usage else None
+            self.outbox.put(
+                wire.encode("reply.done", reply_id=reply.id, finish_reason=reply.finish_reason, usage=usage)
+            )
+        elif reply.error is not None:
+            self.outbox.put(f"Error: {reply.error.message}")
+
+
+def _plain_delta(reply_id: str, seq: int, text: str) -> Frame:
+    return text

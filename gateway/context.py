@@ -1,0 +1,46 @@
+"""What is sent upstream: the history, bounded, newest turns kept first."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+__all__ = ["build_context"]
+
+
+class _Message(Protocol):
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def content(self) -> str: ...
+
+
+def build_context(
+    history: Sequence[_Message],
+    *,
+    system_prompt: str,
+    max_messages: int,
+    max_chars: int,
+) -> list[dict[str, str]]:
+    """Chat messages for the upstream, oldest first.
+
+    ``history`` ends with the new user message, which is always kept, as is the
+    system prompt; older turns are dropped first past ``max_messages`` or
+    ``max_chars``. Empty messages (a reply cancelled before any text) are skipped.
+    """
+    kept: list[dict[str, str]] = []
+    budget = max_chars - len(system_prompt)
+    for i, message in enumerate(reversed(history)):
+        if not message.content:
+            continue
+        if i > 0 and (len(kept) >= max_messages or len(message.content) > budget):
+            break
+        kept.append({"role": message.role, "content": message.content})
+        budget -= len(message.content)
+    kept.reverse()
+    if kept and kept[0]["role"] == "assistant":
+        kept.pop(0)
+    if system_prompt:
+        kept.insert(0, {"role": "system", "content": system_prompt})
+    return kept

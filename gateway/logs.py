@@ -1,0 +1,70 @@
+"""Structured logs: JSON lines in production, readable console in a terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import orjson
+import structlog
+
+__all__ = ["configure"]
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def _scrubber(*secrets: str) -> Any:
+    """A processor that removes ``secrets`` from every string value (defence in depth)."""
+    secrets = tuple(s for s in secrets if len(s) >= 4)
+
+    def scrub(logger: Any, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in event.items():
+            if isinstance(value, str):
+                for secret in secrets:
+                    if secret in value:
+                        value = value.replace(secret, "[redacted]")
+                event[key] = value
+        return event
+
+    return scrub
+
+
+def _dumps(obj: Any, **kw: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+def configure(level: str, fmt: str, *, secrets: tuple[str, ...] = ()) -> None:
+    """Route structlog and the stdlib loggers (websockets, aiohttp) to stdout."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _scrubber(*secrets),
+    ]
+    if fmt == "json":
+        renderer: Any = structlog.processors.JSONRenderer(serializer=_dumps)
+        shared.append(structlog.processors.dict_tracebacks)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=shared,
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(_LEVELS[level])
+    # A client's broken handshake is its problem, not ours: no tracebacks for it.
+    logging.getLogger("websockets").setLevel(max(_LEVELS[level], logging.WARNING))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

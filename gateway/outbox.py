@@ -1,0 +1,88 @@
+"""Frames waiting to be written to one socket.
+
+Consecutive deltas of one reply merge while they wait, so a socket that is
+behind gets fewer, larger frames instead of a growing queue; past
+``max_pending`` characters the outbox gives up on the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+__all__ = ["Outbox"]
+
+Frame = bytes | str
+DeltaEncoder = Callable[[str, int, str], Frame]
+
+
+class _Delta:
+    __slots__ = ("reply_id", "seq", "parts")
+
+    def __init__(self, reply_id: str, seq: int, text: str) -> None:
+        self.reply_id, self.seq, self.parts = reply_id, seq, [text]
+
+
+class Outbox:
+    """A bounded FIFO of frames for one connection, drained by its writer."""
+
+    __slots__ = ("_items", "_pending", "_max_pending", "_encode_delta", "_on_overflow", "_waiter", "overflowed")
+
+    def __init__(self, max_pending: int, encode_delta: DeltaEncoder, on_overflow: Callable[[], None]) -> None:
+        self._items: deque[Frame | _Delta] = deque()
+        self._pending = 0
+        self._max_pending = max_pending
+        self._encode_delta = encode_delta
+        self._on_overflow = on_overflow
+        self._waiter: asyncio.Future[None] | None = None
+        self.overflowed = False
+
+    def put(self, frame: Frame) -> None:
+        """Queue an encoded frame."""
+        if self._admit(len(frame)):
+            self._items.append(frame)
+            self._wake()
+
+    def put_delta(self, reply_id: str, seq: int, text: str) -> None:
+        """Queue reply text, merged into the last waiting delta of the same reply."""
+        if not self._admit(len(text)):
+            return
+        last = self._items[-1] if self._items else None
+        if isinstance(last, _Delta) and last.reply_id == reply_id:
+            last.parts.append(text)
+            last.seq = seq
+        else:
+            self._items.append(_Delta(reply_id, seq, text))
+            self._wake()
+
+    async def get(self) -> list[Frame]:
+        """Wait for frames, then take all that are waiting."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items, self._items, self._pending = self._items, deque(), 0
+        encode = self._encode_delta
+        return [
+            encode(item.reply_id, item.seq, "".join(item.parts)) if isinstance(item, _Delta) else item
+            for item in items
+        ]
+
+    def _admit(self, size: int) -> bool:
+        if self.overflowed:
+            return False
+        self._pending += size
+        if self._pending <= self._max_pending:
+            return True
+        self.overflowed = True
+        self._items.clear()
+        self._on_overflow()
+        return False
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

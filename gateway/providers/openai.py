@@ -1,0 +1,101 @@
+"""OpenAI-compatible ``/chat/completions`` streaming (OpenAI, OpenRouter, DeepSeek,
+vLLM, Ollama, LiteLLM, DashScope compatible mode)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from ..errors import ErrorCode, UpstreamError
+from ..sse import SSEEvent
+from .base import ChatMessage, Chunk, Usage, finish_reason
+
+__all__ = ["OpenAIDecoder", "build_body", "endpoint"]
+
+
+def endpoint(base_url: str) -> str:
+    """The chat completions URL for a base URL as OpenAI's SDKs take it."""
+    return base_url.rstrip("/") + "/chat/completions"
+
+
+def build_body(
+    model: str,
+    messages: Sequence[ChatMessage],
+    params: Mapping[str, Any],
+    *,
+    include_usage: bool,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {**params, "model": model, "messages": list(messages), "stream": True}
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+class OpenAIDecoder:
+    """Turns SSE events of a chat completions stream into chunks.
+
+    ``[DONE]`` sets :attr:`done`; a usage chunk (empty ``choices``) yields a
+    chunk with ``usage``; an ``{"error": ...}`` object raises UpstreamError.
+    """
+
+    def __init__(self) -> None:
+        self.done = False
+        self.finished = False
+
+    def receive(self, event: SSEEvent) -> Chunk | None:
+        data = event.data
+        if data == "[DONE]":
+            self.done = True
+            return None
+        if not data or event.event not in ("message", "error"):
+            return None
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(ErrorCode.UPSTREAM_ERROR, "the provider sent invalid JSON in its stream", retryable=True) from None
+        if not isinstance(obj, dict):
+            return None
+        if "error" in obj or event.event == "error":
+            raise _stream_error(obj)
+        return self._chunk(obj)
+
+    def _chunk(self, obj: dict[str, Any]) -> Chunk | None:
+        usage = _usage(obj.get("usage"))
+        choices = obj.get("choices") or []
+        choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, dict):
+            delta = {}
+        text = delta.get("content") or ""
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+        finish = finish_reason(choice.get("finish_reason"))
+        if finish:
+            self.finished = True
+        if not (text or reasoning or finish or usage):
+            return None
+        return Chunk(
+            text=text if isinstance(text, str) else "",
+            reasoning=reasoning if isinstance(reasoning, str) else "",
+            finish_reason=finish,
+            usage=usage,
+        )
+
+
+def _usage(raw: object) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
+    return Usage(prompt if isinstance(prompt, int) else 0, completion if isinstance(completion, int) else 0)
+
+
+def _stream_error(obj: dict[str, Any]) -> UpstreamError:
+    err = obj.get("error")
+    message = err.get("message") if isinstance(err, dict) else err
+    code = err.get("code") if isinstance(err, dict) else None
+    if code in (429, "429", "rate_limit_exceeded"):
+        return UpstreamError(ErrorCode.RATE_LIMITED, f"the provider is rate limiting: {message}", retry_after=5)
+    return UpstreamError(
+        ErrorCode.UPSTREAM_ERROR, f"the provider failed mid-stream: {message or 'unknown error'}", retryable=True
+    )

@@ -1,0 +1,265 @@
+"""Replies and the registry that owns them.
+
+A reply is not owned by a socket: its producer task belongs to the
+:class:`ReplyRegistry`, and connections *subscribe* to it. A client that goes
+away only unsubscribes; the reply goes on, is stored when it ends, and stays
+resumable for a grace period. Cancel, drain and shutdown reach the producer
+through the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from .context import build_context
+from .errors import ErrorCode, GatewayError, ProtocolError
+from .providers import ChatMessage, Provider, Usage
+from .replylog import ReplyLog
+from .store import ConversationStore, StoredMessage, new_id
+
+__all__ = ["Reply", "ReplyRegistry", "RegistryLimits", "StopReason", "Subscriber"]
+
+_log: Any = structlog.get_logger("gateway.replies")
+
+
+class StopReason(enum.Enum):
+    CANCELLED = "cancelled"
+    SHUTDOWN = "shutdown"
+
+
+class Subscriber(Protocol):
+    """A connection watching replies; called synchronously, must not block."""
+
+    def reply_started(self, reply: Reply) -> None: ...
+
+    def reply_delta(self, reply: Reply, seq: int, text: str) -> None: ...
+
+    def reply_ended(self, reply: Reply) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryLimits:
+    max_replies: int
+    max_reply_chars: int
+    max_reply_seconds: float
+    resume_grace: float
+    system_prompt: str
+    context_max_messages: int
+    context_max_chars: int
+
+
+class Reply:
+    """One assistant reply: its numbered text, its end, and who watches it."""
+
+    def __init__(self, conversation_id: str, message_id: str, max_chars: int) -> None:
+        self.id = new_id()
+        self.conversation_id = conversation_id
+        self.message_id = message_id
+        self.log = ReplyLog(max_chars)
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self.error: GatewayError | None = None
+        self.reasoning_chars = 0
+        self.subscribers: set[Subscriber] = set()
+        self.ended = asyncio.Event()
+        self.started_at = time.monotonic()
+        self.first_delta_at: float | None = None
+        self.stop_reason: StopReason | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def subscribe(self, subscriber: Subscriber, after_seq: int | None = None) -> None:
+        """Add a watcher; with ``after_seq``, first send it what it missed."""
+        self.subscribers.add(subscriber)
+        if after_seq is not None and after_seq < self.log.seq:
+            subscriber.reply_delta(self, self.log.seq, self.log.since(after_seq))
+        if self.done:
+            subscriber.reply_ended(self)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.discard(subscriber)
+
+    def stop(self, reason: StopReason) -> None:
+        """Ask the producer to stop; the upstream request is aborted at once."""
+        if self.task is not None and not self.done:
+            self.stop_reason = self.stop_reason or reason
+            self.task.cancel()
+
+    def publish(self, text: str) -> bool:
+        """Number ``text`` as the next delta and hand it to every subscriber."""
+        if not self.log.append(text):
+            return False
+        if self.first_delta_at is None:
+            self.first_delta_at = time.monotonic()
+        seq = self.log.seq
+        for subscriber in tuple(self.subscribers):
+            subscriber.reply_delta(self, seq, text)
+        return True
+
+
+class ReplyRegistry:
+    """Owns every reply's producer task, keyed by reply id."""
+
+    def __init__(self, provider: Provider, store: ConversationStore, limits: RegistryLimits) -> None:
+        self.provider = provider
+        self.store = store
+        self.limits = limits
+        self.accepting = True
+        self._replies: dict[str, Reply] = {}
+        self._active: dict[str, Reply] = {}
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._active)
+
+    def get(self, reply_id: str) -> Reply | None:
+        return self._replies.get(reply_id)
+
+    def active(self, conversation_id: str) -> Reply | None:
+        return self._active.get(conversation_id)
+
+    async def start(self, conversation_id: str, message: StoredMessage, subscriber: Subscriber) -> Reply:
+        """Store the user's message, then start a reply watched by ``subscriber``."""
+        self._check_capacity(conversation_id)
+        reply = Reply(conversation_id, message.id, self.limits.max_reply_chars)
+        self._active[conversation_id] = reply
+        try:
+            await self.store.save(conversation_id, message)
+            history = await self.store.history(conversation_id, self.limits.context_max_messages)
+        except Exception:
+            del self._active[conversation_id]
+            _log.exception("store_failed", conversation_id=conversation_id)
+            raise GatewayError(ErrorCode.INTERNAL, "the message could not be stored; try again") from None
+        messages = build_context(
+            history,
+            system_prompt=self.limits.system_prompt,
+            max_messages=self.limits.context_max_messages,
+            max_chars=self.limits.context_max_chars,
+        )
+        self._replies[reply.id] = reply
+        subscriber.reply_started(reply)
+        reply.subscribe(subscriber)
+        reply.task = asyncio.create_task(self._produce(reply, messages), name=f"reply-{reply.id}")
+        return reply
+
+    def _check_capacity(self, conversation_id: str) -> None:
+        if not self.accepting:
+            raise GatewayError(ErrorCode.OVERLOADED, "the server is restarting; send again in a moment", retry_after=1)
+        if conversation_id in self._active:
+            raise ProtocolError(ErrorCode.BUSY, "a reply is already streaming in this conversation")
+        if len(self._active) >= self.limits.max_replies:
+            raise GatewayError(ErrorCode.OVERLOADED, "the server is busy; try again shortly", retry_after=2)
+
+    async def _produce(self, reply: Reply, messages: Sequence[ChatMessage]) -> None:
+        finish = None
+        try:
+            async with asyncio.timeout(self.limits.max_reply_seconds):
+                finish = await self._relay(reply, messages)
+        except asyncio.CancelledError:
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            if reply.stop_reason is StopReason.CANCELLED:
+                finish = "cancelled"
+            else:
+                reply.error = GatewayError(
+                    ErrorCode.OVERLOADED, "the server restarted before this reply finished", retry_after=1
+                )
+        except TimeoutError:
+            reply.error = GatewayError(
+                ErrorCode.UPSTREAM_TIMEOUT,
+                f"the reply took longer than {self.limits.max_reply_seconds:g} s",
+                retryable=False,
+            )
+        except GatewayError as exc:
+            reply.error = exc
+        except Exception:
+            _log.exception("reply_crashed", reply_id=reply.id)
+            reply.error = GatewayError(ErrorCode.INTERNAL, "the gateway failed while streaming this reply")
+        reply.finish_reason = "error" if reply.error else finish or "stop"
+        await self._finish(reply)
+
+    async def _relay(self, reply: Reply, messages: Sequence[ChatMessage]) -> str | None:
+        finish = None
+        async with contextlib.aclosing(self.provider.stream(messages)) as stream:
+            async for chunks in stream:
+                text = "".join([c.text for c in chunks]) if len(chunks) > 1 else chunks[0].text
+                for chunk in chunks:
+                    reply.reasoning_chars += len(chunk.reasoning)
+                    reply.usage = chunk.usage or reply.usage
+                    finish = chunk.finish_reason or finish
+                if text and not reply.publish(text):
+                    return "length"
+        return finish
+
+    async def _finish(self, reply: Reply) -> None:
+        message = StoredMessage(
+            reply.id, "assistant", reply.log.text,
+            finish_reason=reply.finish_reason,
+            usage=reply.usage.as_dict() if reply.usage else None,
+        )
+        try:
+            await self.store.save(reply.conversation_id, message)
+        except Exception:
+            _log.exception("store_failed", conversation_id=reply.conversation_id, reply_id=reply.id)
+        self._active.pop(reply.conversation_id, None)
+        for subscriber in tuple(reply.subscribers):
+            subscriber.reply_ended(reply)
+        reply.ended.set()
+        self._log_finished(reply)
+        loop = asyncio.get_running_loop()
+        self._expiry[reply.id] = loop.call_later(self.limits.resume_grace, self._expire, reply.id)
+
+    def _expire(self, reply_id: str) -> None:
+        self._expiry.pop(reply_id, None)
+        self._replies.pop(reply_id, None)
+
+    def _log_finished(self, reply: Reply) -> None:
+        now = time.monotonic()
+        usage = reply.usage.as_dict() if reply.usage else {}
+        _log.info(
+            "reply_finished",
+            reply_id=reply.id,
+            conversation_id=reply.conversation_id,
+            provider=self.provider.name,
+            model=self.provider.model,
+            finish_reason=reply.finish_reason,
+            error_code=str(reply.error.code) if reply.error else None,
+            deltas=reply.log.seq,
+            chars=reply.log.chars,
+            reasoning_chars=reply.reasoning_chars,
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            ttft_ms=round((reply.first_delta_at - reply.started_at) * 1000, 1) if reply.first_delta_at else None,
+            duration_ms=round((now - reply.started_at) * 1000, 1),
+            subscribers=len(reply.subscribers),
+        )
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking replies; give those in flight ``timeout`` seconds, then stop them."""
+        self.accepting = False
+        tasks = [r.task for r in self._active.values() if r.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        for reply in list(self._active.values()):
+            reply.stop(StopReason.SHUTDOWN)
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def close(self) -> None:
+        """Stop everything and forget every reply."""
+        await self.drain(0)
+        for handle in self._expiry.values():
+            handle.cancel()
+        self._expiry.clear()
+        self._replies.clear()

@@ -1,0 +1,200 @@
+"""The gateway: both listeners in one event loop, and its lifecycle.
+
+start → serve → (SIGTERM/SIGINT) drain → close. Drain stops accepting,
+turns ``/readyz`` to 503, gives replies in flight ``drain_timeout`` seconds,
+stores what is left as partial, closes sockets with 1001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import NegotiationError
+from websockets.typing import Subprotocol
+from websockets.http11 import Request, Response
+
+from . import __version__, wire
+from .config import Config
+from .connection import CLOSE_OVERLOADED, Connection, Hub
+from .upstream import make_provider
+from .replies import RegistryLimits, ReplyRegistry
+from .store import ConversationStore, MemoryStore
+from .web import WebState, make_app
+
+__all__ = ["Gateway"]
+
+_log: Any = structlog.get_logger("gateway.server")
+MAX_REPLY_CHARS = 1_000_000
+RESUME_GRACE = 60.0
+
+
+class Gateway:
+    """One gateway process. Build it with a :class:`Config`, then ``await run()``."""
+
+    def __init__(self, config: Config, *, store: ConversationStore | None = None) -> None:
+        self.config = config
+        self.store: ConversationStore = store or MemoryStore(
+            max_conversations=config.max_conversations, max_messages=config.max_conversation_messages
+        )
+        self.stopping = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._ws_server: Server | None = None
+        self._runner: web.AppRunner | None = None
+        self.hub: Hub | None = None
+        self._web_state: WebState | None = None
+        self.closed = False
+
+    @property
+    def ws_port(self) -> int:
+        assert self._ws_server is not None
+        return int(self._ws_server.sockets[0].getsockname()[1])
+
+    @property
+    def http_port(self) -> int:
+        assert self._runner is not None
+        return int(self._runner.addresses[0][1])
+
+    async def start(self) -> None:
+        """Open the HTTP client session and both listeners."""
+        cfg = self.config
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300),
+            json_serialize=None,  # type: ignore[arg-type]
+        )
+        provider = make_provider(cfg.provider, self._session)
+        limits = RegistryLimits(
+            max_replies=cfg.max_replies,
+            max_reply_chars=MAX_REPLY_CHARS,
+            max_reply_seconds=cfg.provider.max_reply_seconds,
+            resume_grace=RESUME_GRACE,
+            system_prompt=cfg.provider.system_prompt,
+            context_max_messages=cfg.context_max_messages,
+            context_max_chars=cfg.context_max_chars,
+        )
+        self.hub = Hub(cfg, ReplyRegistry(provider, self.store, limits), self.store)
+        self._ws_server = await serve(
+            self._handle,
+            cfg.ws_addr.host,
+            cfg.ws_addr.port,
+            select_subprotocol=_select_subprotocol,
+            process_request=self._check_request,
+            compression="deflate" if cfg.compression else None,
+            max_size=cfg.max_message_bytes,
+            max_queue=16,
+            write_limit=cfg.write_limit,
+            ping_interval=cfg.ping_interval or None,
+            ping_timeout=cfg.ping_interval or None,
+            server_header=f"llm-ws-gateway/{__version__}",
+        )
+        self._web_state = WebState(cfg.static_dir, lambda: self.ws_port, cfg.public_ws_url, provider.model, provider.name)
+        self._runner = web.AppRunner(make_app(self._web_state), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, cfg.http_addr.host, cfg.http_addr.port).start()
+        _log.info(
+            "gateway_started",
+            version=__version__,
+            ws_url=f"ws://{_hostport(cfg.ws_addr.host, self.ws_port)}/chat",
+            http_url=f"http://{_hostport(cfg.http_addr.host, self.http_port)}/",
+            provider=provider.name,
+            model=provider.model,
+        )
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, then drain and close."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self.start()
+            await self.stopping.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.close()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.stopping.is_set():
+            _log.warning("second_signal_ignored", signal=sig.name)
+            return
+        _log.info("shutdown_requested", signal=sig.name)
+        self.stopping.set()
+
+    async def close(self) -> None:
+        """Drain: stop accepting, let replies finish, close sockets with 1001.
+
+        Safe to call after a partial start, and more than once.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        if self._web_state is not None:
+            self._web_state.draining = True
+        in_flight = self.hub.registry.in_flight if self.hub else 0
+        if self._ws_server is not None and self.hub is not None:
+            self._ws_server.server.close()
+            _log.info("drain_started", replies_in_flight=in_flight, timeout_s=self.config.drain_timeout)
+            await self.hub.registry.drain(self.config.drain_timeout)
+            self._ws_server.close()
+            await self._ws_server.wait_closed()
+            await self.hub.registry.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        await self.store.close()
+        _log.info("gateway_stopped", replies_drained=in_flight)
+
+    def _check_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        if request.path.split("?", 1)[0] != "/chat":
+            return _http(conn, 404, "Not Found: the chat endpoint is /chat\n")
+        origin = request.headers.get("Origin")
+        allowed = self.config.allowed_origins
+        if origin is not None and "*" not in allowed and origin.rstrip("/") not in allowed:
+            _log.info("handshake_refused", reason="origin", origin=origin[:200])
+            return _http(conn, 403, "Forbidden: this Origin is not allowed\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert self.hub is not None
+        conn = Connection(ws, self.hub)
+        peer = ws.remote_address[0] if ws.remote_address else None
+        structlog.contextvars.bind_contextvars(session_id=conn.session_id, client_ip=peer)
+        if len(self.hub.connections) >= self.config.max_connections:
+            _log.warning("connection_refused", reason="max_connections")
+            await ws.close(CLOSE_OVERLOADED, "server full; try again later")
+            return
+        self.hub.connections.add(conn)
+        mode = "json" if conn.json else "plain"
+        _log.info("connection_opened", mode=mode)
+        try:
+            await conn.run()
+        finally:
+            self.hub.connections.discard(conn)
+            _log.info("connection_closed", mode=mode, code=ws.close_code, conversation_id=conn.conversation_id)
+
+
+def _select_subprotocol(conn: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """``chat.v1`` when offered; none offered is plain-text mode; others are refused."""
+    if wire.SUBPROTOCOL in offered:
+        return Subprotocol(wire.SUBPROTOCOL)
+    if offered:
+        raise NegotiationError(f"unsupported subprotocol; this server speaks {wire.SUBPROTOCOL}")
+    return None
+
+
+def _http(conn: ServerConnection, status: int, text: str) -> Response:
+    response = conn.respond(status, text)
+    return response
+
+
+def _hostport(host: str, port: int) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

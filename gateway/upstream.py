@@ -1,0 +1,229 @@
+"""The network edge: the HTTP providers, one POST each, streamed as SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from .errors import ErrorCode, UpstreamError, redact
+from .sse import SSEDecoder, SSEError, SSEEvent
+from .config import ProviderConfig
+from .providers import ChatMessage, Chunk, Provider, dashscope, openai
+from .providers.demo import DemoProvider
+
+__all__ = ["DashScopeProvider", "OpenAIProvider", "make_provider", "stream_sse"]
+
+_MAX_ERROR_BODY = 64 * 1024
+_DEFAULT_RETRY_AFTER = 5.0
+
+
+class Decoder(Protocol):
+    done: bool
+    finished: bool
+
+    def receive(self, event: SSEEvent) -> Chunk | None: ...
+
+
+async def stream_sse(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    body: Mapping[str, Any],
+    decoder: Decoder,
+    timeout: aiohttp.ClientTimeout,
+    api_key: str,
+    error_from_body: Any = None,
+) -> AsyncGenerator[list[Chunk], None]:
+    """POST ``body`` and yield the chunks each read decodes into.
+
+    Every failure is raised as an :class:`UpstreamError` whose message is
+    redacted of ``api_key``; leaving the generator (cancellation included)
+    releases the upstream connection at once.
+    """
+    try:
+        async with session.post(url, data=orjson.dumps(body), headers=headers, timeout=timeout) as resp:
+            if resp.status != 200:
+                raise await _status_error(resp, error_from_body)
+            async for chunks in _read(resp, decoder):
+                yield chunks
+    except UpstreamError as exc:
+        exc.message = redact(exc.message, api_key)
+        raise
+    except aiohttp.ConnectionTimeoutError:
+        raise UpstreamError(ErrorCode.UPSTREAM_UNAVAILABLE, "timed out connecting to the provider") from None
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise UpstreamError(ErrorCode.UPSTREAM_TIMEOUT, "the provider stopped sending data") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamError(
+            ErrorCode.UPSTREAM_UNAVAILABLE, f"cannot connect to the provider ({exc.os_error.strerror or 'error'})"
+        ) from None
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        raise UpstreamError(
+            ErrorCode.UPSTREAM_ERROR, "the connection to the provider was lost mid-reply", retryable=True
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(
+            ErrorCode.UPSTREAM_ERROR, redact(f"HTTP error talking to the provider: {type(exc).__name__}", api_key),
+            retryable=True,
+        ) from None
+
+
+async def _read(resp: aiohttp.ClientResponse, decoder: Decoder) -> AsyncGenerator[list[Chunk], None]:
+    sse = SSEDecoder()
+    try:
+        async for data in resp.content.iter_any():
+            chunks, error = _decode(sse.feed(data), decoder)
+            if chunks:
+                yield chunks
+            if error is not None:
+                raise error
+            if decoder.done:
+                return
+        chunks, error = _decode(sse.close(), decoder)
+    except SSEError as exc:
+        raise UpstreamError(ErrorCode.UPSTREAM_ERROR, f"the provider's stream is malformed: {exc}", retryable=True) from None
+    if chunks:
+        yield chunks
+    if error is not None:
+        raise error
+    if not (decoder.done or decoder.finished):
+        raise UpstreamError(
+            ErrorCode.UPSTREAM_ERROR, "the provider ended the stream before the reply finished", retryable=True
+        )
+
+
+def _decode(events: list[SSEEvent], decoder: Decoder) -> tuple[list[Chunk], UpstreamError | None]:
+    """Decode a read's events; an error event ends it, keeping the text before it."""
+    chunks: list[Chunk] = []
+    for event in events:
+        try:
+            chunk = decoder.receive(event)
+        except UpstreamError as exc:
+            return chunks, exc
+        if chunk is not None:
+            chunks.append(chunk)
+    return chunks, None
+
+
+async def _status_error(resp: aiohttp.ClientResponse, error_from_body: Any) -> UpstreamError:
+    try:
+        raw = await resp.content.read(_MAX_ERROR_BODY)
+    except (aiohttp.ClientError, TimeoutError):
+        raw = b""
+    detail, obj = _detail(raw)
+    status = resp.status
+    if error_from_body is not None and obj is not None and status != 429:
+        exc: UpstreamError = error_from_body(obj, status)
+        return exc
+    if status == 429:
+        return UpstreamError(
+            ErrorCode.RATE_LIMITED, f"the provider is rate limiting (HTTP 429): {detail}",
+            status=status, retry_after=_retry_after(resp.headers),
+        )
+    if status in (401, 403):
+        return UpstreamError(
+            ErrorCode.UPSTREAM_ERROR, f"the provider refused the gateway's credentials (HTTP {status}): {detail}",
+            status=status, retryable=False,
+        )
+    return UpstreamError(
+        ErrorCode.UPSTREAM_ERROR, f"the provider answered HTTP {status}: {detail}",
+        status=status, retryable=status >= 500 or status == 408,
+    )
+
+
+def _detail(raw: bytes) -> tuple[str, dict[str, Any] | None]:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", "replace").strip() or "no details", None
+    if not isinstance(obj, dict):
+        return str(obj), None
+    err = obj.get("error")
+    message = err.get("message") if isinstance(err, dict) else err
+    return str(message or obj.get("message") or obj.get("detail") or "no details"), obj
+
+
+def _retry_after(headers: Mapping[str, str]) -> float:
+    if value := headers.get("retry-after-ms"):
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After", "").strip()
+    if not value:
+        return _DEFAULT_RETRY_AFTER
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return _DEFAULT_RETRY_AFTER
+    return max(0.0, round(when.timestamp() - time.time(), 3))
+
+
+_USER_AGENT = "llm-ws-gateway"
+
+
+def _timeout(cfg: ProviderConfig) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.upstream_timeout)
+
+
+class OpenAIProvider:
+    name = "openai"
+
+    def __init__(self, cfg: ProviderConfig, session: aiohttp.ClientSession) -> None:
+        self.model = cfg.model
+        self._cfg, self._session = cfg, session
+        self._url = openai.endpoint(cfg.upstream_url)
+        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream", "User-Agent": _USER_AGENT}
+        if cfg.api_key:
+            self._headers["Authorization"] = f"Bearer {cfg.api_key}"
+
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[list[Chunk], None]:
+        body = openai.build_body(self.model, messages, self._cfg.params, include_usage=self._cfg.include_usage)
+        return stream_sse(
+            self._session, self._url, headers=self._headers, body=body, decoder=openai.OpenAIDecoder(),
+            timeout=_timeout(self._cfg), api_key=self._cfg.api_key,
+        )
+
+
+class DashScopeProvider:
+    name = "dashscope"
+
+    def __init__(self, cfg: ProviderConfig, session: aiohttp.ClientSession) -> None:
+        self.model = cfg.model
+        self._cfg, self._session = cfg, session
+        self._headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            "X-DashScope-SSE": "enable",
+            "Authorization": f"Bearer {cfg.api_key}",
+            "User-Agent": _USER_AGENT,
+        }
+
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[list[Chunk], None]:
+        incremental = self._cfg.incremental_output
+        body = dashscope.build_body(self.model, messages, self._cfg.params, incremental=incremental)
+        return stream_sse(
+            self._session, self._cfg.upstream_url, headers=self._headers, body=body,
+            decoder=dashscope.DashScopeDecoder(incremental=incremental), timeout=_timeout(self._cfg),
+            api_key=self._cfg.api_key, error_from_body=dashscope.error_from_body,
+        )
+
+
+def make_provider(cfg: ProviderConfig, session: aiohttp.ClientSession) -> Provider:
+    """The provider ``cfg`` names, sharing the gateway's one HTTP session."""
+    if cfg.name == "openai":
+        return OpenAIProvider(cfg, session)
+    if cfg.name == "dashscope":
+        return DashScopeProvider(cfg, session)
+    return DemoProvider(cfg.model, cfg.demo_delay_ms)

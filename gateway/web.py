@@ -1,0 +1,143 @@
+"""The HTTP listener: the chat page, health, readiness and the page's config."""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["STATE", "WebState", "make_app"]
+
+_ASSET_CACHE = "public, max-age=3600"
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".map": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+    ".woff2": "font/woff2",
+}
+
+
+class WebState:
+    """What the HTTP handlers read: set by the gateway, never by a handler."""
+
+    def __init__(self, static_dir: Path, ws_port: Callable[[], int], public_ws_url: str, model: str, provider: str) -> None:
+        self.static_dir = static_dir.resolve()
+        self.ws_port = ws_port
+        self.public_ws_url = public_ws_url
+        self.model = model
+        self.provider = provider
+        self.draining = False
+
+
+STATE = web.AppKey("state", WebState)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_app(state: WebState) -> web.Application:
+    app = web.Application(middlewares=[_security_headers], handler_args={"max_field_size": 8190})
+    app[STATE] = state
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/config.json", _config)
+    app.router.add_get("/{path:.*}", _static)
+    return app
+
+
+@web.middleware
+async def _security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+    response.headers.update(_SECURITY_HEADERS)
+    if response.content_type == "text/html":
+        response.headers["Content-Security-Policy"] = _csp(request)
+    return response
+
+
+def _csp(request: web.Request) -> str:
+    connect = " ".join(["'self'", *_ws_origins(request)])
+    return (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"connect-src {connect}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; object-src 'none'"
+    )
+
+
+def _ws_origins(request: web.Request) -> list[str]:
+    url = _ws_url(request)
+    if url is None:
+        return []
+    scheme, _, rest = url.partition("://")
+    return [f"{scheme}://{rest.split('/', 1)[0]}"]
+
+
+def _ws_url(request: web.Request) -> str | None:
+    """Where the page should open its WebSocket; None means same origin ``/chat``."""
+    state = request.app[STATE]
+    if state.public_ws_url:
+        return state.public_ws_url
+    if "X-Forwarded-Proto" in request.headers or "X-Forwarded-Host" in request.headers:
+        return None
+    host = request.url.host or "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"ws://{host}:{state.ws_port()}/chat"
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    if request.app[STATE].draining:
+        return web.json_response({"status": "draining"}, status=503, headers={"Cache-Control": "no-store"})
+    return web.json_response({"status": "ready"}, headers={"Cache-Control": "no-store"})
+
+
+async def _config(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body: dict[str, Any] = {"ws_url": _ws_url(request), "model": state.model, "provider": state.provider}
+    return web.json_response(body, headers={"Cache-Control": "no-cache"})
+
+
+async def _static(request: web.Request) -> web.StreamResponse:
+    root = request.app[STATE].static_dir
+    path = _resolve(root, request.match_info["path"] or "index.html")
+    if path is None:
+        raise web.HTTPNotFound(text="not found\n")
+    is_html = path.suffix == ".html"
+    content_type = _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return web.FileResponse(
+        path,
+        headers={"Content-Type": content_type, "Cache-Control": "no-cache" if is_html else _ASSET_CACHE},
+    )
+
+
+def _resolve(root: Path, name: str) -> Path | None:
+    """``name`` inside ``root``, or None: no traversal, no hidden files, no symlink escape."""
+    if "\x00" in name or "\\" in name or name.startswith("/"):
+        return None
+    parts = name.split("/")
+    if any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+        return None
+    try:
+        path = root.joinpath(*parts).resolve(strict=True)
+        path.relative_to(root)
+    except (OSError, ValueError):
+        return None
+    if path.is_dir():
+        path = path / "index.html"
+    return path if path.is_file() else None

@@ -1,0 +1,200 @@
+"""The ``chat.v1`` wire format: client frames in, server events out.
+
+Pure code: :func:`parse_client` turns one frame into a typed message or raises
+:class:`~gateway.errors.ProtocolError`; the ``encode_*`` functions build the
+server's frames as UTF-8 JSON bytes (send them as text frames).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .errors import ErrorCode, GatewayError, ProtocolError
+
+__all__ = [
+    "SUBPROTOCOL",
+    "Cancel",
+    "ClientMessage",
+    "Hello",
+    "History",
+    "Message",
+    "Ping",
+    "Resume",
+    "encode",
+    "encode_delta",
+    "encode_error",
+    "history_items",
+    "parse_client",
+]
+
+SUBPROTOCOL = "chat.v1"
+MAX_ID_CHARS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    token: str | None = None
+    conversation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str
+    content: str
+    conversation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    reply_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    reply_id: str
+    after_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Page older messages: up to ``limit`` messages before message ``before``."""
+
+    before: str | None = None
+    limit: int = 50
+
+
+ClientMessage = Hello | Message | Cancel | Resume | Ping | History
+
+
+def parse_client(frame: str | bytes) -> ClientMessage:
+    """Parse one client frame; raise ProtocolError(bad_request) if it is wrong."""
+    if isinstance(frame, bytes | bytearray | memoryview) and not isinstance(frame, str):
+        raise _bad("binary frames are not supported; send JSON text frames")
+    try:
+        obj = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise _bad("invalid JSON") from None
+    if not isinstance(obj, dict):
+        raise _bad("a frame must be a JSON object")
+    kind = obj.get("type")
+    ref = obj.get("id") if isinstance(obj.get("id"), str) else None
+    parser = _PARSERS.get(kind) if isinstance(kind, str) else None
+    if parser is None:
+        raise _bad(f"unknown type {kind!r}" if isinstance(kind, str) else "missing string field 'type'", ref)
+    try:
+        return parser(obj)
+    except ProtocolError as exc:
+        exc.ref = exc.ref or ref
+        raise
+
+
+def _bad(message: str, ref: str | None = None) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_REQUEST, message, ref=ref)
+
+
+def _field(obj: Mapping[str, Any], name: str, kind: type, *, required: bool = True) -> Any:
+    value = obj.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        expected = {str: "a string", int: "an integer"}.get(kind, kind.__name__)
+        raise _bad(f"field {name!r} must be {expected}")
+    if isinstance(value, str) and name != "content" and len(value) > MAX_ID_CHARS:
+        raise _bad(f"field {name!r} is longer than {MAX_ID_CHARS} characters")
+    return value
+
+
+def _hello(obj: Mapping[str, Any]) -> Hello:
+    return Hello(_field(obj, "token", str, required=False), _field(obj, "conversation_id", str, required=False))
+
+
+def _message(obj: Mapping[str, Any]) -> Message:
+    msg_id = _field(obj, "id", str)
+    content = _field(obj, "content", str)
+    if not content.strip():
+        raise _bad("field 'content' is empty", msg_id)
+    return Message(msg_id, content, _field(obj, "conversation_id", str, required=False))
+
+
+def _cancel(obj: Mapping[str, Any]) -> Cancel:
+    return Cancel(_field(obj, "reply_id", str))
+
+
+def _resume(obj: Mapping[str, Any]) -> Resume:
+    after = _field(obj, "after_seq", int)
+    if after < 0:
+        raise _bad("field 'after_seq' must be >= 0")
+    return Resume(_field(obj, "reply_id", str), after)
+
+
+def _ping(obj: Mapping[str, Any]) -> Ping:
+    value = obj.get("id")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
+        raise _bad("field 'id' must be a string or an integer")
+    if isinstance(value, str) and len(value) > MAX_ID_CHARS:
+        raise _bad(f"field 'id' is longer than {MAX_ID_CHARS} characters")
+    return Ping(value)
+
+
+def _history(obj: Mapping[str, Any]) -> History:
+    limit = obj.get("limit", 50)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 200:
+        raise _bad("field 'limit' must be an integer from 1 to 200")
+    return History(_field(obj, "before", str, required=False), limit)
+
+
+_PARSERS: dict[str, Callable[[Mapping[str, Any]], ClientMessage]] = {
+    "hello": _hello,
+    "message": _message,
+    "cancel": _cancel,
+    "resume": _resume,
+    "ping": _ping,
+    "history": _history,
+}
+
+
+def encode(event_type: str, **fields: Any) -> bytes:
+    """Encode a server event; fields that are None are left out."""
+    body = {"type": event_type}
+    body.update((k, v) for k, v in fields.items() if v is not None)
+    return orjson.dumps(body)
+
+
+def encode_delta(reply_id: str, seq: int, text: str) -> bytes:
+    """Encode ``reply.delta``: the hot path, so no dict filtering."""
+    return orjson.dumps({"type": "reply.delta", "reply_id": reply_id, "seq": seq, "text": text})
+
+
+def encode_error(
+    exc: GatewayError, *, ref: str | None = None, reply_id: str | None = None
+) -> bytes:
+    """Encode an ``error`` event for ``exc``."""
+    return encode(
+        "error",
+        code=str(exc.code),
+        message=exc.message,
+        id=ref,
+        reply_id=reply_id,
+        retry_after=exc.retry_after,
+        retryable=exc.retryable,
+    )
+
+
+def history_items(messages: Sequence[Any]) -> list[dict[str, Any]]:
+    """Shape stored messages as the protocol's history entries."""
+    items = []
+    for m in messages:
+        item = {"id": m.id, "role": m.role, "content": m.content}
+        if m.finish_reason is not None:
+            item["finish_reason"] = m.finish_reason
+        items.append(item)
+    return items

@@ -1,0 +1,235 @@
+"""Chatting through a real gateway on loopback, with each provider."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import StartGateway, dashscope_env, openai_env
+from fakeupstream import (
+    FakeUpstream,
+    Pause,
+    Script,
+    Stall,
+    dashscope_sse,
+    openai_sse,
+    rechunk,
+)
+
+CHINESE = ["你好，", "世界！", "这是一个", "流式回复 🚀", "。"]
+DEMO_FAST = "[provider]\ndemo_delay_ms = 0\n"
+
+
+async def test_demo_reply_streams_markdown_with_code_block(start_gateway: StartGateway) -> None:
+    gw = await start_gateway(toml=DEMO_FAST)
+    async with gw.chat() as chat:
+        ready = await chat.hello()
+        assert ready["model"] == "demo" and ready["history"] == []
+        assert len(ready["conversation_id"]) == 32
+        text, events = await chat.ask("How do I stream?")
+    assert events[0]["type"] == "reply.start" and events[0]["id"] == "m1"
+    deltas = [e for e in events if e["type"] == "reply.delta"]
+    assert len(deltas) > 10, "the demo streams in many deltas"
+    seqs = [d["seq"] for d in deltas]
+    assert seqs == sorted(set(seqs)) and seqs[0] >= 1
+    assert "> How do I stream?" in text and "```bash" in text
+    assert events[-1] == {**events[-1], "type": "reply.done", "finish_reason": "stop"}
+
+
+async def test_first_message_without_hello_gets_ready(start_gateway: StartGateway) -> None:
+    gw = await start_gateway(toml=DEMO_FAST)
+    async with gw.chat() as chat:
+        await chat.send(type="message", id="a", content="hi")
+        ready = await chat.expect("ready")
+        start = await chat.expect("reply.start")
+        assert start["conversation_id"] == ready["conversation_id"]
+        await chat.until_done()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("crlf", [False, True])
+async def test_openai_stream_split_at_awkward_offsets(
+    start_gateway: StartGateway, upstream: FakeUpstream, seed: int, crlf: bool
+) -> None:
+    body = openai_sse(CHINESE, reasoning=["让我想想", "……"], crlf=crlf, comments=True)
+    upstream.enqueue(Script(rechunk(body, seed=seed)))
+    gw = await start_gateway(openai_env(upstream))
+    async with gw.chat() as chat:
+        await chat.hello()
+        text, events = await chat.ask("说点什么")
+    assert text == "".join(CHINESE), "reasoning is never mixed into the answer"
+    done = events[-1]
+    assert done["finish_reason"] == "stop"
+    usage = done["usage"]
+    assert usage["prompt_tokens"] == 5 and usage["total_tokens"] == 5 + usage["completion_tokens"] > 5
+    request = upstream.requests[0]
+    assert request.path == "/v1/chat/completions"
+    assert request.headers["Authorization"] == "Bearer sk-test-secret-key-0123456789"
+    assert request.json["stream"] is True and request.json["model"] == "gpt-test"
+    assert request.json["stream_options"] == {"include_usage": True}
+    assert request.json["messages"] == [{"role": "user", "content": "说点什么"}]
+
+
+async def test_openai_history_is_sent_upstream(start_gateway: StartGateway, upstream: FakeUpstream) -> None:
+    upstream.enqueue(Script([openai_sse(["First answer"])]), Script([openai_sse(["Second"])]))
+    gw = await start_gateway(openai_env(upstream), toml='[provider]\nsystem_prompt = "Be brief."\n')
+    async with gw.chat() as chat:
+        await chat.hello()
+        await chat.ask("one", "m1")
+        await chat.ask("two", "m2")
+    assert upstream.requests[1].json["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "First answer"},
+        {"role": "user", "content": "two"},
+    ]
+
+
+@pytest.mark.parametrize("cumulative", [False, True])
+@pytest.mark.parametrize("result_format", ["message", "text"])
+async def test_dashscope_native_stream(
+    start_gateway: StartGateway, upstream: FakeUpstream, cumulative: bool, result_format: str
+) -> None:
+    body = dashscope_sse(CHINESE, cumulative=cumulative, result_format=result_format)
+    upstream.enqueue(Script(rechunk(body, seed=7)))
+    toml = f"[provider]\nincremental_output = {str(not cumulative).lower()}\n"
+    gw = await start_gateway(dashscope_env(upstream), toml=toml)
+    async with gw.chat() as chat:
+        await chat.hello()
+        text, events = await chat.ask("你好")
+    assert text == "".join(CHINESE), "cumulative output becomes deltas without repeats"
+    assert events[-1]["finish_reason"] == "stop"
+    request = upstream.requests[0]
+    assert request.headers["X-DashScope-SSE"] == "enable"
+    assert request.json["input"]["messages"] == [{"role": "user", "content": "你好"}]
+    assert request.json["parameters"]["incremental_output"] is (not cumulative)
+
+
+async def test_length_finish_reason_passes_through(start_gateway: StartGateway, upstream: FakeUpstream) -> None:
+    upstream.enqueue(Script([openai_sse(["cut"], finish="length")]))
+    gw = await start_gateway(openai_env(upstream))
+    async with gw.chat() as chat:
+        _, events = await chat.ask("x")
+    assert events[-1]["finish_reason"] == "length"
+
+
+async def test_cancel_aborts_the_upstream_request(start_gateway: StartGateway, upstream: FakeUpstream) -> None:
+    head = openai_sse(["partial ", "text"], finish=None, usage=None, done=False)
+    upstream.enqueue(Script([head, Stall()]))
+    gw = await start_gateway(openai_env(upstream, GATEWAY_UPSTREAM_TIMEOUT="60"))
+    async with gw.chat() as chat:
+        await chat.hello()
+        await chat.send(type="message", id="m1", content="go")
+        start = await chat.expect("reply.start")
+        text = ""
+        while text != "partial text":
+            text += (await chat.expect("reply.delta"))["text"]
+        await chat.send(type="cancel", reply_id=start["reply_id"])
+        done = await chat.expect("reply.done")
+        assert done["finish_reason"] == "cancelled"
+        await asyncio.wait_for(upstream.requests[0].disconnected.wait(), 5)
+        ready = await chat.hello(start["conversation_id"])
+    assert ready["history"][-1] == {
+        "id": start["reply_id"], "role": "assistant", "content": "partial text", "finish_reason": "cancelled",
+    }
+
+
+async def test_busy_while_a_reply_streams(start_gateway: StartGateway, upstream: FakeUpstream) -> None:
+    gate = asyncio.Event()
+    upstream.enqueue(Script([openai_sse(["a"], finish=None, usage=None, done=False), Pause(gate), openai_sse(["b"])]))
+    gw = await start_gateway(openai_env(upstream))
+    async with gw.chat() as chat:
+        conversation_id = (await chat.hello())["conversation_id"]
+        await chat.send(type="message", id="m1", content="first")
+        await chat.expect("reply.start")
+        await chat.expect("reply.delta")
+        await chat.send(type="message", id="m2", content="second")
+        error = await chat.expect("error")
+        assert error["code"] == "busy" and error["id"] == "m2" and error["retryable"] is True
+        gate.set()
+        text, _ = await chat.until_done()
+        assert text.endswith("b")
+        ready = await chat.hello(conversation_id)
+    assert [m["content"] for m in ready["history"] if m["role"] == "user"] == ["first"], "the refused message is not stored"
+
+
+async def test_disconnect_does_not_stop_the_reply_and_resume_continues(
+    start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
+    gate = asyncio.Event()
+    upstream.enqueue(Script([openai_sse(["one ", "two "], finish=None, usage=None, done=False), Pause(gate), openai_sse(["three"])]))
+    gw = await start_gateway(openai_env(upstream))
+    async with gw.chat() as chat:
+        ready = await chat.hello()
+        await chat.send(type="message", id="m1", content="go")
+        start = await chat.expect("reply.start")
+        got, last_seq = "", 0
+        while got != "one two ":
+            delta = await chat.expect("reply.delta")
+            got, last_seq = got + delta["text"], delta["seq"]
+    gate.set()
+    async with gw.chat() as chat:
+        again = await chat.hello(ready["conversation_id"])
+        await chat.send(type="resume", reply_id=start["reply_id"], after_seq=last_seq)
+        rest, events = await chat.until_done()
+    assert got + rest == "one two three"
+    seqs = [e["seq"] for e in events if e["type"] == "reply.delta"]
+    assert all(s > last_seq for s in seqs) and seqs == sorted(set(seqs))
+    assert again.get("streaming") is None or again["streaming"]["reply_id"] == start["reply_id"]
+
+
+async def test_resume_unknown_reply(start_gateway: StartGateway) -> None:
+    gw = await start_gateway(toml=DEMO_FAST)
+    async with gw.chat() as chat:
+        await chat.hello()
+        await chat.send(type="resume", reply_id="nope", after_seq=0)
+        error = await chat.expect("error")
+    assert error["code"] == "resume_unavailable" and error["retryable"] is False
+
+
+async def test_unknown_conversation_is_not_found(start_gateway: StartGateway) -> None:
+    gw = await start_gateway(toml=DEMO_FAST)
+    async with gw.chat() as chat:
+        await chat.send(type="hello", conversation_id="0" * 32)
+        error = await chat.expect("error")
+        assert error["code"] == "not_found"
+        ready = await chat.hello()
+    assert ready["conversation_id"] != "0" * 32, "the connection stays usable"
+
+
+async def test_history_paging(start_gateway: StartGateway) -> None:
+    gw = await start_gateway(toml=DEMO_FAST + "[limits]\nhistory_limit = 2\n")
+    async with gw.chat() as chat:
+        conversation_id = (await chat.hello())["conversation_id"]
+        for i in range(3):
+            await chat.ask(f"q{i}", f"m{i}")
+    async with gw.chat() as chat:
+        ready = await chat.hello(conversation_id)
+        assert [m["id"] for m in ready["history"]][0] == "m2" and len(ready["history"]) == 2
+        await chat.send(type="history", before="m2", limit=3)
+        page = await chat.expect("history")
+        assert [m["role"] for m in page["messages"]] == ["assistant", "user", "assistant"]
+        assert page["messages"][1]["content"] == "q1" and page["has_more"] is True
+        await chat.send(type="history", before=page["messages"][0]["id"], limit=3)
+        last = await chat.expect("history")
+    assert [m["content"] for m in last["messages"]] == ["q0"] and last["has_more"] is False
+
+
+async def test_plain_text_mode_keeps_history_per_connection(
+    start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(Script(rechunk(openai_sse(CHINESE), seed=3)), Script([openai_sse(["again"])]))
+    gw = await start_gateway(openai_env(upstream))
+    async with gw.raw() as ws:
+        assert ws.subprotocol is None
+        await ws.send("你好")
+        text = ""
+        while text != "".join(CHINESE):
+            text += await asyncio.wait_for(ws.recv(), 5)
+        await ws.send("more")
+        assert await asyncio.wait_for(ws.recv(), 5) == "again"
+    assert upstream.requests[1].json["messages"][-3:] == [
+        {"role": "user", "content": "你好"},
+        {"role": "assistant", "content": "".join(CHINESE)},
+        {"role": "user", "content": "more"},
+    ]

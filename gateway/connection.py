@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from . import wire
 from .config import Config
 from .errors import ErrorCode, GatewayError, ProtocolError
-from .outbox import Frame, Outbox
+from .outbox import Close, Frame, Outbox
 from .replies import Reply, ReplyRegistry, StopReason
 from .store import ConversationStore, StoredMessage, new_id
 
@@ -77,9 +77,16 @@ class Connection:
         try:
             while True:
                 for frame in await outbox.get():
+                    if isinstance(frame, Close):
+                        await self.ws.close(frame.code, frame.reason)
+                        return
                     await send(frame, text=True)
         except ConnectionClosed:
             pass
+
+    def shutdown(self) -> None:
+        """Close with 1001 once every frame already queued is written."""
+        self.outbox.put(Close(CLOSE_GOING_AWAY, "server restarting; reconnect and resume"))
 
     def _overflowed(self) -> None:
         self.log.warning("client_too_slow", pending_limit=self.hub.config.max_pending_bytes)
@@ -220,7 +227,15 @@ class Connection:
         except GatewayError as exc:
             self.outbox.put(f"Error: {exc.message}")
             return
-        await reply.ended.wait()
+        # Like the seed, read the next message once this reply ended, unless the client left.
+        ended = asyncio.ensure_future(reply.ended.wait())
+        closed = asyncio.ensure_future(self.ws.wait_closed())
+        try:
+            await asyncio.wait((ended, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (ended, closed):
+                waiter.cancel()
+            await asyncio.gather(ended, closed, return_exceptions=True)
 
     # Subscriber: called by replies, synchronously
 

@@ -11,9 +11,22 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["Outbox"]
+__all__ = ["Close", "Outbox"]
 
-Frame = bytes | str
+
+class Close:
+    """Queued last: the writer closes the socket with ``code`` once what is before it is sent."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code, self.reason = code, reason
+
+    def __len__(self) -> int:
+        return 0
+
+
+Frame = bytes | str | Close
 DeltaEncoder = Callable[[str, int, str], Frame]
 
 

@@ -141,6 +141,7 @@ class Gateway:
             self._ws_server.server.close()
             _log.info("drain_started", replies_in_flight=in_flight, timeout_s=self.config.drain_timeout)
             await self.hub.registry.drain(self.config.drain_timeout)
+            await self._close_connections()
             self._ws_server.close()
             await self._ws_server.wait_closed()
             await self.hub.registry.close()
@@ -150,6 +151,20 @@ class Gateway:
             await self._session.close()
         await self.store.close()
         _log.info("gateway_stopped", replies_drained=in_flight)
+
+    async def _close_connections(self) -> None:
+        """Close every socket with 1001 after what is queued for it is written."""
+        assert self.hub is not None
+        connections = list(self.hub.connections)
+        for conn in connections:
+            conn.shutdown()
+        if not connections:
+            return
+        waiters = [asyncio.ensure_future(c.ws.wait_closed()) for c in connections]
+        _, pending = await asyncio.wait(waiters, timeout=5)
+        for waiter in pending:
+            waiter.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def _check_request(self, conn: ServerConnection, request: Request) -> Response | None:
         if request.path.split("?", 1)[0] != "/chat":

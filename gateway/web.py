@@ -62,7 +62,8 @@ async def _security_headers(request: web.Request, handler: Handler) -> web.Strea
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        response = exc
+        exc.headers.update(_SECURITY_HEADERS)
+        raise
     response.headers.update(_SECURITY_HEADERS)
     if response.content_type == "text/html":
         response.headers["Content-Security-Policy"] = _csp(request)

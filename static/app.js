@@ -7,19 +7,6 @@ const BACKOFF_MIN = 500;
 const BACKOFF_MAX = 15000;
 const CANCEL_GRACE_MS = 5000;
 
-const CODE_TEXT = {
-  bad_request: "The server rejected the request.",
-  not_found: "Not found.",
-  too_large: "The message is too large.",
-  busy: "A reply is already in progress.",
-  rate_limited: "Too many requests.",
-  upstream_error: "The model provider returned an error.",
-  upstream_timeout: "The model provider timed out.",
-  upstream_unavailable: "The model provider is unavailable.",
-  overloaded: "The server is overloaded. Try again shortly.",
-  internal: "The server hit an internal error.",
-};
-
 const $ = (id) => document.getElementById(id);
 const ui = {
   status: $("status"), model: $("model"), newChat: $("new-chat"),
@@ -32,12 +19,13 @@ const S = {
   url: "", ws: null, status: "", ready: false, attempt: 0, timer: 0, pingTimer: 0, pings: 0,
   lastRx: 0, halted: false, conv: load(), connBanner: false, bannerRun: null,
   active: null, // the entry whose reply is awaited or streaming
+  resuming: null, // the entry followed through 'resume' after ready.streaming
   byId: new Map(), // client message id -> entry
   byReply: new Map(), // reply_id -> entry
   dirty: new Set(), raf: 0,
 };
 
-// ---------- small helpers ----------
+// small helpers
 
 function load() {
   try { return localStorage.getItem(STORE_KEY) || null; } catch { return null; }
@@ -67,7 +55,7 @@ function newId() {
 const nearBottom = () => ui.log.scrollHeight - ui.log.scrollTop - ui.log.clientHeight < 80;
 const scrollToBottom = () => { ui.log.scrollTop = ui.log.scrollHeight; };
 
-// ---------- header, banner, composer state ----------
+// header, banner, composer state
 
 function setStatus(s) {
   S.status = s;
@@ -108,7 +96,7 @@ function autosize() {
   t.style.height = Math.min(t.scrollHeight, 200) + "px";
 }
 
-// ---------- connection ----------
+// connection
 
 function wsUrl(v) {
   if (typeof v === "string" && v) {
@@ -162,7 +150,8 @@ function connect() {
     S.lastRx = Date.now();
     let m;
     try { m = JSON.parse(ev.data); } catch { return; }
-    if (m && typeof m === "object") handle(m);
+    const h = m && Object.hasOwn(HANDLERS, m.type) && HANDLERS[m.type]; // pong, unknown: ignored
+    if (h) h(m);
   };
   ws.onclose = (ev) => { if (ws === S.ws) onClose(ev.code, ev.reason); };
 }
@@ -223,25 +212,16 @@ function stopPing() {
   S.pingTimer = 0;
 }
 
-// ---------- protocol ----------
+// protocol
 
-function handle(m) {
-  switch (m.type) {
-    case "ready": return onReady(m);
-    case "reply.start": return onStart(m);
-    case "reply.delta": return onDelta(m);
-    case "reply.done": return onDone(m);
-    case "error": return onError(m);
-    default: return undefined; // pong and unknown frames
-  }
-}
 
 function onReady(m) {
   S.ready = true;
   S.attempt = 0;
   if (typeof m.conversation_id === "string" && m.conversation_id) save(m.conversation_id);
-  setModel(m.model);
-  const max = m.limits && m.limits.max_message_chars;
+  setModel(m.model, m.provider);
+  document.title = typeof m.title === "string" && m.title ? `${m.title} · LLM Gateway` : "LLM Gateway";
+  const max = m.limits && m.limits.max_content_chars;
   if (Number.isInteger(max) && max > 0) ui.input.maxLength = max;
   clearMessages();
   for (const h of Array.isArray(m.history) ? m.history : []) {
@@ -254,10 +234,18 @@ function onReady(m) {
       finish(e, h.finish_reason || "stop");
     }
   }
+  const live = m.streaming; // a reply of this conversation is still being written: follow it
+  if (live && typeof live.reply_id === "string") {
+    S.active = S.resuming = addAssistant();
+    setReplyId(S.active, live.reply_id);
+    sendFrame({ type: "resume", reply_id: live.reply_id, after_seq: 0 });
+  }
   scrollToBottom();
   if (S.connBanner) banner("");
   setStatus("live");
 }
+
+const HANDLERS = { ready: onReady, "reply.start": onStart, "reply.delta": onDelta, "reply.done": onDone, error: onError };
 
 function setReplyId(e, id) {
   e.replyId = id;
@@ -296,29 +284,29 @@ function onDone(m) {
 
 function onError(m) {
   const code = typeof m.code === "string" ? m.code : "error";
-  let text = typeof m.message === "string" && m.message ? m.message : CODE_TEXT[code] || "Something went wrong.";
+  let text = typeof m.message === "string" && m.message ? m.message : `Error: ${code.replace(/_/g, " ")}.`;
   if (code === "rate_limited" && Number(m.retry_after) > 0) text += ` (retry in ${Math.ceil(Number(m.retry_after))} s)`;
   if (code === "not_found" && !S.ready) { // stored conversation is gone: start fresh
+    if (ui.messages.firstChild) banner("The server no longer has this conversation, so a new one was started.");
     save(null);
     clearMessages();
     sendHello();
     return;
   }
-  let e = (m.reply_id && S.byReply.get(m.reply_id)) || (m.id && S.byId.get(m.id));
-  // An error without ids while a message awaits its reply.start belongs to that message.
-  if (!e && !m.reply_id && !m.id && S.active && !S.active.replyId) e = S.active;
+  const e = (m.reply_id && S.byReply.get(m.reply_id)) || (m.id && S.byId.get(m.id)) ||
+    (code === "resume_unavailable" && S.resuming) || null;
   if (!e) { banner(text); return; }
   if (e.state === "streaming") fail(e, text, m.retryable === true);
   else note(e, text, "error");
 }
 
-// ---------- messages ----------
+// messages
 
 function clearMessages() {
   S.byId.clear();
   S.byReply.clear();
   S.dirty.clear();
-  S.active = null;
+  S.active = S.resuming = null;
   ui.messages.replaceChildren();
   syncComposer();
 }
@@ -380,6 +368,7 @@ function settle(e) {
   e.el.removeAttribute("aria-busy");
   e.el.dataset.state = e.state;
   if (S.active === e) S.active = null;
+  if (S.resuming === e) S.resuming = null;
   syncComposer();
   if (stick) scrollToBottom();
 }
@@ -448,7 +437,7 @@ function newChat() {
   ui.input.focus();
 }
 
-// ---------- Markdown (safe subset, DOM only) ----------
+// Markdown (safe subset, DOM only)
 
 const RE = {
   fence: /^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)[^`]*$/,
@@ -456,6 +445,7 @@ const RE = {
   hr: /^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$/,
   quote: /^ {0,3}> ?(.*)$/,
   item: /^( *)([-*+]|\d{1,9}[.)])(?:[ \t]+(.*))?$/,
+  rule: /^ {0,3}\|?\s*:?-+:?\s*(?:\|\s*:?-+:?\s*)*\|?\s*$/,
 };
 
 const lead = (s) => s.length - s.trimStart().length;
@@ -486,7 +476,8 @@ function blocks(parent, lines) {
       para = null;
       continue;
     }
-    para = para && !RE.heading.test(line) && !RE.hr.test(line) && !RE.quote.test(line) && !RE.item.test(line) ? para : null;
+    const isTable = line.includes("|") && RE.rule.test(lines[i + 1] || "") && lines[i + 1].includes("|");
+    if (para && (isTable || RE.heading.test(line) || RE.hr.test(line) || RE.quote.test(line) || RE.item.test(line))) para = null;
     if (para) {
       para.append(el("br"));
       inline(para, line.trim());
@@ -509,6 +500,8 @@ function blocks(parent, lines) {
       parent.append(bq);
     } else if (RE.item.test(line)) {
       i = list(parent, lines, i);
+    } else if (isTable) {
+      i = table(parent, lines, i);
     } else {
       para = el("p");
       inline(para, line.trim());
@@ -557,6 +550,29 @@ function list(parent, lines, i) {
     if (!sameList(RE.item.exec(lines[j] || ""), base, k)) break;
     i = j;
   }
+  return i;
+}
+
+const cells = (line) => line.trim().replace(/^\|/, "").replace(/(?<!\\)\|$/, "").split(/(?<!\\)\|/).map((c) => c.trim());
+
+function table(parent, lines, i) {
+  const align = cells(lines[i + 1]).map((c) => (c.endsWith(":") ? (c.startsWith(":") ? "center" : "right") : ""));
+  const wrap = el("div", "table-wrap");
+  const t = el("table");
+  const row = (line, tag) => {
+    const tr = el("tr");
+    cells(line).slice(0, align.length).forEach((c, k) => {
+      const td = el(tag, align[k] ? `align-${align[k]}` : null);
+      inline(td, c);
+      tr.append(td);
+    });
+    return tr;
+  };
+  t.append(el("thead"), el("tbody"));
+  t.tHead.append(row(lines[i], "th"));
+  for (i += 2; i < lines.length && lines[i].includes("|") && lines[i].trim(); i++) t.tBodies[0].append(row(lines[i], "td"));
+  wrap.append(t);
+  parent.append(wrap);
   return i;
 }
 
@@ -660,7 +676,7 @@ function inline(parent, s) {
   flush();
 }
 
-// ---------- copy buttons ----------
+// copy buttons
 
 async function copyText(text) {
   try {
@@ -670,13 +686,12 @@ async function copyText(text) {
   const prev = document.activeElement;
   const ta = el("textarea", "clip");
   ta.value = text;
-  ta.readOnly = true;
   document.body.append(ta);
   ta.select();
   let ok = false;
-  try { ok = document.execCommand("copy"); } catch { ok = false; }
+  try { ok = document.execCommand("copy"); } catch { /* unsupported */ }
   ta.remove();
-  if (prev && prev.focus) prev.focus();
+  prev?.focus?.();
   return ok;
 }
 
@@ -689,7 +704,7 @@ ui.messages.addEventListener("click", async (ev) => {
   setTimeout(() => { btn.textContent = "Copy"; }, 1500);
 });
 
-// ---------- wiring ----------
+// wiring
 
 ui.form.addEventListener("submit", (ev) => { ev.preventDefault(); submit(); });
 ui.input.addEventListener("input", autosize);

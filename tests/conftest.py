@@ -214,3 +214,18 @@ def run_cli(tmp_path: Path) -> Iterator[Callable[..., subprocess.CompletedProces
         )
 
     yield run
+
+
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI (GATEWAY_TEST_FORBID_SKIPS=1) a skipped test fails the run."""
+    if _skipped and os.environ.get("GATEWAY_TEST_FORBID_SKIPS") == "1":
+        print(f"\n{len(_skipped)} test(s) skipped, which CI forbids: {', '.join(_skipped)}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -233,3 +233,33 @@ async def test_plain_text_mode_keeps_history_per_connection(
         {"role": "assistant", "content": "".join(CHINESE)},
         {"role": "user", "content": "more"},
     ]
+
+
+async def test_plain_mode_disconnect_cancels_the_reply(start_gateway: StartGateway, upstream: FakeUpstream) -> None:
+    upstream.enqueue(Script([openai_sse(["streaming"], finish=None, usage=None, done=False), Stall()]))
+    gw = await start_gateway(openai_env(upstream, GATEWAY_UPSTREAM_TIMEOUT="60"))
+    async with gw.raw() as ws:
+        await ws.send("go")
+        assert await asyncio.wait_for(ws.recv(), 5) == "streaming"
+    await asyncio.wait_for(upstream.requests[0].disconnected.wait(), 5)
+
+
+async def test_json_mode_disconnect_lets_the_reply_finish_and_store(
+    start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
+    gate = asyncio.Event()
+    upstream.enqueue(Script([openai_sse(["a"], finish=None, usage=None, done=False), Pause(gate), openai_sse(["b"])]))
+    gw = await start_gateway(openai_env(upstream))
+    async with gw.chat() as chat:
+        conversation_id = (await chat.hello())["conversation_id"]
+        await chat.send(type="message", id="m1", content="go")
+        start = await chat.expect("reply.start")
+        await chat.expect("reply.delta")
+    gate.set()
+    reply = gw.gateway.hub.registry.get(start["reply_id"])  # type: ignore[union-attr]
+    assert reply is not None
+    await asyncio.wait_for(reply.ended.wait(), 5)
+    async with gw.chat() as chat:
+        ready = await chat.hello(conversation_id)
+    assert ready["history"][-1]["content"] == "ab" and ready["history"][-1]["finish_reason"] == "stop"
+    assert not upstream.requests[0].disconnected.is_set()

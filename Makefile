@@ -1,0 +1,31 @@
+# The two commands: `make run` (the gateway on its embedded defaults) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint venv clean example-config
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	@echo "Starting the gateway: open http://127.0.0.1:8080/ (Ctrl-C to stop)"
+	$(BIN)/gateway serve
+
+test: lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/python -m mypy
+
+example-config: $(STAMP)
+	$(BIN)/python -m gateway.example > gateway.example.toml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis

@@ -9,7 +9,6 @@ naming the key.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 import tomllib
@@ -27,6 +26,7 @@ __all__ = [
     "SETTINGS",
     "Setting",
     "load",
+    "own_origins",
     "render",
 ]
 
@@ -195,12 +195,17 @@ def _origins(value: Any) -> tuple[str, ...]:
     origins = []
     for item in items:
         origin = _str(item).strip().rstrip("/")
-        if not origin:
-            continue
-        if origin != "*" and "://" not in origin:
-            raise ValueError(f"an origin looks like https://chat.example.com, got {origin!r}")
-        origins.append(origin)
+        if origin:
+            origins.append(origin if origin == "*" else _origin(origin))
     return tuple(origins)
+
+
+def _origin(text: str) -> str:
+    """An origin as browsers send it: ``scheme://host[:port]``, lower case."""
+    scheme, sep, host = text.partition("://")
+    if not sep or not scheme or not host or "/" in host:
+        raise ValueError(f"an origin looks like https://chat.example.com, got {text!r}")
+    return f"{scheme.lower()}://{host.lower()}"
 
 
 def _params(value: Any) -> Mapping[str, Any]:
@@ -309,7 +314,7 @@ def load(
     return Config(
         ws_addr=ws_addr,
         http_addr=http_addr,
-        allowed_origins=values["server.allowed_origins"] or _own_origins(http_addr),
+        allowed_origins=values["server.allowed_origins"],
         public_ws_url=values["server.public_ws_url"],
         state_dir=_state_dir(values["server.state_dir"], env),
         static_dir=_static_dir(values["server.static_dir"]),
@@ -394,10 +399,9 @@ def _provider(values: Mapping[str, Any], env: Mapping[str, str]) -> ProviderConf
 
 
 def _api_key(values: Mapping[str, Any], env: Mapping[str, str]) -> str:
-    if env.get("GATEWAY_API_KEY"):
+    """GATEWAY_API_KEY > key file > $CREDENTIALS_DIRECTORY/api_key > TOML api_key > the seed's API_KEY."""
+    if env.get("GATEWAY_API_KEY", "").strip():
         return env["GATEWAY_API_KEY"].strip()
-    if env.get("API_KEY"):
-        return env["API_KEY"].strip()
     key_file = values["provider.api_key_file"]
     if not key_file and env.get("CREDENTIALS_DIRECTORY"):
         candidate = Path(env["CREDENTIALS_DIRECTORY"]) / "api_key"
@@ -407,14 +411,15 @@ def _api_key(values: Mapping[str, Any], env: Mapping[str, str]) -> str:
             return Path(key_file).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError("provider.api_key_file", f"cannot read {key_file}: {exc}") from None
-    return str(values["provider.api_key"]).strip()
+    return str(values["provider.api_key"]).strip() or env.get("API_KEY", "").strip()
 
 
-def _own_origins(http: HostPort) -> tuple[str, ...]:
-    hosts = [http.host]
-    if http.host in {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}:
+def own_origins(host: str, port: int) -> tuple[str, ...]:
+    """The origins of the gateway's own page, served on ``host:port``."""
+    hosts = [host]
+    if host in {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}:
         hosts = ["127.0.0.1", "localhost", "::1"]
-    return tuple(HostPort(h, http.port).url("http") for h in hosts)
+    return tuple(HostPort(h, port).url("http") for h in hosts)
 
 
 def _state_dir(value: str, env: Mapping[str, str]) -> Path:
@@ -439,30 +444,39 @@ def _static_dir(value: str) -> Path:
 
 
 def render(config: Config) -> str:
-    """The effective configuration as TOML, with secrets masked."""
-    flat = _flatten(config)
+    """The effective configuration as TOML, with secrets masked (as comments)."""
     lines = [f"# effective configuration (from {config.source} and the environment)"]
     section = ""
     for s in SETTINGS:
         if s.section != section:
             section = s.section
             lines.append(f"\n[{section}]")
-        value = flat[s.name]
+        value = _effective(config, s)
         if s.secret:
-            value = "********" if value else ""
-        lines.append(f"{s.key} = {_toml_value(value)}")
+            lines.append(f"# {s.key} = {'(set, masked)' if value else '(not set)'}")
+        elif s.name == "provider.api_key_file":
+            continue
+        else:
+            lines.append(f"{s.key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 
-def _flatten(config: Config) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    top, provider = dataclasses.asdict(config), dataclasses.asdict(config.provider)
-    for s in SETTINGS:
-        source = provider if s.section == "provider" else top
-        attr = {"log.level": "log_level", "log.format": "log_format"}.get(s.name, s.key)
-        flat[s.name] = source.get(attr, "")
-    flat["provider.api_key_file"] = ""
-    return flat
+def _effective(config: Config, setting: Setting) -> Any:
+    source: Any = config.provider if setting.section == "provider" else config
+    attr = {"log.level": "log_level", "log.format": "log_format"}.get(setting.name, setting.key)
+    value = getattr(source, attr, "")
+    return str(value) if isinstance(value, HostPort | Path) else value
+
+
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_str(text: str) -> str:
+    out = (
+        _TOML_ESCAPES.get(ch) or (f"\\u{ord(ch):04X}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch)
+        for ch in text
+    )
+    return '"' + "".join(out) + '"'
 
 
 def _toml_value(value: Any) -> str:
@@ -470,11 +484,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    if isinstance(value, dict) and "host" in value and "port" in value:
-        return _toml_value(str(HostPort(value["host"], value["port"])))
-    if isinstance(value, dict | Mapping):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{_toml_str(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    return _toml_str(str(value))

@@ -188,6 +188,8 @@ class Connection:
                 "this reply can no longer be resumed; its stored text is in the history",
                 retryable=False,
             )
+        if reply.id in self.replies:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "this connection already receives that reply")
         if msg.after_seq > reply.log.seq:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"after_seq is past the reply's last seq ({reply.log.seq})")
         self.replies[reply.id] = reply

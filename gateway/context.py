@@ -39,7 +39,7 @@ def build_context(
         kept.append({"role": message.role, "content": message.content})
         budget -= len(message.content)
     kept.reverse()
-    if kept and kept[0]["role"] == "assistant":
+    while kept and kept[0]["role"] == "assistant":
         kept.pop(0)
     if system_prompt:
         kept.insert(0, {"role": "system", "content": system_prompt})

@@ -109,7 +109,7 @@ class UpstreamError(GatewayError):
 # Things that look like credentials: OpenAI/Anthropic/OpenRouter style keys,
 # bearer tokens, and long opaque runs of key-ish characters.
 _SECRET_PATTERNS = re.compile(
-    r"(?:sk|pk|rk|ak)-[A-Za-z0-9_\-*]{6,}"
+    r"(?<![A-Za-z0-9])(?:sk|pk|rk|ak)-[A-Za-z0-9_\-*]{6,}"
     r"|(?i:bearer)\s+[A-Za-z0-9._~+/\-=]+"
     r"|\b[A-Za-z0-9_\-]{32,}\b"
 )

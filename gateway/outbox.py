@@ -85,10 +85,11 @@ class Outbox:
         ]
 
     def _admit(self, size: int) -> bool:
+        """Admit ``size`` more; one frame alone is always admitted, however large."""
         if self.overflowed:
             return False
         self._pending += size
-        if self._pending <= self._max_pending:
+        if self._pending <= self._max_pending or self._pending == size:
             return True
         self.overflowed = True
         self._items.clear()

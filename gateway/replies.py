@@ -136,12 +136,15 @@ class ReplyRegistry:
         reply = Reply(conversation_id, message.id, self.limits.max_reply_chars)
         self._active[conversation_id] = reply
         try:
-            await self.store.save(conversation_id, message)
-            history = await self.store.history(conversation_id, self.limits.context_max_messages)
+            added = await self.store.add(conversation_id, message)
+            history = await self.store.history(conversation_id, self.limits.context_max_messages) if added else []
         except Exception:
             del self._active[conversation_id]
             _log.exception("store_failed", conversation_id=conversation_id)
             raise GatewayError(ErrorCode.INTERNAL, "the message could not be stored; try again") from None
+        if not added:
+            del self._active[conversation_id]
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "a message with this id is already in the conversation")
         messages = build_context(
             history,
             system_prompt=self.limits.system_prompt,

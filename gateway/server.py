@@ -21,7 +21,7 @@ from websockets.typing import Subprotocol
 from websockets.http11 import Request, Response
 
 from . import __version__, wire
-from .config import Config
+from .config import Config, own_origins
 from .connection import CLOSE_OVERLOADED, Connection, Hub
 from .upstream import make_provider
 from .replies import RegistryLimits, ReplyRegistry
@@ -50,6 +50,7 @@ class Gateway:
         self.hub: Hub | None = None
         self._web_state: WebState | None = None
         self.closed = False
+        self.allowed_origins: tuple[str, ...] = config.allowed_origins
 
     @property
     def ws_port(self) -> int:
@@ -97,6 +98,7 @@ class Gateway:
         self._runner = web.AppRunner(make_app(self._web_state), access_log=None, handle_signals=False)
         await self._runner.setup()
         await web.TCPSite(self._runner, cfg.http_addr.host, cfg.http_addr.port).start()
+        self.allowed_origins = cfg.allowed_origins or own_origins(cfg.http_addr.host, self.http_port)
         _log.info(
             "gateway_started",
             version=__version__,
@@ -170,8 +172,8 @@ class Gateway:
         if request.path.split("?", 1)[0] != "/chat":
             return _http(conn, 404, "Not Found: the chat endpoint is /chat\n")
         origin = request.headers.get("Origin")
-        allowed = self.config.allowed_origins
-        if origin is not None and "*" not in allowed and origin.rstrip("/") not in allowed:
+        allowed = self.allowed_origins
+        if origin is not None and "*" not in allowed and origin.lower() not in allowed:
             _log.info("handshake_refused", reason="origin", origin=origin[:200])
             return _http(conn, 403, "Forbidden: this Origin is not allowed\n")
         return None

@@ -48,6 +48,9 @@ class ConversationStore(Protocol):
 
     async def get(self, conversation_id: str) -> Conversation | None: ...
 
+    async def add(self, conversation_id: str, message: StoredMessage) -> bool:
+        """Insert a new message; False (and nothing written) if its id is taken."""
+
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
         """Insert ``message``, or replace the one with the same id (checkpoints, final text)."""
 
@@ -84,6 +87,13 @@ class MemoryStore:
     async def get(self, conversation_id: str) -> Conversation | None:
         entry = self._entries.get(conversation_id)
         return entry.conversation if entry else None
+
+    async def add(self, conversation_id: str, message: StoredMessage) -> bool:
+        entry = self._entries.get(conversation_id)
+        if entry is not None and message.id in entry.messages:
+            return False
+        await self.save(conversation_id, message)
+        return True
 
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
         entry = self._entries.get(conversation_id)

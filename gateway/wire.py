@@ -33,6 +33,7 @@ __all__ = [
 
 SUBPROTOCOL = "chat.v1"
 MAX_ID_CHARS = 128
+MAX_TOKEN_CHARS = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +109,9 @@ def _field(obj: Mapping[str, Any], name: str, kind: type, *, required: bool = Tr
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         expected = {str: "a string", int: "an integer"}.get(kind, kind.__name__)
         raise _bad(f"field {name!r} must be {expected}")
-    if isinstance(value, str) and name != "content" and len(value) > MAX_ID_CHARS:
-        raise _bad(f"field {name!r} is longer than {MAX_ID_CHARS} characters")
+    limit = {"content": None, "token": MAX_TOKEN_CHARS}.get(name, MAX_ID_CHARS)
+    if isinstance(value, str) and limit is not None and len(value) > limit:
+        raise _bad(f"field {name!r} is longer than {limit} characters")
     return value
 
 

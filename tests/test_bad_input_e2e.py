@@ -132,9 +132,14 @@ async def test_allowed_origins(start_gateway: StartGateway) -> None:
 
 
 async def test_own_page_origin_allowed_by_default(start_gateway: StartGateway) -> None:
-    gw = await start_gateway(env={"GATEWAY_HTTP_ADDR": "127.0.0.1:0"}, toml=DEMO_FAST)
-    allowed = gw.gateway.config.allowed_origins
-    assert "http://127.0.0.1:0" in allowed and "http://localhost:0" in allowed
+    gw = await start_gateway(toml=DEMO_FAST)
+    port = gw.gateway.http_port
+    for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"HTTP://LOCALHOST:{port}"):
+        async with gw.chat(origin=origin) as chat:
+            await chat.hello()
+    with pytest.raises(InvalidStatus):
+        async with gw.raw(origin=f"http://127.0.0.1:{port + 1}"):
+            pass
 
 
 async def test_wrong_path_and_unknown_subprotocol(start_gateway: StartGateway) -> None:
@@ -188,3 +193,39 @@ async def test_no_traceback_logged_for_client_mistakes(
     out = capsys.readouterr().out
     assert "Traceback" not in out and "exception" not in out.lower()
     assert orjson.dumps("handshake_refused").decode().strip('"') in out
+
+
+async def test_duplicate_message_id_is_refused_and_history_intact(start_gateway: StartGateway) -> None:
+    gw = await start_gateway(toml=DEMO_FAST)
+    async with gw.chat() as chat:
+        conversation_id = (await chat.hello())["conversation_id"]
+        await chat.ask("first", "same-id")
+        await chat.send(type="message", id="same-id", content="second")
+        error = await chat.expect("error")
+        assert error["code"] == "bad_request" and error["id"] == "same-id"
+        ready = await chat.hello(conversation_id)
+    assert [m["role"] for m in ready["history"]] == ["user", "assistant"]
+    assert ready["history"][0]["content"] == "first"
+
+
+async def test_resume_on_a_connection_already_watching_is_refused(start_gateway: StartGateway) -> None:
+    gw = await start_gateway(toml="[provider]\ndemo_delay_ms = 5\n")
+    async with gw.chat() as chat:
+        await chat.hello()
+        await chat.send(type="message", id="m1", content="hi")
+        start = await chat.expect("reply.start")
+        await chat.send(type="resume", reply_id=start["reply_id"], after_seq=0)
+        text, events = await chat.until_done()
+    errors = [e for e in events if e["type"] == "error"]
+    assert len(errors) == 1 and errors[0]["code"] == "bad_request"
+    assert text.count("This is the **demo model**") == 1, "no text repeated"
+
+
+async def test_big_history_does_not_trip_the_slow_client_bound(start_gateway: StartGateway) -> None:
+    gw = await start_gateway(toml=DEMO_FAST + "[limits]\nmax_pending_bytes = 1024\n")
+    async with gw.chat() as chat:
+        conversation_id = (await chat.hello())["conversation_id"]
+        await chat.ask("x" * 2000)
+    async with gw.chat() as chat:
+        ready = await chat.hello(conversation_id)
+    assert ready["history"][0]["content"] == "x" * 2000

@@ -1,0 +1,274 @@
+"""Tests for gateway.outbox.Outbox: FIFO frames, merged deltas, bounded backlog."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.outbox import Close, Frame, Outbox
+from gateway.wire import encode_delta
+
+
+class Overflows:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+
+
+def make(max_pending: int = 1 << 20) -> tuple[Outbox, Overflows]:
+    overflow = Overflows()
+    return Outbox(max_pending, encode_delta, overflow), overflow
+
+
+def delta(reply_id: str, seq: int, text: str) -> bytes:
+    return encode_delta(reply_id, seq, text)
+
+
+async def blocked_get(box: Outbox) -> asyncio.Task[list[Frame]]:
+    """Start ``box.get()`` in a task and return once it has run up to its first wait.
+
+    If frames are waiting, ``get`` returns without suspending, so the task is
+    already done when this returns; otherwise it is parked inside ``get``.
+    """
+    started = asyncio.Event()
+
+    async def getter() -> list[Frame]:
+        started.set()
+        return await box.get()
+
+    task = asyncio.create_task(getter())
+    await started.wait()
+    return task
+
+
+async def test_fifo_order() -> None:
+    box, overflow = make()
+    box.put(b"one")
+    box.put("two")
+    box.put_delta("r1", 1, "x")
+    box.put(b"three")
+    assert await box.get() == [b"one", "two", delta("r1", 1, "x"), b"three"]
+    assert overflow.calls == 0
+
+
+async def test_consecutive_deltas_of_one_reply_merge() -> None:
+    box, _ = make()
+    box.put(b"start")
+    box.put_delta("r1", 1, "你")
+    box.put_delta("r1", 2, "好")
+    box.put_delta("r1", 3, "🙂")
+    frames = await box.get()
+    assert frames == [b"start", delta("r1", 3, "你好🙂")]
+    assert isinstance(frames[1], bytes)
+    assert orjson.loads(frames[1]) == {"type": "reply.delta", "reply_id": "r1", "seq": 3, "text": "你好🙂"}
+
+
+async def test_deltas_of_different_replies_do_not_merge() -> None:
+    box, _ = make()
+    box.put_delta("r1", 1, "a")
+    box.put_delta("r2", 1, "b")
+    box.put_delta("r2", 2, "c")
+    box.put_delta("r1", 2, "d")
+    assert await box.get() == [delta("r1", 1, "a"), delta("r2", 2, "bc"), delta("r1", 2, "d")]
+
+
+async def test_deltas_separated_by_another_frame_do_not_merge() -> None:
+    box, _ = make()
+    box.put_delta("r1", 1, "a")
+    box.put(b'{"type":"pong"}')
+    box.put_delta("r1", 2, "b")
+    assert await box.get() == [delta("r1", 1, "a"), b'{"type":"pong"}', delta("r1", 2, "b")]
+
+
+async def test_taken_delta_is_not_merged_into() -> None:
+    box, _ = make()
+    box.put_delta("r1", 1, "a")
+    assert await box.get() == [delta("r1", 1, "a")]
+    box.put_delta("r1", 2, "b")
+    assert await box.get() == [delta("r1", 2, "b")]
+
+
+async def test_get_waits_until_a_frame_is_put() -> None:
+    box, _ = make()
+    task = await blocked_get(box)
+    assert not task.done()
+    box.put(b"hello")
+    assert await task == [b"hello"]
+
+
+async def test_get_waits_until_a_delta_is_put() -> None:
+    box, _ = make()
+    task = await blocked_get(box)
+    assert not task.done()
+    box.put_delta("r1", 1, "hi")
+    box.put_delta("r1", 2, "!")  # merged before the writer runs
+    assert await task == [delta("r1", 2, "hi!")]
+
+
+async def test_get_returns_at_once_when_frames_wait() -> None:
+    box, _ = make()
+    box.put(b"ready")
+    task = await blocked_get(box)
+    assert task.done()
+    assert task.result() == [b"ready"]
+
+
+async def test_cancelled_get_leaves_the_outbox_usable() -> None:
+    box, _ = make()
+    task = await blocked_get(box)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    box.put(b"later")
+    assert await box.get() == [b"later"]
+
+
+async def test_close_keeps_its_place_and_stops_merging() -> None:
+    box, _ = make()
+    close = Close(1001, "server restarting")
+    box.put_delta("r1", 1, "a")
+    box.put(close)
+    box.put_delta("r1", 2, "b")
+    assert await box.get() == [delta("r1", 1, "a"), close, delta("r1", 2, "b")]
+
+
+async def test_close_wakes_a_waiting_writer() -> None:
+    box, _ = make()
+    task = await blocked_get(box)
+    assert not task.done()
+    close = Close(1013, "too slow")
+    box.put(close)
+    assert await task == [close]
+
+
+async def test_close_costs_no_pending_budget() -> None:
+    box, overflow = make(10)
+    box.put(b"0123456789")
+    box.put(Close(1001, "x" * 100))
+    assert overflow.calls == 0
+
+
+async def test_exactly_max_pending_is_admitted() -> None:
+    box, overflow = make(10)
+    box.put_delta("r1", 1, "12345")
+    box.put(b"12345")
+    assert overflow.calls == 0 and not box.overflowed
+    assert await box.get() == [delta("r1", 1, "12345"), b"12345"]
+
+
+async def test_pending_is_counted_again_after_get() -> None:
+    box, overflow = make(10)
+    for seq in range(1, 6):
+        box.put_delta("r1", seq, "12345678")
+        assert await box.get() == [delta("r1", seq, "12345678")]
+    assert overflow.calls == 0
+
+
+async def test_overflow_calls_back_once_drops_and_ignores_later_puts() -> None:
+    box, overflow = make(10)
+    box.put(b"abc")
+    box.put_delta("r1", 1, "defgh")
+    assert overflow.calls == 0
+    box.put_delta("r1", 2, "ijk")  # 11 > 10
+    assert overflow.calls == 1 and box.overflowed
+    box.put(b"x")
+    box.put_delta("r1", 3, "y")
+    box.put_delta("r2", 1, "z")
+    assert overflow.calls == 1
+    task = await blocked_get(box)  # everything was dropped: nothing to take
+    assert not task.done()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_single_large_frame_alone_is_admitted() -> None:
+    box, overflow = make(1024)
+    box.put(b"x" * 4096)  # e.g. a big `ready` with history: not a slow client
+    assert overflow.calls == 0 and await box.get() == [b"x" * 4096]
+
+
+async def test_a_large_frame_behind_waiting_ones_overflows() -> None:
+    box, overflow = make(1024)
+    box.put(b"y")
+    box.put(b"x" * 1024)
+    assert overflow.calls == 1 and box.overflowed
+
+
+# --------------------------------------------------------------------------- property
+
+op = st.one_of(
+    st.tuples(st.just("delta"), st.sampled_from(["r1", "r2", "r3"]), st.text(max_size=8)),
+    st.tuples(st.just("frame"), st.just(""), st.text(max_size=4)),
+    st.tuples(st.just("get"), st.just(""), st.just("")),
+)
+
+
+def flush(model: list[list[Any]]) -> list[Frame]:
+    out: list[Frame] = [delta(m[1], m[2], "".join(m[3])) if m[0] == "D" else m[1] for m in model]
+    model.clear()
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(op, max_size=40))
+async def test_any_interleaving_preserves_text_and_order(ops: list[tuple[str, str, str]]) -> None:
+    box, overflow = make()
+    seq = {"r1": 0, "r2": 0, "r3": 0}
+    sent = {"r1": "", "r2": "", "r3": ""}
+    model: list[list[Any]] = []  # what should be waiting: ["D", reply, seq, parts] or ["F", frame]
+    received: list[Frame] = []
+    expected: list[Frame] = []
+    waiting: asyncio.Task[list[Frame]] | None = None
+    for n, (kind, reply_id, text) in enumerate(ops):
+        if kind == "get":
+            if waiting is None:
+                waiting = await blocked_get(box)
+                assert waiting.done() == bool(model)
+                if waiting.done():
+                    received += waiting.result()
+                    expected += flush(model)
+                    waiting = None
+            continue
+        if kind == "delta":
+            seq[reply_id] += 1
+            sent[reply_id] += text
+            box.put_delta(reply_id, seq[reply_id], text)
+            if model and model[-1][0] == "D" and model[-1][1] == reply_id:
+                model[-1][2] = seq[reply_id]
+                model[-1][3].append(text)
+            else:
+                model.append(["D", reply_id, seq[reply_id], [text]])
+        else:
+            other = f"frame-{n}-{text}"
+            box.put(other)
+            model.append(["F", other])
+        if waiting is not None:  # the put woke the parked writer
+            received += await waiting
+            expected += flush(model)
+            waiting = None
+    if waiting is not None:
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+    elif model:
+        received += await box.get()
+        expected += flush(model)
+    assert not model
+    assert received == expected
+    assert overflow.calls == 0
+    # the contract, independent of the model: text per reply is whole, seq strictly increasing
+    got_text = {"r1": "", "r2": "", "r3": ""}
+    last_seq = {"r1": 0, "r2": 0, "r3": 0}
+    for frame in received:
+        if isinstance(frame, bytes):
+            event = orjson.loads(frame)
+            assert event["seq"] > last_seq[event["reply_id"]]
+            last_seq[event["reply_id"]] = event["seq"]
+            got_text[event["reply_id"]] += event["text"]
+    assert got_text == sent
+    assert last_seq == seq

@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/gateway serve
 
 test: lint
-	$(BIN)/python -m pytest
+	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/python -m mypy

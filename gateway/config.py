@@ -9,6 +9,7 @@ naming the key.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import tomllib
@@ -27,6 +28,7 @@ __all__ = [
     "Setting",
     "load",
     "own_origins",
+    "token_digest",
     "render",
 ]
 
@@ -94,6 +96,7 @@ class Config:
     log_level: str
     log_format: Literal["json", "console"]
     provider: ProviderConfig
+    auth_tokens: frozenset[str] = field(default=frozenset(), repr=False)
     unknown_env: tuple[str, ...] = ()
     source: str = "defaults"
 
@@ -286,6 +289,9 @@ SETTINGS: tuple[Setting, ...] = (
             "dashscope: ask for incremental output (false: cumulative, deltas computed)"),
     Setting("provider", "demo_delay_ms", _float(0, 10_000), 30.0, None,
             "demo: milliseconds between tokens"),
+    Setting("auth", "tokens_file", _path, "", "GATEWAY_AUTH_TOKENS_FILE",
+            "file of client tokens, one per line; when set, clients must present one "
+            "(default $CREDENTIALS_DIRECTORY/auth_tokens if present; empty: no auth)"),
     Setting("log", "level", _choice("debug", "info", "warning", "error"), "info",
             "GATEWAY_LOG_LEVEL", "debug, info, warning or error"),
     Setting("log", "format", _choice("auto", "json", "console"), "auto", "GATEWAY_LOG_FORMAT",
@@ -335,6 +341,7 @@ def load(
         log_level=values["log.level"],
         log_format=log_format,
         provider=provider,
+        auth_tokens=_auth_tokens(values["auth.tokens_file"], env),
         unknown_env=tuple(sorted(k for k in env if k.startswith("GATEWAY_") and k not in _KNOWN_ENV)),
         source=str(path) if path else "defaults",
     )
@@ -414,6 +421,32 @@ def _api_key(values: Mapping[str, Any], env: Mapping[str, str]) -> str:
     return str(values["provider.api_key"]).strip() or env.get("API_KEY", "").strip()
 
 
+MIN_TOKEN_CHARS = 16
+
+
+def _auth_tokens(path: str, env: Mapping[str, str]) -> frozenset[str]:
+    """SHA-256 digests of the client tokens in ``path`` (one per line, # comments)."""
+    if not path and env.get("CREDENTIALS_DIRECTORY"):
+        candidate = Path(env["CREDENTIALS_DIRECTORY"]) / "auth_tokens"
+        path = str(candidate) if candidate.is_file() else ""
+    if not path:
+        return frozenset()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("auth.tokens_file", f"cannot read {path}: {exc}") from None
+    tokens = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not tokens:
+        raise ConfigError("auth.tokens_file", f"{path} holds no token")
+    if any(len(t) < MIN_TOKEN_CHARS for t in tokens):
+        raise ConfigError("auth.tokens_file", f"tokens must be at least {MIN_TOKEN_CHARS} characters")
+    return frozenset(token_digest(t) for t in tokens)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
 def own_origins(host: str, port: int) -> tuple[str, ...]:
     """The origins of the gateway's own page, served on ``host:port``."""
     hosts = [host]
@@ -456,6 +489,9 @@ def render(config: Config) -> str:
             lines.append(f"# {s.key} = {'(set, masked)' if value else '(not set)'}")
         elif s.name == "provider.api_key_file":
             continue
+        elif s.name == "auth.tokens_file":
+            count = len(config.auth_tokens)
+            lines.append(f"# client auth: {f'on, {count} token(s)' if count else 'off'}")
         else:
             lines.append(f"{s.key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"

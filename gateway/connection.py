@@ -6,6 +6,7 @@ This is the one place where errors become protocol frames and close codes.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -13,21 +14,36 @@ from typing import Any
 import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request
 
 from . import wire
-from .config import Config
+from .config import Config, token_digest
 from .errors import ErrorCode, GatewayError, ProtocolError
 from .outbox import Close, Frame, Outbox
 from .replies import Reply, ReplyRegistry, StopReason
 from .store import ConversationStore, StoredMessage, new_id
 
-__all__ = ["CLOSE_GOING_AWAY", "CLOSE_OVERLOADED", "Connection", "Hub"]
+__all__ = ["CLOSE_GOING_AWAY", "CLOSE_OVERLOADED", "Connection", "Hub", "token_valid", "wire_authenticated"]
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_OVERLOADED = 1013
 
 _log: Any = structlog.get_logger("gateway.connection")
+
+
+def token_valid(token: str | None, digests: frozenset[str]) -> bool:
+    """Whether ``token`` is one of the configured tokens (compared in constant time)."""
+    if not token:
+        return False
+    digest = token_digest(token)
+    return any(hmac.compare_digest(digest, d) for d in digests)
+
+
+def wire_authenticated(request: Request, digests: frozenset[str]) -> bool:
+    """Whether the handshake carries a valid ``Authorization: Bearer`` token."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and token_valid(token.strip(), digests)
 
 
 class Hub:
@@ -53,11 +69,14 @@ class Connection:
         encode: Callable[[str, int, str], Frame] = wire.encode_delta if self.json else _plain_delta
         self.outbox = Outbox(hub.config.max_pending_bytes, encode, self._overflowed)
         self._closer: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
         self.log: Any = _log.bind(session_id=self.session_id)
+        tokens = hub.config.auth_tokens
+        self.authenticated = not tokens or (ws.request is not None and wire_authenticated(ws.request, tokens))
 
     async def run(self) -> None:
         """Serve the socket until it closes; replies it watched go on without it."""
-        writer = asyncio.create_task(self._write(), name=f"writer-{self.session_id}")
+        self._writer = writer = asyncio.create_task(self._write(), name=f"writer-{self.session_id}")
         try:
             await (self._read_json() if self.json else self._read_plain())
         except ConnectionClosed:
@@ -101,6 +120,10 @@ class Connection:
 
     async def _read_json(self) -> None:
         async for frame in self.ws:
+            if not self.authenticated and not self._authenticate(frame):
+                assert self._writer is not None
+                await self._writer
+                return
             try:
                 await self._dispatch(wire.parse_client(frame))
             except ProtocolError as exc:
@@ -125,6 +148,21 @@ class Connection:
                 self.outbox.put(wire.encode("pong", id=msg.id))
             case wire.History():
                 await self._history(msg)
+
+    def _authenticate(self, frame: str | bytes) -> bool:
+        """With auth on, the first frame must be a ``hello`` with a valid token."""
+        try:
+            msg: wire.ClientMessage | None = wire.parse_client(frame)
+        except ProtocolError:
+            msg = None
+        if isinstance(msg, wire.Hello) and token_valid(msg.token, self.hub.config.auth_tokens):
+            self.authenticated = True
+            return True
+        self.log.info("auth_failed", reason="bad token" if isinstance(msg, wire.Hello) else "no hello")
+        error = GatewayError(ErrorCode.UNAUTHORIZED, "send hello with a valid token first", retryable=False)
+        self.outbox.put(wire.encode_error(error))
+        self.outbox.put(Close(CLOSE_POLICY, "unauthorized"))
+        return False
 
     async def _hello(self, conversation_id: str | None) -> None:
         store = self.hub.store

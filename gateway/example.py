@@ -26,6 +26,7 @@ _SECTIONS = {
     "server": "Listeners, browser origins, shutdown.",
     "limits": "Bounds on connections, frames, queues and history.",
     "provider": "The LLM upstream: demo (built in), openai (any OpenAI-compatible API) or dashscope.",
+    "auth": "Client authentication (off unless a token file is configured).",
     "log": "Structured logs on stdout (JSON lines for journald, console on a terminal).",
 }
 

@@ -22,7 +22,7 @@ from websockets.http11 import Request, Response
 
 from . import __version__, wire
 from .config import Config, own_origins
-from .connection import CLOSE_OVERLOADED, Connection, Hub
+from .connection import CLOSE_OVERLOADED, Connection, Hub, wire_authenticated
 from .upstream import make_provider
 from .replies import RegistryLimits, ReplyRegistry
 from .store import ConversationStore, MemoryStore
@@ -171,6 +171,10 @@ class Gateway:
     def _check_request(self, conn: ServerConnection, request: Request) -> Response | None:
         if request.path.split("?", 1)[0] != "/chat":
             return _http(conn, 404, "Not Found: the chat endpoint is /chat\n")
+        if self.config.auth_tokens and not wire_authenticated(request, self.config.auth_tokens):
+            if "chat.v1" not in request.headers.get("Sec-WebSocket-Protocol", ""):
+                _log.info("handshake_refused", reason="unauthorized")
+                return _http(conn, 401, "Unauthorized: send Authorization: Bearer TOKEN\n")
         origin = request.headers.get("Origin")
         allowed = self.allowed_origins
         if origin is not None and "*" not in allowed and origin.lower() not in allowed:

@@ -103,8 +103,8 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
     """Start gateways in this test's loop; each is drained and closed at teardown."""
     started: list[Gateway] = []
 
-    async def start(env: Mapping[str, str] | None = None, toml: str = "") -> Running:
-        gateway = Gateway(make_config(tmp_path, env, toml))
+    async def start(env: Mapping[str, str] | None = None, toml: str = "", store: Any = None) -> Running:
+        gateway = Gateway(make_config(tmp_path, env, toml), store=store)
         await gateway.start()
         started.append(gateway)
         return Running(gateway)

@@ -555,7 +555,7 @@ def test_render_without_key_says_not_set() -> None:
 
 def test_render_lists_every_setting() -> None:
     doc = tomllib.loads(render(load(None, {})))
-    hidden = {"provider.api_key", "provider.api_key_file"}
+    hidden = {"provider.api_key", "provider.api_key_file", "auth.tokens_file"}
     assert {f"{section}.{key}" for section, table in doc.items() for key in table} == {
         s.name for s in config.SETTINGS
     } - hidden

@@ -1,4 +1,4 @@
-"""The ``gateway`` command: ``serve``, ``check-config``, ``--version``.
+"""The ``gateway`` command: ``serve``, ``check-config``, ``conversations``, ``--version``.
 
 Exit codes: 0 clean, 2 bad configuration or usage, 3 start-up failure
 (e.g. an address already in use).
@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import structlog
 
 from . import __version__, config, logs
@@ -32,8 +33,20 @@ def _parser() -> argparse.ArgumentParser:
         ("check-config", "validate the configuration and print it, secrets masked"),
     ):
         cmd = sub.add_parser(name, help=text, description=text)
-        cmd.add_argument("--config", metavar="FILE", help="TOML file (default: $GATEWAY_CONFIG, else built-in defaults)")
+        _config_arg(cmd)
+    conv = sub.add_parser("conversations", help="manage stored conversations", description="manage stored conversations")
+    conv_sub = conv.add_subparsers(dest="action", metavar="ACTION", required=True)
+    prune = conv_sub.add_parser("prune", help="delete conversations idle longer than a duration")
+    prune.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m")
+    _config_arg(prune)
+    export = conv_sub.add_parser("export", help="print one conversation as JSON")
+    export.add_argument("conversation_id", metavar="ID")
+    _config_arg(export)
     return parser
+
+
+def _config_arg(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--config", metavar="FILE", help="TOML file (default: $GATEWAY_CONFIG, else built-in defaults)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,12 +59,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "conversations":
+        return _conversations(cfg, args)
     if args.command == "check-config":
         sys.stdout.write(config.render(cfg))
         for name in cfg.unknown_env:
             print(f"gateway: warning: unknown environment variable {name} is ignored", file=sys.stderr)
         return 0
     return _serve(cfg)
+
+
+def _conversations(cfg: config.Config, args: argparse.Namespace) -> int:
+    if cfg.store.backend != "sqlite":
+        print("gateway: the store backend is memory: there is nothing stored to manage", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.action == "prune":
+        try:
+            age = config.parse_duration(args.older_than)
+        except ValueError as exc:
+            print(f"gateway: --older-than: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    if not cfg.store.path.exists():
+        print(f"gateway: no conversation store at {cfg.store.path}", file=sys.stderr)
+        return EXIT_CONFIG
+    from .sqlitestore import SQLiteStore
+
+    async def run() -> int:
+        store = SQLiteStore(cfg.store.path)
+        await store.open()
+        try:
+            if args.action == "prune":
+                print(f"deleted {await store.prune(age)} conversation(s) idle for more than {args.older_than}")
+                return 0
+            document = await store.export(args.conversation_id)
+        finally:
+            await store.close()
+        if document is None:
+            print(f"gateway: no conversation {args.conversation_id}", file=sys.stderr)
+            return 1
+        sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+
+    return asyncio.run(run())
 
 
 def _serve(cfg: config.Config) -> int:

@@ -24,10 +24,12 @@ __all__ = [
     "Config",
     "HostPort",
     "ProviderConfig",
+    "StoreConfig",
     "SETTINGS",
     "Setting",
     "load",
     "own_origins",
+    "parse_duration",
     "token_digest",
     "render",
 ]
@@ -72,6 +74,14 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreConfig:
+    backend: Literal["sqlite", "memory"]
+    path: Path
+    checkpoint_interval: float
+    retention: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     ws_addr: HostPort
     http_addr: HostPort
@@ -80,12 +90,14 @@ class Config:
     state_dir: Path
     static_dir: Path
     drain_timeout: float
+    resume_grace: float
     ping_interval: float
     max_connections: int
     max_replies: int
     max_message_bytes: int
     max_content_chars: int
     max_pending_bytes: int
+    max_reply_chars: int
     write_limit: int
     compression: bool
     history_limit: int
@@ -96,6 +108,7 @@ class Config:
     log_level: str
     log_format: Literal["json", "console"]
     provider: ProviderConfig
+    store: StoreConfig
     auth_tokens: frozenset[str] = field(default=frozenset(), repr=False)
     unknown_env: tuple[str, ...] = ()
     source: str = "defaults"
@@ -211,6 +224,27 @@ def _origin(text: str) -> str:
     return f"{scheme.lower()}://{host.lower()}"
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or a plain number of seconds."""
+    text = text.strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"expected a duration like 30d, 12h or 90m, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"a duration must be positive, got {text!r}")
+    return value * _UNITS[unit]
+
+
+def _duration(value: Any) -> float | None:
+    text = _str(value).strip()
+    return parse_duration(text) if text else None
+
+
 def _params(value: Any) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("expected a table of request parameters")
@@ -243,6 +277,15 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds between WebSocket pings (0 disables)"),
     Setting("server", "compression", _bool, False, None,
             "negotiate permessage-deflate when a client offers it"),
+    Setting("server", "resume_grace", _float(0, 86_400), 60.0, None,
+            "seconds a finished reply stays resumable; a disconnected client's reply also runs on"),
+    Setting("store", "backend", _choice("sqlite", "memory"), "sqlite", "GATEWAY_STORE",
+            "sqlite (conversations survive restarts) or memory (lost on exit)"),
+    Setting("store", "path", _path, "", None, "SQLite file; empty: conversations.db in the state directory"),
+    Setting("store", "checkpoint_interval", _float(0.05, 3600), 1.0, None,
+            "seconds between saves of a streaming reply's text (what a crash can lose at most)"),
+    Setting("store", "retention", _duration, "", "GATEWAY_RETENTION",
+            "delete conversations idle this long, e.g. 30d or 12h (checked hourly); empty: keep forever"),
     Setting("limits", "max_connections", _int(1, 1_000_000), 10_000, None,
             "open WebSocket connections; past it new ones are closed with 1013"),
     Setting("limits", "max_replies", _int(1, 1_000_000), 1_000, None,
@@ -255,6 +298,8 @@ SETTINGS: tuple[Setting, ...] = (
             "reply text queued for one slow client before it is disconnected (1013)"),
     Setting("limits", "write_limit", _int(1024, 64 << 20), 65_536, None,
             "bytes buffered in a socket's write buffer before sending waits"),
+    Setting("limits", "max_reply_chars", _int(1000, 16 << 20), 200_000, None,
+            "longest reply kept; a longer one ends with finish_reason length"),
     Setting("limits", "history_limit", _int(1, 10_000), 50, None,
             "messages of history sent in 'ready'"),
     Setting("limits", "max_conversations", _int(1, 10_000_000), 10_000, None,
@@ -317,20 +362,23 @@ def load(
     if log_format == "auto":
         log_format = "console" if isatty else "json"
     ws_addr, http_addr = values["server.ws_addr"], values["server.http_addr"]
+    state_dir = _state_dir(values["server.state_dir"], env)
     return Config(
         ws_addr=ws_addr,
         http_addr=http_addr,
         allowed_origins=values["server.allowed_origins"],
         public_ws_url=values["server.public_ws_url"],
-        state_dir=_state_dir(values["server.state_dir"], env),
+        state_dir=state_dir,
         static_dir=_static_dir(values["server.static_dir"]),
         drain_timeout=values["server.drain_timeout"],
+        resume_grace=values["server.resume_grace"],
         ping_interval=values["server.ping_interval"],
         max_connections=values["limits.max_connections"],
         max_replies=values["limits.max_replies"],
         max_message_bytes=values["limits.max_message_bytes"],
         max_content_chars=values["limits.max_content_chars"],
         max_pending_bytes=values["limits.max_pending_bytes"],
+        max_reply_chars=values["limits.max_reply_chars"],
         write_limit=values["limits.write_limit"],
         compression=values["server.compression"],
         history_limit=values["limits.history_limit"],
@@ -341,6 +389,12 @@ def load(
         log_level=values["log.level"],
         log_format=log_format,
         provider=provider,
+        store=StoreConfig(
+            backend=values["store.backend"],
+            path=Path(values["store.path"]) if values["store.path"] else state_dir / "conversations.db",
+            checkpoint_interval=values["store.checkpoint_interval"],
+            retention=values["store.retention"],
+        ),
         auth_tokens=_auth_tokens(values["auth.tokens_file"], env),
         unknown_env=tuple(sorted(k for k in env if k.startswith("GATEWAY_") and k not in _KNOWN_ENV)),
         source=str(path) if path else "defaults",
@@ -449,7 +503,7 @@ def token_digest(token: str) -> str:
 
 def own_origins(host: str, port: int) -> tuple[str, ...]:
     """The origins of the gateway's own page, served on ``host:port``."""
-    hosts = [host]
+    hosts = [host.lower()]
     if host in {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}:
         hosts = ["127.0.0.1", "localhost", "::1"]
     return tuple(HostPort(h, port).url("http") for h in hosts)
@@ -498,9 +552,11 @@ def render(config: Config) -> str:
 
 
 def _effective(config: Config, setting: Setting) -> Any:
-    source: Any = config.provider if setting.section == "provider" else config
+    source: Any = {"provider": config.provider, "store": config.store}.get(setting.section, config)
     attr = {"log.level": "log_level", "log.format": "log_format"}.get(setting.name, setting.key)
     value = getattr(source, attr, "")
+    if setting.name == "store.retention":
+        return f"{value:g}s" if value else ""
     return str(value) if isinstance(value, HostPort | Path) else value
 
 

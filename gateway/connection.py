@@ -54,6 +54,18 @@ class Hub:
         self.registry = registry
         self.store = store
         self.connections: set[Connection] = set()
+        self.watchers: dict[str, set[Connection]] = {}
+
+    def watch(self, conn: Connection, conversation_id: str | None) -> None:
+        """Make ``conn`` the watcher of ``conversation_id`` (and of nothing else)."""
+        old = conn.conversation_id
+        if old is not None and old in self.watchers:
+            self.watchers[old].discard(conn)
+            if not self.watchers[old]:
+                del self.watchers[old]
+        if conversation_id is not None:
+            self.watchers.setdefault(conversation_id, set()).add(conn)
+        conn.conversation_id = conversation_id
 
 
 class Connection:
@@ -83,6 +95,7 @@ class Connection:
             pass
         finally:
             writer.cancel()
+            self.hub.watch(self, None)
             for reply in self.replies.values():
                 reply.unsubscribe(self)
                 if not self.json:
@@ -169,7 +182,7 @@ class Connection:
         conv = await store.get(conversation_id) if conversation_id else await store.create()
         if conv is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
-        self.conversation_id = conv.id
+        self.hub.watch(self, conv.id)
         cfg = self.hub.config
         history = await store.history(conv.id, cfg.history_limit)
         active = self.hub.registry.active(conv.id)
@@ -205,7 +218,10 @@ class Connection:
                 raise
         assert self.conversation_id is not None
         try:
-            await self.hub.registry.start(self.conversation_id, StoredMessage(msg.id, "user", msg.content), self)
+            await self.hub.registry.start(
+                self.conversation_id, StoredMessage(msg.id, "user", msg.content), self,
+                self.hub.watchers.get(self.conversation_id, ()),
+            )
         except ProtocolError as exc:
             exc.ref = msg.id
             raise
@@ -279,12 +295,13 @@ class Connection:
 
     # Subscriber: called by replies, synchronously
 
-    def reply_started(self, reply: Reply) -> None:
+    def reply_started(self, reply: Reply, content: str | None) -> None:
         self.replies[reply.id] = reply
         if self.json:
             self.outbox.put(
                 wire.encode(
-                    "reply.start", id=reply.message_id, reply_id=reply.id, conversation_id=reply.conversation_id
+                    "reply.start", id=reply.message_id, reply_id=reply.id,
+                    conversation_id=reply.conversation_id, content=content,
                 )
             )
 

@@ -24,6 +24,7 @@ _HEADER = """\
 
 _SECTIONS = {
     "server": "Listeners, browser origins, shutdown.",
+    "store": "Where conversations are kept.",
     "limits": "Bounds on connections, frames, queues and history.",
     "provider": "The LLM upstream: demo (built in), openai (any OpenAI-compatible API) or dashscope.",
     "auth": "Client authentication (off unless a token file is configured).",
@@ -34,6 +35,7 @@ _EXAMPLES = {
     "server.allowed_origins": '["https://chat.example.com"]',
     "provider.params": "{ temperature = 0.7, max_tokens = 1024 }",
     "provider.system_prompt": '"You are a helpful assistant."',
+    "store.retention": '"30d"',
 }
 
 

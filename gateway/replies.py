@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,7 +38,8 @@ class StopReason(enum.Enum):
 class Subscriber(Protocol):
     """A connection watching replies; called synchronously, must not block."""
 
-    def reply_started(self, reply: Reply) -> None: ...
+    def reply_started(self, reply: Reply, content: str | None) -> None:
+        """A reply began; ``content`` is the user's message when another connection sent it."""
 
     def reply_delta(self, reply: Reply, seq: int, text: str) -> None: ...
 
@@ -51,6 +52,7 @@ class RegistryLimits:
     max_reply_chars: int
     max_reply_seconds: float
     resume_grace: float
+    checkpoint_interval: float
     system_prompt: str
     context_max_messages: int
     context_max_chars: int
@@ -71,9 +73,13 @@ class Reply:
         self.subscribers: set[Subscriber] = set()
         self.ended = asyncio.Event()
         self.started_at = time.monotonic()
+        self.created_at = time.time()
         self.first_delta_at: float | None = None
         self.stop_reason: StopReason | None = None
         self.task: asyncio.Task[None] | None = None
+        self.checkpointed_at = self.started_at
+        self.checkpoint_timer: asyncio.TimerHandle | None = None
+        self.checkpoint_task: asyncio.Task[None] | None = None
 
     @property
     def done(self) -> bool:
@@ -130,8 +136,15 @@ class ReplyRegistry:
     def active(self, conversation_id: str) -> Reply | None:
         return self._active.get(conversation_id)
 
-    async def start(self, conversation_id: str, message: StoredMessage, subscriber: Subscriber) -> Reply:
-        """Store the user's message, then start a reply watched by ``subscriber``."""
+    async def start(
+        self,
+        conversation_id: str,
+        message: StoredMessage,
+        subscriber: Subscriber,
+        watchers: Iterable[Subscriber] = (),
+    ) -> Reply:
+        """Store the user's message, then start a reply for ``subscriber`` and ``watchers``
+        (the conversation's other connections: other tabs)."""
         self._check_capacity(conversation_id)
         reply = Reply(conversation_id, message.id, self.limits.max_reply_chars)
         self._active[conversation_id] = reply
@@ -152,8 +165,12 @@ class ReplyRegistry:
             max_chars=self.limits.context_max_chars,
         )
         self._replies[reply.id] = reply
-        subscriber.reply_started(reply)
+        subscriber.reply_started(reply, None)
         reply.subscribe(subscriber)
+        for watcher in watchers:
+            if watcher is not subscriber:
+                watcher.reply_started(reply, message.content)
+                reply.subscribe(watcher)
         reply.task = asyncio.create_task(self._produce(reply, messages), name=f"reply-{reply.id}")
         return reply
 
@@ -201,18 +218,57 @@ class ReplyRegistry:
                     reply.reasoning_chars += len(chunk.reasoning)
                     reply.usage = chunk.usage or reply.usage
                     finish = chunk.finish_reason or finish
-                if text and not reply.publish(text):
-                    return "length"
+                if text:
+                    if not reply.publish(text):
+                        return "length"
+                    self._schedule_checkpoint(reply)
         return finish
 
-    async def _finish(self, reply: Reply) -> None:
-        message = StoredMessage(
+    def _schedule_checkpoint(self, reply: Reply) -> None:
+        """Save new text at most ``checkpoint_interval`` after it arrived, off the producer's path."""
+        if reply.checkpoint_timer is None and reply.checkpoint_task is None:
+            delay = max(0.0, reply.checkpointed_at + self.limits.checkpoint_interval - time.monotonic())
+            reply.checkpoint_timer = asyncio.get_running_loop().call_later(delay, self._start_checkpoint, reply)
+
+    def _start_checkpoint(self, reply: Reply) -> None:
+        reply.checkpoint_timer = None
+        if not reply.done:
+            reply.checkpoint_task = asyncio.create_task(self._checkpoint(reply), name=f"checkpoint-{reply.id}")
+
+    async def _checkpoint(self, reply: Reply) -> None:
+        """Save the text so far (finish_reason still unset), so a crash loses little."""
+        seq = reply.log.seq
+        try:
+            await self.store.save(reply.conversation_id, self._stored(reply))
+        except Exception:
+            _log.exception("checkpoint_failed", reply_id=reply.id)
+        reply.checkpointed_at = time.monotonic()
+        reply.checkpoint_task = None
+        if reply.log.seq > seq and not reply.done:
+            self._schedule_checkpoint(reply)
+
+    @staticmethod
+    async def _stop_checkpoints(reply: Reply) -> None:
+        """No checkpoint may land after the final save: cancel the timer, await the write."""
+        if reply.checkpoint_timer is not None:
+            reply.checkpoint_timer.cancel()
+            reply.checkpoint_timer = None
+        if reply.checkpoint_task is not None:
+            await reply.checkpoint_task
+
+    @staticmethod
+    def _stored(reply: Reply) -> StoredMessage:
+        return StoredMessage(
             reply.id, "assistant", reply.log.text,
+            created_at=reply.created_at,
             finish_reason=reply.finish_reason,
             usage=reply.usage.as_dict() if reply.usage else None,
         )
+
+    async def _finish(self, reply: Reply) -> None:
+        await self._stop_checkpoints(reply)
         try:
-            await self.store.save(reply.conversation_id, message)
+            await self.store.save(reply.conversation_id, self._stored(reply))
         except Exception:
             _log.exception("store_failed", conversation_id=reply.conversation_id, reply_id=reply.id)
         self._active.pop(reply.conversation_id, None)

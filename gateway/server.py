@@ -28,11 +28,10 @@ from .replies import RegistryLimits, ReplyRegistry
 from .store import ConversationStore, MemoryStore
 from .web import WebState, make_app
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "make_store"]
 
 _log: Any = structlog.get_logger("gateway.server")
-MAX_REPLY_CHARS = 1_000_000
-RESUME_GRACE = 60.0
+PRUNE_EVERY = 3600.0
 
 
 class Gateway:
@@ -40,9 +39,7 @@ class Gateway:
 
     def __init__(self, config: Config, *, store: ConversationStore | None = None) -> None:
         self.config = config
-        self.store: ConversationStore = store or MemoryStore(
-            max_conversations=config.max_conversations, max_messages=config.max_conversation_messages
-        )
+        self.store: ConversationStore = store or make_store(config)
         self.stopping = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._ws_server: Server | None = None
@@ -50,6 +47,7 @@ class Gateway:
         self.hub: Hub | None = None
         self._web_state: WebState | None = None
         self.closed = False
+        self._pruner: asyncio.Task[None] | None = None
         self.allowed_origins: tuple[str, ...] = config.allowed_origins
 
     @property
@@ -63,8 +61,12 @@ class Gateway:
         return int(self._runner.addresses[0][1])
 
     async def start(self) -> None:
-        """Open the HTTP client session and both listeners."""
+        """Open the store, the HTTP client session and both listeners."""
         cfg = self.config
+        await self.store.open()
+        recovered = getattr(self.store, "recovered", 0)
+        if recovered:
+            _log.warning("interrupted_replies_recovered", count=recovered)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300),
             json_serialize=None,  # type: ignore[arg-type]
@@ -72,9 +74,10 @@ class Gateway:
         provider = make_provider(cfg.provider, self._session)
         limits = RegistryLimits(
             max_replies=cfg.max_replies,
-            max_reply_chars=MAX_REPLY_CHARS,
+            max_reply_chars=cfg.max_reply_chars,
             max_reply_seconds=cfg.provider.max_reply_seconds,
-            resume_grace=RESUME_GRACE,
+            resume_grace=cfg.resume_grace,
+            checkpoint_interval=cfg.store.checkpoint_interval,
             system_prompt=cfg.provider.system_prompt,
             context_max_messages=cfg.context_max_messages,
             context_max_chars=cfg.context_max_chars,
@@ -99,6 +102,8 @@ class Gateway:
         await self._runner.setup()
         await web.TCPSite(self._runner, cfg.http_addr.host, cfg.http_addr.port).start()
         self.allowed_origins = cfg.allowed_origins or own_origins(cfg.http_addr.host, self.http_port)
+        if cfg.store.retention:
+            self._pruner = asyncio.create_task(self._prune_forever(cfg.store.retention), name="pruner")
         _log.info(
             "gateway_started",
             version=__version__,
@@ -151,8 +156,21 @@ class Gateway:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
         await self.store.close()
         _log.info("gateway_stopped", replies_drained=in_flight)
+
+    async def _prune_forever(self, older_than: float) -> None:
+        """Delete idle conversations now and every hour."""
+        while True:
+            try:
+                deleted = await self.store.prune(older_than)
+                _log.info("conversations_pruned", deleted=deleted, older_than_s=older_than)
+            except Exception:
+                _log.exception("prune_failed")
+            await asyncio.sleep(PRUNE_EVERY)
 
     async def _close_connections(self) -> None:
         """Close every socket with 1001 after what is queued for it is written."""
@@ -199,6 +217,15 @@ class Gateway:
         finally:
             self.hub.connections.discard(conn)
             _log.info("connection_closed", mode=mode, code=ws.close_code, conversation_id=conn.conversation_id)
+
+
+def make_store(config: Config) -> ConversationStore:
+    """The store the configuration names (SQLite by default)."""
+    if config.store.backend == "memory":
+        return MemoryStore(max_conversations=config.max_conversations, max_messages=config.max_conversation_messages)
+    from .sqlitestore import SQLiteStore
+
+    return SQLiteStore(config.store.path)
 
 
 def _select_subprotocol(conn: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:

@@ -12,9 +12,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-__all__ = ["Conversation", "ConversationStore", "MemoryStore", "StoredMessage", "new_id"]
+__all__ = [
+    "Conversation",
+    "ConversationStore",
+    "MemoryStore",
+    "StoredMessage",
+    "export_document",
+    "new_id",
+    "title_of",
+]
 
 Role = Literal["user", "assistant"]
 _TITLE_CHARS = 80
@@ -44,6 +52,12 @@ class Conversation:
 
 
 class ConversationStore(Protocol):
+    """Where conversations live. One process owns a store; every method is a coroutine
+    so that implementations can do I/O (SQLite's thread today, Redis tomorrow)."""
+
+    async def open(self) -> None:
+        """Prepare the store (create, migrate, recover); called once at start-up."""
+
     async def create(self) -> Conversation: ...
 
     async def get(self, conversation_id: str) -> Conversation | None: ...
@@ -58,6 +72,12 @@ class ConversationStore(Protocol):
         self, conversation_id: str, limit: int, before: str | None = None
     ) -> list[StoredMessage]:
         """Up to ``limit`` messages, oldest first, ending just before message ``before``."""
+
+    async def prune(self, older_than: float) -> int:
+        """Delete conversations idle for ``older_than`` seconds; return how many."""
+
+    async def export(self, conversation_id: str) -> dict[str, Any] | None:
+        """A conversation with all its messages as plain data, or None."""
 
     async def close(self) -> None: ...
 
@@ -75,6 +95,9 @@ class MemoryStore:
         self._max_conversations = max_conversations
         self._max_messages = max_messages
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    async def open(self) -> None:
+        pass
 
     async def create(self) -> Conversation:
         now = time.time()
@@ -103,7 +126,7 @@ class MemoryStore:
         while len(entry.messages) > self._max_messages:
             entry.messages.popitem(last=False)
         conv = entry.conversation
-        title = conv.title or (_title(message.content) if message.role == "user" else "")
+        title = conv.title or (title_of(message.content) if message.role == "user" else "")
         entry.conversation = replace(conv, title=title, updated_at=time.time())
         self._entries.move_to_end(conversation_id)
 
@@ -117,12 +140,40 @@ class MemoryStore:
         if before is not None:
             ids = list(entry.messages)
             messages = messages[: ids.index(before)] if before in entry.messages else []
-        return messages[-limit:]
+        return messages[-limit:] if limit > 0 else messages
+
+    async def prune(self, older_than: float) -> int:
+        cutoff = time.time() - older_than
+        old = [cid for cid, e in self._entries.items() if e.conversation.updated_at < cutoff]
+        for cid in old:
+            del self._entries[cid]
+        return len(old)
+
+    async def export(self, conversation_id: str) -> dict[str, Any] | None:
+        entry = self._entries.get(conversation_id)
+        return export_document(entry.conversation, list(entry.messages.values())) if entry else None
 
     async def close(self) -> None:
         self._entries.clear()
 
 
-def _title(content: str) -> str:
+def title_of(content: str) -> str:
+    """A conversation's title: its first user message, on one line, cut short."""
     text = " ".join(content.split())
     return text if len(text) <= _TITLE_CHARS else text[: _TITLE_CHARS - 1] + "…"
+
+
+def export_document(conv: Conversation, messages: list[StoredMessage]) -> dict[str, Any]:
+    return {
+        "id": conv.id,
+        "title": conv.title,
+        "created_at": conv.created_at,
+        "updated_at": conv.updated_at,
+        "messages": [
+            {
+                "id": m.id, "role": m.role, "content": m.content, "created_at": m.created_at,
+                "finish_reason": m.finish_reason, "usage": dict(m.usage) if m.usage else None,
+            }
+            for m in messages
+        ],
+    }

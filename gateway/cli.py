@@ -86,7 +86,7 @@ def _conversations(cfg: config.Config, args: argparse.Namespace) -> int:
 
     async def run() -> int:
         store = SQLiteStore(cfg.store.path)
-        await store.open()
+        await store.open(recover=False)
         try:
             if args.action == "prune":
                 print(f"deleted {await store.prune(age)} conversation(s) idle for more than {args.older_than}")

@@ -1,4 +1,7 @@
-"""Conversations in a SQLite file (WAL mode), through aiosqlite's own thread.
+"""Conversations in a SQLite file (WAL mode), on one dedicated thread.
+
+Each store operation is one function run on that thread, as one transaction:
+one hop off the event loop per operation, never a blocked loop.
 
 The schema is versioned with ``PRAGMA user_version``: :data:`MIGRATIONS` are
 applied in order at :meth:`SQLiteStore.open`, each in one transaction. Opening
@@ -8,12 +11,14 @@ text stays, marked ``finish_reason = "error"``.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import aiosqlite
 import orjson
 
 from .store import Conversation, StoredMessage, export_document, new_id, title_of
@@ -55,7 +60,10 @@ _COLUMNS = "id, role, content, created_at, finish_reason, usage"
 
 
 class StoreCorrupt(Exception):
-    """The database file failed its integrity check or is newer than this code."""
+    """The database file is newer than this code, or failed its integrity check."""
+
+
+T = TypeVar("T")
 
 
 class SQLiteStore:
@@ -63,133 +71,149 @@ class SQLiteStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db: aiosqlite.Connection | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
         self.recovered = 0
 
-    async def open(self) -> None:
-        """Open (creating the file and its directory), migrate, recover."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(self.path, isolation_level=None)
+    async def open(self, *, recover: bool = True) -> None:
+        """Open (creating the file and its directory), migrate, and with ``recover``
+        mark replies a crash left streaming as ended. Tools that run beside a live
+        gateway (export, prune) open with ``recover=False``."""
+        if self._thread is not None:
+            return
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         try:
-            for pragma in ("journal_mode = WAL", "synchronous = NORMAL", "foreign_keys = ON", "busy_timeout = 5000"):
-                await db.execute(f"PRAGMA {pragma}")
-            await _migrate(db)
-            cursor = await db.execute(
-                "UPDATE messages SET finish_reason = 'error' WHERE role = 'assistant' AND finish_reason IS NULL"
-            )
-            self.recovered = cursor.rowcount
+            self.recovered = await self._run(self._open, recover)
         except BaseException:
-            await db.close()
+            await self.close()
             raise
-        self._db = db
+
+    def _open(self, recover: bool) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._conn = conn
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        version = _version(conn)
+        if version > SCHEMA_VERSION:
+            raise StoreCorrupt(f"the database is at schema version {version}; this gateway knows up to {SCHEMA_VERSION}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            conn.executescript(f"BEGIN;\n{MIGRATIONS[number - 1]}\nPRAGMA user_version = {number};\nCOMMIT;")
+        if not recover:
+            return 0
+        cursor = conn.execute(
+            "UPDATE messages SET finish_reason = 'error' WHERE role = 'assistant' AND finish_reason IS NULL"
+        )
+        return cursor.rowcount
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._thread is None:
+            raise RuntimeError("the store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
             raise RuntimeError("the store is not open")
-        return self._db
+        return self._conn
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        if self._conn is not None:
+            await asyncio.get_running_loop().run_in_executor(thread, self._conn.close)
+            self._conn = None
+        thread.shutdown(wait=True)
 
     async def create(self) -> Conversation:
         now = time.time()
         conv = Conversation(new_id(), "", now, now)
-        await self.db.execute(
+        await self._run(
+            self.conn.execute,
             "INSERT INTO conversations (id, title, created_at, updated_at) VALUES (?, '', ?, ?)",
             (conv.id, now, now),
         )
         return conv
 
     async def get(self, conversation_id: str) -> Conversation | None:
-        async with self.db.execute(
+        return await self._run(self._get, conversation_id)
+
+    def _get(self, conversation_id: str) -> Conversation | None:
+        row = self.conn.execute(
             "SELECT id, title, created_at, updated_at FROM conversations WHERE id = ?", (conversation_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        ).fetchone()
         return Conversation(*row) if row else None
 
     async def add(self, conversation_id: str, message: StoredMessage) -> bool:
-        async with _transaction(self.db):
-            cursor = await self.db.execute(
-                f"INSERT OR IGNORE INTO messages (conversation_id, {_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (conversation_id, *_row(message), message.created_at),
-            )
-            if cursor.rowcount != 1:
-                return False
-            await self._touch(conversation_id, message)
-        return True
+        return await self._run(self._write, conversation_id, message, False)
 
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
-        async with _transaction(self.db):
-            await self.db.execute(
-                f"INSERT INTO messages (conversation_id, {_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (conversation_id, id) DO UPDATE SET content = excluded.content,"
-                " finish_reason = excluded.finish_reason, usage = excluded.usage, updated_at = excluded.updated_at",
-                (conversation_id, *_row(message), time.time()),
-            )
-            await self._touch(conversation_id, message)
+        await self._run(self._write, conversation_id, message, True)
 
-    async def _touch(self, conversation_id: str, message: StoredMessage) -> None:
-        title = title_of(message.content) if message.role == "user" else ""
-        cursor = await self.db.execute(
-            "UPDATE conversations SET updated_at = ?, title = CASE WHEN title = '' THEN ? ELSE title END WHERE id = ?",
-            (time.time(), title, conversation_id),
-        )
-        if cursor.rowcount != 1:
-            raise KeyError(conversation_id)
+    def _write(self, conversation_id: str, message: StoredMessage, upsert: bool) -> bool:
+        """Insert (or with ``upsert`` replace) a message and touch its conversation, atomically."""
+        conn = self.conn
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            title = title_of(message.content) if message.role == "user" else ""
+            touched = conn.execute(
+                "UPDATE conversations SET updated_at = ?, title = CASE WHEN title = '' THEN ? ELSE title END WHERE id = ?",
+                (now, title, conversation_id),
+            ).rowcount
+            if touched != 1:
+                raise KeyError(conversation_id)
+            insert = f"INSERT {'' if upsert else 'OR IGNORE '}INTO messages (conversation_id, {_COLUMNS}, updated_at)"
+            insert += " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            if upsert:
+                insert += (
+                    " ON CONFLICT (conversation_id, id) DO UPDATE SET content = excluded.content,"
+                    " finish_reason = excluded.finish_reason, usage = excluded.usage, updated_at = excluded.updated_at"
+                )
+            added = conn.execute(insert, (conversation_id, *_row(message), now)).rowcount == 1
+            conn.execute("COMMIT" if added or upsert else "ROLLBACK")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return added
 
     async def history(self, conversation_id: str, limit: int, before: str | None = None) -> list[StoredMessage]:
+        return await self._run(self._history, conversation_id, limit, before)
+
+    def _history(self, conversation_id: str, limit: int, before: str | None) -> list[StoredMessage]:
         query = f"SELECT {_COLUMNS} FROM messages WHERE conversation_id = ?"
         args: tuple[Any, ...] = (conversation_id,)
         if before is not None:
             query += " AND pos < (SELECT pos FROM messages WHERE conversation_id = ? AND id = ?)"
             args += (conversation_id, before)
-        async with self.db.execute(query + " ORDER BY pos DESC LIMIT ?", (*args, limit)) as cursor:
-            rows = await cursor.fetchall()
-        return [_message(row) for row in reversed(list(rows))]
+        rows = self.conn.execute(query + " ORDER BY pos DESC LIMIT ?", (*args, limit)).fetchall()
+        return [_message(row) for row in reversed(rows)]
 
     async def prune(self, older_than: float) -> int:
         """Delete conversations not updated for ``older_than`` seconds; return how many."""
-        cursor = await self.db.execute("DELETE FROM conversations WHERE updated_at < ?", (time.time() - older_than,))
-        return cursor.rowcount
+        cursor = await self._run(
+            self.conn.execute, "DELETE FROM conversations WHERE updated_at < ?", (time.time() - older_than,)
+        )
+        return int(cursor.rowcount)
 
     async def export(self, conversation_id: str) -> dict[str, Any] | None:
         """A conversation and all its messages, as plain data."""
         conv = await self.get(conversation_id)
         if conv is None:
             return None
-        messages = await self.history(conversation_id, -1)
-        return export_document(conv, messages)
+        return export_document(conv, await self.history(conversation_id, -1))
 
     async def integrity_check(self) -> str:
-        async with self.db.execute("PRAGMA integrity_check") as cursor:
-            row = await cursor.fetchone()
+        row = await self._run(lambda: self.conn.execute("PRAGMA integrity_check").fetchone())
         return str(row[0]) if row else "no answer"
 
 
-async def _migrate(db: aiosqlite.Connection) -> None:
-    async with db.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
-    version = int(row[0]) if row else 0
-    if version > SCHEMA_VERSION:
-        raise StoreCorrupt(f"the database is at schema version {version}; this gateway knows up to {SCHEMA_VERSION}")
-    for number in range(version + 1, SCHEMA_VERSION + 1):
-        await db.executescript(f"BEGIN;\n{MIGRATIONS[number - 1]}\nPRAGMA user_version = {number};\nCOMMIT;")
-
-
-class _transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on error."""
-
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self.db = db
-
-    async def __aenter__(self) -> None:
-        await self.db.execute("BEGIN IMMEDIATE")
-
-    async def __aexit__(self, kind: object, exc: object, tb: object) -> None:
-        await self.db.execute("ROLLBACK" if kind else "COMMIT")
+def _version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _row(m: StoredMessage) -> tuple[Any, ...]:

@@ -71,7 +71,7 @@ class ConversationStore(Protocol):
     async def history(
         self, conversation_id: str, limit: int, before: str | None = None
     ) -> list[StoredMessage]:
-        """Up to ``limit`` messages, oldest first, ending just before message ``before``."""
+        """Up to ``limit`` messages (all if negative), oldest first, ending just before message ``before``."""
 
     async def prune(self, older_than: float) -> int:
         """Delete conversations idle for ``older_than`` seconds; return how many."""
@@ -122,7 +122,8 @@ class MemoryStore:
         entry = self._entries.get(conversation_id)
         if entry is None:
             raise KeyError(conversation_id)
-        entry.messages[message.id] = message
+        old = entry.messages.get(message.id)
+        entry.messages[message.id] = replace(message, created_at=old.created_at) if old else message
         while len(entry.messages) > self._max_messages:
             entry.messages.popitem(last=False)
         conv = entry.conversation
@@ -140,6 +141,8 @@ class MemoryStore:
         if before is not None:
             ids = list(entry.messages)
             messages = messages[: ids.index(before)] if before in entry.messages else []
+        if limit == 0:
+            return []
         return messages[-limit:] if limit > 0 else messages
 
     async def prune(self, older_than: float) -> int:

@@ -1,0 +1,660 @@
+"""Tests for gateway.sqlitestore.SQLiteStore and the ConversationStore contract.
+
+The contract tests run against both stores (SQLite on a real file in ``tmp_path``,
+and MemoryStore); the rest are SQLite specifics: WAL, schema versions and
+migrations, crash recovery, concurrency and a second reader of the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.sqlitestore import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, StoreCorrupt
+from gateway.store import Conversation, ConversationStore, MemoryStore, StoredMessage, title_of
+
+UNICODE = "你好，世界 🙂👍🏽👨‍👩‍👧 e\u0301 \x01\x07\x1b[31mred\x1b[0m\t\r\n\u2028\u200b\ufeff\x7f end"
+USAGE = {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}
+
+# -- helpers ------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ConversationStore]:
+    """A fresh, opened store of each kind; closed at teardown."""
+    s: ConversationStore
+    if request.param == "sqlite":
+        s = SQLiteStore(tmp_path / "c.db")
+    else:
+        s = MemoryStore(max_conversations=100, max_messages=1000)
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "c.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+@contextlib.contextmanager
+def raw(path: Path, *, read_only: bool = False) -> Iterator[sqlite3.Connection]:
+    """A plain stdlib connection to the file, as another process would use (autocommit)."""
+    target = f"file:{path}?mode=ro" if read_only else f"file:{path}"
+    conn = sqlite3.connect(target, uri=True, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def scalar(conn: sqlite3.Connection, sql: str, *args: Any) -> Any:
+    row = conn.execute(sql, args).fetchone()
+    assert row is not None, sql
+    return row[0]
+
+
+def user(msg_id: str, content: str = "hello", created_at: float = 1000.0) -> StoredMessage:
+    return StoredMessage(msg_id, "user", content, created_at)
+
+
+def assistant(
+    msg_id: str, content: str = "hi", finish_reason: str | None = "stop", usage: dict[str, int] | None = None,
+    created_at: float = 1001.0,
+) -> StoredMessage:
+    return StoredMessage(msg_id, "assistant", content, created_at, finish_reason, usage)
+
+
+def message_rows(store: ConversationStore, conversation_id: str) -> int | None:
+    """How many message rows the SQLite file holds for a conversation (None for MemoryStore)."""
+    if not isinstance(store, SQLiteStore):
+        return None
+    with raw(store.path) as conn:
+        return int(scalar(conn, "SELECT count(*) FROM messages WHERE conversation_id = ?", conversation_id))
+
+
+def spin_past(t: float) -> None:
+    """Busy-wait (no sleep) until the wall clock reads later than ``t``: the next clock tick."""
+    while time.time() <= t:
+        pass
+
+
+def build_v1(path: Path, *extra_sql: str) -> None:
+    """A version-1 database built by hand, with one conversation of three messages."""
+    with raw(path) as conn:
+        conn.executescript(MIGRATIONS[0])
+        for sql in extra_sql:
+            conn.execute(sql)
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("INSERT INTO conversations VALUES ('c1', 'old title', 100.0, 200.0)")
+        conn.executemany(
+            "INSERT INTO messages (conversation_id, id, role, content, finish_reason, usage, created_at)"
+            " VALUES ('c1', ?, ?, ?, ?, ?, ?)",
+            [
+                ("u1", "user", "old question", None, None, 101.0),
+                ("a1", "assistant", "old answer 🙂", "stop", json.dumps(USAGE), 102.0),
+                ("u2", "user", "follow-up", None, None, 103.0),
+            ],
+        )
+
+
+V1_MESSAGES = [
+    StoredMessage("u1", "user", "old question", 101.0),
+    StoredMessage("a1", "assistant", "old answer 🙂", 102.0, "stop", USAGE),
+    StoredMessage("u2", "user", "follow-up", 103.0),
+]
+
+
+# -- the contract, against both stores -----------------------------------------
+
+
+async def test_create_gives_distinct_hex_ids(store: ConversationStore) -> None:
+    convs = [await store.create() for _ in range(20)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", c.id) for c in convs)
+    assert len({c.id for c in convs}) == 20
+    assert convs[0].title == ""
+    assert convs[0].created_at == convs[0].updated_at
+    assert await store.get(convs[0].id) == convs[0]
+
+
+async def test_get_unknown_is_none(store: ConversationStore) -> None:
+    await store.create()
+    assert await store.get("0" * 32) is None
+    assert await store.history("0" * 32, 10) == []
+
+
+async def test_add_refuses_a_duplicate_id_and_keeps_the_first(store: ConversationStore) -> None:
+    conv = await store.create()
+    assert await store.add(conv.id, user("m1", "first")) is True
+    before = await store.get(conv.id)
+    assert await store.add(conv.id, user("m1", "second", created_at=2000.0)) is False
+    assert await store.history(conv.id, 10) == [user("m1", "first")]
+    assert await store.get(conv.id) == before  # not touched either
+    assert message_rows(store, conv.id) in (1, None)
+
+
+async def test_same_message_id_in_two_conversations_is_two_messages(store: ConversationStore) -> None:
+    a, b = await store.create(), await store.create()
+    assert await store.add(a.id, user("m1", "in a")) is True
+    assert await store.add(b.id, user("m1", "in b")) is True
+    assert [m.content for m in await store.history(a.id, 10)] == ["in a"]
+    assert [m.content for m in await store.history(b.id, 10)] == ["in b"]
+
+
+async def test_save_upserts_in_place(store: ConversationStore) -> None:
+    conv = await store.create()
+    await store.add(conv.id, user("u1"))
+    await store.save(conv.id, assistant("a1", "par", finish_reason=None))
+    await store.add(conv.id, user("u2", "next"))
+    final = assistant("a1", "partial, then whole", finish_reason="length", usage=USAGE)
+    await store.save(conv.id, final)
+    history = await store.history(conv.id, 10)
+    assert [m.id for m in history] == ["u1", "a1", "u2"]
+    assert history[1] == final
+    assert message_rows(store, conv.id) in (3, None)
+
+
+@pytest.mark.parametrize(
+    ("content", "title"),
+    [
+        ("  hello \n\t  world  ", "hello world"),
+        ("x" * 80, "x" * 80),
+        ("x" * 81, "x" * 79 + "…"),
+        ("word " * 30, ("word " * 16)[:79] + "…"),
+        ("   ", ""),
+    ],
+)
+async def test_title_from_the_first_user_message(store: ConversationStore, content: str, title: str) -> None:
+    conv = await store.create()
+    await store.add(conv.id, user("u1", content))
+    got = await store.get(conv.id)
+    assert got is not None
+    assert got.title == title
+    assert len(got.title) <= 80
+
+
+async def test_title_ignores_assistants_and_later_user_messages(store: ConversationStore) -> None:
+    conv = await store.create()
+
+    async def title() -> str:
+        got = await store.get(conv.id)
+        assert got is not None
+        return got.title
+
+    await store.save(conv.id, assistant("a0", "a greeting from the assistant"))
+    assert await title() == ""
+    await store.add(conv.id, user("u1", "the  question"))
+    assert await title() == "the question"
+    await store.add(conv.id, user("u2", "another question"))
+    await store.save(conv.id, user("u1", "the question, edited"))
+    assert await title() == "the question"
+
+
+async def test_updated_at_moves_forward(store: ConversationStore) -> None:
+    conv = await store.create()
+    spin_past(conv.updated_at)
+    t0 = time.time()
+    await store.add(conv.id, user("u1"))
+    after_add = await store.get(conv.id)
+    assert after_add is not None
+    assert after_add.updated_at >= t0 > conv.updated_at
+    spin_past(after_add.updated_at)
+    t1 = time.time()
+    await store.save(conv.id, assistant("a1"))
+    after_save = await store.get(conv.id)
+    assert after_save is not None
+    assert after_save.updated_at >= t1 > after_add.updated_at
+    assert after_save.created_at == conv.created_at
+
+
+async def test_history_returns_the_newest_oldest_first(store: ConversationStore) -> None:
+    conv = await store.create()
+    messages = [user(f"m{i}", f"text {i}", created_at=1000.0 + i) for i in range(10)]
+    for m in messages:
+        await store.add(conv.id, m)
+    assert await store.history(conv.id, 100) == messages
+    assert await store.history(conv.id, 10) == messages
+    assert await store.history(conv.id, 3) == messages[-3:]
+    assert await store.history(conv.id, 1) == messages[-1:]
+
+
+async def test_history_pages_backwards_exactly(store: ConversationStore) -> None:
+    conv = await store.create()
+    for i in range(10):
+        message = user(f"m{i}", f"q{i}", 1000.0 + i) if i % 2 == 0 else assistant(f"m{i}", f"a{i}", created_at=1000.0 + i)
+        await store.add(conv.id, message)
+    full = await store.history(conv.id, 100)
+    assert [m.id for m in full] == [f"m{i}" for i in range(10)]
+
+    page = await store.history(conv.id, 3)
+    walked, sizes = list(page), [len(page)]
+    while page and len(sizes) <= 10:  # bounded: a store that never runs out must fail, not hang
+        page = await store.history(conv.id, 3, before=page[0].id)
+        walked = page + walked
+        sizes.append(len(page))
+    assert walked == full
+    assert sizes == [3, 3, 3, 1, 0]
+    assert await store.history(conv.id, 3, before="m5") == full[2:5]
+    assert await store.history(conv.id, 3, before="m0") == []
+
+
+async def test_history_before_unknown_is_empty(store: ConversationStore) -> None:
+    conv = await store.create()
+    other = await store.create()
+    await store.add(conv.id, user("m1"))
+    await store.add(other.id, user("elsewhere"))
+    assert await store.history(conv.id, 10, before="nope") == []
+    assert await store.history(conv.id, 10, before="elsewhere") == []  # another conversation's id
+
+
+async def test_prune_deletes_only_idle_conversations(store: ConversationStore) -> None:
+    def age(conversation_id: str, seconds: float) -> None:
+        if isinstance(store, SQLiteStore):
+            with raw(store.path) as conn:
+                conn.execute("UPDATE conversations SET updated_at = updated_at - ? WHERE id = ?", (seconds, conversation_id))
+        else:
+            assert isinstance(store, MemoryStore)
+            entry = store._entries[conversation_id]  # only here: there is no other way to make one old
+            entry.conversation = replace(entry.conversation, updated_at=entry.conversation.updated_at - seconds)
+
+    old, recent, fresh = await store.create(), await store.create(), await store.create()
+    for conv in (old, recent, fresh):
+        await store.add(conv.id, user("m1"))
+        await store.add(conv.id, assistant("m2"))
+    age(old.id, 3600)
+    age(recent.id, 30)
+
+    assert await store.prune(60) == 1
+    assert await store.get(old.id) is None
+    assert await store.export(old.id) is None
+    assert await store.history(old.id, 10) == []
+    assert message_rows(store, old.id) in (0, None)  # the messages went with it
+    for kept in (recent, fresh):
+        assert await store.get(kept.id) is not None
+        assert len(await store.history(kept.id, 10)) == 2
+    assert await store.prune(60) == 0
+    assert await store.prune(10) == 1  # now `recent` is idle enough
+    assert await store.get(recent.id) is None
+    assert await store.get(fresh.id) is not None
+
+
+async def test_export_shape(store: ConversationStore) -> None:
+    conv = await store.create()
+    await store.add(conv.id, user("u1", "what is 2+2?", created_at=1000.5))
+    await store.save(conv.id, assistant("a1", "4", usage=USAGE, created_at=1001.25))
+    await store.save(conv.id, assistant("a2", "still going", finish_reason=None, created_at=1002.0))
+    got = await store.get(conv.id)
+    assert got is not None
+
+    doc = await store.export(conv.id)
+    assert doc == {
+        "id": conv.id,
+        "title": "what is 2+2?",
+        "created_at": conv.created_at,
+        "updated_at": got.updated_at,
+        "messages": [
+            {"id": "u1", "role": "user", "content": "what is 2+2?", "created_at": 1000.5,
+             "finish_reason": None, "usage": None},
+            {"id": "a1", "role": "assistant", "content": "4", "created_at": 1001.25,
+             "finish_reason": "stop", "usage": USAGE},
+            {"id": "a2", "role": "assistant", "content": "still going", "created_at": 1002.0,
+             "finish_reason": None, "usage": None},
+        ],
+    }
+    assert orjson.loads(orjson.dumps(doc)) == doc  # plain data
+    assert await store.export("0" * 32) is None
+
+
+async def test_export_of_an_empty_conversation(store: ConversationStore) -> None:
+    conv = await store.create()
+    doc = await store.export(conv.id)
+    assert doc is not None
+    assert (doc["id"], doc["title"], doc["messages"]) == (conv.id, "", [])
+
+
+@pytest.mark.parametrize("op", ["add", "save"])
+@pytest.mark.parametrize("store", ["sqlite", "memory"], indirect=True)
+async def test_write_to_unknown_conversation_raises_key_error(store: ConversationStore, op: str) -> None:
+    with pytest.raises(KeyError):
+        await getattr(store, op)("0" * 32, user("m1"))
+
+
+@pytest.mark.parametrize("op", ["add", "save"])
+async def test_write_to_unknown_conversation_writes_nothing(store: ConversationStore, op: str) -> None:
+    conv = await store.create()
+    # IntegrityError is the SQLite bug above; what matters here is that nothing is written.
+    with pytest.raises((KeyError, sqlite3.IntegrityError)):
+        await getattr(store, op)("0" * 32, user("m1"))
+    assert await store.get("0" * 32) is None
+    assert await store.export("0" * 32) is None
+    assert message_rows(store, "0" * 32) in (0, None)
+    # The failed write's transaction is over: the store still works.
+    assert await store.add(conv.id, user("m1")) is True
+    assert await store.history(conv.id, 10) == [user("m1")]
+
+
+async def test_unicode_and_usage_round_trip(store: ConversationStore) -> None:
+    conv = await store.create()
+    question = user("问题-1", UNICODE, created_at=1234.5678)
+    answer = assistant("回答🙂", UNICODE[::-1], usage=USAGE, created_at=1234.9)
+    await store.add(conv.id, question)
+    await store.save(conv.id, answer)
+    assert await store.history(conv.id, 10) == [question, answer]
+    doc = await store.export(conv.id)
+    assert doc is not None
+    assert [m["content"] for m in doc["messages"]] == [UNICODE, UNICODE[::-1]]
+    assert doc["messages"][1]["usage"] == USAGE
+    assert doc["title"] == title_of(UNICODE)
+    assert await store.history(conv.id, 10, before="回答🙂") == [question]
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"], indirect=True)
+async def test_concurrent_saves_all_land(store: ConversationStore) -> None:
+    convs = [await store.create() for _ in range(10)]
+    await asyncio.gather(*(
+        store.save(convs[i % 10].id, user(f"m{i}", f"text {i}")) for i in range(200)
+    ))
+    for n, conv in enumerate(convs):
+        history = await store.history(conv.id, 1000)
+        assert sorted(m.id for m in history) == sorted(f"m{i}" for i in range(n, 200, 10))
+
+
+async def test_event_loop_runs_while_writes_run(store: ConversationStore) -> None:
+    """Each write waits on the store's thread without holding the loop: callbacks keep running."""
+    loop = asyncio.get_running_loop()
+    ticks = 0
+    handle: asyncio.Handle | None = None
+
+    def tick() -> None:
+        nonlocal ticks, handle
+        ticks += 1
+        handle = loop.call_soon(tick)
+
+    conv = await store.create()
+    handle = loop.call_soon(tick)
+    try:
+        for i in range(300):
+            await store.save(conv.id, user(f"m{i}"))
+        during = ticks
+    finally:
+        handle.cancel()
+    assert len(await store.history(conv.id, 1000)) == 300
+    if isinstance(store, SQLiteStore):
+        assert during >= 300  # at least one loop turn per write, each spent on the thread
+    else:
+        assert during == 0  # MemoryStore never awaits: the sanity check that the counter means something
+
+
+# -- SQLite specifics -----------------------------------------------------------
+
+
+async def test_file_is_wal_at_the_current_schema(sqlite_store: SQLiteStore) -> None:
+    with raw(sqlite_store.path) as conn:
+        assert scalar(conn, "PRAGMA journal_mode") == "wal"
+        assert scalar(conn, "PRAGMA user_version") == SCHEMA_VERSION
+    assert await sqlite_store.integrity_check() == "ok"
+    assert sqlite_store.recovered == 0
+
+
+async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    first = SQLiteStore(path)
+    await first.open()
+    conv = await first.create()
+    await first.add(conv.id, user("u1", UNICODE))
+    await first.save(conv.id, assistant("a1", usage=USAGE))
+    before = await first.export(conv.id)
+    await first.close()
+    with pytest.raises(RuntimeError, match="not open"):
+        first.conn  # noqa: B018
+
+    second = SQLiteStore(path)
+    await second.open()
+    try:
+        assert await second.export(conv.id) == before
+        assert before is not None
+        assert await second.get(conv.id) == Conversation(
+            before["id"], before["title"], before["created_at"], before["updated_at"]
+        )
+        assert await second.add(conv.id, user("u2")) is True
+        assert [m.id for m in await second.history(conv.id, 10)] == ["u1", "a1", "u2"]
+    finally:
+        await second.close()
+
+
+async def test_open_creates_missing_directories(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "c.db"
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert path.is_file()
+        assert await store.integrity_check() == "ok"
+    finally:
+        await store.close()
+
+
+async def test_open_twice_in_a_row(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    for n in range(3):
+        store = SQLiteStore(path)
+        await store.open()
+        try:
+            conv = await store.create()
+            await store.add(conv.id, user("m1"))
+            with raw(path) as conn:
+                assert scalar(conn, "PRAGMA user_version") == SCHEMA_VERSION
+                assert scalar(conn, "SELECT count(*) FROM conversations") == n + 1
+        finally:
+            await store.close()
+    assert not Path(f"{path}-wal").exists()  # the last connection closed cleanly
+
+
+async def test_open_on_an_open_store_keeps_one_connection(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    store = SQLiteStore(path)
+    await store.open()
+    first = store.conn
+    try:
+        await store.open()
+        assert store.conn is first
+        await store.close()
+        # SQLite removes the -wal file when the last connection to the file closes.
+        assert not Path(f"{path}-wal").exists()
+    finally:
+        await store.close()
+
+
+# -- migrations -----------------------------------------------------------------
+
+
+async def test_migrates_a_version_1_database(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    build_v1(path)
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert await store.history("c1", 10) == V1_MESSAGES
+        assert await store.history("c1", 1, before="u2") == V1_MESSAGES[1:2]
+        doc = await store.export("c1")
+        assert doc is not None
+        assert (doc["title"], doc["created_at"], doc["updated_at"]) == ("old title", 100.0, 200.0)
+        assert [m["id"] for m in doc["messages"]] == ["u1", "a1", "u2"]
+        assert store.recovered == 0
+        with raw(path) as conn:
+            assert scalar(conn, "PRAGMA user_version") == SCHEMA_VERSION
+            rows = conn.execute("SELECT id, created_at, updated_at FROM messages ORDER BY pos").fetchall()
+            assert rows == [("u1", 101.0, 101.0), ("a1", 102.0, 102.0), ("u2", 103.0, 103.0)]
+            indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+            assert "conversations_by_age" in indexes
+            assert scalar(conn, "PRAGMA integrity_check") == "ok"
+        # And the migrated database takes new writes after the old rows.
+        await store.save("c1", assistant("a2", "new"))
+        assert [m.id for m in await store.history("c1", 10)] == ["u1", "a1", "u2", "a2"]
+    finally:
+        await store.close()
+
+
+async def test_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    with raw(path) as conn:
+        conn.execute("CREATE TABLE future (x TEXT)")
+        conn.execute("INSERT INTO future VALUES ('from a newer gateway')")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    store = SQLiteStore(path)
+    with pytest.raises(StoreCorrupt, match=f"version {SCHEMA_VERSION + 1}"):
+        await store.open()
+    with pytest.raises(RuntimeError, match="not open"):
+        store.conn  # noqa: B018
+    with raw(path) as conn:
+        assert scalar(conn, "PRAGMA user_version") == SCHEMA_VERSION + 1
+        assert conn.execute("SELECT x FROM future").fetchall() == [("from a newer gateway",)]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert tables == {"future"}
+
+
+@pytest.mark.parametrize(
+    ("obstacle", "error"),
+    [
+        # The first statement of migration 2 fails.
+        ("ALTER TABLE messages ADD COLUMN updated_at REAL", "duplicate column"),
+        # The last one fails, after ALTER TABLE and UPDATE succeeded: they must be undone.
+        ("CREATE INDEX conversations_by_age ON conversations(created_at)", "already exists"),
+    ],
+)
+async def test_failed_migration_is_rolled_back(tmp_path: Path, obstacle: str, error: str) -> None:
+    path = tmp_path / "c.db"
+    build_v1(path, obstacle)
+    with raw(path) as conn:
+        schema_before = sorted(conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall())
+        columns_before = conn.execute("PRAGMA table_info(messages)").fetchall()
+        rows_before = conn.execute("SELECT * FROM messages ORDER BY pos").fetchall()
+
+    store = SQLiteStore(path)
+    with pytest.raises(sqlite3.OperationalError, match=error):
+        await store.open()
+
+    with raw(path) as conn:
+        assert scalar(conn, "PRAGMA user_version") == 1
+        assert sorted(conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()) == schema_before
+        assert conn.execute("PRAGMA table_info(messages)").fetchall() == columns_before
+        assert conn.execute("SELECT * FROM messages ORDER BY pos").fetchall() == rows_before
+        assert conn.execute("SELECT * FROM conversations").fetchall() == [("c1", "old title", 100.0, 200.0)]
+
+
+# -- crash recovery -------------------------------------------------------------
+
+
+async def test_open_closes_replies_left_streaming(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    first = SQLiteStore(path)
+    await first.open()
+    conv = await first.create()
+    await first.add(conv.id, user("u1", "tell me a story"))
+    finished = assistant("a1", "once upon a time", usage=USAGE)
+    await first.save(conv.id, finished)
+    await first.add(conv.id, user("u2", "another"))
+    await first.save(conv.id, assistant("a2", "there was a checkpoi", finish_reason=None))  # a checkpoint
+    await first.close()  # ... and the process died before the final save
+
+    second = SQLiteStore(path)
+    await second.open()
+    try:
+        assert second.recovered == 1
+        history = await second.history(conv.id, 10)
+        assert history == [
+            user("u1", "tell me a story"),
+            finished,
+            user("u2", "another"),
+            assistant("a2", "there was a checkpoi", finish_reason="error"),
+        ]
+    finally:
+        await second.close()
+
+    third = SQLiteStore(path)
+    await third.open()
+    try:
+        assert third.recovered == 0
+        assert (await third.history(conv.id, 1))[0].finish_reason == "error"
+    finally:
+        await third.close()
+
+
+# -- another reader of the file -------------------------------------------------
+
+
+async def test_reader_sees_a_consistent_snapshot_while_the_store_writes(sqlite_store: SQLiteStore) -> None:
+    conv = await sqlite_store.create()
+    for i in range(5):
+        await sqlite_store.add(conv.id, user(f"m{i}"))
+    with raw(sqlite_store.path, read_only=True) as reader:
+        reader.execute("BEGIN")
+        assert scalar(reader, "SELECT count(*) FROM messages") == 5
+        updated_before = scalar(reader, "SELECT updated_at FROM conversations")
+
+        for i in range(5, 10):  # the writer is not blocked by the open read transaction
+            await sqlite_store.add(conv.id, user(f"m{i}"))
+        assert len(await sqlite_store.history(conv.id, 100)) == 10
+
+        assert scalar(reader, "SELECT count(*) FROM messages") == 5  # same snapshot
+        assert scalar(reader, "SELECT updated_at FROM conversations") == updated_before
+        reader.execute("COMMIT")
+
+        assert scalar(reader, "SELECT count(*) FROM messages") == 10
+        assert scalar(reader, "SELECT updated_at FROM conversations") > updated_before
+
+
+READER = r"""
+import json, sqlite3, sys
+db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True, isolation_level=None)
+db.execute("BEGIN")
+convs = dict(db.execute("SELECT id, updated_at FROM conversations"))
+rows = db.execute("SELECT conversation_id, id, updated_at FROM messages ORDER BY pos").fetchall()
+db.execute("COMMIT")
+print(json.dumps({"convs": convs, "rows": rows}))
+"""
+
+
+async def test_reader_process_while_the_store_writes(sqlite_store: SQLiteStore) -> None:
+    conv = await sqlite_store.create()
+    total, head = 200, 20
+    for i in range(head):
+        await sqlite_store.save(conv.id, user(f"m{i}"))
+
+    async def write_rest() -> None:
+        for i in range(head, total):
+            await sqlite_store.save(conv.id, user(f"m{i}"))
+
+    async def read_in_another_process() -> dict[str, Any]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", READER, str(sqlite_store.path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 10)
+        assert proc.returncode == 0, err.decode()
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+    _, seen = await asyncio.gather(write_rest(), read_in_another_process())
+    ids = [row[1] for row in seen["rows"]]
+    assert head <= len(ids) <= total
+    assert ids == [f"m{i}" for i in range(len(ids))]  # a prefix: whole commits, in order
+    assert {row[0] for row in seen["rows"]} == {conv.id}
+    assert set(seen["convs"]) == {conv.id}
+    # Each save writes its message and the conversation's updated_at in one transaction.
+    assert seen["convs"][conv.id] >= max(row[2] for row in seen["rows"])
+    assert len(await sqlite_store.history(conv.id, 1000)) == total

@@ -161,6 +161,8 @@ class Connection:
                 self.outbox.put(wire.encode("pong", id=msg.id))
             case wire.History():
                 await self._history(msg)
+            case wire.Regenerate():
+                await self._regenerate(msg)
 
     def _authenticate(self, frame: str | bytes) -> bool:
         """With auth on, the first frame must be a ``hello`` with a valid token."""
@@ -221,6 +223,19 @@ class Connection:
             await self.hub.registry.start(
                 self.conversation_id, StoredMessage(msg.id, "user", msg.content), self,
                 self.hub.watchers.get(self.conversation_id, ()),
+            )
+        except ProtocolError as exc:
+            exc.ref = msg.id
+            raise
+        except GatewayError as exc:
+            self.outbox.put(wire.encode_error(exc, ref=msg.id))
+
+    async def _regenerate(self, msg: wire.Regenerate) -> None:
+        if self.conversation_id is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first", ref=msg.id)
+        try:
+            await self.hub.registry.regenerate(
+                self.conversation_id, msg.id, self, self.hub.watchers.get(self.conversation_id, ())
             )
         except ProtocolError as exc:
             exc.ref = msg.id
@@ -301,7 +316,7 @@ class Connection:
             self.outbox.put(
                 wire.encode(
                     "reply.start", id=reply.message_id, reply_id=reply.id,
-                    conversation_id=reply.conversation_id, content=content,
+                    conversation_id=reply.conversation_id, content=content, replaces=reply.replaces,
                 )
             )
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -76,6 +76,7 @@ class Reply:
         self.created_at = time.time()
         self.first_delta_at: float | None = None
         self.stop_reason: StopReason | None = None
+        self.replaces: str | None = None
         self.task: asyncio.Task[None] | None = None
         self.checkpointed_at = self.started_at
         self.checkpoint_timer: asyncio.TimerHandle | None = None
@@ -145,19 +146,61 @@ class ReplyRegistry:
     ) -> Reply:
         """Store the user's message, then start a reply for ``subscriber`` and ``watchers``
         (the conversation's other connections: other tabs)."""
-        self._check_capacity(conversation_id)
-        reply = Reply(conversation_id, message.id, self.limits.max_reply_chars)
-        self._active[conversation_id] = reply
-        try:
+        reply = self._reserve(conversation_id, message.id)
+        async with self._storing(reply):
             added = await self.store.add(conversation_id, message)
-            history = await self.store.history(conversation_id, self.limits.context_max_messages) if added else []
+            if not added:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "a message with this id is already in the conversation")
+            history = await self.store.history(conversation_id, self.limits.context_max_messages)
+        self._launch(reply, history, subscriber, watchers, message.content)
+        return reply
+
+    async def regenerate(
+        self,
+        conversation_id: str,
+        request_id: str,
+        subscriber: Subscriber,
+        watchers: Iterable[Subscriber] = (),
+    ) -> Reply:
+        """Replace the conversation's last reply with a new one for the same user message."""
+        reply = self._reserve(conversation_id, request_id)
+        async with self._storing(reply):
+            history = await self.store.history(conversation_id, self.limits.context_max_messages + 1)
+            if not history:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "there is no reply to regenerate")
+            if history[-1].role == "assistant":
+                reply.replaces = history.pop().id
+                await self.store.delete(conversation_id, reply.replaces)
+        self._launch(reply, history, subscriber, watchers, None)
+        return reply
+
+    def _reserve(self, conversation_id: str, message_id: str) -> Reply:
+        self._check_capacity(conversation_id)
+        reply = Reply(conversation_id, message_id, self.limits.max_reply_chars)
+        self._active[conversation_id] = reply
+        return reply
+
+    @contextlib.asynccontextmanager
+    async def _storing(self, reply: Reply) -> AsyncIterator[None]:
+        """Release the reserved slot if preparing the reply fails; store failures are internal."""
+        try:
+            yield
+        except GatewayError:
+            del self._active[reply.conversation_id]
+            raise
         except Exception:
-            del self._active[conversation_id]
-            _log.exception("store_failed", conversation_id=conversation_id)
+            del self._active[reply.conversation_id]
+            _log.exception("store_failed", conversation_id=reply.conversation_id)
             raise GatewayError(ErrorCode.INTERNAL, "the message could not be stored; try again") from None
-        if not added:
-            del self._active[conversation_id]
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "a message with this id is already in the conversation")
+
+    def _launch(
+        self,
+        reply: Reply,
+        history: Sequence[StoredMessage],
+        subscriber: Subscriber,
+        watchers: Iterable[Subscriber],
+        content: str | None,
+    ) -> None:
         messages = build_context(
             history,
             system_prompt=self.limits.system_prompt,
@@ -169,10 +212,9 @@ class ReplyRegistry:
         reply.subscribe(subscriber)
         for watcher in watchers:
             if watcher is not subscriber:
-                watcher.reply_started(reply, message.content)
+                watcher.reply_started(reply, content)
                 reply.subscribe(watcher)
         reply.task = asyncio.create_task(self._produce(reply, messages), name=f"reply-{reply.id}")
-        return reply
 
     def _check_capacity(self, conversation_id: str) -> None:
         if not self.accepting:

@@ -180,6 +180,12 @@ class SQLiteStore:
             raise
         return added
 
+    async def delete(self, conversation_id: str, message_id: str) -> bool:
+        cursor = await self._run(
+            self.conn.execute, "DELETE FROM messages WHERE conversation_id = ? AND id = ?", (conversation_id, message_id)
+        )
+        return bool(cursor.rowcount)
+
     async def history(self, conversation_id: str, limit: int, before: str | None = None) -> list[StoredMessage]:
         return await self._run(self._history, conversation_id, limit, before)
 

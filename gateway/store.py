@@ -68,6 +68,9 @@ class ConversationStore(Protocol):
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
         """Insert ``message``, or replace the one with the same id (checkpoints, final text)."""
 
+    async def delete(self, conversation_id: str, message_id: str) -> bool:
+        """Remove one message; False if there was none."""
+
     async def history(
         self, conversation_id: str, limit: int, before: str | None = None
     ) -> list[StoredMessage]:
@@ -130,6 +133,10 @@ class MemoryStore:
         title = conv.title or (title_of(message.content) if message.role == "user" else "")
         entry.conversation = replace(conv, title=title, updated_at=time.time())
         self._entries.move_to_end(conversation_id)
+
+    async def delete(self, conversation_id: str, message_id: str) -> bool:
+        entry = self._entries.get(conversation_id)
+        return entry is not None and entry.messages.pop(message_id, None) is not None
 
     async def history(
         self, conversation_id: str, limit: int, before: str | None = None

@@ -11,7 +11,7 @@ from aiohttp import web
 
 __all__ = ["STATE", "WebState", "make_app"]
 
-_ASSET_CACHE = "public, max-age=3600"
+_IMMUTABLE = "public, max-age=31536000, immutable"
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -119,11 +119,11 @@ async def _static(request: web.Request) -> web.StreamResponse:
     path = _resolve(root, request.match_info["path"] or "index.html")
     if path is None:
         raise web.HTTPNotFound(text="not found\n")
-    is_html = path.suffix == ".html"
     content_type = _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    hashed = request.match_info["path"].startswith("assets/")
     return web.FileResponse(
         path,
-        headers={"Content-Type": content_type, "Cache-Control": "no-cache" if is_html else _ASSET_CACHE},
+        headers={"Content-Type": content_type, "Cache-Control": _IMMUTABLE if hashed else "no-cache"},
     )
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "History",
     "Message",
     "Ping",
+    "Regenerate",
     "Resume",
     "encode",
     "encode_delta",
@@ -66,6 +67,13 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
+class Regenerate:
+    """Replace the conversation's last reply; ``id`` is echoed in ``reply.start``."""
+
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
 class History:
     """Page older messages: up to ``limit`` messages before message ``before``."""
 
@@ -73,7 +81,7 @@ class History:
     limit: int = 50
 
 
-ClientMessage = Hello | Message | Cancel | Resume | Ping | History
+ClientMessage = Hello | Message | Cancel | Resume | Ping | History | Regenerate
 
 
 def parse_client(frame: str | bytes) -> ClientMessage:
@@ -154,6 +162,10 @@ def _history(obj: Mapping[str, Any]) -> History:
     return History(_field(obj, "before", str, required=False), limit)
 
 
+def _regenerate(obj: Mapping[str, Any]) -> Regenerate:
+    return Regenerate(_field(obj, "id", str))
+
+
 _PARSERS: dict[str, Callable[[Mapping[str, Any]], ClientMessage]] = {
     "hello": _hello,
     "message": _message,
@@ -161,6 +173,7 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], ClientMessage]] = {
     "resume": _resume,
     "ping": _ping,
     "history": _history,
+    "regenerate": _regenerate,
 }
 
 

@@ -263,3 +263,39 @@ async def test_json_mode_disconnect_lets_the_reply_finish_and_store(
         ready = await chat.hello(conversation_id)
     assert ready["history"][-1]["content"] == "ab" and ready["history"][-1]["finish_reason"] == "stop"
     assert not upstream.requests[0].disconnected.is_set()
+
+
+async def test_regenerate_replaces_the_last_reply(start_gateway: StartGateway, upstream: FakeUpstream) -> None:
+    upstream.enqueue(Script([openai_sse(["first try"])]), Script([openai_sse(["second try"])]))
+    gw = await start_gateway(openai_env(upstream))
+    async with gw.chat() as chat:
+        conversation_id = (await chat.hello())["conversation_id"]
+        _, events = await chat.ask("question", "u1")
+        old_reply = events[0]["reply_id"]
+        await chat.send(type="regenerate", id="r1")
+        start = await chat.expect("reply.start")
+        assert start["id"] == "r1" and start["replaces"] == old_reply and start["reply_id"] != old_reply
+        text, _ = await chat.until_done()
+        ready = await chat.hello(conversation_id)
+    assert text == "second try"
+    assert [(m["role"], m["content"]) for m in ready["history"]] == [("user", "question"), ("assistant", "second try")]
+    assert upstream.requests[1].json["messages"] == [{"role": "user", "content": "question"}], "same context again"
+
+
+async def test_regenerate_refusals(start_gateway: StartGateway, upstream: FakeUpstream) -> None:
+    gate = asyncio.Event()
+    upstream.enqueue(Script([openai_sse(["a"], finish=None, usage=None, done=False), Pause(gate), openai_sse(["b"])]))
+    gw = await start_gateway(openai_env(upstream))
+    async with gw.chat() as chat:
+        await chat.hello()
+        await chat.send(type="regenerate", id="r0")
+        error = await chat.expect("error")
+        assert error["code"] == "bad_request" and error["id"] == "r0", "nothing to regenerate yet"
+        await chat.send(type="message", id="u1", content="go")
+        await chat.expect("reply.start")
+        await chat.send(type="regenerate", id="r1")
+        while (event := await chat.recv())["type"] != "error":
+            pass
+        assert event["code"] == "busy" and event["id"] == "r1"
+        gate.set()
+        await chat.until_done()

@@ -39,13 +39,22 @@ async def test_static_refuses_traversal(start_gateway: StartGateway, path: str) 
     assert b"[project]" not in body and b"root:" not in body
 
 
-async def test_assets_have_types_and_cache_headers(start_gateway: StartGateway) -> None:
-    gw = await start_gateway()
-    status, headers, _ = await _get(gw.http_url, "/app.js")
+async def test_hashed_assets_are_immutable_and_the_rest_revalidated(start_gateway: StartGateway, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    static = tmp_path / "site"
+    (static / "assets").mkdir(parents=True)
+    (static / "index.html").write_text("<html>page</html>")
+    (static / "assets" / "app-1a2b3c.js").write_text("export {}")
+    (static / "assets" / "app-1a2b3c.css").write_text("body{}")
+    (static / "favicon.svg").write_text("<svg/>")
+    gw = await start_gateway(env={"GATEWAY_STATIC_DIR": str(static)})
+    status, headers, _ = await _get(gw.http_url, "/assets/app-1a2b3c.js")
     assert status == 200 and headers["Content-Type"].startswith("text/javascript")
-    assert "max-age" in headers["Cache-Control"]
-    status, headers, _ = await _get(gw.http_url, "/style.css")
-    assert status == 200 and headers["Content-Type"].startswith("text/css")
+    assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    status, headers, _ = await _get(gw.http_url, "/assets/app-1a2b3c.css")
+    assert headers["Content-Type"].startswith("text/css") and "immutable" in headers["Cache-Control"]
+    for path in ("/", "/index.html", "/favicon.svg"):
+        status, headers, _ = await _get(gw.http_url, path)
+        assert status == 200 and headers["Cache-Control"] == "no-cache", path
 
 
 async def test_symlink_out_of_static_is_refused(start_gateway: StartGateway, tmp_path) -> None:  # type: ignore[no-untyped-def]

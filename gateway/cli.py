@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in cfg.unknown_env:
             print(f"gateway: warning: unknown environment variable {name} is ignored", file=sys.stderr)
         return 0
-    return _serve(cfg)
+    return _serve(cfg, lambda: config.load(args.config, isatty=sys.stdout.isatty()))
 
 
 def _conversations(cfg: config.Config, args: argparse.Namespace) -> int:
@@ -103,7 +103,7 @@ def _conversations(cfg: config.Config, args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def _serve(cfg: config.Config) -> int:
+def _serve(cfg: config.Config, reload: Callable[[], config.Config]) -> int:
     logs.configure(cfg.log_level, cfg.log_format, secrets=(cfg.provider.api_key,))
     log: Any = structlog.get_logger("gateway.cli")
     for name in cfg.unknown_env:
@@ -111,7 +111,7 @@ def _serve(cfg: config.Config) -> int:
     from .server import Gateway
 
     try:
-        asyncio.run(Gateway(cfg).run())
+        asyncio.run(Gateway(cfg, reload=reload).run())
     except OSError as exc:
         log.error("startup_failed", error=f"{exc.strerror or exc}", errno=exc.errno)
         return EXIT_STARTUP

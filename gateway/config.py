@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .clientip import Networks, parse_networks
 from .errors import ConfigError
 
 __all__ = [
@@ -90,6 +91,7 @@ class Config:
     state_dir: Path
     static_dir: Path
     drain_timeout: float
+    trusted_proxies: Networks
     resume_grace: float
     ping_interval: float
     max_connections: int
@@ -245,6 +247,13 @@ def _duration(value: Any) -> float | None:
     return parse_duration(text) if text else None
 
 
+def _networks(value: Any) -> Networks:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected a list of addresses or networks, got {value!r}")
+    return parse_networks([_str(i) for i in items if _str(i).strip()])
+
+
 def _params(value: Any) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("expected a table of request parameters")
@@ -277,6 +286,8 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds between WebSocket pings (0 disables)"),
     Setting("server", "compression", _bool, False, None,
             "negotiate permessage-deflate when a client offers it"),
+    Setting("server", "trusted_proxies", _networks, ["127.0.0.1/8", "::1/128"], "GATEWAY_TRUSTED_PROXIES",
+            "peers whose X-Forwarded-For is believed (Caddy on the same host: loopback)"),
     Setting("server", "resume_grace", _float(0, 86_400), 60.0, None,
             "seconds a finished reply stays resumable; a disconnected client's reply also runs on"),
     Setting("store", "backend", _choice("sqlite", "memory"), "sqlite", "GATEWAY_STORE",
@@ -371,6 +382,7 @@ def load(
         state_dir=state_dir,
         static_dir=_static_dir(values["server.static_dir"]),
         drain_timeout=values["server.drain_timeout"],
+        trusted_proxies=values["server.trusted_proxies"],
         resume_grace=values["server.resume_grace"],
         ping_interval=values["server.ping_interval"],
         max_connections=values["limits.max_connections"],
@@ -557,6 +569,8 @@ def _effective(config: Config, setting: Setting) -> Any:
     value = getattr(source, attr, "")
     if setting.name == "store.retention":
         return f"{value:g}s" if value else ""
+    if setting.name == "server.trusted_proxies":
+        return [str(net) for net in value]
     return str(value) if isinstance(value, HostPort | Path) else value
 
 

@@ -186,8 +186,8 @@ class Connection:
             raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
         self.hub.watch(self, conv.id)
         cfg = self.hub.config
-        history = await store.history(conv.id, cfg.history_limit)
         active = self.hub.registry.active(conv.id)
+        history = _without(await store.history(conv.id, cfg.history_limit + 1), active)[-cfg.history_limit:]
         self.outbox.put(
             wire.encode(
                 "ready",
@@ -267,7 +267,8 @@ class Connection:
     async def _history(self, msg: wire.History) -> None:
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first")
-        messages = await self.hub.store.history(self.conversation_id, msg.limit + 1, msg.before)
+        active = self.hub.registry.active(self.conversation_id)
+        messages = _without(await self.hub.store.history(self.conversation_id, msg.limit + 2, msg.before), active)
         self.outbox.put(
             wire.encode(
                 "history",
@@ -334,6 +335,11 @@ class Connection:
             )
         elif reply.error is not None:
             self.outbox.put(f"Error: {reply.error.message}")
+
+
+def _without(messages: list[StoredMessage], active: Reply | None) -> list[StoredMessage]:
+    """History without the reply still streaming (its checkpoint): that one is resumed."""
+    return [m for m in messages if active is None or m.id != active.id]
 
 
 def _plain_delta(reply_id: str, seq: int, text: str) -> Frame:

@@ -53,7 +53,7 @@ def configure(level: str, fmt: str, *, secrets: tuple[str, ...] = ()) -> None:
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,  # a reload may change the level
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(

@@ -188,6 +188,9 @@ class ReplyRegistry:
         except GatewayError:
             del self._active[reply.conversation_id]
             raise
+        except KeyError:
+            del self._active[reply.conversation_id]
+            raise ProtocolError(ErrorCode.NOT_FOUND, "this conversation no longer exists") from None
         except Exception:
             del self._active[reply.conversation_id]
             _log.exception("store_failed", conversation_id=reply.conversation_id)

@@ -1,15 +1,20 @@
 """The gateway: both listeners in one event loop, and its lifecycle.
 
-start → serve → (SIGTERM/SIGINT) drain → close. Drain stops accepting,
-turns ``/readyz`` to 503, gives replies in flight ``drain_timeout`` seconds,
-stores what is left as partial, closes sockets with 1001.
+start → serve → (SIGHUP) reload … → (SIGTERM/SIGINT) drain → close.
+
+Drain stops accepting, turns ``/readyz`` to 503, tells systemd ``STOPPING=1``,
+gives replies in flight ``drain_timeout`` seconds, stores what is left as
+partial, and closes sockets with 1001 once what was queued for them is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import signal
-from collections.abc import Sequence
+import socket
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -17,38 +22,60 @@ import structlog
 from aiohttp import web
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import NegotiationError
-from websockets.typing import Subprotocol
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
-from . import __version__, wire
+from . import __version__, logs, wire
+from .clientip import client_ip
 from .config import Config, own_origins
 from .connection import CLOSE_OVERLOADED, Connection, Hub, wire_authenticated
-from .upstream import make_provider
+from .errors import ConfigError
 from .replies import RegistryLimits, ReplyRegistry
 from .store import ConversationStore, MemoryStore
+from .systemd import Notifier, listen_sockets, watchdog_interval
+from .upstream import make_provider
 from .web import WebState, make_app
 
 __all__ = ["Gateway", "make_store"]
 
 _log: Any = structlog.get_logger("gateway.server")
 PRUNE_EVERY = 3600.0
+STATUS_EVERY = 5.0
+# Settings bound at start-up: a reload reports changes to them instead of applying them.
+FIXED_ON_RELOAD = (
+    "ws_addr", "http_addr", "state_dir", "static_dir", "store", "compression",
+    "max_message_bytes", "write_limit", "ping_interval", "log_format",
+)
 
 
 class Gateway:
-    """One gateway process. Build it with a :class:`Config`, then ``await run()``."""
+    """One gateway process. Build it with a :class:`Config`, then ``await run()``.
 
-    def __init__(self, config: Config, *, store: ConversationStore | None = None) -> None:
+    ``reload`` builds a fresh Config (from the same file and environment) on SIGHUP.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: ConversationStore | None = None,
+        reload: Callable[[], Config] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.config = config
         self.store: ConversationStore = store or make_store(config)
         self.stopping = asyncio.Event()
+        self.closed = False
+        self.allowed_origins: tuple[str, ...] = config.allowed_origins
+        self.hub: Hub | None = None
+        self._reload_source = reload
+        self._env = dict(os.environ if env is None else env)
+        self._notifier = Notifier(self._env)
         self._session: aiohttp.ClientSession | None = None
         self._ws_server: Server | None = None
         self._runner: web.AppRunner | None = None
-        self.hub: Hub | None = None
         self._web_state: WebState | None = None
-        self.closed = False
-        self._pruner: asyncio.Task[None] | None = None
-        self.allowed_origins: tuple[str, ...] = config.allowed_origins
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def ws_port(self) -> int:
@@ -60,6 +87,8 @@ class Gateway:
         assert self._runner is not None
         return int(self._runner.addresses[0][1])
 
+    # start
+
     async def start(self) -> None:
         """Open the store, the HTTP client session and both listeners."""
         cfg = self.config
@@ -69,24 +98,32 @@ class Gateway:
             _log.warning("interrupted_replies_recovered", count=recovered)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300),
-            json_serialize=None,  # type: ignore[arg-type]
         )
         provider = make_provider(cfg.provider, self._session)
-        limits = RegistryLimits(
-            max_replies=cfg.max_replies,
-            max_reply_chars=cfg.max_reply_chars,
-            max_reply_seconds=cfg.provider.max_reply_seconds,
-            resume_grace=cfg.resume_grace,
-            checkpoint_interval=cfg.store.checkpoint_interval,
-            system_prompt=cfg.provider.system_prompt,
-            context_max_messages=cfg.context_max_messages,
-            context_max_chars=cfg.context_max_chars,
+        self.hub = Hub(cfg, ReplyRegistry(provider, self.store, _limits(cfg)), self.store)
+        inherited = listen_sockets(self._env)
+        await self._listen_ws(inherited.get("ws"))
+        await self._listen_http(inherited.get("http"), provider.model, provider.name)
+        self.allowed_origins = cfg.allowed_origins or own_origins(cfg.http_addr.host, self.http_port)
+        self._spawn(self._supervise(), "supervisor")
+        if cfg.store.retention:
+            self._spawn(self._prune_forever(cfg.store.retention), "pruner")
+        _log.info(
+            "gateway_started",
+            version=__version__,
+            ws_url=f"ws://{_hostport(cfg.ws_addr.host, self.ws_port)}/chat",
+            http_url=f"http://{_hostport(cfg.http_addr.host, self.http_port)}/",
+            provider=provider.name,
+            model=provider.model,
+            socket_activated=bool(inherited),
         )
-        self.hub = Hub(cfg, ReplyRegistry(provider, self.store, limits), self.store)
+        self._notifier.notify("READY=1", f"STATUS={self._status()}", f"MAINPID={os.getpid()}")
+
+    async def _listen_ws(self, sock: socket.socket | None) -> None:
+        cfg = self.config
+        where: dict[str, Any] = {"sock": sock} if sock else {"host": cfg.ws_addr.host, "port": cfg.ws_addr.port}
         self._ws_server = await serve(
             self._handle,
-            cfg.ws_addr.host,
-            cfg.ws_addr.port,
             select_subprotocol=_select_subprotocol,
             process_request=self._check_request,
             compression="deflate" if cfg.compression else None,
@@ -96,33 +133,37 @@ class Gateway:
             ping_interval=cfg.ping_interval or None,
             ping_timeout=cfg.ping_interval or None,
             server_header=f"llm-ws-gateway/{__version__}",
-        )
-        self._web_state = WebState(cfg.static_dir, lambda: self.ws_port, cfg.public_ws_url, provider.model, provider.name)
-        self._runner = web.AppRunner(make_app(self._web_state), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, cfg.http_addr.host, cfg.http_addr.port).start()
-        self.allowed_origins = cfg.allowed_origins or own_origins(cfg.http_addr.host, self.http_port)
-        if cfg.store.retention:
-            self._pruner = asyncio.create_task(self._prune_forever(cfg.store.retention), name="pruner")
-        _log.info(
-            "gateway_started",
-            version=__version__,
-            ws_url=f"ws://{_hostport(cfg.ws_addr.host, self.ws_port)}/chat",
-            http_url=f"http://{_hostport(cfg.http_addr.host, self.http_port)}/",
-            provider=provider.name,
-            model=provider.model,
+            **where,
         )
 
+    async def _listen_http(self, sock: socket.socket | None, model: str, provider: str) -> None:
+        cfg = self.config
+        self._web_state = WebState(cfg.static_dir, lambda: self.ws_port, cfg.public_ws_url, model, provider)
+        self._runner = web.AppRunner(make_app(self._web_state), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site: web.BaseSite = (
+            web.SockSite(self._runner, sock) if sock else web.TCPSite(self._runner, cfg.http_addr.host, cfg.http_addr.port)
+        )
+        await site.start()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # serve
+
     async def run(self) -> None:
-        """Start, serve until SIGTERM or SIGINT, then drain and close."""
+        """Start, serve until SIGTERM or SIGINT (reloading on SIGHUP), then drain and close."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         try:
             await self.start()
             await self.stopping.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.close()
 
@@ -133,6 +174,66 @@ class Gateway:
         _log.info("shutdown_requested", signal=sig.name)
         self.stopping.set()
 
+    async def _supervise(self) -> None:
+        """Tell systemd the loop is alive (WATCHDOG=1) and what it is doing (STATUS=)."""
+        interval = watchdog_interval(self._env)
+        period = min(interval, STATUS_EVERY) if interval else STATUS_EVERY
+        ticks_per_status = max(1, round(STATUS_EVERY / period))
+        tick = 0
+        while True:
+            lines = ["WATCHDOG=1"] if interval else []
+            if tick % ticks_per_status == 0:
+                lines.append(f"STATUS={self._status()}")
+            self._notifier.notify(*lines)
+            tick += 1
+            await asyncio.sleep(period)
+
+    def _status(self) -> str:
+        hub = self.hub
+        connections = len(hub.connections) if hub else 0
+        replies = hub.registry.in_flight if hub else 0
+        state = "draining" if self.stopping.is_set() else "serving"
+        return f"{state}: {connections} connections, {replies} replies in flight"
+
+    # reload
+
+    def _on_reload(self) -> None:
+        _log.info("reload_requested")
+        self._spawn(self.reload(), "reload")
+
+    async def reload(self) -> None:
+        """Re-read the configuration; apply what can change live, report the rest."""
+        if self._reload_source is None or self.hub is None or self.stopping.is_set():
+            return
+        self._notifier.notify("RELOADING=1", "STATUS=reloading configuration")
+        try:
+            new = self._reload_source()
+        except ConfigError as exc:
+            _log.error("reload_failed", error=exc.message)
+        else:
+            self._apply(new)
+        self._notifier.notify("READY=1", f"STATUS={self._status()}")
+
+    def _apply(self, new: Config) -> None:
+        old = self.config
+        ignored = [f for f in FIXED_ON_RELOAD if getattr(new, f) != getattr(old, f)]
+        cfg = dataclasses.replace(new, **{f: getattr(old, f) for f in FIXED_ON_RELOAD})
+        assert self.hub is not None and self._session is not None and self._web_state is not None
+        self.config = self.hub.config = cfg
+        registry = self.hub.registry
+        registry.limits = _limits(cfg)
+        if cfg.provider != old.provider:
+            registry.provider = make_provider(cfg.provider, self._session)
+            self._web_state.model, self._web_state.provider = registry.provider.model, registry.provider.name
+        self._web_state.public_ws_url = cfg.public_ws_url
+        self.allowed_origins = cfg.allowed_origins or own_origins(cfg.http_addr.host, self.http_port)
+        logs.configure(cfg.log_level, cfg.log_format, secrets=(cfg.provider.api_key,))
+        if ignored:
+            _log.warning("reload_needs_restart", settings=ignored)
+        _log.info("config_reloaded", provider=registry.provider.name, model=registry.provider.model)
+
+    # drain and close
+
     async def close(self) -> None:
         """Drain: stop accepting, let replies finish, close sockets with 1001.
 
@@ -141,9 +242,11 @@ class Gateway:
         if self.closed:
             return
         self.closed = True
+        self.stopping.set()
         if self._web_state is not None:
             self._web_state.draining = True
         in_flight = self.hub.registry.in_flight if self.hub else 0
+        self._notifier.notify("STOPPING=1", f"STATUS=draining: {in_flight} replies in flight")
         if self._ws_server is not None and self.hub is not None:
             self._ws_server.server.close()
             _log.info("drain_started", replies_in_flight=in_flight, timeout_s=self.config.drain_timeout)
@@ -152,25 +255,16 @@ class Gateway:
             self._ws_server.close()
             await self._ws_server.wait_closed()
             await self.hub.registry.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
-        if self._pruner is not None:
-            self._pruner.cancel()
-            await asyncio.gather(self._pruner, return_exceptions=True)
         await self.store.close()
+        self._notifier.close()
         _log.info("gateway_stopped", replies_drained=in_flight)
-
-    async def _prune_forever(self, older_than: float) -> None:
-        """Delete idle conversations now and every hour."""
-        while True:
-            try:
-                deleted = await self.store.prune(older_than)
-                _log.info("conversations_pruned", deleted=deleted, older_than_s=older_than)
-            except Exception:
-                _log.exception("prune_failed")
-            await asyncio.sleep(PRUNE_EVERY)
 
     async def _close_connections(self) -> None:
         """Close every socket with 1001 after what is queued for it is written."""
@@ -186,25 +280,40 @@ class Gateway:
             waiter.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
+    async def _prune_forever(self, older_than: float) -> None:
+        """Delete idle conversations now and every hour."""
+        while True:
+            try:
+                deleted = await self.store.prune(older_than)
+                _log.info("conversations_pruned", deleted=deleted, older_than_s=older_than)
+            except Exception:
+                _log.exception("prune_failed")
+            await asyncio.sleep(PRUNE_EVERY)
+
+    # connections
+
     def _check_request(self, conn: ServerConnection, request: Request) -> Response | None:
         if request.path.split("?", 1)[0] != "/chat":
-            return _http(conn, 404, "Not Found: the chat endpoint is /chat\n")
+            return conn.respond(404, "Not Found: the chat endpoint is /chat\n")
         if self.config.auth_tokens and not wire_authenticated(request, self.config.auth_tokens):
             if "chat.v1" not in request.headers.get("Sec-WebSocket-Protocol", ""):
                 _log.info("handshake_refused", reason="unauthorized")
-                return _http(conn, 401, "Unauthorized: send Authorization: Bearer TOKEN\n")
+                return conn.respond(401, "Unauthorized: send Authorization: Bearer TOKEN\n")
         origin = request.headers.get("Origin")
         allowed = self.allowed_origins
         if origin is not None and "*" not in allowed and origin.lower() not in allowed:
             _log.info("handshake_refused", reason="origin", origin=origin[:200])
-            return _http(conn, 403, "Forbidden: this Origin is not allowed\n")
+            return conn.respond(403, "Forbidden: this Origin is not allowed\n")
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert self.hub is not None
         conn = Connection(ws, self.hub)
         peer = ws.remote_address[0] if ws.remote_address else None
-        structlog.contextvars.bind_contextvars(session_id=conn.session_id, client_ip=peer)
+        forwarded = ws.request.headers.get("X-Forwarded-For") if ws.request else None
+        structlog.contextvars.bind_contextvars(
+            session_id=conn.session_id, client_ip=client_ip(peer, forwarded, self.config.trusted_proxies)
+        )
         if len(self.hub.connections) >= self.config.max_connections:
             _log.warning("connection_refused", reason="max_connections")
             await ws.close(CLOSE_OVERLOADED, "server full; try again later")
@@ -217,6 +326,19 @@ class Gateway:
         finally:
             self.hub.connections.discard(conn)
             _log.info("connection_closed", mode=mode, code=ws.close_code, conversation_id=conn.conversation_id)
+
+
+def _limits(cfg: Config) -> RegistryLimits:
+    return RegistryLimits(
+        max_replies=cfg.max_replies,
+        max_reply_chars=cfg.max_reply_chars,
+        max_reply_seconds=cfg.provider.max_reply_seconds,
+        resume_grace=cfg.resume_grace,
+        checkpoint_interval=cfg.store.checkpoint_interval,
+        system_prompt=cfg.provider.system_prompt,
+        context_max_messages=cfg.context_max_messages,
+        context_max_chars=cfg.context_max_chars,
+    )
 
 
 def make_store(config: Config) -> ConversationStore:
@@ -235,11 +357,6 @@ def _select_subprotocol(conn: ServerConnection, offered: Sequence[Subprotocol]) 
     if offered:
         raise NegotiationError(f"unsupported subprotocol; this server speaks {wire.SUBPROTOCOL}")
     return None
-
-
-def _http(conn: ServerConnection, status: int, text: str) -> Response:
-    response = conn.respond(status, text)
-    return response
 
 
 def _hostport(host: str, port: int) -> str:

@@ -1,0 +1,36 @@
+"""Log configuration: level changes reach loggers made before them; secrets are scrubbed."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import structlog
+
+from gateway import logs
+
+_log: Any = structlog.get_logger("gateway.test")
+
+
+def test_reconfigured_level_applies_to_existing_loggers(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("info", "json")
+    _log.debug("hidden_event")
+    _log.info("shown_event")
+    logs.configure("debug", "json")
+    _log.debug("now_shown_event")
+    out = capsys.readouterr().out
+    assert "shown_event" in out and "now_shown_event" in out and "hidden_event" not in out
+
+
+def test_secrets_are_scrubbed_from_every_value(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("info", "json", secrets=("sk-very-secret-value",))
+    _log.info("something_failed", detail="upstream said: bad key sk-very-secret-value")
+    logging.getLogger("websockets.server").warning("stdlib says sk-very-secret-value")
+    out = capsys.readouterr().out
+    assert "sk-very-secret-value" not in out and out.count("[redacted]") == 2
+
+
+def teardown_function() -> None:
+    logging.getLogger().handlers.clear()
+    structlog.reset_defaults()

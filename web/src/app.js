@@ -1,0 +1,1032 @@
+// The chat page: protocol chat.v1 (docs/protocol.md) over one WebSocket, the
+// conversation view, the sidebar of local conversations and the composer.
+//
+// Model text reaches the DOM only through renderMarkdown() (markdown-it without raw
+// HTML, then DOMPurify); user text only through textContent.
+
+import { Conversations, isConversationId, titleFrom } from "./conversations.js";
+import { icon } from "./icons.js";
+import { patchChildren, renderMarkdown } from "./markdown.js";
+import { Socket } from "./socket.js";
+
+const APP_NAME = "LLM Gateway";
+const ANNOUNCE_MAX = 600;
+const OFFLINE_AFTER = 4; // consecutive failed connections before the status says offline
+const CONN_BANNER_AFTER = 2; // … and before a banner explains it
+const MOBILE = window.matchMedia("(max-width: 800px)");
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  app: $("app"),
+  sidebar: $("sidebar"),
+  sidebarToggle: $("sidebar-toggle"),
+  sidebarClose: $("sidebar-close"),
+  scrim: $("scrim"),
+  newChat: $("new-chat"),
+  convList: $("conversations"),
+  convEmpty: $("conversations-empty"),
+  modelInfo: $("model-info"),
+  title: $("title"),
+  status: $("status"),
+  statusText: $("status-text"),
+  banner: $("banner"),
+  bannerText: $("banner-text"),
+  bannerAction: $("banner-action"),
+  bannerClose: $("banner-close"),
+  log: $("log"),
+  empty: $("empty"),
+  emptyModel: $("empty-model"),
+  messages: $("messages"),
+  form: $("composer-form"),
+  input: $("composer"),
+  send: $("send"),
+  stop: $("stop"),
+  announcer: $("announcer"),
+};
+
+/** One assistant reply, by reply_id; outlives views and sockets. */
+class Reply {
+  constructor(id, conv) {
+    this.id = id; // null until reply.start names it
+    this.conv = conv;
+    this.text = "";
+    this.seq = 0; // last reply.delta seq received (the resume point)
+    this.state = "streaming"; // streaming | done | error | cancelled
+    this.finish = "";
+    this.error = null; // {message, code, retryable, retryAt, unsent?, content?}
+    this.gen = 0; // socket generation that receives it live
+    this.entry = null; // its view entry while shown
+    this.stopping = false;
+    this.cancelWanted = false;
+  }
+}
+
+const convs = new Conversations();
+
+const S = {
+  socket: null,
+  status: "",
+  live: false, // a `ready` arrived on the current socket
+  conv: null, // the conversation shown
+  target: null, // the conversation to open on (re)connect; null = a new one
+  helloFor: undefined, // conversation id of the hello awaiting its ready (null = new)
+  listOnReady: false, // add the conversation to the list even if it is empty (deep link)
+  limits: null,
+  replies: new Map(), // reply_id -> Reply
+  entries: [], // the view, in order
+  pending: new Map(), // client frame id -> {kind, ...}
+  resuming: new Set(), // reply ids resumed on the current socket
+  dirty: new Set(),
+  raf: 0,
+  nextRenderAt: 0,
+  interactive: false,
+  bannerRun: null,
+  bannerKind: "",
+  countdown: 0,
+  renaming: null,
+};
+
+// ---------------------------------------------------------------------------- helpers
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text != null) node.textContent = text;
+  return node;
+}
+
+function newId() {
+  const bytes = new Uint8Array(12);
+  crypto.getRandomValues(bytes);
+  return `c${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
+const nearBottom = () => ui.log.scrollHeight - ui.log.scrollTop - ui.log.clientHeight < 96;
+const scrollToBottom = () => {
+  ui.log.scrollTop = ui.log.scrollHeight;
+};
+
+function announce(text) {
+  ui.announcer.textContent = "";
+  requestAnimationFrame(() => {
+    ui.announcer.textContent = text.length > ANNOUNCE_MAX ? `${text.slice(0, ANNOUNCE_MAX)}…` : text;
+  });
+}
+
+function plainText(body) {
+  const copy = body.cloneNode(true);
+  for (const n of copy.querySelectorAll(".code-head")) n.remove();
+  return copy.textContent.replace(/\s+/g, " ").trim();
+}
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    /* not a secure context, or refused: fall back */
+  }
+  const ta = el("textarea", "clip");
+  ta.value = text;
+  ta.setAttribute("readonly", "");
+  const prev = document.activeElement;
+  document.body.append(ta);
+  ta.select();
+  let ok = false;
+  try {
+    ok = document.execCommand("copy");
+  } catch {
+    ok = false;
+  }
+  ta.remove();
+  if (prev && prev.focus) prev.focus();
+  return ok;
+}
+
+function flash(button, label) {
+  const old = button.dataset.label || button.textContent;
+  button.dataset.label = old;
+  button.classList.add("done");
+  if (button.classList.contains("copy")) button.textContent = label;
+  setTimeout(() => {
+    button.classList.remove("done");
+    if (button.classList.contains("copy")) button.textContent = old;
+  }, 1500);
+}
+
+// ---------------------------------------------------------------------------- status, banner
+
+const STATUS_TEXT = { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…", offline: "Offline" };
+
+function setStatus(status) {
+  if (S.status === status) return;
+  S.status = status;
+  ui.status.dataset.state = status;
+  ui.statusText.textContent = STATUS_TEXT[status];
+  ui.status.title = `Connection: ${STATUS_TEXT[status]}`;
+  syncUI();
+}
+
+/** Show ``text`` in the banner; ``action`` = {label, run}; ``kind`` "conn" clears on ready. */
+function banner(text, action = null, kind = "") {
+  S.bannerKind = text ? kind : "";
+  ui.banner.hidden = !text;
+  ui.bannerText.textContent = text || "";
+  ui.bannerAction.hidden = !action;
+  S.bannerRun = action ? action.run : null;
+  if (action) ui.bannerAction.textContent = action.label;
+}
+
+// ---------------------------------------------------------------------------- view entries
+
+function makeUser(id, text) {
+  const node = el("article", "msg msg-user");
+  node.dataset.role = "user";
+  if (id) node.dataset.messageId = id;
+  node.setAttribute("aria-label", "You said");
+  node.append(el("div", "bubble", text));
+  return { kind: "user", key: `u:${id}`, id, text, el: node };
+}
+
+function makeAssistant(reply) {
+  const node = el("article", "msg msg-assistant");
+  node.dataset.role = "assistant";
+  node.setAttribute("aria-label", "Assistant");
+  const body = el("div", "msg-body md");
+  const note = el("div", "msg-note");
+  note.hidden = true;
+  const actions = el("div", "msg-actions");
+  const copy = el("button", "act");
+  copy.type = "button";
+  copy.dataset.action = "copy-reply";
+  copy.title = "Copy reply";
+  copy.setAttribute("aria-label", "Copy reply");
+  copy.append(icon("copy"));
+  actions.append(copy);
+  node.append(body, note, actions);
+  const entry = { kind: "assistant", key: reply.id ? `a:${reply.id}` : `p:${newId()}`, reply, el: node, body, note, actions, shown: null };
+  reply.entry = entry;
+  return entry;
+}
+
+function mount(entries) {
+  for (const e of S.entries) if (e.reply && e.reply.entry === e && !entries.includes(e)) e.reply.entry = null;
+  S.entries = entries;
+  for (const e of entries) if (e.reply) e.reply.entry = e;
+  ui.messages.replaceChildren(...entries.map((e) => e.el));
+  for (const e of entries) if (e.reply) renderEntry(e);
+  syncUI();
+}
+
+function append(...entries) {
+  for (const e of entries) {
+    S.entries.push(e);
+    ui.messages.append(e.el);
+    if (e.reply) renderEntry(e);
+  }
+}
+
+function replaceEntry(old, entry) {
+  const i = S.entries.indexOf(old);
+  if (i === -1) {
+    append(entry);
+    return;
+  }
+  S.entries[i] = entry;
+  if (old.reply && old.reply.entry === old) old.reply.entry = null;
+  old.el.replaceWith(entry.el);
+  renderEntry(entry);
+}
+
+function entryOfReply(replyId) {
+  return S.entries.find((e) => e.reply && e.reply.id === replyId) || null;
+}
+
+function lastAssistant() {
+  for (let i = S.entries.length - 1; i >= 0; i--) if (S.entries[i].kind === "assistant") return S.entries[i];
+  return null;
+}
+
+/** The reply streaming (or about to) in the shown conversation, if any. */
+function activeReply() {
+  for (const e of S.entries) if (e.reply && e.reply.state === "streaming") return e.reply;
+  return null;
+}
+
+// ---------------------------------------------------------------------------- rendering
+
+function queueRender(entry) {
+  S.dirty.add(entry);
+  if (!S.raf) S.raf = requestAnimationFrame(flushRender);
+}
+
+// At most one render per frame, and only of the streaming message(s). When a render
+// gets costly (a very long reply) frames are skipped in proportion, so the page stays
+// responsive instead of falling behind.
+function flushRender(now) {
+  S.raf = 0;
+  if (now < S.nextRenderAt) {
+    S.raf = requestAnimationFrame(flushRender);
+    return;
+  }
+  const stick = nearBottom();
+  const t0 = performance.now();
+  for (const e of S.dirty) renderBody(e);
+  S.dirty.clear();
+  S.nextRenderAt = now + Math.min(250, 2 * (performance.now() - t0));
+  if (stick) scrollToBottom();
+}
+
+function renderBody(entry) {
+  const text = entry.reply.text;
+  if (entry.shown === text) return;
+  entry.shown = text;
+  patchChildren(entry.body, renderMarkdown(text));
+}
+
+function renderEntry(entry) {
+  const r = entry.reply;
+  const node = entry.el;
+  S.dirty.delete(entry);
+  renderBody(entry);
+  node.dataset.state = r.state;
+  if (r.id) {
+    node.dataset.replyId = r.id;
+    entry.key = `a:${r.id}`;
+  }
+  if (r.state === "streaming") node.setAttribute("aria-busy", "true");
+  else node.removeAttribute("aria-busy");
+  renderNote(entry);
+}
+
+function renderNote(entry) {
+  const r = entry.reply;
+  const note = entry.note;
+  note.replaceChildren();
+  note.className = "msg-note";
+  let text = "";
+  if (r.state === "cancelled") {
+    text = "Stopped.";
+    note.classList.add("muted");
+  } else if (r.state === "error") {
+    text = (r.error && r.error.message) || "The reply failed.";
+    note.classList.add("error");
+  } else if (r.state === "done" && r.finish === "length") {
+    text = "Cut off at the length limit.";
+    note.classList.add("muted");
+  }
+  note.hidden = !text;
+  if (!text) return;
+  note.append(el("span", "note-text", text));
+  if (r.state === "error" && entry === lastAssistant() && (!r.error || r.error.retryable !== false)) {
+    const retry = el("button", "btn small retry");
+    retry.type = "button";
+    retry.dataset.action = "retry";
+    retry.dataset.testid = "retry";
+    note.append(retry);
+    paintRetry(entry, retry);
+  }
+}
+
+function paintRetry(entry, button) {
+  const r = entry.reply;
+  const wait = r.error && r.error.retryAt ? Math.ceil((r.error.retryAt - Date.now()) / 1000) : 0;
+  button.replaceChildren(icon("retry"), wait > 0 ? `Retry in ${wait} s` : "Retry");
+  button.disabled = wait > 0 || !canSend(true);
+  clearTimeout(S.countdown);
+  if (wait > 0) S.countdown = setTimeout(() => button.isConnected && paintRetry(entry, button), 1000 - ((Date.now() - r.error.retryAt) % 1000 + 1000) % 1000 || 1000);
+}
+
+// ---------------------------------------------------------------------------- composer, buttons
+
+function canSend(ignoreBusy = false) {
+  return S.live && S.status === "live" && (ignoreBusy || !activeReply()) && !hasPendingRegenerate();
+}
+
+function hasPendingRegenerate() {
+  for (const p of S.pending.values()) if (p.kind === "regenerate") return true;
+  return false;
+}
+
+let regenerateButton = null;
+
+function syncUI() {
+  const active = activeReply();
+  const focused = document.activeElement;
+  ui.send.hidden = !!active;
+  ui.stop.hidden = !active;
+  ui.stop.disabled = !active || active.stopping || !S.live;
+  const sendable = S.live && S.status === "live";
+  ui.send.disabled = !sendable;
+  if (sendable && !S.interactive) {
+    S.interactive = true;
+    performance.mark("chat:interactive");
+  }
+  if (active && focused === ui.send) ui.stop.focus();
+  else if (!active && focused === ui.stop) ui.input.focus();
+
+  ui.empty.hidden = S.entries.length > 0 || !S.conv;
+  // Regenerate lives on the last reply once it has ended (unless Retry is offered there).
+  const last = lastAssistant();
+  const show = last && last.reply.id && last.reply.state !== "streaming" && !last.note.querySelector(".retry");
+  if (show) {
+    if (!regenerateButton) {
+      regenerateButton = el("button", "act");
+      regenerateButton.type = "button";
+      regenerateButton.dataset.action = "regenerate";
+      regenerateButton.dataset.testid = "regenerate";
+      regenerateButton.title = "Regenerate reply";
+      regenerateButton.setAttribute("aria-label", "Regenerate reply");
+      regenerateButton.append(icon("regenerate"));
+    }
+    if (regenerateButton.parentNode !== last.actions) last.actions.append(regenerateButton);
+    regenerateButton.disabled = !canSend();
+  } else if (regenerateButton) {
+    if (regenerateButton === focused) ui.input.focus();
+    regenerateButton.remove();
+  }
+  for (const b of ui.messages.querySelectorAll("button.retry")) {
+    const entry = S.entries.find((e) => e.note === b.parentNode);
+    if (entry) b.disabled = !canSend(true) || (entry.reply.error && entry.reply.error.retryAt > Date.now());
+  }
+}
+
+function autosize() {
+  const t = ui.input;
+  t.style.height = "auto"; // CSSOM: allowed by the CSP, unlike style attributes in markup
+  t.style.height = `${Math.min(t.scrollHeight, 240)}px`;
+}
+
+function setTitle() {
+  const item = S.conv ? convs.get(S.conv) : null;
+  const title = item && item.title ? item.title : "New chat";
+  ui.title.textContent = title;
+  document.title = item && item.title ? `${item.title} · ${APP_NAME}` : APP_NAME;
+}
+
+// ---------------------------------------------------------------------------- sending
+
+function sendMessage(text) {
+  if (!canSend()) return false;
+  const id = newId();
+  if (!S.socket.send({ type: "message", id, content: text, conversation_id: S.conv })) return false;
+  const reply = new Reply(null, S.conv);
+  const user = makeUser(id, text);
+  const entry = makeAssistant(reply);
+  S.pending.set(id, { kind: "message", id, content: text, user, entry, conv: S.conv });
+  append(user, entry);
+  const item = convs.get(S.conv);
+  convs.touch(S.conv, { title: item && item.title ? undefined : titleFrom(text), bump: true });
+  if (S.bannerKind !== "conn") banner("");
+  syncUI();
+  scrollToBottom();
+  return true;
+}
+
+function submit() {
+  const text = ui.input.value;
+  if (!text.trim() || activeReply()) return;
+  if (sendMessage(text)) {
+    ui.input.value = "";
+    autosize();
+  }
+}
+
+function stop() {
+  const r = activeReply();
+  if (!r || r.stopping) return;
+  r.stopping = true;
+  if (r.id) S.socket.send({ type: "cancel", reply_id: r.id });
+  else r.cancelWanted = true; // sent as soon as reply.start names the reply
+  syncUI();
+}
+
+function regenerate() {
+  const last = lastAssistant();
+  if (!last || !last.reply.id || !canSend()) return;
+  const id = newId();
+  if (!S.socket.send({ type: "regenerate", id })) return;
+  S.pending.set(id, { kind: "regenerate", id, replaces: last.reply.id, conv: S.conv });
+  syncUI();
+}
+
+function retry(entry) {
+  const r = entry.reply;
+  if (r.error && r.error.unsent) {
+    // The gateway never stored this message: drop it and send it again.
+    if (!canSend(true)) return;
+    const i = S.entries.indexOf(entry);
+    const user = S.entries[i - 1];
+    for (const e of [entry, user]) {
+      if (!e) continue;
+      e.el.remove();
+      S.entries.splice(S.entries.indexOf(e), 1);
+    }
+    sendMessage(r.error.content);
+    return;
+  }
+  regenerate(); // a stored reply failed: replace it with a new one
+}
+
+// ---------------------------------------------------------------------------- conversations
+
+function helloFrame(conv) {
+  return conv ? { type: "hello", conversation_id: conv } : { type: "hello" };
+}
+
+/** Open ``conv`` (null: a new conversation) on the current socket, or on the next one. */
+function open(conv, { list = false } = {}) {
+  S.target = conv;
+  S.listOnReady = list;
+  if (list && conv) convs.touch(conv, {});
+  if (S.socket && S.socket.open) {
+    S.live = false;
+    S.helloFor = conv;
+    S.socket.send(helloFrame(conv));
+    syncUI();
+  }
+}
+
+function newChat() {
+  closeSidebarIfMobile();
+  open(null);
+  ui.input.focus();
+}
+
+function setHash(conv) {
+  const want = conv ? `#/c/${conv}` : "#/";
+  if (location.hash !== want) history.replaceState(null, "", want);
+}
+
+function routeTarget() {
+  const m = /^#\/c\/([^/?#]+)$/.exec(location.hash);
+  if (!m) return undefined;
+  const id = decodeURIComponent(m[1]);
+  return isConversationId(id) ? id : undefined;
+}
+
+function renderSidebar() {
+  if (S.renaming) return;
+  const items = convs.items;
+  ui.convEmpty.hidden = items.length > 0;
+  const nodes = items.map((c) => {
+    const li = el("li", "conv");
+    li.dataset.testid = "conversation";
+    li.dataset.conversationId = c.id;
+    const a = el("a", "conv-open", c.title || "Untitled conversation");
+    a.href = `#/c/${c.id}`;
+    a.title = c.title || c.id;
+    if (c.id === S.conv) {
+      a.setAttribute("aria-current", "page");
+      li.classList.add("current");
+    }
+    const actions = el("div", "conv-actions");
+    for (const [action, label, name] of [["rename", "Rename", "edit"], ["delete", "Delete", "trash"]]) {
+      const b = el("button", "icon-btn small");
+      b.type = "button";
+      b.dataset.action = action;
+      b.setAttribute("aria-label", `${label} “${c.title || "Untitled conversation"}”`);
+      b.title = action === "delete" ? "Remove from this list" : label;
+      b.append(icon(name));
+      actions.append(b);
+    }
+    li.append(a, actions);
+    return li;
+  });
+  ui.convList.replaceChildren(...nodes);
+  setTitle();
+}
+
+function startRename(li) {
+  const id = li.dataset.conversationId;
+  const item = convs.get(id);
+  if (!item) return;
+  S.renaming = id;
+  const input = el("input", "conv-rename");
+  input.type = "text";
+  input.value = item.title;
+  input.maxLength = 80;
+  input.setAttribute("aria-label", "Conversation name");
+  li.querySelector(".conv-open").replaceWith(input);
+  input.focus();
+  input.select();
+  let done = false;
+  const finish = (save) => {
+    if (done) return;
+    done = true;
+    S.renaming = null;
+    if (save) convs.rename(id, input.value);
+    else renderSidebar();
+    const again = ui.convList.querySelector(`[data-conversation-id="${CSS.escape(id)}"] .conv-open`);
+    if (again) again.focus();
+  };
+  input.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter") {
+      ev.preventDefault();
+      finish(true);
+    } else if (ev.key === "Escape") {
+      ev.preventDefault();
+      ev.stopPropagation();
+      finish(false);
+    }
+  });
+  input.addEventListener("blur", () => finish(true));
+}
+
+function removeConversation(id) {
+  const wasCurrent = id === S.conv;
+  convs.remove(id);
+  if (wasCurrent) open(null);
+}
+
+function toggleSidebar(force) {
+  if (MOBILE.matches) {
+    const opening = force ?? !ui.app.classList.contains("sidebar-open");
+    ui.app.classList.toggle("sidebar-open", opening);
+    ui.scrim.hidden = !opening;
+    ui.sidebarToggle.setAttribute("aria-expanded", String(opening));
+    if (opening) ui.newChat.focus();
+    else if (ui.sidebar.contains(document.activeElement)) ui.sidebarToggle.focus();
+  } else {
+    const collapsed = force === undefined ? !ui.app.classList.contains("sidebar-collapsed") : !force;
+    ui.app.classList.toggle("sidebar-collapsed", collapsed);
+    ui.sidebarToggle.setAttribute("aria-expanded", String(!collapsed));
+  }
+}
+
+function closeSidebarIfMobile() {
+  if (MOBILE.matches && ui.app.classList.contains("sidebar-open")) toggleSidebar(false);
+}
+
+function syncSidebarMode() {
+  ui.app.classList.remove("sidebar-open");
+  ui.scrim.hidden = true;
+  const expanded = MOBILE.matches ? false : !ui.app.classList.contains("sidebar-collapsed");
+  ui.sidebarToggle.setAttribute("aria-expanded", String(expanded));
+}
+
+// ---------------------------------------------------------------------------- protocol
+
+function onOpen() {
+  S.live = false;
+  S.resuming.clear();
+  S.helloFor = S.target;
+  S.socket.send(helloFrame(S.target));
+}
+
+function onClose({ code, reason, fatal, delay, failures }) {
+  S.live = false;
+  for (const r of S.replies.values()) r.stopping = false;
+  if (fatal) {
+    setStatus("offline");
+    const why = code === 1008 ? "The gateway refused this page" : "Cannot connect to the gateway";
+    banner(`${why}${reason ? `: ${reason}` : "."}`, { label: "Try again", run: reconnectNow }, "conn");
+    syncUI();
+    return;
+  }
+  const offline = navigator.onLine === false || failures >= OFFLINE_AFTER;
+  setStatus(offline ? "offline" : "reconnecting");
+  const secs = Math.max(1, Math.round(delay / 1000));
+  if (code === 1013) banner(`${reason || "The gateway is busy"}. Reconnecting in ${secs} s…`, null, "conn");
+  else if (code === 1009) banner("The last message was too large for the gateway. Reconnecting…", null, "conn");
+  else if (code === 1011) banner("The gateway hit an internal error. Reconnecting…", null, "conn");
+  else if (code !== 1001 && failures >= CONN_BANNER_AFTER) {
+    banner(`Cannot reach the gateway. Retrying in ${secs} s.`, { label: "Retry now", run: reconnectNow }, "conn");
+  }
+  syncUI();
+}
+
+function reconnectNow() {
+  banner("");
+  setStatus("connecting");
+  S.socket.connect();
+}
+
+const HANDLERS = {
+  ready: onReady,
+  "reply.start": onStart,
+  "reply.delta": onDelta,
+  "reply.done": onDone,
+  error: onError,
+  history: () => {},
+  pong: () => {},
+};
+
+function onFrame(frame) {
+  const handler = Object.hasOwn(HANDLERS, frame.type) ? HANDLERS[frame.type] : null;
+  if (handler) handler(frame); // unknown types are ignored, as the protocol asks
+}
+
+function stateOf(finish) {
+  if (finish === "cancelled") return "cancelled";
+  if (finish === "error") return "error";
+  return "done";
+}
+
+function onReady(m) {
+  if (typeof m.conversation_id !== "string") return;
+  const conv = m.conversation_id;
+  const switching = conv !== S.conv;
+  S.helloFor = undefined;
+  S.live = true;
+  S.socket.healthy();
+  S.conv = conv;
+  S.target = conv;
+  convs.setCurrent(conv);
+  setHash(conv);
+  if (typeof m.model === "string" && m.model) {
+    const provider = typeof m.provider === "string" && m.provider ? ` · ${m.provider}` : "";
+    ui.modelInfo.textContent = `${m.model}${provider}`;
+    ui.emptyModel.textContent = `${m.model}${provider}`;
+  }
+  const max = m.limits && m.limits.max_content_chars;
+  if (Number.isInteger(max) && max > 0) ui.input.maxLength = max;
+
+  const history = Array.isArray(m.history) ? m.history : [];
+  const title = typeof m.title === "string" ? m.title : "";
+  if (history.length || title || S.listOnReady || convs.get(conv)) convs.touch(conv, { title });
+  S.listOnReady = false;
+
+  // Rebuild the view from the history, reusing the entries that did not change.
+  const old = new Map((switching ? [] : S.entries).map((e) => [e.key, e]));
+  const live = m.streaming && typeof m.streaming.reply_id === "string" ? m.streaming.reply_id : null;
+  const next = [];
+  const inHistory = new Set();
+  for (const h of history) {
+    if (!h || typeof h.id !== "string" || typeof h.content !== "string") continue;
+    inHistory.add(h.id);
+    if (h.role === "user") {
+      const e = old.get(`u:${h.id}`);
+      next.push(e && e.text === h.content ? e : makeUser(h.id, h.content));
+    } else if (h.role === "assistant" && h.id !== live && h.finish_reason) {
+      let r = S.replies.get(h.id);
+      if (!r) {
+        r = new Reply(h.id, conv);
+        S.replies.set(h.id, r);
+      }
+      if (r.state === "streaming" || r.text !== h.content || r.finish !== h.finish_reason) {
+        r.text = h.content;
+        r.state = stateOf(h.finish_reason);
+        r.finish = h.finish_reason;
+        if (r.state !== "error") r.error = null;
+      }
+      const e = old.get(`a:${h.id}`);
+      next.push(e && e.reply === r ? e : makeAssistant(r));
+    }
+  }
+  if (live) {
+    let r = S.replies.get(live);
+    const following = r && r.state === "streaming" && r.gen === S.socket.gen;
+    if (!r) {
+      r = new Reply(live, conv);
+      S.replies.set(live, r);
+    }
+    if (!following) {
+      if (r.state !== "streaming") {
+        r.state = "streaming";
+        r.text = "";
+        r.seq = 0;
+      }
+      r.gen = S.socket.gen;
+      S.resuming.add(live);
+      S.socket.send({ type: "resume", reply_id: live, after_seq: r.seq });
+    }
+    const e = old.get(`a:${live}`);
+    next.push(e && e.reply === r ? e : makeAssistant(r));
+  }
+  // Messages sent but never acknowledged (the socket dropped first): the history says
+  // whether the gateway stored them.
+  for (const [id, p] of S.pending) {
+    if (p.kind !== "message") {
+      S.pending.delete(id);
+      continue;
+    }
+    S.pending.delete(id);
+    if (inHistory.has(id) || p.conv !== conv) continue;
+    p.entry.reply.state = "error";
+    p.entry.reply.error = { message: "Not sent: the connection dropped first.", retryable: true, unsent: true, content: p.content };
+    next.push(p.user, p.entry);
+  }
+  // Unsent messages shown with an error stay at the end until they are retried.
+  if (!switching) {
+    for (const e of S.entries) {
+      if (e.kind === "assistant" && e.reply.error && e.reply.error.unsent && !next.includes(e)) {
+        const i = S.entries.indexOf(e);
+        if (S.entries[i - 1] && S.entries[i - 1].kind === "user" && !next.includes(S.entries[i - 1])) next.push(S.entries[i - 1]);
+        next.push(e);
+      }
+    }
+  }
+  const stick = switching || nearBottom();
+  mount(next);
+  if (stick) scrollToBottom();
+  if (S.bannerKind === "conn") banner("");
+  renderSidebar();
+  setStatus("live");
+  syncUI();
+}
+
+function onStart(m) {
+  if (typeof m.reply_id !== "string") return;
+  const conv = typeof m.conversation_id === "string" ? m.conversation_id : S.conv;
+  const p = typeof m.id === "string" ? S.pending.get(m.id) : undefined;
+  let reply;
+  if (p && p.kind === "message") {
+    S.pending.delete(m.id);
+    reply = p.entry.reply;
+    reply.id = m.reply_id;
+    reply.conv = conv;
+  } else {
+    if (S.replies.has(m.reply_id)) return;
+    if (p) S.pending.delete(m.id);
+    reply = new Reply(m.reply_id, conv);
+    const replaces = typeof m.replaces === "string" ? m.replaces : p ? p.replaces : null;
+    if (conv === S.conv) {
+      const old = replaces ? entryOfReply(replaces) : null;
+      if (old) replaceEntry(old, makeAssistant(reply));
+      else {
+        if (!replaces && typeof m.content === "string") {
+          append(makeUser(m.id, m.content));
+          const item = convs.get(conv);
+          if (!item || !item.title) convs.touch(conv, { title: titleFrom(m.content) });
+        }
+        append(makeAssistant(reply));
+      }
+    }
+    if (replaces) S.replies.delete(replaces);
+  }
+  reply.gen = S.socket.gen;
+  S.replies.set(m.reply_id, reply);
+  if (reply.entry) renderEntry(reply.entry);
+  if (reply.cancelWanted) S.socket.send({ type: "cancel", reply_id: m.reply_id });
+  syncUI();
+  if (reply.entry && conv === S.conv) scrollToBottom();
+}
+
+function onDelta(m) {
+  const r = S.replies.get(m.reply_id);
+  if (!r || r.state !== "streaming" || typeof m.text !== "string") return;
+  if (typeof m.seq === "number") {
+    if (m.seq <= r.seq) return; // already have it
+    r.seq = m.seq;
+  }
+  r.text += m.text;
+  if (r.entry) queueRender(r.entry);
+}
+
+function onDone(m) {
+  const r = S.replies.get(m.reply_id);
+  if (!r) return;
+  S.resuming.delete(r.id);
+  const wasStreaming = r.state === "streaming";
+  r.state = stateOf(m.finish_reason);
+  r.finish = typeof m.finish_reason === "string" ? m.finish_reason : "stop";
+  r.stopping = false;
+  if (r.state === "error" && !r.error) r.error = { message: "The reply failed.", retryable: true };
+  if (!r.entry) return;
+  const stick = nearBottom();
+  renderEntry(r.entry);
+  syncUI();
+  if (stick) scrollToBottom();
+  if (wasStreaming) {
+    if (r.state === "done") announce(`Reply finished: ${plainText(r.entry.body)}`);
+    else if (r.state === "cancelled") announce("Reply stopped.");
+    else announce(`Reply failed: ${r.error.message}`);
+  }
+}
+
+function errorInfo(m) {
+  const code = typeof m.code === "string" ? m.code : "error";
+  let message = typeof m.message === "string" && m.message ? m.message : `Error: ${code.replace(/_/g, " ")}.`;
+  message = message.charAt(0).toUpperCase() + message.slice(1);
+  const after = Number(m.retry_after);
+  return {
+    code,
+    message,
+    retryable: m.retryable !== false,
+    retryAt: after > 0 ? Date.now() + after * 1000 : 0,
+  };
+}
+
+function onError(m) {
+  const info = errorInfo(m);
+  // About a reply: its reply.done (finish_reason "error") follows and shows it.
+  if (typeof m.reply_id === "string" && S.replies.has(m.reply_id)) {
+    S.replies.get(m.reply_id).error = info;
+    return;
+  }
+  const p = typeof m.id === "string" ? S.pending.get(m.id) : undefined;
+  if (p) {
+    S.pending.delete(m.id);
+    if (p.kind === "message") {
+      const r = p.entry.reply;
+      r.state = "error";
+      r.error = { ...info, unsent: true, content: p.content };
+      if (info.code === "too_large") r.error.retryable = false;
+      if (r.entry) renderEntry(r.entry);
+      p.user.el.classList.add("unsent");
+    } else {
+      banner(info.code === "bad_request" ? "There is no reply to regenerate." : info.message);
+    }
+    syncUI();
+    return;
+  }
+  if (info.code === "not_found" && S.helloFor !== undefined) {
+    const gone = S.helloFor;
+    S.helloFor = undefined;
+    if (gone) {
+      convs.remove(gone);
+      banner("That conversation is no longer on the gateway, so it was removed from your list.");
+    }
+    S.conv = null;
+    mount([]);
+    open(null);
+    return;
+  }
+  if (info.code === "resume_unavailable") {
+    // The reply ended too long ago: its stored text is in the history; ask again.
+    for (const id of S.resuming) {
+      const r = S.replies.get(id);
+      if (r && r.state === "streaming") {
+        r.state = "error";
+        r.error = { message: "This reply could not be resumed.", retryable: true };
+        if (r.entry) renderEntry(r.entry);
+      }
+    }
+    S.resuming.clear();
+    if (S.socket.open && S.conv) {
+      S.helloFor = S.conv;
+      S.socket.send(helloFrame(S.conv));
+    }
+    syncUI();
+    return;
+  }
+  if (info.code === "bad_request" && /already receives/.test(info.message)) return;
+  banner(info.message);
+}
+
+// ---------------------------------------------------------------------------- events
+
+ui.form.addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  submit();
+});
+ui.input.addEventListener("input", autosize);
+ui.input.addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && !ev.shiftKey && !ev.altKey && !ev.isComposing && ev.keyCode !== 229) {
+    ev.preventDefault();
+    submit();
+  } else if (ev.key === "Escape" && activeReply()) {
+    ev.preventDefault();
+    stop();
+  }
+});
+ui.stop.addEventListener("click", stop);
+ui.newChat.addEventListener("click", newChat);
+ui.sidebarToggle.addEventListener("click", () => toggleSidebar());
+ui.sidebarClose.addEventListener("click", () => toggleSidebar(false));
+ui.scrim.addEventListener("click", () => toggleSidebar(false));
+ui.bannerClose.addEventListener("click", () => banner(""));
+ui.bannerAction.addEventListener("click", () => S.bannerRun && S.bannerRun());
+MOBILE.addEventListener("change", syncSidebarMode);
+document.addEventListener("keydown", (ev) => {
+  if (ev.key === "Escape" && ui.app.classList.contains("sidebar-open")) toggleSidebar(false);
+});
+
+ui.messages.addEventListener("click", async (ev) => {
+  const button = ev.target instanceof Element ? ev.target.closest("button[data-action]") : null;
+  if (!button) return;
+  const article = button.closest("article");
+  const entry = S.entries.find((e) => e.el === article);
+  const action = button.dataset.action;
+  if (action === "copy-code") {
+    const code = button.closest(".code-block").querySelector("code");
+    if (code) flash(button, (await copyText(code.textContent)) ? "Copied" : "Copy failed");
+  } else if (action === "copy-reply" && entry) {
+    if (await copyText(entry.reply.text)) flash(button, "Copied");
+  } else if (action === "regenerate") {
+    regenerate();
+  } else if (action === "retry" && entry) {
+    retry(entry);
+  }
+});
+
+ui.convList.addEventListener("click", (ev) => {
+  const target = ev.target instanceof Element ? ev.target : null;
+  const li = target && target.closest("li[data-conversation-id]");
+  if (!li) return;
+  const button = target.closest("button[data-action]");
+  if (button && button.dataset.action === "rename") startRename(li);
+  else if (button && button.dataset.action === "delete") removeConversation(li.dataset.conversationId);
+  else if (target.closest("a.conv-open")) {
+    ev.preventDefault();
+    const id = li.dataset.conversationId;
+    setHash(id);
+    closeSidebarIfMobile();
+    if (id !== S.conv || !S.live) open(id);
+  }
+});
+
+convs.onChange(renderSidebar);
+
+window.addEventListener("hashchange", () => {
+  const id = routeTarget();
+  if (id && id !== S.conv) open(id, { list: true });
+});
+window.addEventListener("online", () => {
+  if (S.socket && !S.socket.open) reconnectNow();
+});
+window.addEventListener("offline", () => setStatus("offline"));
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible" && S.socket && !S.socket.open && !S.socket.stopped && S.socket.retryAt) {
+    S.socket.connect(); // back to the page: do not wait out the backoff
+  }
+});
+window.addEventListener("pagehide", () => S.socket && S.socket.stop());
+window.addEventListener("pageshow", (ev) => {
+  if (ev.persisted && S.socket) reconnectNow();
+});
+
+function wsUrl(configured) {
+  if (typeof configured === "string" && configured) {
+    try {
+      const u = new URL(configured, location.href);
+      if (u.protocol === "http:") u.protocol = "ws:";
+      else if (u.protocol === "https:") u.protocol = "wss:";
+      if (u.protocol === "ws:" || u.protocol === "wss:") return u.href;
+    } catch {
+      /* fall back to same origin */
+    }
+  }
+  return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/chat`;
+}
+
+export async function start() {
+  setStatus("connecting");
+  syncSidebarMode();
+  const linked = routeTarget();
+  if (linked) {
+    S.target = linked;
+    S.listOnReady = true;
+    convs.touch(linked, {});
+  } else {
+    S.target = convs.current;
+  }
+  renderSidebar();
+  let cfg = null;
+  try {
+    const r = await fetch("config.json", { cache: "no-store", headers: { accept: "application/json" } });
+    if (r.ok) cfg = await r.json();
+  } catch {
+    cfg = null;
+  }
+  if (cfg && typeof cfg.model === "string" && cfg.model) ui.modelInfo.textContent = cfg.model;
+  S.socket = new Socket(wsUrl(cfg && typeof cfg === "object" ? cfg.ws_url : null), {
+    open: onOpen,
+    frame: onFrame,
+    close: onClose,
+    waiting: () => setStatus("offline"),
+  });
+  S.socket.connect();
+  if (window.matchMedia("(pointer: fine)").matches) ui.input.focus();
+}

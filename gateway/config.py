@@ -94,12 +94,14 @@ class Config:
     trusted_proxies: Networks
     resume_grace: float
     ping_interval: float
+    metrics: bool
     max_connections: int
     max_replies: int
     max_message_bytes: int
     max_content_chars: int
     max_pending_bytes: int
     max_reply_chars: int
+    socket_send_buffer: int
     write_limit: int
     compression: bool
     history_limit: int
@@ -286,6 +288,8 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds between WebSocket pings (0 disables)"),
     Setting("server", "compression", _bool, False, None,
             "negotiate permessage-deflate when a client offers it"),
+    Setting("server", "metrics", _bool, True, None,
+            "serve Prometheus metrics at GET /metrics on the HTTP listener (keep it private)"),
     Setting("server", "trusted_proxies", _networks, ["127.0.0.1/8", "::1/128"], "GATEWAY_TRUSTED_PROXIES",
             "peers whose X-Forwarded-For is believed (Caddy on the same host: loopback)"),
     Setting("server", "resume_grace", _float(0, 86_400), 60.0, None,
@@ -307,6 +311,8 @@ SETTINGS: tuple[Setting, ...] = (
             "longest user message in characters; longer ones get 'too_large'"),
     Setting("limits", "max_pending_bytes", _int(1024, 256 << 20), 1 << 20, None,
             "reply text queued for one slow client before it is disconnected (1013)"),
+    Setting("limits", "socket_send_buffer", _int(0, 64 << 20), 131_072, None,
+            "kernel send buffer per WebSocket (SO_SNDBUF); bounds memory per slow client; 0: kernel autotuning"),
     Setting("limits", "write_limit", _int(1024, 64 << 20), 65_536, None,
             "bytes buffered in a socket's write buffer before sending waits"),
     Setting("limits", "max_reply_chars", _int(1000, 16 << 20), 200_000, None,
@@ -385,12 +391,14 @@ def load(
         trusted_proxies=values["server.trusted_proxies"],
         resume_grace=values["server.resume_grace"],
         ping_interval=values["server.ping_interval"],
+        metrics=values["server.metrics"],
         max_connections=values["limits.max_connections"],
         max_replies=values["limits.max_replies"],
         max_message_bytes=values["limits.max_message_bytes"],
         max_content_chars=values["limits.max_content_chars"],
         max_pending_bytes=values["limits.max_pending_bytes"],
         max_reply_chars=values["limits.max_reply_chars"],
+        socket_send_buffer=values["limits.socket_send_buffer"],
         write_limit=values["limits.write_limit"],
         compression=values["server.compression"],
         history_limit=values["limits.history_limit"],

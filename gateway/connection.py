@@ -51,6 +51,7 @@ class Hub:
 
     def __init__(self, config: Config, registry: ReplyRegistry, store: ConversationStore) -> None:
         self.config = config
+        self.metrics = registry.metrics
         self.registry = registry
         self.store = store
         self.connections: set[Connection] = set()
@@ -79,7 +80,7 @@ class Connection:
         self.conversation_id: str | None = None
         self.replies: dict[str, Reply] = {}
         encode: Callable[[str, int, str], Frame] = wire.encode_delta if self.json else _plain_delta
-        self.outbox = Outbox(hub.config.max_pending_bytes, encode, self._overflowed)
+        self.outbox = Outbox(hub.config.max_pending_bytes, encode, self._overflowed, hub.metrics.frames.inc)
         self._closer: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self.log: Any = _log.bind(session_id=self.session_id)
@@ -122,6 +123,7 @@ class Connection:
 
     def _overflowed(self) -> None:
         self.log.warning("client_too_slow", pending_limit=self.hub.config.max_pending_bytes)
+        self.hub.metrics.slow_clients.inc()
         self.close(CLOSE_OVERLOADED, "client too slow; reconnect and resume")
 
     def close(self, code: int, reason: str) -> None:
@@ -321,8 +323,8 @@ class Connection:
                 )
             )
 
-    def reply_delta(self, reply: Reply, seq: int, text: str) -> None:
-        self.outbox.put_delta(reply.id, seq, text)
+    def reply_delta(self, reply: Reply, seq: int, text: str, *, catch_up: bool = False) -> None:
+        self.outbox.put_delta(reply.id, seq, text, counted=not catch_up)
 
     def reply_ended(self, reply: Reply) -> None:
         self.replies.pop(reply.id, None)

@@ -40,14 +40,23 @@ class _Delta:
 class Outbox:
     """A bounded FIFO of frames for one connection, drained by its writer."""
 
-    __slots__ = ("_items", "_pending", "_max_pending", "_encode_delta", "_on_overflow", "_waiter", "overflowed")
+    __slots__ = (
+        "_items", "_pending", "_max_pending", "_encode_delta", "_on_overflow", "_count", "_waiter", "overflowed"
+    )
 
-    def __init__(self, max_pending: int, encode_delta: DeltaEncoder, on_overflow: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        max_pending: int,
+        encode_delta: DeltaEncoder,
+        on_overflow: Callable[[], None],
+        count_deltas: Callable[[int], None] = lambda n: None,
+    ) -> None:
         self._items: deque[Frame | _Delta] = deque()
         self._pending = 0
         self._max_pending = max_pending
         self._encode_delta = encode_delta
         self._on_overflow = on_overflow
+        self._count = count_deltas
         self._waiter: asyncio.Future[None] | None = None
         self.overflowed = False
 
@@ -57,9 +66,13 @@ class Outbox:
             self._items.append(frame)
             self._wake()
 
-    def put_delta(self, reply_id: str, seq: int, text: str) -> None:
-        """Queue reply text, merged into the last waiting delta of the same reply."""
-        if not self._admit(len(text)):
+    def put_delta(self, reply_id: str, seq: int, text: str, *, counted: bool = True) -> None:
+        """Queue reply text, merged into the last waiting delta of the same reply.
+
+        ``counted=False`` is for a resume's catch-up: text the reply already holds
+        (bounded by the reply's own limit), which must not count as falling behind.
+        """
+        if self.overflowed or (counted and not self._admit(len(text))):
             return
         last = self._items[-1] if self._items else None
         if isinstance(last, _Delta) and last.reply_id == reply_id:
@@ -78,11 +91,16 @@ class Outbox:
             finally:
                 self._waiter = None
         items, self._items, self._pending = self._items, deque(), 0
-        encode = self._encode_delta
-        return [
-            encode(item.reply_id, item.seq, "".join(item.parts)) if isinstance(item, _Delta) else item
-            for item in items
-        ]
+        encode, deltas, frames = self._encode_delta, 0, []
+        for item in items:
+            if isinstance(item, _Delta):
+                deltas += 1
+                frames.append(encode(item.reply_id, item.seq, "".join(item.parts)))
+            else:
+                frames.append(item)
+        if deltas:
+            self._count(deltas)
+        return frames
 
     def _admit(self, size: int) -> bool:
         """Admit ``size`` more; one frame alone is always admitted, however large."""

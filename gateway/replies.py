@@ -20,7 +20,8 @@ from typing import Any, Protocol
 import structlog
 
 from .context import build_context
-from .errors import ErrorCode, GatewayError, ProtocolError
+from .errors import ErrorCode, GatewayError, ProtocolError, UpstreamError
+from .metrics import Metrics
 from .providers import ChatMessage, Provider, Usage
 from .replylog import ReplyLog
 from .store import ConversationStore, StoredMessage, new_id
@@ -41,7 +42,8 @@ class Subscriber(Protocol):
     def reply_started(self, reply: Reply, content: str | None) -> None:
         """A reply began; ``content`` is the user's message when another connection sent it."""
 
-    def reply_delta(self, reply: Reply, seq: int, text: str) -> None: ...
+    def reply_delta(self, reply: Reply, seq: int, text: str, *, catch_up: bool = False) -> None:
+        """New text; ``catch_up`` marks what a resuming watcher missed (sent at once)."""
 
     def reply_ended(self, reply: Reply) -> None: ...
 
@@ -90,7 +92,7 @@ class Reply:
         """Add a watcher; with ``after_seq``, first send it what it missed."""
         self.subscribers.add(subscriber)
         if after_seq is not None and after_seq < self.log.seq:
-            subscriber.reply_delta(self, self.log.seq, self.log.since(after_seq))
+            subscriber.reply_delta(self, self.log.seq, self.log.since(after_seq), catch_up=True)
         if self.done:
             subscriber.reply_ended(self)
 
@@ -118,7 +120,10 @@ class Reply:
 class ReplyRegistry:
     """Owns every reply's producer task, keyed by reply id."""
 
-    def __init__(self, provider: Provider, store: ConversationStore, limits: RegistryLimits) -> None:
+    def __init__(
+        self, provider: Provider, store: ConversationStore, limits: RegistryLimits, metrics: Metrics | None = None
+    ) -> None:
+        self.metrics = metrics or Metrics()
         self.provider = provider
         self.store = store
         self.limits = limits
@@ -178,6 +183,7 @@ class ReplyRegistry:
         self._check_capacity(conversation_id)
         reply = Reply(conversation_id, message_id, self.limits.max_reply_chars)
         self._active[conversation_id] = reply
+        self.metrics.replies_in_flight.inc()
         return reply
 
     @contextlib.asynccontextmanager
@@ -186,15 +192,19 @@ class ReplyRegistry:
         try:
             yield
         except GatewayError:
-            del self._active[reply.conversation_id]
+            self._release(reply)
             raise
         except KeyError:
-            del self._active[reply.conversation_id]
+            self._release(reply)
             raise ProtocolError(ErrorCode.NOT_FOUND, "this conversation no longer exists") from None
         except Exception:
-            del self._active[reply.conversation_id]
+            self._release(reply)
             _log.exception("store_failed", conversation_id=reply.conversation_id)
             raise GatewayError(ErrorCode.INTERNAL, "the message could not be stored; try again") from None
+
+    def _release(self, reply: Reply) -> None:
+        del self._active[reply.conversation_id]
+        self.metrics.replies_in_flight.dec()
 
     def _launch(
         self,
@@ -211,6 +221,7 @@ class ReplyRegistry:
             max_chars=self.limits.context_max_chars,
         )
         self._replies[reply.id] = reply
+        self.metrics.messages.inc()
         subscriber.reply_started(reply, None)
         reply.subscribe(subscriber)
         for watcher in watchers:
@@ -256,6 +267,7 @@ class ReplyRegistry:
 
     async def _relay(self, reply: Reply, messages: Sequence[ChatMessage]) -> str | None:
         finish = None
+        deltas = self.metrics.deltas
         async with contextlib.aclosing(self.provider.stream(messages)) as stream:
             async for chunks in stream:
                 text = "".join([c.text for c in chunks]) if len(chunks) > 1 else chunks[0].text
@@ -266,6 +278,7 @@ class ReplyRegistry:
                 if text:
                     if not reply.publish(text):
                         return "length"
+                    deltas.inc()
                     self._schedule_checkpoint(reply)
         return finish
 
@@ -316,7 +329,8 @@ class ReplyRegistry:
             await self.store.save(reply.conversation_id, self._stored(reply))
         except Exception:
             _log.exception("store_failed", conversation_id=reply.conversation_id, reply_id=reply.id)
-        self._active.pop(reply.conversation_id, None)
+        if self._active.pop(reply.conversation_id, None) is not None:
+            self.metrics.replies_in_flight.dec()
         for subscriber in tuple(reply.subscribers):
             subscriber.reply_ended(reply)
         reply.ended.set()
@@ -331,6 +345,15 @@ class ReplyRegistry:
     def _log_finished(self, reply: Reply) -> None:
         now = time.monotonic()
         usage = reply.usage.as_dict() if reply.usage else {}
+        m = self.metrics
+        m.replies.labels(reply.finish_reason).inc()
+        m.duration.observe(now - reply.started_at)
+        if reply.first_delta_at is not None:
+            m.ttft.observe(reply.first_delta_at - reply.started_at)
+        if usage.get("completion_tokens"):
+            m.tokens.inc(usage["completion_tokens"])
+        if isinstance(reply.error, UpstreamError):
+            m.upstream_errors.labels(str(reply.error.code)).inc()
         _log.info(
             "reply_finished",
             reply_id=reply.id,

@@ -30,6 +30,7 @@ from .clientip import client_ip
 from .config import Config, own_origins
 from .connection import CLOSE_OVERLOADED, Connection, Hub, wire_authenticated
 from .errors import ConfigError
+from .metrics import Metrics, TimedStore
 from .replies import RegistryLimits, ReplyRegistry
 from .store import ConversationStore, MemoryStore
 from .systemd import Notifier, listen_sockets, watchdog_interval
@@ -44,7 +45,7 @@ STATUS_EVERY = 5.0
 # Settings bound at start-up: a reload reports changes to them instead of applying them.
 FIXED_ON_RELOAD = (
     "ws_addr", "http_addr", "state_dir", "static_dir", "store", "compression",
-    "max_message_bytes", "write_limit", "ping_interval", "log_format",
+    "max_message_bytes", "write_limit", "ping_interval", "log_format", "socket_send_buffer",
 )
 
 
@@ -63,7 +64,8 @@ class Gateway:
         env: dict[str, str] | None = None,
     ) -> None:
         self.config = config
-        self.store: ConversationStore = store or make_store(config)
+        self.metrics = Metrics()
+        self.store: ConversationStore = TimedStore(store or make_store(config), self.metrics)
         self.stopping = asyncio.Event()
         self.closed = False
         self.allowed_origins: tuple[str, ...] = config.allowed_origins
@@ -100,7 +102,7 @@ class Gateway:
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300),
         )
         provider = make_provider(cfg.provider, self._session)
-        self.hub = Hub(cfg, ReplyRegistry(provider, self.store, _limits(cfg)), self.store)
+        self.hub = Hub(cfg, ReplyRegistry(provider, self.store, _limits(cfg), self.metrics), self.store)
         inherited = listen_sockets(self._env)
         await self._listen_ws(inherited.get("ws"))
         await self._listen_http(inherited.get("http"), provider.model, provider.name)
@@ -138,7 +140,10 @@ class Gateway:
 
     async def _listen_http(self, sock: socket.socket | None, model: str, provider: str) -> None:
         cfg = self.config
-        self._web_state = WebState(cfg.static_dir, lambda: self.ws_port, cfg.public_ws_url, model, provider)
+        self._web_state = WebState(
+            cfg.static_dir, lambda: self.ws_port, cfg.public_ws_url, model, provider,
+            self.metrics.render if cfg.metrics else None,
+        )
         self._runner = web.AppRunner(make_app(self._web_state), access_log=None, handle_signals=False)
         await self._runner.setup()
         site: web.BaseSite = (
@@ -294,17 +299,20 @@ class Gateway:
 
     def _check_request(self, conn: ServerConnection, request: Request) -> Response | None:
         if request.path.split("?", 1)[0] != "/chat":
-            return conn.respond(404, "Not Found: the chat endpoint is /chat\n")
+            return self._refuse(conn, 404, "path", "Not Found: the chat endpoint is /chat\n")
         if self.config.auth_tokens and not wire_authenticated(request, self.config.auth_tokens):
             if "chat.v1" not in request.headers.get("Sec-WebSocket-Protocol", ""):
-                _log.info("handshake_refused", reason="unauthorized")
-                return conn.respond(401, "Unauthorized: send Authorization: Bearer TOKEN\n")
+                return self._refuse(conn, 401, "unauthorized", "Unauthorized: send Authorization: Bearer TOKEN\n")
         origin = request.headers.get("Origin")
         allowed = self.allowed_origins
         if origin is not None and "*" not in allowed and origin.lower() not in allowed:
-            _log.info("handshake_refused", reason="origin", origin=origin[:200])
-            return conn.respond(403, "Forbidden: this Origin is not allowed\n")
+            return self._refuse(conn, 403, "origin", "Forbidden: this Origin is not allowed\n", origin=origin[:200])
         return None
+
+    def _refuse(self, conn: ServerConnection, status: int, reason: str, text: str, **fields: Any) -> Response:
+        _log.info("handshake_refused", reason=reason, status=status, **fields)
+        self.metrics.refusals.labels(reason).inc()
+        return conn.respond(status, text)
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert self.hub is not None
@@ -316,16 +324,30 @@ class Gateway:
         )
         if len(self.hub.connections) >= self.config.max_connections:
             _log.warning("connection_refused", reason="max_connections")
+            self.metrics.refusals.labels("max_connections").inc()
             await ws.close(CLOSE_OVERLOADED, "server full; try again later")
             return
+        _bound_send_buffer(ws, self.config.socket_send_buffer)
         self.hub.connections.add(conn)
         mode = "json" if conn.json else "plain"
+        gauge = self.metrics.connections.labels(mode)
+        gauge.inc()
+        self.metrics.handshakes.labels(mode).inc()
         _log.info("connection_opened", mode=mode)
         try:
             await conn.run()
         finally:
+            gauge.dec()
             self.hub.connections.discard(conn)
             _log.info("connection_closed", mode=mode, code=ws.close_code, conversation_id=conn.conversation_id)
+
+
+def _bound_send_buffer(ws: ServerConnection, size: int) -> None:
+    """A fixed SO_SNDBUF: a client that stops reading then backs up into the outbox,
+    where its deltas merge and its bound applies, instead of into megabytes of kernel buffer."""
+    sock = ws.transport.get_extra_info("socket")
+    if size and sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 def _limits(cfg: Config) -> RegistryLimits:

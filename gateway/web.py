@@ -9,6 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .metrics import CONTENT_TYPE
+
 __all__ = ["STATE", "WebState", "make_app"]
 
 _IMMUTABLE = "public, max-age=31536000, immutable"
@@ -34,7 +36,16 @@ _TYPES = {
 class WebState:
     """What the HTTP handlers read: set by the gateway, never by a handler."""
 
-    def __init__(self, static_dir: Path, ws_port: Callable[[], int], public_ws_url: str, model: str, provider: str) -> None:
+    def __init__(
+        self,
+        static_dir: Path,
+        ws_port: Callable[[], int],
+        public_ws_url: str,
+        model: str,
+        provider: str,
+        metrics: Callable[[], bytes] | None = None,
+    ) -> None:
+        self.metrics = metrics
         self.static_dir = static_dir.resolve()
         self.ws_port = ws_port
         self.public_ws_url = public_ws_url
@@ -53,6 +64,8 @@ def make_app(state: WebState) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/config.json", _config)
+    if state.metrics is not None:
+        app.router.add_get("/metrics", _metrics)
     app.router.add_get("/{path:.*}", _static)
     return app
 
@@ -106,6 +119,12 @@ async def _readyz(request: web.Request) -> web.Response:
     if request.app[STATE].draining:
         return web.json_response({"status": "draining"}, status=503, headers={"Cache-Control": "no-store"})
     return web.json_response({"status": "ready"}, headers={"Cache-Control": "no-store"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    render = request.app[STATE].metrics
+    assert render is not None
+    return web.Response(body=render(), headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
 
 
 async def _config(request: web.Request) -> web.Response:

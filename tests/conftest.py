@@ -144,33 +144,49 @@ def dashscope_env(up: FakeUpstream, **extra: str) -> dict[str, str]:
 
 
 class Process:
-    """A ``gateway serve`` child process; its JSON log lines are read as they come."""
+    """A ``gateway serve`` child process. Its output is read all the time (a full pipe
+    would block the gateway's logging); JSON log lines are kept in ``lines``."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.lines: list[dict[str, Any]] = []
         self.ws_url = self.http_url = ""
+        self._changed = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            if raw.startswith(b"{"):
+                self.lines.append(orjson.loads(raw))
+                self._changed.set()
+        self._changed.set()
 
     async def wait_for_event(self, name: str) -> dict[str, Any]:
-        for line in self.lines:
-            if line.get("event") == name:
-                return line
-        assert self.proc.stdout is not None
-        while True:
-            raw = await asyncio.wait_for(self.proc.stdout.readline(), TIMEOUT)
-            if not raw:
-                raise AssertionError(f"process ended before logging {name!r}: {self.lines[-5:]}")
-            line = orjson.loads(raw)
-            self.lines.append(line)
-            if line.get("event") == name:
-                return line
+        async def find() -> dict[str, Any]:
+            seen = 0
+            while True:
+                for line in self.lines[seen:]:
+                    if line.get("event") == name:
+                        return line
+                seen = len(self.lines)
+                if self._reader.done():
+                    raise AssertionError(f"process ended before logging {name!r}: {self.lines[-5:]}")
+                self._changed.clear()
+                await self._changed.wait()
+
+        return await asyncio.wait_for(find(), TIMEOUT)
 
     async def finish(self) -> int:
         """Wait for exit (reading all remaining output); return the exit code."""
-        assert self.proc.stdout is not None
-        rest = await asyncio.wait_for(self.proc.stdout.read(), TIMEOUT)
-        self.lines += [orjson.loads(x) for x in rest.splitlines() if x.startswith(b"{")]
+        await asyncio.wait_for(self._reader, TIMEOUT)
         return await asyncio.wait_for(self.proc.wait(), TIMEOUT)
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.proc.wait()
+        await self._reader
 
 
 @pytest.fixture
@@ -199,9 +215,7 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Process
 
     yield start
     for p in procs:
-        if p.proc.returncode is None:
-            p.proc.kill()
-            await p.proc.wait()
+        await p.kill()
 
 
 @pytest.fixture

@@ -282,3 +282,23 @@ async def test_gateway_upgrades_an_old_schema_and_prunes_on_start(spawn: Spawn, 
     await ws.close()
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+async def test_resume_a_finished_reply_longer_than_the_pending_bound(
+    start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
+    text = "长" * 5000
+    upstream.enqueue(Script([openai_sse([text[:2500], text[2500:]])]))
+    gw = await start_gateway(openai_env(upstream), toml="[limits]\nmax_pending_bytes = 1024\n")
+    async with gw.chat() as chat:
+        conversation_id = (await chat.hello())["conversation_id"]
+        await chat.send(type="message", id="u1", content="long")
+        reply_id = (await chat.expect("reply.start"))["reply_id"]
+    reply = gw.gateway.hub.registry.get(reply_id)  # type: ignore[union-attr]
+    assert reply is not None
+    await asyncio.wait_for(reply.ended.wait(), TIMEOUT)
+    async with gw.chat() as chat:
+        await chat.hello(conversation_id)
+        await chat.send(type="resume", reply_id=reply_id, after_seq=0)
+        got, events = await chat.until_done()
+    assert got == text and events[-1]["finish_reason"] == "stop"

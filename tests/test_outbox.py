@@ -272,3 +272,12 @@ async def test_any_interleaving_preserves_text_and_order(ops: list[tuple[str, st
             got_text[event["reply_id"]] += event["text"]
     assert got_text == sent
     assert last_seq == seq
+
+
+async def test_catch_up_text_does_not_count_as_falling_behind() -> None:
+    box, overflow = make(1024)
+    box.put_delta("r1", 500, "x" * 50_000, counted=False)
+    box.put(b'{"type":"reply.done"}')
+    assert overflow.calls == 0
+    frames = await box.get()
+    assert len(frames) == 2 and frames[1] == b'{"type":"reply.done"}'

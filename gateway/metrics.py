@@ -1,0 +1,72 @@
+"""Prometheus metrics, in a registry of the gateway's own (no process-global state).
+
+Label values are bounded enums (protocol, reason, finish reason, error code,
+store operation): never ids, origins or addresses. On the per-delta path there
+are only counter increments.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE", "Metrics", "TimedStore"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_LATENCY = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+_STORE = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+
+
+class Metrics:
+    """Every metric the gateway exposes on ``GET /metrics``."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.connections = Gauge("gateway_connections_open", "Open WebSocket connections", ["protocol"], registry=r)
+        self.handshakes = Counter("gateway_handshakes", "WebSocket handshakes accepted", ["protocol"], registry=r)
+        self.refusals = Counter("gateway_handshakes_refused", "Handshakes or connections refused", ["reason"], registry=r)
+        self.messages = Counter("gateway_messages", "User messages accepted", registry=r)
+        self.replies = Counter("gateway_replies", "Replies ended", ["finish_reason"], registry=r)
+        self.replies_in_flight = Gauge("gateway_replies_in_flight", "Replies streaming now", registry=r)
+        self.deltas = Counter("gateway_deltas", "Deltas produced (one per upstream read with text)", registry=r)
+        self.frames = Counter("gateway_delta_frames", "reply.delta frames written (deltas merge when behind)", registry=r)
+        self.tokens = Counter("gateway_completion_tokens", "Completion tokens reported by providers", registry=r)
+        self.ttft = Histogram("gateway_time_to_first_token_seconds", "Time to first delta", buckets=_LATENCY, registry=r)
+        self.duration = Histogram("gateway_reply_duration_seconds", "Reply duration", buckets=_LATENCY, registry=r)
+        self.upstream_errors = Counter("gateway_upstream_errors", "Upstream failures", ["code"], registry=r)
+        self.slow_clients = Counter("gateway_slow_client_disconnects", "Connections closed for not reading", registry=r)
+        self.store_latency = Histogram(
+            "gateway_store_seconds", "Conversation store operation latency", ["op"], buckets=_STORE, registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class TimedStore:
+    """A :class:`~gateway.store.ConversationStore` that records each operation's latency."""
+
+    def __init__(self, store: Any, metrics: Metrics) -> None:
+        self.inner = store
+        self._observe = {
+            op: metrics.store_latency.labels(op).observe
+            for op in ("open", "create", "get", "add", "save", "delete", "history", "prune", "export", "close")
+        }
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        observe = self._observe.get(name)
+        if observe is None:
+            return attr
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return await attr(*args, **kwargs)
+            finally:
+                observe(time.perf_counter() - start)
+
+        return timed

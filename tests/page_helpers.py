@@ -1,0 +1,127 @@
+"""Helpers for the browser tests of the chat page (tests/test_page_e2e.py).
+
+Playwright drives Debian's Chromium (``/usr/bin/chromium``): ``playwright install`` is
+never needed. Each test gets its own browser, in its own event loop, like the gateway
+fixtures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakeupstream import openai_sse
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
+
+try:
+    from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Dialog, Page, async_playwright
+except ImportError:  # the test module skips with a reason
+    async_playwright = None  # type: ignore[assignment]
+
+# Collects CSP violations from the first moment of every document. Playwright evaluates
+# init scripts through the DevTools protocol, outside the page's CSP.
+_WATCH_CSP = """
+window.__csp = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`);
+});
+"""
+
+
+def missing_browser_reason() -> str | None:
+    """Why the page tests cannot run here, or None."""
+    if async_playwright is None:
+        return "the playwright package is not installed (pip install playwright; CI installs it)"
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing (apt-get install chromium; CI installs it)"
+    return None
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@dataclass
+class Watched:
+    """A page plus everything it reported that a test must not ignore."""
+
+    page: Page
+    context: BrowserContext
+    console_errors: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+
+    async def csp_violations(self) -> list[str]:
+        found: list[str] = await self.page.evaluate("window.__csp || []")
+        return found + [m for m in self.console_errors if "Content Security Policy" in m]
+
+    async def assert_clean(self) -> None:
+        """No dialog opened, no uncaught error, no CSP violation."""
+        assert self.dialogs == [], f"a dialog opened: {self.dialogs}"
+        assert self.page_errors == [], f"uncaught errors: {self.page_errors}"
+        assert await self.csp_violations() == [], "CSP violations"
+
+
+async def new_page(browser: Browser, **context_options: Any) -> Watched:
+    """A page in a fresh context (its own localStorage), watched for errors and dialogs."""
+    context = await browser.new_context(**context_options)
+    await context.add_init_script(_WATCH_CSP)
+    page = await context.new_page()
+    watched = Watched(page, context)
+
+    def on_console(msg: ConsoleMessage) -> None:
+        if msg.type == "error":
+            watched.console_errors.append(msg.text)
+
+    async def on_dialog(dialog: Dialog) -> None:
+        watched.dialogs.append(f"{dialog.type}: {dialog.message}")
+        await dialog.dismiss()
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: watched.page_errors.append(str(exc)))
+    page.on("dialog", on_dialog)
+    return watched
+
+
+async def shot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), animations="disabled", caret="hide")
+
+
+def sse_pieces(*texts: str) -> list[bytes]:
+    """One OpenAI SSE event per text (no finish, no [DONE]): the middle of a stream."""
+    return [openai_sse([t], finish=None, usage=None, done=False).split(b"\n\n", 1)[1] for t in texts]
+
+
+def sse_end() -> bytes:
+    """The end of an OpenAI stream: finish reason, usage, [DONE]."""
+    return openai_sse([], finish="stop").split(b"\n\n", 1)[1]
+
+
+def free_port() -> int:
+    """A loopback port free right now (for a gateway restarted at the same address)."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -1,0 +1,248 @@
+"""The shipped Caddyfile, run by a real Caddy (Debian 12's 2.6.2) in front of a real
+gateway process: HTTPS with Caddy's local CA, /chat over wss://, the page compressed
+with the gateway's CSP intact, the client's address forwarded, long-lived sockets.
+
+Caddy runs as a child of the test with its own XDG directories, loopback-only
+unprivileged ports and its admin API on a free loopback port, and is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from conftest import ROOT, TIMEOUT, Chat, Process
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+pytestmark = pytest.mark.skipif(shutil.which("caddy") is None, reason="caddy is not installed (apt-get install caddy)")
+
+Spawn = Callable[..., Any]
+CADDYFILE = ROOT / "Caddyfile"
+# Short gateway pings so that "idle past the timeouts" takes a few seconds.
+GATEWAY_TOML = "[server]\nping_interval = 1\n[provider]\ndemo_delay_ms = 1\n"
+CADDY_IDLE = 2  # Caddy's HTTP idle timeout in this test (the default is 5 minutes)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Caddy:
+    """A ``caddy run`` child process on the project's Caddyfile."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.https_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
+        self.origin = f"https://localhost:{self.https_port}"
+        self.data = tmp / "caddy-data"
+        self.log = tmp / "caddy.log"
+        self.env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(tmp),
+            "XDG_DATA_HOME": str(self.data),
+            "XDG_CONFIG_HOME": str(tmp / "caddy-config"),
+            "GATEWAY_SITE": "localhost",
+            "CADDY_BIND": "127.0.0.1",
+            "CADDY_HTTPS_PORT": str(self.https_port),
+            "CADDY_HTTP_PORT": str(self.http_port),
+            "CADDY_ADMIN": f"127.0.0.1:{self.admin_port}",
+            "CADDY_IDLE_TIMEOUT": f"{CADDY_IDLE}s",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ssl: ssl.SSLContext | None = None
+
+    def start(self, ws_upstream: str, http_upstream: str) -> None:
+        self.env |= {"GATEWAY_WS_UPSTREAM": ws_upstream, "GATEWAY_HTTP_UPSTREAM": http_upstream}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                ["caddy", "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        root = self.data / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+        deadline = time.monotonic() + TIMEOUT * 2
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"caddy exited: {self.log.read_text()[-2000:]}"
+            if root.exists():
+                try:
+                    ctx = ssl.create_default_context(cafile=str(root))
+                    with socket.create_connection(("127.0.0.1", self.https_port), timeout=1) as raw:
+                        with ctx.wrap_socket(raw, server_hostname="localhost"):
+                            self.ssl = ctx
+                            return
+                except (OSError, ssl.SSLError):
+                    pass
+            time.sleep(0.1)
+        raise AssertionError(f"caddy did not serve TLS in time: {self.log.read_text()[-2000:]}")
+
+    def reload(self) -> None:
+        """``caddy reload`` through the admin API, as ``systemctl reload caddy`` does."""
+        subprocess.run(
+            ["caddy", "reload", "--config", str(CADDYFILE), "--adapter", "caddyfile",
+             "--address", f"127.0.0.1:{self.admin_port}", "--force"],
+            env=self.env, check=True, capture_output=True, timeout=TIMEOUT * 2,
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Front:
+    """A gateway behind Caddy, and the gateway's log lines."""
+
+    def __init__(self, gateway: Process, caddy: Caddy) -> None:
+        self.gateway = gateway
+        self.caddy = caddy
+        self.url = caddy.origin
+        self.wss = f"wss://localhost:{caddy.https_port}/chat"
+        self._seen = 0
+
+    @contextlib.asynccontextmanager
+    async def chat(self, **kwargs: Any) -> AsyncIterator[Chat]:
+        kwargs.setdefault("subprotocols", ["chat.v1"])
+        async with connect(self.wss, ssl=self.caddy.ssl, open_timeout=TIMEOUT, **kwargs) as ws:
+            yield Chat(ws)
+
+    async def next_event(self, name: str) -> dict[str, Any]:
+        """The next gateway log line with this event, after those already returned."""
+        proc = self.gateway
+        assert proc.proc.stdout is not None
+        while True:
+            while self._seen < len(proc.lines):
+                line = proc.lines[self._seen]
+                self._seen += 1
+                if line.get("event") == name:
+                    return line
+            raw = await asyncio.wait_for(proc.proc.stdout.readline(), TIMEOUT)
+            if not raw:
+                raise AssertionError(f"gateway ended before logging {name!r}")
+            try:
+                proc.lines.append(orjson.loads(raw))
+            except orjson.JSONDecodeError:
+                proc.lines.append({"raw": raw.decode(errors="replace")})
+
+    async def get(self, path: str, **headers: str) -> tuple[int, Any, bytes]:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            async with session.get(self.url + path, ssl=self.caddy.ssl, headers=headers) as resp:
+                return resp.status, resp.headers, await resp.read()
+
+
+@pytest.fixture
+async def front(spawn: Spawn, tmp_path: Path) -> AsyncIterator[Front]:
+    caddy = Caddy(tmp_path)
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(GATEWAY_TOML)
+    # The browser's Origin is Caddy's https:// origin (Caddy passes it through).
+    gateway = await spawn({"GATEWAY_ALLOWED_ORIGINS": caddy.origin, "GATEWAY_LOG_FORMAT": "json"}, "--config", str(toml))
+    ws = gateway.ws_url.removeprefix("ws://").removesuffix("/chat")
+    http = gateway.http_url.removeprefix("http://").rstrip("/")
+    try:
+        await asyncio.to_thread(caddy.start, ws, http)
+        yield Front(gateway, caddy)
+    finally:
+        await asyncio.to_thread(caddy.stop)
+
+
+async def test_chat_over_wss_trusting_caddys_local_ca(front: Front) -> None:
+    async with front.chat(origin=front.url) as chat:
+        ready = await chat.hello()
+        text, events = await chat.ask("Hello through Caddy")
+        assert "Hello through Caddy" in text
+        assert events[-1]["finish_reason"] == "stop"
+    # The reply is stored: a new connection sees it in the history.
+    async with front.chat(origin=front.url) as chat:
+        again = await chat.hello(ready["conversation_id"])
+        assert [m["role"] for m in again["history"]][-2:] == ["user", "assistant"]
+
+
+async def test_page_over_https_compressed_with_the_gateways_csp(front: Front) -> None:
+    status, headers, body = await front.get("/", **{"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert headers["Content-Encoding"] == "gzip"
+    assert b"<html" in gzip.decompress(body).lower()
+    csp = headers["Content-Security-Policy"]  # the gateway's, passed through untouched
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "connect-src 'self';" in csp, "behind Caddy the page talks to its own origin"
+    assert headers["Strict-Transport-Security"].startswith("max-age=")
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert "Server" not in headers
+    status, headers, body = await front.get("/config.json")
+    assert status == 200 and orjson.loads(body)["ws_url"] is None, "same origin: wss://SITE/chat"
+    status, _, _ = await front.get("/healthz")
+    assert status == 200
+
+
+async def test_gateway_sees_the_client_address_not_a_forged_one(front: Front) -> None:
+    async with front.chat(origin=front.url) as chat:
+        await chat.hello()
+    opened = await front.next_event("connection_opened")
+    assert opened["client_ip"] == "127.0.0.1"
+    # A client-sent X-Forwarded-For is replaced by Caddy with the real peer.
+    async with front.chat(origin=front.url, additional_headers={"X-Forwarded-For": "203.0.113.9"}) as chat:
+        await chat.hello()
+    opened = await front.next_event("connection_opened")
+    assert opened["client_ip"] == "127.0.0.1"
+
+
+async def test_origin_allow_list_behind_caddy(front: Front) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with front.chat(origin="https://evil.example"):
+            pass
+    assert refused.value.response.status_code == 403
+    with pytest.raises(InvalidStatus):
+        async with front.chat(origin=f"http://localhost:{front.caddy.https_port}"):
+            pass
+    async with front.chat(origin=front.url) as chat:
+        await chat.hello()
+
+
+async def test_idle_websocket_outlives_idle_timeouts_while_pings_flow(front: Front) -> None:
+    # The gateway pings every second and closes a socket whose pong is late; Caddy
+    # closes idle kept-alive HTTP connections after CADDY_IDLE s. Neither may cut an
+    # idle WebSocket whose pings flow. The client sends no pings of its own.
+    async with front.chat(origin=front.url, ping_interval=None) as chat:
+        await chat.hello()
+        await asyncio.sleep(CADDY_IDLE + 3)  # a bounded number of ping intervals
+        assert chat.ws.close_code is None
+        await chat.send(type="ping")
+        await chat.expect("pong")
+        text, _ = await chat.ask("still there?", msg_id="m2")
+        assert "still there?" in text
+
+
+async def test_caddy_reload_closes_websockets_with_1001_and_clients_resume(front: Front) -> None:
+    # Caddy 2.6 closes proxied WebSockets when its configuration is reloaded
+    # (docs/operations.md): the client reconnects and finds its conversation.
+    async with front.chat(origin=front.url) as chat:
+        conversation_id = (await chat.hello())["conversation_id"]
+        await chat.ask("before the reload")
+        await asyncio.to_thread(front.caddy.reload)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(chat.ws.recv(), TIMEOUT)
+        assert chat.ws.close_code == 1001
+    async with front.chat(origin=front.url) as chat:
+        ready = await chat.hello(conversation_id)
+        assert any("before the reload" in m.get("content", "") for m in ready["history"])
+        text, _ = await chat.ask("after the reload", msg_id="m2")
+        assert "after the reload" in text

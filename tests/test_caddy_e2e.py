@@ -124,24 +124,24 @@ class Front:
             yield Chat(ws)
 
     async def next_event(self, name: str) -> dict[str, Any]:
-        """The next gateway log line with this event, after those already returned."""
-        proc = self.gateway
-        assert proc.proc.stdout is not None
-        while True:
-            while self._seen < len(proc.lines):
-                line = proc.lines[self._seen]
-                self._seen += 1
-                if line.get("event") == name:
-                    return line
-            raw = await asyncio.wait_for(proc.proc.stdout.readline(), TIMEOUT)
-            if not raw:
-                raise AssertionError(f"gateway ended before logging {name!r}")
-            try:
-                proc.lines.append(orjson.loads(raw))
-            except orjson.JSONDecodeError:
-                proc.lines.append({"raw": raw.decode(errors="replace")})
+        """The next gateway log line with this event, after those already returned
+        (the ``spawn`` fixture's Process reads the child's output all the time)."""
+
+        async def find() -> dict[str, Any]:
+            lines = self.gateway.lines
+            while True:
+                while self._seen < len(lines):
+                    line = lines[self._seen]
+                    self._seen += 1
+                    if line.get("event") == name:
+                        return line
+                assert self.gateway.proc.returncode is None, f"gateway ended before logging {name!r}"
+                await asyncio.sleep(0.02)
+
+        return await asyncio.wait_for(find(), TIMEOUT)
 
     async def get(self, path: str, **headers: str) -> tuple[int, Any, bytes]:
+        assert self.caddy.ssl is not None
         async with aiohttp.ClientSession(auto_decompress=False) as session:
             async with session.get(self.url + path, ssl=self.caddy.ssl, headers=headers) as resp:
                 return resp.status, resp.headers, await resp.read()
@@ -191,6 +191,8 @@ async def test_page_over_https_compressed_with_the_gateways_csp(front: Front) ->
     assert status == 200 and orjson.loads(body)["ws_url"] is None, "same origin: wss://SITE/chat"
     status, _, _ = await front.get("/healthz")
     assert status == 200
+    status, _, _ = await front.get("/metrics")
+    assert status == 404, "metrics stay private: scraped on the host, not through Caddy"
 
 
 async def test_gateway_sees_the_client_address_not_a_forged_one(front: Front) -> None:
@@ -246,3 +248,7 @@ async def test_caddy_reload_closes_websockets_with_1001_and_clients_resume(front
         assert any("before the reload" in m.get("content", "") for m in ready["history"])
         text, _ = await chat.ask("after the reload", msg_id="m2")
         assert "after the reload" in text
+    # The gateway logs the cut connection quietly: no warning, no traceback.
+    await front.next_event("connection_closed")
+    noisy = [line for line in front.gateway.lines if line.get("level") in ("warning", "error")]
+    assert not noisy, noisy

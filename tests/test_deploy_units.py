@@ -169,7 +169,7 @@ def test_caddyfile_routes_headers_and_defaults(caddy_env: dict[str, str]) -> Non
     text = json.dumps(server)
     upstreams = re.findall(r'"dial": "([^"]+)"', text)
     assert upstreams == [DEFAULTS["server.ws_addr"], DEFAULTS["server.http_addr"]]
-    assert '"path": ["/chat"]' in text
+    assert '"path": ["/chat"]' in text and '"path": ["/metrics", "/metrics/*"]' in text
     assert '"encodings": {"gzip": {}, "zstd": {}}' in text or ('"zstd"' in text and '"gzip"' in text)
     assert "Strict-Transport-Security" in text and "Content-Security-Policy" not in text, "the gateway's CSP passes"
     timeouts = server.get("read_header_timeout"), server.get("idle_timeout")

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv clean example-config
+.PHONY: run test lint venv clean example-config install uninstall
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,10 @@ example-config: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis
+
+# As root, on the server (docs/operations.md), e.g. GATEWAY_SITE=chat.example.com make install
+install:
+	systemd/install.sh install $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE))
+
+uninstall:
+	systemd/install.sh uninstall

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -103,15 +104,27 @@ def _conversations(cfg: config.Config, args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _on_journal() -> bool:
+    """Whether stdout is the journal stream systemd set up (sd_journal_stream_fd(3))."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    device, _, inode = stream.partition(":")
+    try:
+        st = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+    return bool(stream) and f"{st.st_dev}:{st.st_ino}" == f"{device}:{inode}"
+
+
 def _serve(cfg: config.Config, reload: Callable[[], config.Config]) -> int:
-    logs.configure(cfg.log_level, cfg.log_format, secrets=(cfg.provider.api_key,))
+    journal = _on_journal()
+    logs.configure(cfg.log_level, cfg.log_format, secrets=(cfg.provider.api_key,), journal=journal)
     log: Any = structlog.get_logger("gateway.cli")
     for name in cfg.unknown_env:
         log.warning("unknown_environment_variable", name=name)
     from .server import Gateway
 
     try:
-        asyncio.run(Gateway(cfg, reload=reload).run())
+        asyncio.run(Gateway(cfg, reload=reload, journal=journal).run())
     except OSError as exc:
         log.error("startup_failed", error=f"{exc.strerror or exc}", errno=exc.errno)
         return EXIT_STARTUP

@@ -483,10 +483,7 @@ def _api_key(values: Mapping[str, Any], env: Mapping[str, str]) -> str:
     """GATEWAY_API_KEY > key file > $CREDENTIALS_DIRECTORY/api_key > TOML api_key > the seed's API_KEY."""
     if env.get("GATEWAY_API_KEY", "").strip():
         return env["GATEWAY_API_KEY"].strip()
-    key_file = values["provider.api_key_file"]
-    if not key_file and env.get("CREDENTIALS_DIRECTORY"):
-        candidate = Path(env["CREDENTIALS_DIRECTORY"]) / "api_key"
-        key_file = str(candidate) if candidate.is_file() else ""
+    key_file = values["provider.api_key_file"] or _credential(env, "api_key")
     if key_file:
         try:
             return Path(key_file).read_text(encoding="utf-8").strip()
@@ -500,9 +497,7 @@ MIN_TOKEN_CHARS = 16
 
 def _auth_tokens(path: str, env: Mapping[str, str]) -> frozenset[str]:
     """SHA-256 digests of the client tokens in ``path`` (one per line, # comments)."""
-    if not path and env.get("CREDENTIALS_DIRECTORY"):
-        candidate = Path(env["CREDENTIALS_DIRECTORY"]) / "auth_tokens"
-        path = str(candidate) if candidate.is_file() else ""
+    path = path or _credential(env, "auth_tokens")
     if not path:
         return frozenset()
     try:
@@ -519,6 +514,18 @@ def _auth_tokens(path: str, env: Mapping[str, str]) -> frozenset[str]:
 
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _credential(env: Mapping[str, str], name: str) -> str:
+    """``$CREDENTIALS_DIRECTORY/name`` if systemd passed that credential, else ""."""
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return ""
+    candidate = Path(directory) / name
+    try:
+        return str(candidate) if candidate.is_file() else ""
+    except OSError as exc:
+        raise ConfigError(f"credential {name}", f"cannot read {candidate}: {exc.strerror}") from None
 
 
 def own_origins(host: str, port: int) -> tuple[str, ...]:

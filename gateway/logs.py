@@ -35,8 +35,25 @@ def _dumps(obj: Any, **kw: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
-def configure(level: str, fmt: str, *, secrets: tuple[str, ...] = ()) -> None:
-    """Route structlog and the stdlib loggers (websockets, aiohttp) to stdout."""
+_SYSLOG_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
+
+
+def _journal_priority(renderer: Any) -> Any:
+    """Prefix each line with ``<N>`` so journald records its real priority."""
+
+    def render(logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+        priority = _SYSLOG_PRIORITY.get(str(event.get("level", "info")), 6)
+        return f"<{priority}>{renderer(logger, name, event)}"
+
+    return render
+
+
+def configure(level: str, fmt: str, *, secrets: tuple[str, ...] = (), journal: bool = False) -> None:
+    """Route structlog and the stdlib loggers (websockets, aiohttp) to stdout.
+
+    ``journal``: stdout is journald's stream (``$JOURNAL_STREAM``), so lines carry
+    syslog priority prefixes.
+    """
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -49,6 +66,8 @@ def configure(level: str, fmt: str, *, secrets: tuple[str, ...] = ()) -> None:
         shared.append(structlog.processors.dict_tracebacks)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    if journal:
+        renderer = _journal_priority(renderer)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

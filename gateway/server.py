@@ -62,6 +62,7 @@ class Gateway:
         store: ConversationStore | None = None,
         reload: Callable[[], Config] | None = None,
         env: dict[str, str] | None = None,
+        journal: bool = False,
     ) -> None:
         self.config = config
         self.metrics = Metrics()
@@ -78,11 +79,17 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._web_state: WebState | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._journal = journal
+        self._reload_error = ""
 
     @property
     def ws_port(self) -> int:
         assert self._ws_server is not None
         return int(self._ws_server.sockets[0].getsockname()[1])
+
+    def _ws_host(self) -> str:
+        assert self._ws_server is not None
+        return str(self._ws_server.sockets[0].getsockname()[0])
 
     @property
     def http_port(self) -> int:
@@ -113,8 +120,8 @@ class Gateway:
         _log.info(
             "gateway_started",
             version=__version__,
-            ws_url=f"ws://{_hostport(cfg.ws_addr.host, self.ws_port)}/chat",
-            http_url=f"http://{_hostport(cfg.http_addr.host, self.http_port)}/",
+            ws_url=f"ws://{_hostport(self._ws_host(), self.ws_port)}/chat",
+            http_url=f"http://{_hostport(str(self._runner.addresses[0][0]) if self._runner else '', self.http_port)}/",
             provider=provider.name,
             model=provider.model,
             socket_activated=bool(inherited),
@@ -198,7 +205,10 @@ class Gateway:
         connections = len(hub.connections) if hub else 0
         replies = hub.registry.in_flight if hub else 0
         state = "draining" if self.stopping.is_set() else "serving"
-        return f"{state}: {connections} connections, {replies} replies in flight"
+        status = f"{state}: {connections} connections, {replies} replies in flight"
+        if self._reload_error:
+            status += f"; last reload failed: {self._reload_error}"[:200]
+        return status
 
     # reload
 
@@ -214,8 +224,10 @@ class Gateway:
         try:
             new = self._reload_source()
         except ConfigError as exc:
+            self._reload_error = exc.message
             _log.error("reload_failed", error=exc.message)
         else:
+            self._reload_error = ""
             self._apply(new)
         self._notifier.notify("READY=1", f"STATUS={self._status()}")
 
@@ -232,7 +244,7 @@ class Gateway:
             self._web_state.model, self._web_state.provider = registry.provider.model, registry.provider.name
         self._web_state.public_ws_url = cfg.public_ws_url
         self.allowed_origins = cfg.allowed_origins or own_origins(cfg.http_addr.host, self.http_port)
-        logs.configure(cfg.log_level, cfg.log_format, secrets=(cfg.provider.api_key,))
+        logs.configure(cfg.log_level, cfg.log_format, secrets=(cfg.provider.api_key,), journal=self._journal)
         if ignored:
             _log.warning("reload_needs_restart", settings=ignored)
         _log.info("config_reloaded", provider=registry.provider.name, model=registry.provider.model)

@@ -34,3 +34,12 @@ def test_secrets_are_scrubbed_from_every_value(capsys: pytest.CaptureFixture[str
 def teardown_function() -> None:
     logging.getLogger().handlers.clear()
     structlog.reset_defaults()
+
+
+def test_journal_lines_carry_syslog_priority(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("info", "json", journal=True)
+    _log.info("an_info")
+    _log.warning("a_warning")
+    _log.error("an_error")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line[:4] for line in lines] == ["<6>{", "<4>{", "<3>{"]

@@ -106,11 +106,12 @@ async def test_streamed_markdown_reply_with_highlighted_code_and_table(
 async def test_stop_mid_reply_keeps_the_partial_text(
     browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream
 ) -> None:
-    gate = asyncio.Event()
+    first, gate = asyncio.Event(), asyncio.Event()
     upstream.enqueue(
         Script([
-            *sse_pieces("Here is the plan:\n\n", "1. Parse the input\n2. Render it\n\n",
-                        "```python\ndef render(text):\n    return text.upper()\n"),
+            *sse_pieces("Here is the plan:\n\n", "1. Parse the input\n2. Render it\n\n"),
+            Pause(first),
+            *sse_pieces("```python\ndef render(text):\n", "    return text.upper()\n"),
             Pause(gate),
             *sse_pieces("```\n\nDone."),
             sse_end(),
@@ -122,7 +123,12 @@ async def test_stop_mid_reply_keeps_the_partial_text(
     await _send(page, "Plan it")
     reply = _assistant(page)
     await expect(reply).to_have_attribute("data-state", "streaming")
+    await expect(reply.locator("ol li")).to_have_count(2)
+    # Blocks already rendered are not rebuilt as more text streams in.
+    await reply.locator(".msg-body > p").first.evaluate("p => { p.dataset.mark = 'kept'; }")
+    first.set()
     await expect(reply.locator("code.hljs")).to_contain_text("return text.upper()")
+    await expect(reply.locator('.msg-body > p[data-mark="kept"]')).to_have_text("Here is the plan:")
     assert await reply.locator("code .hljs-keyword").count() > 0, "highlighted while streaming"
     await expect(reply.locator("ol li")).to_have_count(2)
     await expect(page.get_by_test_id("stop")).to_be_visible()
@@ -357,7 +363,7 @@ async def test_conversation_list_survives_reload_rename_and_delete(
     await w.assert_clean()
 
 
-async def test_deep_link_opens_and_lists_a_conversation(
+async def test_deep_link_and_history_paging(
     browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream
 ) -> None:
     gw = await start_gateway(env=openai_env(upstream))
@@ -372,6 +378,19 @@ async def test_deep_link_opens_and_lists_a_conversation(
     await expect(item).to_have_text("Linked question")
     await expect(page.locator("#title")).to_have_text("Linked question")
 
+    async with gw.chat() as chat:  # a long conversation: ready carries the newest 50 messages
+        long_id = (await chat.hello())["conversation_id"]
+        for i in range(26):
+            await chat.ask(f"question {i}", f"u{i}")
+    await page.goto(f"{gw.http_url}/#/c/{long_id}")
+    messages = page.locator('[data-testid="messages"] .msg')
+    await expect(messages).to_have_count(50)
+    await expect(messages.first).to_have_text("question 1")
+    await page.get_by_test_id("load-earlier").click()
+    await expect(messages).to_have_count(52)
+    await expect(messages.first).to_have_text("question 0")
+    await expect(page.get_by_test_id("load-earlier")).to_be_hidden()
+
     await page.goto(f"{gw.http_url}/#/c/{'0' * 32}")  # unknown: dropped, a new chat instead
     await expect(page.get_by_test_id("banner")).to_contain_text("no longer on the gateway")
     await expect(page.get_by_test_id("send")).to_be_enabled()
@@ -380,7 +399,7 @@ async def test_deep_link_opens_and_lists_a_conversation(
     await w.assert_clean()
 
 
-async def test_mobile_viewport(browser: Browser, start_gateway: StartGateway) -> None:
+async def test_mobile_viewport_and_dark_theme(browser: Browser, start_gateway: StartGateway) -> None:
     gw = await start_gateway(toml=DEMO_TOML)
     w = await _open(browser, gw.http_url + "/", viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True)
     page = w.page
@@ -397,6 +416,15 @@ async def test_mobile_viewport(browser: Browser, start_gateway: StartGateway) ->
     await page.keyboard.press("Escape")
     await expect(page.get_by_test_id("sidebar")).to_be_hidden()
     await w.assert_clean()
+
+    dark = await _open(browser, gw.http_url + "/", color_scheme="dark")
+    page = dark.page
+    assert await page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(33, 33, 33)"
+    await shot(page, "06-dark-empty")
+    await _send(page, "Dark mode, please")
+    await expect(_assistant(page)).to_have_attribute("data-state", "done")
+    await shot(page, "06-dark-done")
+    await dark.assert_clean()
 
 
 async def test_keyboard_only_send(browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream) -> None:
@@ -432,36 +460,6 @@ async def test_keyboard_only_send(browser: Browser, start_gateway: StartGateway,
     await page.keyboard.press("Tab")  # composer -> send
     await expect(page.get_by_test_id("send")).to_be_focused()
     assert upstream.requests[1].json["messages"][-1]["content"] == "Typed with keys\nsecond line"
-    await w.assert_clean()
-
-
-async def test_dark_theme(browser: Browser, start_gateway: StartGateway) -> None:
-    gw = await start_gateway(toml=DEMO_TOML)
-    w = await _open(browser, gw.http_url + "/", color_scheme="dark")
-    page = w.page
-    assert await page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(33, 33, 33)"
-    await shot(page, "06-dark-empty")
-    await _send(page, "Dark mode, please")
-    await expect(_assistant(page)).to_have_attribute("data-state", "done")
-    await shot(page, "06-dark-done")
-    await w.assert_clean()
-
-
-async def test_history_pages_back(browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream) -> None:
-    gw = await start_gateway(env=openai_env(upstream))
-    async with gw.chat() as chat:
-        conversation_id = (await chat.hello())["conversation_id"]
-        for i in range(26):  # 52 messages: one more page than ready carries
-            await chat.ask(f"question {i}", f"u{i}")
-    w = await _open(browser, f"{gw.http_url}/#/c/{conversation_id}")
-    page = w.page
-    messages = page.locator('[data-testid="messages"] .msg')
-    await expect(messages).to_have_count(50)
-    await expect(messages.first).to_have_text("question 1")
-    await page.get_by_test_id("load-earlier").click()
-    await expect(messages).to_have_count(52)
-    await expect(messages.first).to_have_text("question 0")
-    await expect(page.get_by_test_id("load-earlier")).to_be_hidden()
     await w.assert_clean()
 
 

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv clean example-config install uninstall
+.PHONY: run test lint venv clean example-config install uninstall page
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: lint
 
 lint: $(STAMP)
 	$(BIN)/python -m mypy
+
+# Rebuild static/ (committed) from web/: needs Node and npm, never needed to run or test.
+page:
+	cd web && npm ci && node build.mjs
 
 example-config: $(STAMP)
 	$(BIN)/python -m gateway.example > gateway.example.toml

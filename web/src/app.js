@@ -1,12 +1,12 @@
 // The chat page: protocol chat.v1 (docs/protocol.md) over one WebSocket, the
 // conversation view, the sidebar of local conversations and the composer.
 //
-// Model text reaches the DOM only through renderMarkdown() (markdown-it without raw
-// HTML, then DOMPurify); user text only through textContent.
+// Model text reaches the DOM only through MarkdownView (markdown-it without raw HTML,
+// then DOMPurify); user text only through textContent.
 
 import { Conversations, isConversationId, titleFrom } from "./conversations.js";
 import { icon } from "./icons.js";
-import { patchChildren, renderMarkdown } from "./markdown.js";
+import { MarkdownView } from "./markdown.js";
 import { Socket } from "./socket.js";
 
 const APP_NAME = "LLM Gateway";
@@ -22,6 +22,7 @@ const ui = {
   sidebarToggle: $("sidebar-toggle"),
   sidebarClose: $("sidebar-close"),
   scrim: $("scrim"),
+  main: $("main"),
   newChat: $("new-chat"),
   convList: $("conversations"),
   convEmpty: $("conversations-empty"),
@@ -37,6 +38,7 @@ const ui = {
   empty: $("empty"),
   emptyModel: $("empty-model"),
   messages: $("messages"),
+  older: $("older"),
   form: $("composer-form"),
   input: $("composer"),
   send: $("send"),
@@ -84,6 +86,8 @@ const S = {
   bannerKind: "",
   countdown: 0,
   renaming: null,
+  older: null, // {conv, probe} while a history page is requested
+  moreHistory: false, // older messages exist on the gateway
 };
 
 // ---------------------------------------------------------------------------- helpers
@@ -204,7 +208,17 @@ function makeAssistant(reply) {
   copy.append(icon("copy"));
   actions.append(copy);
   node.append(body, note, actions);
-  const entry = { kind: "assistant", key: reply.id ? `a:${reply.id}` : `p:${newId()}`, reply, el: node, body, note, actions, shown: null };
+  const entry = {
+    kind: "assistant",
+    key: reply.id ? `a:${reply.id}` : `p:${newId()}`,
+    reply,
+    el: node,
+    body,
+    view: new MarkdownView(body),
+    note,
+    actions,
+    shown: null,
+  };
   reply.entry = entry;
   return entry;
 }
@@ -213,9 +227,17 @@ function mount(entries) {
   for (const e of S.entries) if (e.reply && e.reply.entry === e && !entries.includes(e)) e.reply.entry = null;
   S.entries = entries;
   for (const e of entries) if (e.reply) e.reply.entry = e;
+  // Forget ended replies no longer shown; streaming ones may be shown again.
+  for (const [id, r] of S.replies) if (!r.entry && r.state !== "streaming") S.replies.delete(id);
   ui.messages.replaceChildren(...entries.map((e) => e.el));
   for (const e of entries) if (e.reply) renderEntry(e);
   syncUI();
+}
+
+function prepend(entries) {
+  S.entries.unshift(...entries);
+  ui.messages.prepend(...entries.map((e) => e.el));
+  for (const e of entries) if (e.reply) renderEntry(e);
 }
 
 function append(...entries) {
@@ -281,7 +303,7 @@ function renderBody(entry) {
   const text = entry.reply.text;
   if (entry.shown === text) return;
   entry.shown = text;
-  patchChildren(entry.body, renderMarkdown(text));
+  entry.view.render(text);
 }
 
 function renderEntry(entry) {
@@ -296,6 +318,7 @@ function renderEntry(entry) {
   }
   if (r.state === "streaming") node.setAttribute("aria-busy", "true");
   else node.removeAttribute("aria-busy");
+  entry.actions.firstChild.hidden = !r.text;
   renderNote(entry);
 }
 
@@ -334,7 +357,10 @@ function paintRetry(entry, button) {
   button.replaceChildren(icon("retry"), wait > 0 ? `Retry in ${wait} s` : "Retry");
   button.disabled = wait > 0 || !canSend(true);
   clearTimeout(S.countdown);
-  if (wait > 0) S.countdown = setTimeout(() => button.isConnected && paintRetry(entry, button), 1000 - ((Date.now() - r.error.retryAt) % 1000 + 1000) % 1000 || 1000);
+  if (wait > 0) {
+    const tick = (r.error.retryAt - Date.now()) % 1000 || 1000; // on the second boundary
+    S.countdown = setTimeout(() => button.isConnected && paintRetry(entry, button), tick);
+  }
 }
 
 // ---------------------------------------------------------------------------- composer, buttons
@@ -387,8 +413,12 @@ function syncUI() {
   }
   for (const b of ui.messages.querySelectorAll("button.retry")) {
     const entry = S.entries.find((e) => e.note === b.parentNode);
-    if (entry) b.disabled = !canSend(true) || (entry.reply.error && entry.reply.error.retryAt > Date.now());
+    if (!entry) continue;
+    if (entry !== last) renderNote(entry); // Retry is offered on the last reply only
+    else b.disabled = !canSend(true) || (entry.reply.error && entry.reply.error.retryAt > Date.now());
   }
+  ui.older.hidden = !S.conv || !S.moreHistory;
+  ui.older.disabled = !S.live || !!S.older;
 }
 
 function autosize() {
@@ -551,32 +581,40 @@ function startRename(li) {
   input.focus();
   input.select();
   let done = false;
-  const finish = (save) => {
+  const finish = (save, refocus) => {
     if (done) return;
     done = true;
     S.renaming = null;
     if (save) convs.rename(id, input.value);
     else renderSidebar();
     const again = ui.convList.querySelector(`[data-conversation-id="${CSS.escape(id)}"] .conv-open`);
-    if (again) again.focus();
+    if (refocus && again) again.focus();
   };
   input.addEventListener("keydown", (ev) => {
     if (ev.key === "Enter") {
       ev.preventDefault();
-      finish(true);
+      finish(true, true);
     } else if (ev.key === "Escape") {
       ev.preventDefault();
       ev.stopPropagation();
-      finish(false);
+      finish(false, true);
     }
   });
-  input.addEventListener("blur", () => finish(true));
+  input.addEventListener("blur", () => finish(true, false));
 }
 
 function removeConversation(id) {
   const wasCurrent = id === S.conv;
+  const ids = convs.items.map((c) => c.id);
+  const next = ids[ids.indexOf(id) + 1] || ids[ids.indexOf(id) - 1];
+  const hadFocus = ui.convList.contains(document.activeElement);
   convs.remove(id);
   if (wasCurrent) open(null);
+  if (hadFocus) {
+    // Keep keyboard users in the list: focus the neighbour, or New chat.
+    const link = next && ui.convList.querySelector(`[data-conversation-id="${CSS.escape(next)}"] .conv-open`);
+    (link || ui.newChat).focus();
+  }
 }
 
 function toggleSidebar(force) {
@@ -585,6 +623,7 @@ function toggleSidebar(force) {
     ui.app.classList.toggle("sidebar-open", opening);
     ui.scrim.hidden = !opening;
     ui.sidebarToggle.setAttribute("aria-expanded", String(opening));
+    ui.main.inert = opening; // the drawer is modal: Tab stays in it
     if (opening) ui.newChat.focus();
     else if (ui.sidebar.contains(document.activeElement)) ui.sidebarToggle.focus();
   } else {
@@ -601,6 +640,7 @@ function closeSidebarIfMobile() {
 function syncSidebarMode() {
   ui.app.classList.remove("sidebar-open");
   ui.scrim.hidden = true;
+  ui.main.inert = false;
   const expanded = MOBILE.matches ? false : !ui.app.classList.contains("sidebar-collapsed");
   ui.sidebarToggle.setAttribute("aria-expanded", String(expanded));
 }
@@ -619,8 +659,11 @@ function onClose({ code, reason, fatal, delay, failures }) {
   for (const r of S.replies.values()) r.stopping = false;
   if (fatal) {
     setStatus("offline");
-    const why = code === 1008 ? "The gateway refused this page" : "Cannot connect to the gateway";
-    banner(`${why}${reason ? `: ${reason}` : "."}`, { label: "Try again", run: reconnectNow }, "conn");
+    const why =
+      code === 1008
+        ? `The gateway refused this page${reason ? ` (${reason})` : ""}: client tokens are on, and this page cannot send one.`
+        : `Cannot connect to the gateway${reason ? `: ${reason}` : "."}`;
+    banner(why, { label: "Try again", run: reconnectNow }, "conn");
     syncUI();
     return;
   }
@@ -648,7 +691,7 @@ const HANDLERS = {
   "reply.delta": onDelta,
   "reply.done": onDone,
   error: onError,
-  history: () => {},
+  history: onHistory,
   pong: () => {},
 };
 
@@ -758,11 +801,62 @@ function onReady(m) {
     }
   }
   const stick = switching || nearBottom();
+  S.moreHistory = false;
+  S.older = null;
+  const first = history.find((h) => h && typeof h.id === "string");
+  if (first) {
+    // Are there older messages? One tiny page tells (ready does not say).
+    S.older = { conv, probe: true };
+    S.socket.send({ type: "history", before: first.id, limit: 1 });
+  }
   mount(next);
   if (stick) scrollToBottom();
   if (S.bannerKind === "conn") banner("");
   renderSidebar();
   setStatus("live");
+  syncUI();
+}
+
+function loadOlder() {
+  const first = S.entries.find((e) => (e.kind === "user" ? e.id : e.reply.id));
+  if (!first || !S.live || S.older) return;
+  const before = first.kind === "user" ? first.id : first.reply.id;
+  S.older = { conv: S.conv, probe: false };
+  S.socket.send({ type: "history", before, limit: 50 });
+  syncUI();
+}
+
+function onHistory(m) {
+  const req = S.older;
+  S.older = null;
+  if (!req || req.conv !== S.conv || m.conversation_id !== S.conv) {
+    syncUI();
+    return;
+  }
+  const messages = Array.isArray(m.messages) ? m.messages : [];
+  if (req.probe) {
+    S.moreHistory = messages.length > 0;
+    syncUI();
+    return;
+  }
+  S.moreHistory = m.has_more === true;
+  const known = new Set(S.entries.map((e) => e.key));
+  const entries = [];
+  for (const h of messages) {
+    if (!h || typeof h.id !== "string" || typeof h.content !== "string") continue;
+    if (h.role === "user" && !known.has(`u:${h.id}`)) entries.push(makeUser(h.id, h.content));
+    else if (h.role === "assistant" && h.finish_reason && !known.has(`a:${h.id}`)) {
+      const r = new Reply(h.id, S.conv);
+      r.text = h.content;
+      r.state = stateOf(h.finish_reason);
+      r.finish = h.finish_reason;
+      S.replies.set(h.id, r);
+      entries.push(makeAssistant(r));
+    }
+  }
+  const height = ui.log.scrollHeight;
+  prepend(entries);
+  ui.log.scrollTop += ui.log.scrollHeight - height; // keep what the reader was looking at in place
   syncUI();
 }
 
@@ -922,6 +1016,7 @@ ui.input.addEventListener("keydown", (ev) => {
   }
 });
 ui.stop.addEventListener("click", stop);
+ui.older.addEventListener("click", loadOlder);
 ui.newChat.addEventListener("click", newChat);
 ui.sidebarToggle.addEventListener("click", () => toggleSidebar());
 ui.sidebarClose.addEventListener("click", () => toggleSidebar(false));
@@ -1015,7 +1110,7 @@ export async function start() {
   renderSidebar();
   let cfg = null;
   try {
-    const r = await fetch("config.json", { cache: "no-store", headers: { accept: "application/json" } });
+    const r = await fetch("config.json"); // preloaded by index.html; served no-cache
     if (r.ok) cfg = await r.json();
   } catch {
     cfg = null;

@@ -117,16 +117,50 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
   }
 });
 
-/** Raw HTML markdown-it makes of ``text`` (escaped, but not yet sanitised). */
-export function markdownToHtml(text) {
-  return md.render(text);
-}
-
-/** ``text`` as a sanitised DocumentFragment, with code-block headers and table wrappers. */
-export function renderMarkdown(text) {
-  const frag = DOMPurify.sanitize(md.render(text), PURIFY);
+/** ``html`` from markdown-it, sanitised, with code-block headers and table wrappers. */
+function sanitize(html) {
+  const frag = DOMPurify.sanitize(html, PURIFY);
   decorate(frag);
   return frag;
+}
+
+/**
+ * A container showing Markdown that keeps changing (a streaming reply).
+ *
+ * Each render parses the whole text (cheap) but renders it block by block: the leading
+ * top-level blocks whose HTML did not change keep their DOM nodes, and only the blocks
+ * from the first change on are sanitised and replaced. While a reply streams that is
+ * its last block or two, so the cost of a frame does not grow with the reply, and
+ * selection, focus and "Copied" states in earlier blocks survive.
+ */
+export class MarkdownView {
+  constructor(container) {
+    this.el = container;
+    this.blocks = []; // [{html, nodes}]
+  }
+
+  render(text) {
+    const env = {};
+    const tokens = md.parse(text, env);
+    const htmls = [];
+    let start = 0;
+    let level = 0;
+    for (let i = 0; i < tokens.length; i++) {
+      level += tokens[i].nesting;
+      if (level === 0) {
+        htmls.push(md.renderer.render(tokens.slice(start, i + 1), md.options, env));
+        start = i + 1;
+      }
+    }
+    let keep = 0;
+    while (keep < htmls.length && keep < this.blocks.length && this.blocks[keep].html === htmls[keep]) keep++;
+    for (const block of this.blocks.splice(keep)) for (const node of block.nodes) node.remove();
+    for (let i = keep; i < htmls.length; i++) {
+      const frag = sanitize(htmls[i]);
+      this.blocks.push({ html: htmls[i], nodes: Array.from(frag.childNodes) });
+      this.el.append(frag);
+    }
+  }
 }
 
 function decorate(root) {
@@ -159,19 +193,4 @@ function decorate(root) {
     table.replaceWith(wrap);
     wrap.append(table);
   }
-}
-
-/**
- * Make ``container``'s children match ``frag``'s, replacing only the top-level blocks
- * that differ: while a reply streams only its last block changes, so earlier blocks
- * (and any selection or scroll inside them) stay untouched.
- */
-export function patchChildren(container, frag) {
-  const next = Array.from(frag.childNodes);
-  for (let i = 0; i < next.length; i++) {
-    const old = container.childNodes[i];
-    if (!old) container.append(next[i]);
-    else if (!old.isEqualNode(next[i])) old.replaceWith(next[i]);
-  }
-  while (container.childNodes.length > next.length) container.lastChild.remove();
 }

@@ -1,0 +1,5 @@
+// Entry point: styles (bundled into app-<hash>.css) and the page.
+import "./styles/main.css";
+import { start } from "./app.js";
+
+start();

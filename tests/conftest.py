@@ -238,6 +238,11 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _skipped.append(report.nodeid)
 
 
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:  # a whole module skipped at import, e.g. a missing browser
+        _skipped.append(report.nodeid)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """In CI (GATEWAY_TEST_FORBID_SKIPS=1) a skipped test fails the run."""
     if _skipped and os.environ.get("GATEWAY_TEST_FORBID_SKIPS") == "1":

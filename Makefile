@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test lint venv clean example-config install uninstall page
+.PHONY: run test lint venv clean example-config install uninstall page bench bench-quick
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,uvloop]'
 	@touch $@
 
 venv: $(STAMP)
@@ -40,3 +41,15 @@ install:
 
 uninstall:
 	systemd/install.sh uninstall
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test,uvloop,bench]'
+	@touch $@
+
+# Not part of `make test`: about 7 minutes on 2 cores, loopback only, stops by itself
+# (bench/run.py --help; docs/performance.md).
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)

@@ -104,6 +104,19 @@ def _conversations(cfg: config.Config, args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _event_loop(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when asked for or, with ``auto``, when installed; else asyncio's own loop."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise ConfigError("server.event_loop", "uvloop is not installed") from None
+        else:
+            return uvloop.new_event_loop
+    return None
+
+
 def _on_journal() -> bool:
     """Whether stdout is the journal stream systemd set up (sd_journal_stream_fd(3))."""
     stream = os.environ.get("JOURNAL_STREAM", "")
@@ -123,8 +136,10 @@ def _serve(cfg: config.Config, reload: Callable[[], config.Config]) -> int:
         log.warning("unknown_environment_variable", name=name)
     from .server import Gateway
 
+    loop_factory = _event_loop(cfg.event_loop)
     try:
-        asyncio.run(Gateway(cfg, reload=reload, journal=journal).run())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(Gateway(cfg, reload=reload, journal=journal).run())
     except OSError as exc:
         log.error("startup_failed", error=f"{exc.strerror or exc}", errno=exc.errno)
         return EXIT_STARTUP

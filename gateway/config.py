@@ -94,6 +94,7 @@ class Config:
     trusted_proxies: Networks
     resume_grace: float
     ping_interval: float
+    event_loop: str
     metrics: bool
     max_connections: int
     max_replies: int
@@ -288,6 +289,9 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds between WebSocket pings (0 disables)"),
     Setting("server", "compression", _bool, False, None,
             "negotiate permessage-deflate when a client offers it"),
+    Setting("server", "event_loop", _choice("asyncio", "uvloop", "auto"), "asyncio", "GATEWAY_EVENT_LOOP",
+            "asyncio, uvloop (pip install 'llm-ws-gateway[uvloop]'; see docs/performance.md) "
+            "or auto (uvloop when installed)"),
     Setting("server", "metrics", _bool, True, None,
             "serve Prometheus metrics at GET /metrics on the HTTP listener (keep it private)"),
     Setting("server", "trusted_proxies", _networks, ["127.0.0.1/8", "::1/128"], "GATEWAY_TRUSTED_PROXIES",
@@ -392,6 +396,7 @@ def load(
         resume_grace=values["server.resume_grace"],
         ping_interval=values["server.ping_interval"],
         metrics=values["server.metrics"],
+        event_loop=values["server.event_loop"],
         max_connections=values["limits.max_connections"],
         max_replies=values["limits.max_replies"],
         max_message_bytes=values["limits.max_message_bytes"],

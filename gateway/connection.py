@@ -83,27 +83,32 @@ class Connection:
         self.outbox = Outbox(hub.config.max_pending_bytes, encode, self._overflowed, hub.metrics.frames.inc)
         self._closer: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
-        self.log: Any = _log.bind(session_id=self.session_id)
         tokens = hub.config.auth_tokens
         self.authenticated = not tokens or (ws.request is not None and wire_authenticated(ws.request, tokens))
 
     async def run(self) -> None:
         """Serve the socket until it closes; replies it watched go on without it."""
-        self._writer = writer = asyncio.create_task(self._write(), name=f"writer-{self.session_id}")
         try:
             await (self._read_json() if self.json else self._read_plain())
         except ConnectionClosed:
             pass
         finally:
-            writer.cancel()
+            if self._writer is not None:
+                self._writer.cancel()
             self.hub.watch(self, None)
             for reply in self.replies.values():
                 reply.unsubscribe(self)
                 if not self.json:
                     reply.stop(StopReason.CANCELLED)
-            await asyncio.gather(writer, return_exceptions=True)
+            if self._writer is not None:
+                await asyncio.gather(self._writer, return_exceptions=True)
             if self._closer is not None:
                 await self._closer
+
+    def _start_writer(self) -> None:
+        """The writer starts with the client's first frame: an idle socket costs no task."""
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name=f"writer-{self.session_id}")
 
     async def _write(self) -> None:
         send, outbox = self.ws.send, self.outbox
@@ -119,10 +124,14 @@ class Connection:
 
     def shutdown(self) -> None:
         """Close with 1001 once every frame already queued is written."""
-        self.outbox.put(Close(CLOSE_GOING_AWAY, "server restarting; reconnect and resume"))
+        reason = "server restarting; reconnect and resume"
+        if self._writer is None:
+            self.close(CLOSE_GOING_AWAY, reason)
+        else:
+            self.outbox.put(Close(CLOSE_GOING_AWAY, reason))
 
     def _overflowed(self) -> None:
-        self.log.warning("client_too_slow", pending_limit=self.hub.config.max_pending_bytes)
+        _log.warning("client_too_slow", pending_limit=self.hub.config.max_pending_bytes)
         self.hub.metrics.slow_clients.inc()
         self.close(CLOSE_OVERLOADED, "client too slow; reconnect and resume")
 
@@ -135,6 +144,7 @@ class Connection:
 
     async def _read_json(self) -> None:
         async for frame in self.ws:
+            self._start_writer()
             if not self.authenticated and not self._authenticate(frame):
                 assert self._writer is not None
                 await self._writer
@@ -146,7 +156,7 @@ class Connection:
             except GatewayError as exc:
                 self.outbox.put(wire.encode_error(exc))
             except Exception:
-                self.log.exception("frame_failed")
+                _log.exception("frame_failed")
                 self.outbox.put(wire.encode_error(GatewayError(ErrorCode.INTERNAL, "internal error")))
 
     async def _dispatch(self, msg: wire.ClientMessage) -> None:
@@ -175,7 +185,7 @@ class Connection:
         if isinstance(msg, wire.Hello) and token_valid(msg.token, self.hub.config.auth_tokens):
             self.authenticated = True
             return True
-        self.log.info("auth_failed", reason="bad token" if isinstance(msg, wire.Hello) else "no hello")
+        _log.info("auth_failed", reason="bad token" if isinstance(msg, wire.Hello) else "no hello")
         error = GatewayError(ErrorCode.UNAUTHORIZED, "send hello with a valid token first", retryable=False)
         self.outbox.put(wire.encode_error(error))
         self.outbox.put(Close(CLOSE_POLICY, "unauthorized"))
@@ -284,6 +294,7 @@ class Connection:
 
     async def _read_plain(self) -> None:
         async for frame in self.ws:
+            self._start_writer()
             if not isinstance(frame, str):
                 self.outbox.put("Error: binary frames are not supported; send text")
             elif not frame.strip():

@@ -51,7 +51,7 @@ class Outbox:
         on_overflow: Callable[[], None],
         count_deltas: Callable[[int], None] = lambda n: None,
     ) -> None:
-        self._items: deque[Frame | _Delta] = deque()
+        self._items: deque[Frame | _Delta] | None = None  # made on first use: idle sockets are many
         self._pending = 0
         self._max_pending = max_pending
         self._encode_delta = encode_delta
@@ -63,7 +63,7 @@ class Outbox:
     def put(self, frame: Frame) -> None:
         """Queue an encoded frame."""
         if self._admit(len(frame)):
-            self._items.append(frame)
+            self._queue().append(frame)
             self._wake()
 
     def put_delta(self, reply_id: str, seq: int, text: str, *, counted: bool = True) -> None:
@@ -74,23 +74,25 @@ class Outbox:
         """
         if self.overflowed or (counted and not self._admit(len(text))):
             return
-        last = self._items[-1] if self._items else None
+        items = self._queue()
+        last = items[-1] if items else None
         if isinstance(last, _Delta) and last.reply_id == reply_id:
             last.parts.append(text)
             last.seq = seq
         else:
-            self._items.append(_Delta(reply_id, seq, text))
+            items.append(_Delta(reply_id, seq, text))
             self._wake()
 
     async def get(self) -> list[Frame]:
         """Wait for frames, then take all that are waiting."""
-        while not self._items:
+        while not self._items:  # None or empty
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
         items, self._items, self._pending = self._items, deque(), 0
+        assert items is not None
         encode, deltas, frames = self._encode_delta, 0, []
         for item in items:
             if isinstance(item, _Delta):
@@ -110,9 +112,14 @@ class Outbox:
         if self._pending <= self._max_pending or self._pending == size:
             return True
         self.overflowed = True
-        self._items.clear()
+        self._items = None
         self._on_overflow()
         return False
+
+    def _queue(self) -> deque[Frame | _Delta]:
+        if self._items is None:
+            self._items = deque()
+        return self._items
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -267,7 +267,6 @@ class ReplyRegistry:
 
     async def _relay(self, reply: Reply, messages: Sequence[ChatMessage]) -> str | None:
         finish = None
-        deltas = self.metrics.deltas
         async with contextlib.aclosing(self.provider.stream(messages)) as stream:
             async for chunks in stream:
                 text = "".join([c.text for c in chunks]) if len(chunks) > 1 else chunks[0].text
@@ -278,7 +277,6 @@ class ReplyRegistry:
                 if text:
                     if not reply.publish(text):
                         return "length"
-                    deltas.inc()
                     self._schedule_checkpoint(reply)
         return finish
 
@@ -347,6 +345,7 @@ class ReplyRegistry:
         usage = reply.usage.as_dict() if reply.usage else {}
         m = self.metrics
         m.replies.labels(reply.finish_reason).inc()
+        m.deltas.inc(reply.log.seq)
         m.duration.observe(now - reply.started_at)
         if reply.first_delta_at is not None:
             m.ttft.observe(reply.first_delta_at - reply.started_at)

@@ -125,6 +125,7 @@ class Gateway:
             provider=provider.name,
             model=provider.model,
             socket_activated=bool(inherited),
+            event_loop="uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio",
         )
         self._notifier.notify("READY=1", f"STATUS={self._status()}", f"MAINPID={os.getpid()}")
 

@@ -38,21 +38,30 @@ async def stream_sse(
     body: Mapping[str, Any],
     decoder: Decoder,
     timeout: aiohttp.ClientTimeout,
+    idle_timeout: float,
     api_key: str,
     error_from_body: Any = None,
 ) -> AsyncGenerator[list[Chunk], None]:
     """POST ``body`` and yield the chunks each read decodes into.
 
     Every failure is raised as an :class:`UpstreamError` whose message is
-    redacted of ``api_key``; leaving the generator (cancellation included)
-    releases the upstream connection at once.
+    redacted of ``api_key``; ``idle_timeout`` seconds without a byte (before the
+    headers, the first token or between tokens) is ``upstream_timeout``. Leaving
+    the generator (cancellation included) releases the upstream connection at once.
     """
+    idle = _Inactivity(idle_timeout)
     try:
         async with session.post(url, data=orjson.dumps(body), headers=headers, timeout=timeout) as resp:
+            idle.touch()
             if resp.status != 200:
                 raise await _status_error(resp, error_from_body)
-            async for chunks in _read(resp, decoder):
+            async for chunks in _read(resp, decoder, idle):
                 yield chunks
+    except asyncio.CancelledError:
+        if not idle.fired:
+            raise
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        raise UpstreamError(ErrorCode.UPSTREAM_TIMEOUT, "the provider stopped sending data") from None
     except UpstreamError as exc:
         exc.message = redact(exc.message, api_key)
         raise
@@ -73,12 +82,45 @@ async def stream_sse(
             ErrorCode.UPSTREAM_ERROR, redact(f"HTTP error talking to the provider: {type(exc).__name__}", api_key),
             retryable=True,
         ) from None
+    finally:
+        idle.close()
 
 
-async def _read(resp: aiohttp.ClientResponse, decoder: Decoder) -> AsyncGenerator[list[Chunk], None]:
+class _Inactivity:
+    """Cancels the current task after ``limit`` seconds without a byte.
+
+    One timer per ``limit`` seconds, re-armed lazily, instead of aiohttp's
+    ``sock_read``, which cancels and creates a timer for every chunk read.
+    """
+
+    __slots__ = ("limit", "last", "fired", "_loop", "_task", "_handle")
+
+    def __init__(self, limit: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self.limit, self.last, self.fired = limit, self._loop.time(), False
+        self._handle = self._loop.call_at(self.last + limit, self._check)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        deadline = self.last + self.limit
+        if self._loop.time() < deadline:
+            self._handle = self._loop.call_at(deadline, self._check)
+        elif self._task is not None:
+            self.fired = True
+            self._task.cancel()
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+
+async def _read(resp: aiohttp.ClientResponse, decoder: Decoder, idle: _Inactivity) -> AsyncGenerator[list[Chunk], None]:
     sse = SSEDecoder()
     try:
         async for data in resp.content.iter_any():
+            idle.touch()
             chunks, error = _decode(sse.feed(data), decoder)
             if chunks:
                 yield chunks
@@ -174,7 +216,7 @@ _USER_AGENT = "llm-ws-gateway"
 
 
 def _timeout(cfg: ProviderConfig) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.upstream_timeout)
+    return aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout)
 
 
 class OpenAIProvider:
@@ -192,7 +234,7 @@ class OpenAIProvider:
         body = openai.build_body(self.model, messages, self._cfg.params, include_usage=self._cfg.include_usage)
         return stream_sse(
             self._session, self._url, headers=self._headers, body=body, decoder=openai.OpenAIDecoder(),
-            timeout=_timeout(self._cfg), api_key=self._cfg.api_key,
+            timeout=_timeout(self._cfg), idle_timeout=self._cfg.upstream_timeout, api_key=self._cfg.api_key,
         )
 
 
@@ -216,6 +258,7 @@ class DashScopeProvider:
         return stream_sse(
             self._session, self._cfg.upstream_url, headers=self._headers, body=body,
             decoder=dashscope.DashScopeDecoder(incremental=incremental), timeout=_timeout(self._cfg),
+            idle_timeout=self._cfg.upstream_timeout,
             api_key=self._cfg.api_key, error_from_body=dashscope.error_from_body,
         )
 

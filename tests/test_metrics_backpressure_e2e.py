@@ -127,7 +127,7 @@ async def test_slow_clients_are_cut_off_and_memory_stays_bounded(
     upstream.enqueue(Script([big]), *(Script([openai_sse([text])]) for text in normal))
     toml = tmp_path / "gateway.toml"
     toml.write_text("[limits]\nmax_pending_bytes = 65536\nwrite_limit = 16384\nmax_reply_chars = 3000000\n")
-    proc = await spawn({**openai_env(upstream), "GATEWAY_STORE": "memory"}, "--config", str(toml))
+    proc = await spawn({**openai_env(upstream), "GATEWAY_STORE": "memory", "GATEWAY_EVENT_LOOP": "asyncio"}, "--config", str(toml))
     pid = proc.proc.pid
 
     async with connect(proc.ws_url, subprotocols=["chat.v1"], max_size=None) as ws:

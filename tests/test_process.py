@@ -169,3 +169,16 @@ def test_bad_config_exits_2_with_one_line(
 def test_missing_config_file_exits_2(run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     result = run_cli("serve", "--config", "/nonexistent/gateway.toml")
     assert result.returncode == 2 and "cannot read" in result.stderr
+
+
+async def test_uvloop_can_be_chosen(spawn: Callable[..., Any]) -> None:
+    proc = await spawn({"GATEWAY_EVENT_LOOP": "uvloop"})
+    started = await proc.wait_for_event("gateway_started")
+    assert started["event_loop"] == "uvloop"
+    async with connect(proc.ws_url, subprotocols=["chat.v1"]) as ws:
+        text, _ = await Chat(ws).ask("on uvloop")
+    assert "on uvloop" in text
+    proc.proc.send_signal(signal.SIGTERM)
+    assert await proc.finish() == 0
+    default = await spawn()
+    assert (await default.wait_for_event("gateway_started"))["event_loop"] == "asyncio"

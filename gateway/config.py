@@ -288,7 +288,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "ping_interval", _float(0, 3600), 20.0, None,
             "seconds between WebSocket pings (0 disables)"),
     Setting("server", "compression", _bool, False, None,
-            "negotiate permessage-deflate when a client offers it"),
+            "negotiate permessage-deflate (10 window bits, memLevel 4) when a client offers it"),
     Setting("server", "event_loop", _choice("asyncio", "uvloop", "auto"), "asyncio", "GATEWAY_EVENT_LOOP",
             "asyncio, uvloop (pip install 'llm-ws-gateway[uvloop]'; see docs/performance.md) "
             "or auto (uvloop when installed)"),

@@ -93,3 +93,16 @@ async def test_readyz_is_503_while_draining(start_gateway: StartGateway) -> None
     gw.gateway._web_state.draining = True  # type: ignore[union-attr]
     status, _, body = await _get(gw.http_url, "/readyz")
     assert status == 503 and b"draining" in body
+
+
+async def test_compression_is_off_by_default_and_small_when_on(start_gateway: StartGateway) -> None:
+    gw = await start_gateway()
+    async with gw.chat() as chat:  # the client offers permessage-deflate by default
+        assert chat.ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in chat.ws.response.headers
+    gw2 = await start_gateway(toml="[server]\ncompression = true\n")
+    async with gw2.chat() as chat:
+        assert chat.ws.response is not None
+        extensions = chat.ws.response.headers["Sec-WebSocket-Extensions"]
+        assert "permessage-deflate" in extensions and "server_max_window_bits=10" in extensions
+        await chat.hello()

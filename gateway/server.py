@@ -315,9 +315,10 @@ class Gateway:
     def _check_request(self, conn: ServerConnection, request: Request) -> Response | None:
         if request.path.split("?", 1)[0] != "/chat":
             return self._refuse(conn, 404, "path", "Not Found: the chat endpoint is /chat\n")
-        if self.config.auth_tokens and not wire_authenticated(request, self.config.auth_tokens):
-            if "chat.v1" not in request.headers.get("Sec-WebSocket-Protocol", ""):
-                return self._refuse(conn, 401, "unauthorized", "Unauthorized: send Authorization: Bearer TOKEN\n")
+        plain = wire.SUBPROTOCOL not in request.headers.get("Sec-WebSocket-Protocol", "")
+        if plain and self.config.auth_tokens and not wire_authenticated(request, self.config.auth_tokens):
+            # JSON mode may also authenticate with its first frame; plain mode only here.
+            return self._refuse(conn, 401, "unauthorized", "Unauthorized: send Authorization: Bearer TOKEN\n")
         origin = request.headers.get("Origin")
         allowed = self.allowed_origins
         if origin is not None and "*" not in allowed and origin.lower() not in allowed:

@@ -9,11 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from conftest import TIMEOUT, Chat, Process, StartGateway
 from websockets.asyncio.client import connect

@@ -92,10 +92,10 @@ new_release() {
   local pip=("$DESTDIR$rel/bin/python" -m pip --disable-pip-version-check --no-input --quiet)
   if [ -n "$wheelhouse" ]; then
     step "install $PACKAGE from the wheelhouse $wheelhouse (offline)"
-    "${pip[@]}" install --no-index --find-links "$wheelhouse" "$PACKAGE[uvloop]"
+    "${pip[@]}" install --no-index --find-links "$wheelhouse" "${PACKAGE}[uvloop]"
   else
     step "install $PACKAGE from $SRC"
-    "${pip[@]}" install "$SRC[uvloop]"
+    "${pip[@]}" install "${SRC}[uvloop]"
   fi
   install -d -m 0755 "$DESTDIR$rel/share/doc/$PACKAGE"
   install -m 0644 "$SRC/docs/operations.md" "$SRC/Caddyfile" "$SRC/gateway.example.toml" \
@@ -281,7 +281,7 @@ cmd_wheelhouse() {
   TMP=$(mktemp -d)
   step "building wheels for $PACKAGE and its dependencies into $dir"
   "$PY" -m venv "$TMP/venv"
-  "$TMP/venv/bin/python" -m pip --disable-pip-version-check --no-input --quiet wheel --wheel-dir "$dir" "$SRC[uvloop]"
+  "$TMP/venv/bin/python" -m pip --disable-pip-version-check --no-input --quiet wheel --wheel-dir "$dir" "${SRC}[uvloop]"
   local wheels=("$dir"/*.whl)
   say "    ${#wheels[@]} wheels. On the server: systemd/install.sh install --wheelhouse $dir"
 }

@@ -3,8 +3,8 @@
     python bench/gateway_launch.py [--uvloop] [--deflate WBITS,MEMLEVEL[,nct]] [--cprofile FILE] -- serve [...]
 
 ``--uvloop``   installs uvloop's event loop policy before the gateway starts.
-``--deflate``  permessage-deflate with these settings instead of the library's
-               (12 window bits, memLevel 5) when ``[server] compression = true``:
+``--deflate``  permessage-deflate with these settings instead of the gateway's
+               (10 window bits, memLevel 4) when ``[server] compression = true``:
                e.g. ``10,4``; ``,nct`` adds ``server_no_context_takeover``
                (a fresh compressor per message: nothing kept between messages).
 ``--cprofile`` profiles the whole process with cProfile and writes the stats to
@@ -35,8 +35,8 @@ def _patch_deflate(spec: str) -> None:
     original = getattr(gateway.server, "serve")
 
     def serve(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("compression") == "deflate":
-            kwargs["compression"] = None
+        # The gateway passes its own permessage-deflate factory when compression is on.
+        if kwargs.get("extensions"):
             kwargs["extensions"] = [
                 ServerPerMessageDeflateFactory(
                     server_max_window_bits=wbits,

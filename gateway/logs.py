@@ -9,26 +9,31 @@ from typing import Any
 
 import orjson
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 
 __all__ = ["configure"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def _scrubber(*secrets: str) -> Any:
-    """A processor that removes ``secrets`` from every string value (defence in depth)."""
+def _scrubbed(renderer: Any, secrets: tuple[str, ...]) -> Any:
+    """Remove ``secrets`` from each rendered line, tracebacks included (defence in depth)."""
     secrets = tuple(s for s in secrets if len(s) >= 4)
+    if not secrets:
+        return renderer
 
-    def scrub(logger: Any, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        for key, value in event.items():
-            if isinstance(value, str):
-                for secret in secrets:
-                    if secret in value:
-                        value = value.replace(secret, "[redacted]")
-                event[key] = value
-        return event
+    def render(logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+        line = str(renderer(logger, name, event))
+        for secret in secrets:
+            if secret in line:
+                line = line.replace(secret, "[redacted]")
+        return line
 
-    return scrub
+    return render
+
+
+# Tracebacks without local variables: locals hold message text and request headers.
+_tracebacks = structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
 
 
 def _dumps(obj: Any, **kw: Any) -> str:
@@ -59,13 +64,15 @@ def configure(level: str, fmt: str, *, secrets: tuple[str, ...] = (), journal: b
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _scrubber(*secrets),
     ]
     if fmt == "json":
         renderer: Any = structlog.processors.JSONRenderer(serializer=_dumps)
-        shared.append(structlog.processors.dict_tracebacks)
+        shared.append(_tracebacks)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stdout.isatty(), exception_formatter=structlog.dev.plain_traceback  # never locals
+        )
+    renderer = _scrubbed(renderer, secrets)
     if journal:
         renderer = _journal_priority(renderer)
     structlog.configure(

@@ -43,3 +43,22 @@ def test_journal_lines_carry_syslog_priority(capsys: pytest.CaptureFixture[str])
     _log.error("an_error")
     lines = capsys.readouterr().out.splitlines()
     assert [line[:4] for line in lines] == ["<6>{", "<4>{", "<3>{"]
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_logged_exceptions_carry_no_locals_and_no_secret(capsys: pytest.CaptureFixture[str], fmt: str) -> None:
+    logs.configure("info", fmt, secrets=("sk-very-secret-value",))
+
+    def failing(user_text: str, headers: dict[str, str]) -> None:
+        raise RuntimeError(f"boom near {headers['Authorization']}")
+
+    text = " ".join(["what", "the", "user", "wrote", "in", "private"])  # data, not source code
+    headers = {"Authorization": "Bearer " + "-".join(["sk", "very", "secret", "value"])}
+    try:
+        failing(text, headers)
+    except RuntimeError:
+        _log.exception("frame_failed")
+    out = capsys.readouterr().out
+    assert "frame_failed" in out and "RuntimeError" in out
+    assert "what the user wrote" not in out, "tracebacks carry no local variables"
+    assert "sk-very-secret-value" not in out and "[redacted]" in out

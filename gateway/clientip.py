@@ -21,23 +21,37 @@ def parse_networks(items: Sequence[str]) -> Networks:
     return tuple(networks)
 
 
-def _trusted(address: str, trusted: Networks) -> bool:
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an IP address (IPv4-mapped IPv6 as IPv4), or None if it is not one
+    (an IPv6 zone, ``%eth0``, is text of the sender's choosing: not one either)."""
     try:
-        ip = ipaddress.ip_address(address.strip().strip("[]"))
+        ip = ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in trusted)
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:  # "fe80::1%<anything>": the zone is free text
+            return None
+        if ip.ipv4_mapped:
+            return ip.ipv4_mapped
+    return ip
 
 
 def client_ip(peer: str | None, forwarded_for: str | None, trusted: Networks) -> str | None:
-    """The client's address: the peer, or, when the peer is a trusted proxy, the
-    right-most address of ``X-Forwarded-For`` that is not itself a trusted proxy."""
-    if peer is None or not forwarded_for or not _trusted(peer, trusted):
-        return peer
-    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not _trusted(hop, trusted):
-            return hop[:64]
-    return hops[0][:64] if hops else peer
+    """The client's address, always a parsed IP address (or None): the peer, or, when the
+    peer is a trusted proxy, the right-most address of ``X-Forwarded-For`` that is not itself
+    a trusted proxy. A hop that is not an IP address ends the walk: what lies left of it is
+    the client's own say, and the last trusted hop is reported instead."""
+    peer_ip = _address(peer) if peer else None
+    if peer_ip is None:
+        return None
+    if not forwarded_for or not any(peer_ip in net for net in trusted):
+        return str(peer_ip)
+    last = peer_ip
+    for hop in reversed(forwarded_for.split(",")):
+        ip = _address(hop)
+        if ip is None:
+            break
+        if not any(ip in net for net in trusted):
+            return str(ip)
+        last = ip
+    return str(last)

@@ -67,6 +67,7 @@ class ProviderConfig:
     connect_timeout: float
     upstream_timeout: float
     max_reply_seconds: float
+    max_response_bytes: int
     system_prompt: str
     params: Mapping[str, Any]
     include_usage: bool
@@ -93,6 +94,7 @@ class Config:
     drain_timeout: float
     trusted_proxies: Networks
     resume_grace: float
+    http_idle_timeout: float
     ping_interval: float
     event_loop: str
     metrics: bool
@@ -101,11 +103,13 @@ class Config:
     max_message_bytes: int
     max_content_chars: int
     max_pending_bytes: int
+    max_total_pending_bytes: int
     max_reply_chars: int
     socket_send_buffer: int
     write_limit: int
     compression: bool
     history_limit: int
+    max_history_bytes: int
     max_conversations: int
     max_conversation_messages: int
     context_max_messages: int
@@ -298,6 +302,8 @@ SETTINGS: tuple[Setting, ...] = (
             "peers whose X-Forwarded-For is believed (Caddy on the same host: loopback)"),
     Setting("server", "resume_grace", _float(0, 86_400), 60.0, None,
             "seconds a finished reply stays resumable; a disconnected client's reply also runs on"),
+    Setting("server", "http_idle_timeout", _float(1, 3600), 15.0, None,
+            "seconds an HTTP connection may stay idle, or take to send a request's headers, before it is closed"),
     Setting("store", "backend", _choice("sqlite", "memory"), "sqlite", "GATEWAY_STORE",
             "sqlite (conversations survive restarts) or memory (lost on exit)"),
     Setting("store", "path", _path, "", None, "SQLite file; empty: conversations.db in the state directory"),
@@ -314,7 +320,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("limits", "max_content_chars", _int(1, 16 << 20), 32_000, None,
             "longest user message in characters; longer ones get 'too_large'"),
     Setting("limits", "max_pending_bytes", _int(1024, 256 << 20), 1 << 20, None,
-            "reply text queued for one slow client before it is disconnected (1013)"),
+            "output queued for one slow client (replies, catch-up, history) before it is disconnected (1013)"),
+    Setting("limits", "max_total_pending_bytes", _int(1 << 20, 64 << 30), 64 << 20, None,
+            "output queued for all clients together; past it the clients holding the most are disconnected (1013)"),
     Setting("limits", "socket_send_buffer", _int(0, 64 << 20), 131_072, None,
             "kernel send buffer per WebSocket (SO_SNDBUF); bounds memory per slow client; 0: kernel autotuning"),
     Setting("limits", "write_limit", _int(1024, 64 << 20), 65_536, None,
@@ -323,8 +331,10 @@ SETTINGS: tuple[Setting, ...] = (
             "longest reply kept; a longer one ends with finish_reason length"),
     Setting("limits", "history_limit", _int(1, 10_000), 50, None,
             "messages of history sent in 'ready'"),
+    Setting("limits", "max_history_bytes", _int(4096, 64 << 20), 262_144, None,
+            "bytes of message text in one history page or 'ready' (at least one message); the rest is paged"),
     Setting("limits", "max_conversations", _int(1, 10_000_000), 10_000, None,
-            "conversations kept by the in-memory store (least recently used dropped)"),
+            "conversations kept by the in-memory store; when full, new ones are refused (overloaded)"),
     Setting("limits", "max_conversation_messages", _int(2, 1_000_000), 1_000, None,
             "messages kept per conversation (oldest dropped)"),
     Setting("limits", "context_max_messages", _int(1, 10_000), 40, None,
@@ -346,6 +356,8 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds without a byte from the upstream, before the first token or between tokens"),
     Setting("provider", "max_reply_seconds", _float(1, 86_400), 600.0, None,
             "hard limit on one reply's duration"),
+    Setting("provider", "max_response_bytes", _int(65_536, 1 << 30), 64 << 20, None,
+            "bytes one upstream response may decode to (a compressed one is inflated in bounded pieces)"),
     Setting("provider", "system_prompt", _str, "", None, "system message sent first, if set"),
     Setting("provider", "params", _params, {}, None,
             "extra request body fields, e.g. { temperature = 0.7, max_tokens = 1024 }"),
@@ -394,6 +406,7 @@ def load(
         drain_timeout=values["server.drain_timeout"],
         trusted_proxies=values["server.trusted_proxies"],
         resume_grace=values["server.resume_grace"],
+        http_idle_timeout=values["server.http_idle_timeout"],
         ping_interval=values["server.ping_interval"],
         metrics=values["server.metrics"],
         event_loop=values["server.event_loop"],
@@ -402,11 +415,13 @@ def load(
         max_message_bytes=values["limits.max_message_bytes"],
         max_content_chars=values["limits.max_content_chars"],
         max_pending_bytes=values["limits.max_pending_bytes"],
+        max_total_pending_bytes=values["limits.max_total_pending_bytes"],
         max_reply_chars=values["limits.max_reply_chars"],
         socket_send_buffer=values["limits.socket_send_buffer"],
         write_limit=values["limits.write_limit"],
         compression=values["server.compression"],
         history_limit=values["limits.history_limit"],
+        max_history_bytes=values["limits.max_history_bytes"],
         max_conversations=values["limits.max_conversations"],
         max_conversation_messages=values["limits.max_conversation_messages"],
         context_max_messages=values["limits.context_max_messages"],
@@ -476,6 +491,7 @@ def _provider(values: Mapping[str, Any], env: Mapping[str, str]) -> ProviderConf
         connect_timeout=values["provider.connect_timeout"],
         upstream_timeout=values["provider.upstream_timeout"],
         max_reply_seconds=values["provider.max_reply_seconds"],
+        max_response_bytes=values["provider.max_response_bytes"],
         system_prompt=values["provider.system_prompt"],
         params=values["provider.params"],
         include_usage=values["provider.include_usage"],

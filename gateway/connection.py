@@ -14,20 +14,20 @@ from typing import Any
 import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request
 
 from . import wire
 from .config import Config, token_digest
 from .errors import ErrorCode, GatewayError, ProtocolError
-from .outbox import Close, Frame, Outbox
+from .outbox import Close, Frame, Outbox, OutputBudget
 from .replies import Reply, ReplyRegistry, StopReason
 from .store import ConversationStore, StoredMessage, new_id
 
-__all__ = ["CLOSE_GOING_AWAY", "CLOSE_OVERLOADED", "Connection", "Hub", "token_valid", "wire_authenticated"]
+__all__ = ["CLOSE_GOING_AWAY", "CLOSE_OVERLOADED", "Connection", "Hub", "bearer_valid", "token_valid"]
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_OVERLOADED = 1013
+CLOSE_TIMEOUT = 10.0
 
 _log: Any = structlog.get_logger("gateway.connection")
 
@@ -40,20 +40,23 @@ def token_valid(token: str | None, digests: frozenset[str]) -> bool:
     return any(hmac.compare_digest(digest, d) for d in digests)
 
 
-def wire_authenticated(request: Request, digests: frozenset[str]) -> bool:
-    """Whether the handshake carries a valid ``Authorization: Bearer`` token."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+def bearer_valid(authorization: str | None, digests: frozenset[str]) -> bool:
+    """Whether an ``Authorization`` header value is ``Bearer`` and a valid token."""
+    scheme, _, token = (authorization or "").partition(" ")
     return scheme.lower() == "bearer" and token_valid(token.strip(), digests)
 
 
 class Hub:
-    """What connections share: the current config, the registry and the store."""
+    """What connections share: the current config, the registry, the store and the output budget."""
 
     def __init__(self, config: Config, registry: ReplyRegistry, store: ConversationStore) -> None:
         self.config = config
         self.metrics = registry.metrics
         self.registry = registry
         self.store = store
+        self.budget = OutputBudget(config.max_total_pending_bytes)
+        self.cut_off = 0  # connections closed for not reading, ever
+        self.metrics.queued_bytes.set_function(lambda: self.budget.total)
         self.connections: set[Connection] = set()
         self.watchers: dict[str, set[Connection]] = {}
 
@@ -77,14 +80,20 @@ class Connection:
         self.hub = hub
         self.json = ws.subprotocol == wire.SUBPROTOCOL
         self.session_id = secrets.token_hex(8)
+        self.client_ip: str | None = None
         self.conversation_id: str | None = None
+        self.unsaved: str | None = None  # a conversation id given in `ready`, stored with its first message
         self.replies: dict[str, Reply] = {}
         encode: Callable[[str, int, str], Frame] = wire.encode_delta if self.json else _plain_delta
-        self.outbox = Outbox(hub.config.max_pending_bytes, encode, self._overflowed, hub.metrics.frames.inc)
+        self.outbox = Outbox(
+            hub.config.max_pending_bytes, encode, self._overflowed, hub.metrics.frames.inc, hub.budget
+        )
         self._closer: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         tokens = hub.config.auth_tokens
-        self.authenticated = not tokens or (ws.request is not None and wire_authenticated(ws.request, tokens))
+        self.authenticated = not tokens or (
+            ws.request is not None and bearer_valid(ws.request.headers.get("Authorization"), tokens)
+        )
 
     async def run(self) -> None:
         """Serve the socket until it closes; replies it watched go on without it."""
@@ -102,6 +111,7 @@ class Connection:
                     reply.stop(StopReason.CANCELLED)
             if self._writer is not None:
                 await asyncio.gather(self._writer, return_exceptions=True)
+            self.outbox.close()
             if self._closer is not None:
                 await self._closer
 
@@ -116,7 +126,7 @@ class Connection:
             while True:
                 for frame in await outbox.get():
                     if isinstance(frame, Close):
-                        await self.ws.close(frame.code, frame.reason)
+                        await self._close(frame.code, frame.reason)
                         return
                     await send(frame, text=True)
         except ConnectionClosed:
@@ -131,14 +141,30 @@ class Connection:
             self.outbox.put(Close(CLOSE_GOING_AWAY, reason))
 
     def _overflowed(self) -> None:
-        _log.warning("client_too_slow", pending_limit=self.hub.config.max_pending_bytes)
+        budget = self.hub.budget
+        # Named explicitly: another connection's task may be the one that needed the room.
+        _log.warning(
+            "client_too_slow", session_id=self.session_id, client_ip=self.client_ip,
+            pending_limit=self.hub.config.max_pending_bytes, total_pending=budget.total, total_limit=budget.limit,
+        )
         self.hub.metrics.slow_clients.inc()
+        self.hub.cut_off += 1
         self.close(CLOSE_OVERLOADED, "client too slow; reconnect and resume")
 
     def close(self, code: int, reason: str) -> None:
         """Start closing the socket with ``code`` (once)."""
         if self._closer is None:
-            self._closer = asyncio.create_task(self.ws.close(code, reason))
+            self._closer = asyncio.create_task(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        """The closing handshake, bounded: a client that does not read would hold it (and the
+        bytes buffered for it) forever, so past ``close_timeout`` the TCP connection is dropped."""
+        try:
+            async with asyncio.timeout(self.ws.close_timeout or CLOSE_TIMEOUT):
+                await self.ws.close(code, reason)
+        except TimeoutError:
+            _log.info("connection_aborted", code=code, reason="the client did not take the close frame")
+            self.ws.transport.abort()
 
     # JSON mode
 
@@ -192,20 +218,29 @@ class Connection:
         return False
 
     async def _hello(self, conversation_id: str | None) -> None:
+        """Open a stored conversation, or a new one: that is stored with its first message,
+        so hellos alone create nothing. A new one is open to other connections (tabs) while
+        a connection holds it."""
         store = self.hub.store
-        conv = await store.get(conversation_id) if conversation_id else await store.create()
-        if conv is None:
-            raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
-        self.hub.watch(self, conv.id)
         cfg = self.hub.config
-        active = self.hub.registry.active(conv.id)
-        history = _without(await store.history(conv.id, cfg.history_limit + 1), active)[-cfg.history_limit:]
+        conv = await store.get(conversation_id) if conversation_id else None
+        if conv is not None:
+            conv_id, title = conv.id, conv.title
+            active = self.hub.registry.active(conv_id)
+            stored = _without(await store.history(conv_id, cfg.history_limit + 1), active)
+            history, _ = _page(stored, cfg.history_limit, cfg.max_history_bytes)
+        elif conversation_id and conversation_id not in self.hub.watchers:
+            raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
+        else:
+            conv_id, title, active, history = conversation_id or new_id(), "", None, []
+            self.unsaved = conv_id
+        self.hub.watch(self, conv_id)
         self.outbox.put(
             wire.encode(
                 "ready",
                 session_id=self.session_id,
-                conversation_id=conv.id,
-                title=conv.title,
+                conversation_id=conv_id,
+                title=title,
                 history=wire.history_items(history),
                 model=self.hub.registry.provider.model,
                 provider=self.hub.registry.provider.name,
@@ -232,15 +267,22 @@ class Connection:
                 raise
         assert self.conversation_id is not None
         try:
-            await self.hub.registry.start(
-                self.conversation_id, StoredMessage(msg.id, "user", msg.content), self,
-                self.hub.watchers.get(self.conversation_id, ()),
-            )
+            await self._start(StoredMessage(msg.id, "user", msg.content))
         except ProtocolError as exc:
             exc.ref = msg.id
             raise
         except GatewayError as exc:
             self.outbox.put(wire.encode_error(exc, ref=msg.id))
+
+    async def _start(self, message: StoredMessage) -> Reply:
+        """Start a reply to ``message`` in this connection's conversation, creating it if new."""
+        conv_id = self.conversation_id
+        assert conv_id is not None
+        new = conv_id == self.unsaved
+        reply = await self.hub.registry.start(conv_id, message, self, self.hub.watchers.get(conv_id, ()), new=new)
+        if new:
+            self.unsaved = None
+        return reply
 
     async def _regenerate(self, msg: wire.Regenerate) -> None:
         if self.conversation_id is None:
@@ -269,24 +311,27 @@ class Connection:
                 "this reply can no longer be resumed; its stored text is in the history",
                 retryable=False,
             )
-        if reply.id in self.replies:
+        if reply.id in self.replies or self.outbox.holds_delta(reply.id):
+            # Also while an ended reply's catch-up still waits: resuming it again would only queue copies.
             raise ProtocolError(ErrorCode.BAD_REQUEST, "this connection already receives that reply")
         if msg.after_seq > reply.log.seq:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"after_seq is past the reply's last seq ({reply.log.seq})")
         self.replies[reply.id] = reply
-        reply.subscribe(self, msg.after_seq)
+        with self.outbox.together():
+            reply.subscribe(self, msg.after_seq)
 
     async def _history(self, msg: wire.History) -> None:
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first")
         active = self.hub.registry.active(self.conversation_id)
-        messages = _without(await self.hub.store.history(self.conversation_id, msg.limit + 2, msg.before), active)
+        stored = _without(await self.hub.store.history(self.conversation_id, msg.limit + 2, msg.before), active)
+        page, has_more = _page(stored, msg.limit, self.hub.config.max_history_bytes)
         self.outbox.put(
             wire.encode(
                 "history",
                 conversation_id=self.conversation_id,
-                messages=wire.history_items(messages[-msg.limit:]),
-                has_more=len(messages) > msg.limit,
+                messages=wire.history_items(page),
+                has_more=has_more,
             )
         )
 
@@ -306,9 +351,9 @@ class Connection:
 
     async def _plain_message(self, text: str) -> None:
         if self.conversation_id is None:
-            self.conversation_id = (await self.hub.store.create()).id
+            self.conversation_id = self.unsaved = new_id()
         try:
-            reply = await self.hub.registry.start(self.conversation_id, StoredMessage(new_id(), "user", text), self)
+            reply = await self._start(StoredMessage(new_id(), "user", text))
         except GatewayError as exc:
             self.outbox.put(f"Error: {exc.message}")
             return
@@ -334,8 +379,8 @@ class Connection:
                 )
             )
 
-    def reply_delta(self, reply: Reply, seq: int, text: str, *, catch_up: bool = False) -> None:
-        self.outbox.put_delta(reply.id, seq, text, counted=not catch_up)
+    def reply_delta(self, reply: Reply, seq: int, text: str) -> None:
+        self.outbox.put_delta(reply.id, seq, text)
 
     def reply_ended(self, reply: Reply) -> None:
         self.replies.pop(reply.id, None)
@@ -353,6 +398,18 @@ class Connection:
 def _without(messages: list[StoredMessage], active: Reply | None) -> list[StoredMessage]:
     """History without the reply still streaming (its checkpoint): that one is resumed."""
     return [m for m in messages if active is None or m.id != active.id]
+
+
+def _page(messages: list[StoredMessage], limit: int, max_bytes: int) -> tuple[list[StoredMessage], bool]:
+    """The newest ``limit`` messages whose text fits in ``max_bytes`` (at least one), and
+    whether older ones are left out."""
+    size, start = 0, len(messages)
+    while start > 0 and len(messages) - start < limit:
+        size += len(messages[start - 1].content.encode())
+        if size > max_bytes and start < len(messages):
+            break
+        start -= 1
+    return messages[start:], start > 0
 
 
 def _plain_delta(reply_id: str, seq: int, text: str) -> Frame:

@@ -13,7 +13,10 @@ Only :mod:`gateway.connection` turns these into frames and close codes.
 from __future__ import annotations
 
 import enum
+import html
+import math
 import re
+import urllib.parse
 
 __all__ = [
     "ConfigError",
@@ -21,8 +24,12 @@ __all__ = [
     "GatewayError",
     "ProtocolError",
     "UpstreamError",
+    "WITHHELD",
+    "quotes_secret",
     "redact",
 ]
+
+MAX_RETRY_AFTER = 3600.0
 
 
 class ErrorCode(enum.StrEnum):
@@ -68,7 +75,7 @@ class GatewayError(Exception):
         self.code = code
         self.message = message
         self.retryable = code in _RETRYABLE if retryable is None else retryable
-        self.retry_after = retry_after
+        self.retry_after = _bounded_delay(retry_after)
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -91,19 +98,41 @@ class ProtocolError(GatewayError):
 
 
 class UpstreamError(GatewayError):
-    """The upstream provider failed; ``status`` is its HTTP status, if any."""
+    """The upstream provider failed; ``status`` is its HTTP status, if any.
+
+    ``detail`` is the provider's own text (its error message), shown after
+    ``message``; :meth:`redact` makes both safe to show before anyone sees them.
+    """
 
     def __init__(
         self,
         code: ErrorCode,
         message: str,
         *,
+        detail: str = "",
         status: int | None = None,
         retryable: bool | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(code, message, retryable=retryable, retry_after=retry_after)
+        super().__init__(code, f"{message}: {detail}" if detail else message, retryable=retryable, retry_after=retry_after)
+        self.summary = message
+        self.detail = detail
         self.status = status
+
+    def redact(self, *secrets: str) -> None:
+        """Withhold the provider's text if it quotes a secret in any form; cap and clean both parts."""
+        summary = redact(self.summary, *secrets)
+        detail = redact(self.detail, *secrets) if self.detail else ""
+        self.message = f"{summary}: {detail}" if detail else summary
+
+
+def _bounded_delay(seconds: float | None) -> float | None:
+    """A retry delay fit to send: finite, 0..MAX_RETRY_AFTER, millisecond precision."""
+    if seconds is None:
+        return None
+    if not math.isfinite(seconds):
+        return MAX_RETRY_AFTER if seconds > 0 else 0.0
+    return round(min(max(seconds, 0.0), MAX_RETRY_AFTER), 3)
 
 
 # Things that look like credentials: OpenAI/Anthropic/OpenRouter style keys,
@@ -114,19 +143,25 @@ _SECRET_PATTERNS = re.compile(
     r"|\b[A-Za-z0-9_\-]{32,}\b"
 )
 _MAX_DETAIL = 300
+_QUOTE_WINDOW = 8
+WITHHELD = "[withheld: it quoted a credential]"
 
 
 def redact(text: str, *secrets: str) -> str:
     """Return ``text`` fit for a client or a log: secrets removed, length capped.
 
-    Providers echo the key they were given in their error messages (OpenAI does
-    for short or malformed keys), so the configured key and every fragment of
-    four characters or more of it at either end are removed, as well as
-    anything shaped like a key.
+    Text that quotes any ``secret`` in a form a replacement cannot catch (a
+    middle slice, another case, URL- or HTML-encoded, spaced out) is withheld
+    whole: see :func:`quotes_secret`. Otherwise the configured key and every
+    fragment of four characters or more of it at either end are removed (OpenAI
+    echoes masked keys like ``sk-abc***wxyz``), as well as anything shaped like
+    a key.
     """
     for secret in secrets:
         if not secret:
             continue
+        if quotes_secret(text, secret):
+            return WITHHELD
         text = text.replace(secret, "[redacted]")
         for n in range(len(secret) - 1, 3, -1):
             text = text.replace(secret[:n], "[redacted]").replace(secret[-n:], "[redacted]")
@@ -135,3 +170,23 @@ def redact(text: str, *secrets: str) -> str:
     if len(text) > _MAX_DETAIL:
         text = text[: _MAX_DETAIL - 1] + "…"
     return text
+
+
+def _normal(text: str) -> str:
+    """``text`` decoded (URL, HTML entities, up to three layers), case-folded, letters and digits only."""
+    for _ in range(3):
+        decoded = html.unescape(urllib.parse.unquote_plus(text))
+        if decoded == text:
+            break
+        text = decoded
+    return "".join(ch for ch in text.casefold() if ch.isalnum())
+
+
+def quotes_secret(text: str, secret: str) -> bool:
+    """Whether ``text`` holds any run of 8 letters and digits of ``secret``, compared
+    decoded, case-insensitively, ignoring spaces and punctuation (shorter secrets: never)."""
+    key = _normal(secret)
+    if len(key) < _QUOTE_WINDOW:
+        return False
+    haystack = _normal(text)
+    return any(key[i : i + _QUOTE_WINDOW] in haystack for i in range(len(key) - _QUOTE_WINDOW + 1))

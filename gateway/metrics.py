@@ -38,6 +38,10 @@ class Metrics:
         self.duration = Histogram("gateway_reply_duration_seconds", "Reply duration", buckets=_LATENCY, registry=r)
         self.upstream_errors = Counter("gateway_upstream_errors", "Upstream failures", ["code"], registry=r)
         self.slow_clients = Counter("gateway_slow_client_disconnects", "Connections closed for not reading", registry=r)
+        self.queued_bytes = Gauge(
+            "gateway_output_queued_bytes", "Bytes queued or being written for all clients (limits.max_total_pending_bytes)",
+            registry=r,
+        )
         self.store_latency = Histogram(
             "gateway_store_seconds", "Conversation store operation latency", ["op"], buckets=_STORE, registry=r
         )

@@ -1,17 +1,21 @@
-"""Frames waiting to be written to one socket.
+"""Frames waiting to be written to one socket, and the budget all sockets share.
 
 Consecutive deltas of one reply merge while they wait, so a socket that is
-behind gets fewer, larger frames instead of a growing queue; past
-``max_pending`` characters the outbox gives up on the client.
+behind gets fewer, larger frames instead of a growing queue. Every byte queued
+counts (replies, a resume's catch-up, history pages), and so does the batch
+the writer is still sending: past ``max_pending`` bytes the outbox gives up on
+its client. An :class:`OutputBudget` bounds the sum over all outboxes; when it
+is full, the outboxes holding the most give up first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-__all__ = ["Close", "Outbox"]
+__all__ = ["Close", "Outbox", "OutputBudget"]
 
 
 class Close:
@@ -37,11 +41,49 @@ class _Delta:
         self.reply_id, self.seq, self.parts = reply_id, seq, [text]
 
 
+class OutputBudget:
+    """Bytes held by all outboxes together, at most ``limit``.
+
+    When admitting more would pass the limit, the outboxes holding the most are
+    made to give up (their clients are disconnected and resume later) until it fits:
+    the clients that do not read pay, not the ones that do.
+    """
+
+    __slots__ = ("limit", "total", "_holders")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self._holders: set[Outbox] = set()
+
+    def reserve(self, outbox: Outbox, size: int) -> bool:
+        """Count ``size`` more bytes for ``outbox``; False if it was itself evicted to make room."""
+        if not size:
+            return True
+        while self.total + size > self.limit and self._holders:
+            largest = max(self._holders, key=lambda o: o.held)
+            largest.give_up()
+            if largest is outbox:
+                return False
+        if self.total + size > self.limit:
+            outbox.give_up()
+            return False
+        self.total += size
+        self._holders.add(outbox)
+        return True
+
+    def release(self, outbox: Outbox, size: int) -> None:
+        self.total -= size
+        if not outbox.held:
+            self._holders.discard(outbox)
+
+
 class Outbox:
     """A bounded FIFO of frames for one connection, drained by its writer."""
 
     __slots__ = (
-        "_items", "_pending", "_max_pending", "_encode_delta", "_on_overflow", "_count", "_waiter", "overflowed"
+        "_items", "_pending", "_sending", "_max_pending", "_budget", "_encode_delta", "_on_overflow", "_count",
+        "_waiter", "_together", "overflowed",
     )
 
     def __init__(
@@ -50,15 +92,24 @@ class Outbox:
         encode_delta: DeltaEncoder,
         on_overflow: Callable[[], None],
         count_deltas: Callable[[int], None] = lambda n: None,
+        budget: OutputBudget | None = None,
     ) -> None:
         self._items: deque[Frame | _Delta] | None = None  # made on first use: idle sockets are many
-        self._pending = 0
+        self._pending = 0  # bytes queued
+        self._sending = 0  # bytes of the batch the writer took and is still sending
         self._max_pending = max_pending
+        self._budget = budget or OutputBudget(1 << 62)
         self._encode_delta = encode_delta
         self._on_overflow = on_overflow
         self._count = count_deltas
         self._waiter: asyncio.Future[None] | None = None
+        self._together: int | None = None
         self.overflowed = False
+
+    @property
+    def held(self) -> int:
+        """Bytes this outbox holds: queued, and being sent."""
+        return self._pending + self._sending
 
     def put(self, frame: Frame) -> None:
         """Queue an encoded frame."""
@@ -66,13 +117,9 @@ class Outbox:
             self._queue().append(frame)
             self._wake()
 
-    def put_delta(self, reply_id: str, seq: int, text: str, *, counted: bool = True) -> None:
-        """Queue reply text, merged into the last waiting delta of the same reply.
-
-        ``counted=False`` is for a resume's catch-up: text the reply already holds
-        (bounded by the reply's own limit), which must not count as falling behind.
-        """
-        if self.overflowed or (counted and not self._admit(len(text))):
+    def put_delta(self, reply_id: str, seq: int, text: str) -> None:
+        """Queue reply text, merged into the last waiting delta of the same reply."""
+        if not self._admit(len(text)):
             return
         items = self._queue()
         last = items[-1] if items else None
@@ -83,16 +130,34 @@ class Outbox:
             items.append(_Delta(reply_id, seq, text))
             self._wake()
 
+    def holds_delta(self, reply_id: str) -> bool:
+        """Whether text of ``reply_id`` waits here, not yet taken by the writer."""
+        return bool(self._items) and any(isinstance(i, _Delta) and i.reply_id == reply_id for i in self._items or ())
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Frames put inside are admitted as one (a resume's catch-up and the reply's end):
+        all of them if the outbox held nothing before."""
+        self._together = self.held
+        try:
+            yield
+        finally:
+            self._together = None
+
     async def get(self) -> list[Frame]:
-        """Wait for frames, then take all that are waiting."""
+        """Wait for frames, then take all that are waiting.
+
+        Calling it again means the previous batch was sent: its bytes stop counting.
+        """
+        self._release_sent()
         while not self._items:  # None or empty
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        items, self._items, self._pending = self._items, deque(), 0
-        assert items is not None
+        items, self._items = self._items, deque()
+        self._sending, self._pending = self._pending, 0
         encode, deltas, frames = self._encode_delta, 0, []
         for item in items:
             if isinstance(item, _Delta):
@@ -104,17 +169,39 @@ class Outbox:
             self._count(deltas)
         return frames
 
+    def close(self) -> None:
+        """The connection is gone: drop everything and return it to the budget."""
+        self._items = None
+        held, self._pending, self._sending = self.held, 0, 0
+        if held:
+            self._budget.release(self, held)
+
+    def give_up(self) -> None:
+        """Stop taking frames for this client (once): drop what waits, tell the owner."""
+        if self.overflowed:
+            return
+        self.overflowed = True
+        self.close()
+        self._on_overflow()
+
+    def _release_sent(self) -> None:
+        if self._sending:
+            sent, self._sending = self._sending, 0
+            self._budget.release(self, sent)
+
     def _admit(self, size: int) -> bool:
-        """Admit ``size`` more; one frame alone is always admitted, however large."""
+        """Admit ``size`` more; one frame alone (nothing else held) is always admitted, however large."""
         if self.overflowed:
             return False
+        held = self.held
+        before = held if self._together is None else self._together
+        if before and held + size > self._max_pending:
+            self.give_up()
+            return False
+        if not self._budget.reserve(self, size):
+            return False
         self._pending += size
-        if self._pending <= self._max_pending or self._pending == size:
-            return True
-        self.overflowed = True
-        self._items = None
-        self._on_overflow()
-        return False
+        return True
 
     def _queue(self) -> deque[Frame | _Delta]:
         if self._items is None:

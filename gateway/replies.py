@@ -24,7 +24,7 @@ from .errors import ErrorCode, GatewayError, ProtocolError, UpstreamError
 from .metrics import Metrics
 from .providers import ChatMessage, Provider, Usage
 from .replylog import ReplyLog
-from .store import ConversationStore, StoredMessage, new_id
+from .store import ConversationStore, StoreFull, StoredMessage, new_id
 
 __all__ = ["Reply", "ReplyRegistry", "RegistryLimits", "StopReason", "Subscriber"]
 
@@ -42,8 +42,8 @@ class Subscriber(Protocol):
     def reply_started(self, reply: Reply, content: str | None) -> None:
         """A reply began; ``content`` is the user's message when another connection sent it."""
 
-    def reply_delta(self, reply: Reply, seq: int, text: str, *, catch_up: bool = False) -> None:
-        """New text; ``catch_up`` marks what a resuming watcher missed (sent at once)."""
+    def reply_delta(self, reply: Reply, seq: int, text: str) -> None:
+        """New text, numbered ``seq`` (for a resuming watcher: all it missed, at once)."""
 
     def reply_ended(self, reply: Reply) -> None: ...
 
@@ -89,12 +89,14 @@ class Reply:
         return self.finish_reason is not None
 
     def subscribe(self, subscriber: Subscriber, after_seq: int | None = None) -> None:
-        """Add a watcher; with ``after_seq``, first send it what it missed."""
-        self.subscribers.add(subscriber)
+        """Add a watcher; with ``after_seq``, first send it what it missed. An ended reply
+        only sends what was missed and its end: it keeps no watchers."""
         if after_seq is not None and after_seq < self.log.seq:
-            subscriber.reply_delta(self, self.log.seq, self.log.since(after_seq), catch_up=True)
+            subscriber.reply_delta(self, self.log.seq, self.log.since(after_seq))
         if self.done:
             subscriber.reply_ended(self)
+        else:
+            self.subscribers.add(subscriber)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.subscribers.discard(subscriber)
@@ -148,11 +150,16 @@ class ReplyRegistry:
         message: StoredMessage,
         subscriber: Subscriber,
         watchers: Iterable[Subscriber] = (),
+        *,
+        new: bool = False,
     ) -> Reply:
         """Store the user's message, then start a reply for ``subscriber`` and ``watchers``
-        (the conversation's other connections: other tabs)."""
+        (the conversation's other connections: other tabs). ``new``: the conversation is
+        created first, with this id."""
         reply = self._reserve(conversation_id, message.id)
         async with self._storing(reply):
+            if new:
+                await self.store.create(conversation_id)
             added = await self.store.add(conversation_id, message)
             if not added:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "a message with this id is already in the conversation")
@@ -197,6 +204,12 @@ class ReplyRegistry:
         except KeyError:
             self._release(reply)
             raise ProtocolError(ErrorCode.NOT_FOUND, "this conversation no longer exists") from None
+        except StoreFull:
+            self._release(reply)
+            raise GatewayError(
+                ErrorCode.OVERLOADED, "the gateway holds as many conversations as it may; try again later",
+                retry_after=60,
+            ) from None
         except Exception:
             self._release(reply)
             _log.exception("store_failed", conversation_id=reply.conversation_id)
@@ -322,25 +335,38 @@ class ReplyRegistry:
         )
 
     async def _finish(self, reply: Reply) -> None:
-        await self._stop_checkpoints(reply)
+        """Store the final text, then end the reply whatever happens: a failure to store,
+        to tell a watcher or to count must not leave a reply unfinished or never expiring."""
         try:
+            await self._stop_checkpoints(reply)
             await self.store.save(reply.conversation_id, self._stored(reply))
         except Exception:
             _log.exception("store_failed", conversation_id=reply.conversation_id, reply_id=reply.id)
+        finally:
+            self._end(reply)
+
+    def _end(self, reply: Reply) -> None:
         if self._active.pop(reply.conversation_id, None) is not None:
             self.metrics.replies_in_flight.dec()
-        for subscriber in tuple(reply.subscribers):
-            subscriber.reply_ended(reply)
-        reply.ended.set()
-        self._log_finished(reply)
         loop = asyncio.get_running_loop()
         self._expiry[reply.id] = loop.call_later(self.limits.resume_grace, self._expire, reply.id)
+        reply.ended.set()
+        subscribers, reply.subscribers = tuple(reply.subscribers), set()
+        for subscriber in subscribers:
+            try:
+                subscriber.reply_ended(reply)
+            except Exception:
+                _log.exception("reply_end_failed", reply_id=reply.id)
+        try:
+            self._log_finished(reply, len(subscribers))
+        except Exception:
+            _log.exception("reply_log_failed", reply_id=reply.id)
 
     def _expire(self, reply_id: str) -> None:
         self._expiry.pop(reply_id, None)
         self._replies.pop(reply_id, None)
 
-    def _log_finished(self, reply: Reply) -> None:
+    def _log_finished(self, reply: Reply, subscribers: int) -> None:
         now = time.monotonic()
         usage = reply.usage.as_dict() if reply.usage else {}
         m = self.metrics
@@ -368,15 +394,16 @@ class ReplyRegistry:
             completion_tokens=usage.get("completion_tokens"),
             ttft_ms=round((reply.first_delta_at - reply.started_at) * 1000, 1) if reply.first_delta_at else None,
             duration_ms=round((now - reply.started_at) * 1000, 1),
-            subscribers=len(reply.subscribers),
+            subscribers=subscribers,
         )
 
-    async def drain(self, timeout: float) -> None:
-        """Stop taking replies; give those in flight ``timeout`` seconds, then stop them."""
+    async def drain(self, timeout: float, hurry: asyncio.Event | None = None) -> None:
+        """Stop taking replies; give those in flight ``timeout`` seconds (less if ``hurry``
+        is set meanwhile), then stop them: each stores what it streamed."""
         self.accepting = False
         tasks = [r.task for r in self._active.values() if r.task is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+            await _wait_all(tasks, timeout, hurry or asyncio.Event())
         for reply in list(self._active.values()):
             reply.stop(StopReason.SHUTDOWN)
         if tasks:
@@ -389,3 +416,19 @@ class ReplyRegistry:
             handle.cancel()
         self._expiry.clear()
         self._replies.clear()
+
+
+async def _wait_all(tasks: list[asyncio.Task[None]], timeout: float, hurry: asyncio.Event) -> None:
+    """Wait until every task is done, ``timeout`` passed or ``hurry`` is set."""
+    hurried = asyncio.ensure_future(hurry.wait())
+    pending: set[asyncio.Future[Any]] = set(tasks)
+    try:
+        async with asyncio.timeout(timeout):
+            while pending and not hurried.done():
+                _, pending = await asyncio.wait(pending | {hurried}, return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(hurried)
+    except TimeoutError:
+        pass
+    finally:
+        hurried.cancel()
+        await asyncio.gather(hurried, return_exceptions=True)

@@ -10,6 +10,8 @@ partial, and closes sockets with 1001 once what was queued for them is sent.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import dataclasses
 import os
 import signal
@@ -21,6 +23,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers, MultipleValuesError
 from websockets.exceptions import NegotiationError
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
@@ -29,7 +32,7 @@ from websockets.typing import Subprotocol
 from . import __version__, logs, wire
 from .clientip import client_ip
 from .config import Config, own_origins
-from .connection import CLOSE_OVERLOADED, Connection, Hub, wire_authenticated
+from .connection import CLOSE_OVERLOADED, Connection, Hub, bearer_valid
 from .errors import ConfigError
 from .metrics import Metrics, TimedStore
 from .replies import RegistryLimits, ReplyRegistry
@@ -43,9 +46,10 @@ __all__ = ["Gateway", "make_store"]
 _log: Any = structlog.get_logger("gateway.server")
 PRUNE_EVERY = 3600.0
 STATUS_EVERY = 5.0
+TRIM_FOR = 60.0
 # Settings bound at start-up: a reload reports changes to them instead of applying them.
 FIXED_ON_RELOAD = (
-    "ws_addr", "http_addr", "state_dir", "static_dir", "store", "compression",
+    "ws_addr", "http_addr", "state_dir", "static_dir", "store", "compression", "http_idle_timeout",
     "max_message_bytes", "write_limit", "ping_interval", "log_format", "socket_send_buffer",
 )
 
@@ -69,6 +73,7 @@ class Gateway:
         self.metrics = Metrics()
         self.store: ConversationStore = TimedStore(store or make_store(config), self.metrics)
         self.stopping = asyncio.Event()
+        self.hurry = asyncio.Event()
         self.closed = False
         self.allowed_origins: tuple[str, ...] = config.allowed_origins
         self.hub: Hub | None = None
@@ -106,8 +111,12 @@ class Gateway:
         recovered = getattr(self.store, "recovered", 0)
         if recovered:
             _log.warning("interrupted_replies_recovered", count=recovered)
+        # No cookie jar: one user's upstream cookies must never ride on another's request.
+        # No automatic decompression: upstream.py inflates in bounded pieces.
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
         )
         provider = make_provider(cfg.provider, self._session)
         self.hub = Hub(cfg, ReplyRegistry(provider, self.store, _limits(cfg), self.metrics), self.store)
@@ -152,9 +161,13 @@ class Gateway:
         cfg = self.config
         self._web_state = WebState(
             cfg.static_dir, lambda: self.ws_port, cfg.public_ws_url, model, provider,
-            self.metrics.render if cfg.metrics else None,
+            self.metrics.render if cfg.metrics else None, lambda: self.allowed_origins,
         )
-        self._runner = web.AppRunner(make_app(self._web_state), access_log=None, handle_signals=False)
+        # aiohttp's keep-alive timer also runs from the connection's start until a request's
+        # headers are complete: it is the header-read timeout as well as the idle one.
+        self._runner = web.AppRunner(
+            make_app(self._web_state), access_log=None, handle_signals=False, keepalive_timeout=cfg.http_idle_timeout
+        )
         await self._runner.setup()
         site: web.BaseSite = (
             web.SockSite(self._runner, sock) if sock else web.TCPSite(self._runner, cfg.http_addr.host, cfg.http_addr.port)
@@ -169,7 +182,12 @@ class Gateway:
     # serve
 
     async def run(self) -> None:
-        """Start, serve until SIGTERM or SIGINT (reloading on SIGHUP), then drain and close."""
+        """Start, serve until SIGTERM or SIGINT (reloading on SIGHUP), then drain and close.
+
+        The handlers stay installed until the drain is over: a second SIGTERM or a
+        SIGHUP during it is ignored; a second SIGINT (Ctrl-C twice) ends the drain
+        at once, still storing what every reply streamed.
+        """
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -178,30 +196,46 @@ class Gateway:
             await self.start()
             await self.stopping.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
-            await self.close()
+            try:
+                await self.close()
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        if self.stopping.is_set():
+        if not self.stopping.is_set():
+            _log.info("shutdown_requested", signal=sig.name)
+            self.stopping.set()
+        elif sig is signal.SIGINT and not self.hurry.is_set():
+            _log.warning("drain_hurried", signal=sig.name)
+            self.hurry.set()
+        else:
             _log.warning("second_signal_ignored", signal=sig.name)
-            return
-        _log.info("shutdown_requested", signal=sig.name)
-        self.stopping.set()
 
     async def _supervise(self) -> None:
         """Tell systemd the loop is alive (WATCHDOG=1) and what it is doing (STATUS=)."""
         interval = watchdog_interval(self._env)
         period = min(interval, STATUS_EVERY) if interval else STATUS_EVERY
         ticks_per_status = max(1, round(STATUS_EVERY / period))
-        tick = 0
+        tick, cut_off, trim_until = 0, 0, 0.0
         while True:
             lines = ["WATCHDOG=1"] if interval else []
             if tick % ticks_per_status == 0:
                 lines.append(f"STATUS={self._status()}")
+                cut_off, trim_until = self._trim_after_cut_offs(cut_off, trim_until)
             self._notifier.notify(*lines)
             tick += 1
             await asyncio.sleep(period)
+
+    def _trim_after_cut_offs(self, seen: int, until: float) -> tuple[int, float]:
+        """For a minute after slow clients were cut off, hand the memory their output held
+        back to the system as it is freed (glibc keeps freed blocks otherwise)."""
+        cut_off, now = (self.hub.cut_off if self.hub else 0), asyncio.get_running_loop().time()
+        if cut_off != seen:
+            until = now + TRIM_FOR
+        if now < until and _malloc_trim is not None:
+            _malloc_trim(0)
+        return cut_off, until
 
     def _status(self) -> str:
         hub = self.hub
@@ -216,6 +250,9 @@ class Gateway:
     # reload
 
     def _on_reload(self) -> None:
+        if self.stopping.is_set():
+            _log.warning("reload_ignored", reason="draining")
+            return
         _log.info("reload_requested")
         self._spawn(self.reload(), "reload")
 
@@ -240,6 +277,7 @@ class Gateway:
         cfg = dataclasses.replace(new, **{f: getattr(old, f) for f in FIXED_ON_RELOAD})
         assert self.hub is not None and self._session is not None and self._web_state is not None
         self.config = self.hub.config = cfg
+        self.hub.budget.limit = cfg.max_total_pending_bytes
         registry = self.hub.registry
         registry.limits = _limits(cfg)
         if cfg.provider != old.provider:
@@ -270,7 +308,7 @@ class Gateway:
         if self._ws_server is not None and self.hub is not None:
             self._ws_server.server.close()
             _log.info("drain_started", replies_in_flight=in_flight, timeout_s=self.config.drain_timeout)
-            await self.hub.registry.drain(self.config.drain_timeout)
+            await self.hub.registry.drain(self.config.drain_timeout, self.hurry)
             await self._close_connections()
             self._ws_server.close()
             await self._ws_server.wait_closed()
@@ -315,11 +353,16 @@ class Gateway:
     def _check_request(self, conn: ServerConnection, request: Request) -> Response | None:
         if request.path.split("?", 1)[0] != "/chat":
             return self._refuse(conn, 404, "path", "Not Found: the chat endpoint is /chat\n")
-        plain = wire.SUBPROTOCOL not in request.headers.get("Sec-WebSocket-Protocol", "")
-        if plain and self.config.auth_tokens and not wire_authenticated(request, self.config.auth_tokens):
+        try:
+            origin = _single(request.headers, "Origin")
+            authorization = _single(request.headers, "Authorization")
+        except MultipleValuesError as exc:
+            return self._refuse(conn, 400, "duplicate_header", f"Bad Request: more than one {exc.args[0]} header\n")
+        # Sec-WebSocket-Protocol may be repeated (RFC 6455 11.3.4): all its values count.
+        plain = wire.SUBPROTOCOL not in ",".join(request.headers.get_all("Sec-WebSocket-Protocol"))
+        if plain and self.config.auth_tokens and not bearer_valid(authorization, self.config.auth_tokens):
             # JSON mode may also authenticate with its first frame; plain mode only here.
             return self._refuse(conn, 401, "unauthorized", "Unauthorized: send Authorization: Bearer TOKEN\n")
-        origin = request.headers.get("Origin")
         allowed = self.allowed_origins
         if origin is not None and "*" not in allowed and origin.lower() not in allowed:
             return self._refuse(conn, 403, "origin", "Forbidden: this Origin is not allowed\n", origin=origin[:200])
@@ -334,10 +377,9 @@ class Gateway:
         assert self.hub is not None
         conn = Connection(ws, self.hub)
         peer = ws.remote_address[0] if ws.remote_address else None
-        forwarded = ws.request.headers.get("X-Forwarded-For") if ws.request else None
-        structlog.contextvars.bind_contextvars(
-            session_id=conn.session_id, client_ip=client_ip(peer, forwarded, self.config.trusted_proxies)
-        )
+        forwarded = ", ".join(ws.request.headers.get_all("X-Forwarded-For")) if ws.request else None
+        conn.client_ip = client_ip(peer, forwarded, self.config.trusted_proxies)
+        structlog.contextvars.bind_contextvars(session_id=conn.session_id, client_ip=conn.client_ip)
         if len(self.hub.connections) >= self.config.max_connections:
             _log.warning("connection_refused", reason="max_connections")
             self.metrics.refusals.labels("max_connections").inc()
@@ -371,6 +413,25 @@ def _bound_send_buffer(ws: ServerConnection, size: int) -> None:
     sock = ws.transport.get_extra_info("socket")
     if size and sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def _libc_malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+_malloc_trim = _libc_malloc_trim()
+
+
+def _single(headers: Headers, name: str) -> str | None:
+    """The header's one value, None if absent; MultipleValuesError if it is repeated."""
+    values = headers.get_all(name)
+    if len(values) > 1:
+        raise MultipleValuesError(name)
+    return values[0] if values else None
 
 
 def _limits(cfg: Config) -> RegistryLimits:

@@ -128,14 +128,17 @@ class SQLiteStore:
             self._conn = None
         thread.shutdown(wait=True)
 
-    async def create(self) -> Conversation:
+    async def create(self, conversation_id: str | None = None) -> Conversation:
+        return await self._run(self._create, conversation_id or new_id())
+
+    def _create(self, conversation_id: str) -> Conversation:
         now = time.time()
-        conv = Conversation(new_id(), "", now, now)
-        await self._run(
-            self.conn.execute,
-            "INSERT INTO conversations (id, title, created_at, updated_at) VALUES (?, '', ?, ?)",
-            (conv.id, now, now),
+        self.conn.execute(
+            "INSERT OR IGNORE INTO conversations (id, title, created_at, updated_at) VALUES (?, '', ?, ?)",
+            (conversation_id, now, now),
         )
+        conv = self._get(conversation_id)
+        assert conv is not None
         return conv
 
     async def get(self, conversation_id: str) -> Conversation | None:

@@ -18,6 +18,7 @@ __all__ = [
     "Conversation",
     "ConversationStore",
     "MemoryStore",
+    "StoreFull",
     "StoredMessage",
     "export_document",
     "new_id",
@@ -31,6 +32,10 @@ _TITLE_CHARS = 80
 def new_id() -> str:
     """A 128-bit random, unguessable id (32 hex digits)."""
     return secrets.token_hex(16)
+
+
+class StoreFull(Exception):
+    """The store holds as many conversations as it may: a new one is refused, none is dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +63,9 @@ class ConversationStore(Protocol):
     async def open(self) -> None:
         """Prepare the store (create, migrate, recover); called once at start-up."""
 
-    async def create(self) -> Conversation: ...
+    async def create(self, conversation_id: str | None = None) -> Conversation:
+        """A new, empty conversation with a new id; or the one with ``conversation_id``,
+        created if absent. StoreFull if the store may hold no more."""
 
     async def get(self, conversation_id: str) -> Conversation | None: ...
 
@@ -92,7 +99,8 @@ class _Entry:
 
 
 class MemoryStore:
-    """A bounded in-memory :class:`ConversationStore`."""
+    """A bounded in-memory :class:`ConversationStore`: when full it refuses new
+    conversations rather than drop someone's (retention frees room)."""
 
     def __init__(self, *, max_conversations: int, max_messages: int) -> None:
         self._max_conversations = max_conversations
@@ -102,12 +110,14 @@ class MemoryStore:
     async def open(self) -> None:
         pass
 
-    async def create(self) -> Conversation:
+    async def create(self, conversation_id: str | None = None) -> Conversation:
+        if conversation_id is not None and conversation_id in self._entries:
+            return self._entries[conversation_id].conversation
+        if len(self._entries) >= self._max_conversations:
+            raise StoreFull(f"{self._max_conversations} conversations")
         now = time.time()
-        conv = Conversation(new_id(), "", now, now)
+        conv = Conversation(conversation_id or new_id(), "", now, now)
         self._entries[conv.id] = _Entry(conv, OrderedDict())
-        while len(self._entries) > self._max_conversations:
-            self._entries.popitem(last=False)
         return conv
 
     async def get(self, conversation_id: str) -> Conversation | None:

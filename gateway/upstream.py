@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
+import structlog
 
-from .errors import ErrorCode, UpstreamError, redact
-from .sse import SSEDecoder, SSEError, SSEEvent
 from .config import ProviderConfig
+from .errors import ErrorCode, UpstreamError
+from .inflate import BodyError, BodyTooLarge, Inflater
+from .sse import SSEDecoder, SSEError, SSEEvent
 from .providers import ChatMessage, Chunk, Provider, dashscope, openai
 from .providers.demo import DemoProvider
 
 __all__ = ["DashScopeProvider", "OpenAIProvider", "make_provider", "stream_sse"]
 
+_log: Any = structlog.get_logger("gateway.upstream")
 _MAX_ERROR_BODY = 64 * 1024
 _DEFAULT_RETRY_AFTER = 5.0
 
@@ -40,14 +44,18 @@ async def stream_sse(
     timeout: aiohttp.ClientTimeout,
     idle_timeout: float,
     api_key: str,
+    max_bytes: int,
     error_from_body: Any = None,
 ) -> AsyncGenerator[list[Chunk], None]:
     """POST ``body`` and yield the chunks each read decodes into.
 
     Every failure is raised as an :class:`UpstreamError` whose message is
     redacted of ``api_key``; ``idle_timeout`` seconds without a byte (before the
-    headers, the first token or between tokens) is ``upstream_timeout``. Leaving
-    the generator (cancellation included) releases the upstream connection at once.
+    headers, the first token or between tokens) is ``upstream_timeout``; a body
+    that decodes to more than ``max_bytes`` is ``upstream_error``. Leaving the
+    generator (cancellation included) releases the upstream connection at once.
+    The session must not decompress (``auto_decompress=False``): bodies are
+    inflated here, in bounded pieces.
     """
     idle = _Inactivity(idle_timeout)
     try:
@@ -55,7 +63,7 @@ async def stream_sse(
             idle.touch()
             if resp.status != 200:
                 raise await _status_error(resp, error_from_body)
-            async for chunks in _read(resp, decoder, idle):
+            async for chunks in _read(resp, _inflater(resp, max_bytes), decoder, idle):
                 yield chunks
     except asyncio.CancelledError:
         if not idle.fired:
@@ -63,24 +71,23 @@ async def stream_sse(
         asyncio.current_task().uncancel()  # type: ignore[union-attr]
         raise UpstreamError(ErrorCode.UPSTREAM_TIMEOUT, "the provider stopped sending data") from None
     except UpstreamError as exc:
-        exc.message = redact(exc.message, api_key)
+        exc.redact(api_key)
         raise
     except aiohttp.ConnectionTimeoutError:
         raise UpstreamError(ErrorCode.UPSTREAM_UNAVAILABLE, "timed out connecting to the provider") from None
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamError(ErrorCode.UPSTREAM_TIMEOUT, "the provider stopped sending data") from None
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError(
-            ErrorCode.UPSTREAM_UNAVAILABLE, f"cannot connect to the provider ({exc.os_error.strerror or 'error'})"
-        ) from None
+        # The address and the OS's words stay in the log: clients learn nothing of the network.
+        _log.warning("upstream_connect_failed", error=str(exc.os_error), errno=exc.os_error.errno)
+        raise UpstreamError(ErrorCode.UPSTREAM_UNAVAILABLE, "cannot connect to the provider") from None
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
         raise UpstreamError(
             ErrorCode.UPSTREAM_ERROR, "the connection to the provider was lost mid-reply", retryable=True
         ) from None
     except aiohttp.ClientError as exc:
         raise UpstreamError(
-            ErrorCode.UPSTREAM_ERROR, redact(f"HTTP error talking to the provider: {type(exc).__name__}", api_key),
-            retryable=True,
+            ErrorCode.UPSTREAM_ERROR, f"HTTP error talking to the provider: {type(exc).__name__}", retryable=True
         ) from None
     finally:
         idle.close()
@@ -116,21 +123,41 @@ class _Inactivity:
         self._handle.cancel()
 
 
-async def _read(resp: aiohttp.ClientResponse, decoder: Decoder, idle: _Inactivity) -> AsyncGenerator[list[Chunk], None]:
+def _inflater(resp: aiohttp.ClientResponse, max_bytes: int) -> Inflater:
+    try:
+        return Inflater(resp.headers.get("Content-Encoding", ""), max_bytes)
+    except BodyError as exc:
+        raise UpstreamError(ErrorCode.UPSTREAM_ERROR, f"the provider's answer is unreadable: {exc}") from None
+
+
+async def _read(
+    resp: aiohttp.ClientResponse, inflater: Inflater, decoder: Decoder, idle: _Inactivity
+) -> AsyncGenerator[list[Chunk], None]:
     sse = SSEDecoder()
     try:
         async for data in resp.content.iter_any():
             idle.touch()
-            chunks, error = _decode(sse.feed(data), decoder)
-            if chunks:
-                yield chunks
-            if error is not None:
-                raise error
-            if decoder.done:
-                return
-        chunks, error = _decode(sse.close(), decoder)
+            first = True
+            for piece in inflater.feed(data):
+                if not first:
+                    await asyncio.sleep(0)  # a compressed read inflates to many pieces: let others run
+                first = False
+                chunks, error = _decode(sse.feed(piece), decoder)
+                if chunks:
+                    yield chunks
+                if error is not None:
+                    raise error
+                if decoder.done:
+                    return
+        chunks, error = _decode(sse.feed(inflater.close()) + sse.close(), decoder)
     except SSEError as exc:
         raise UpstreamError(ErrorCode.UPSTREAM_ERROR, f"the provider's stream is malformed: {exc}", retryable=True) from None
+    except BodyTooLarge:
+        raise UpstreamError(
+            ErrorCode.UPSTREAM_ERROR, f"the provider's answer is larger than {inflater.max_bytes} bytes", retryable=False
+        ) from None
+    except BodyError as exc:
+        raise UpstreamError(ErrorCode.UPSTREAM_ERROR, f"the provider's answer is unreadable: {exc}", retryable=True) from None
     if chunks:
         yield chunks
     if error is not None:
@@ -149,6 +176,11 @@ def _decode(events: list[SSEEvent], decoder: Decoder) -> tuple[list[Chunk], Upst
             chunk = decoder.receive(event)
         except UpstreamError as exc:
             return chunks, exc
+        except Exception:  # a shape the decoder did not foresee is the provider's fault, not ours
+            _log.exception("upstream_chunk_unreadable")
+            return chunks, UpstreamError(
+                ErrorCode.UPSTREAM_ERROR, "the provider sent a chunk the gateway cannot read", retryable=True
+            )
         if chunk is not None:
             chunks.append(chunk)
     return chunks, None
@@ -159,25 +191,39 @@ async def _status_error(resp: aiohttp.ClientResponse, error_from_body: Any) -> U
         raw = await resp.content.read(_MAX_ERROR_BODY)
     except (aiohttp.ClientError, TimeoutError):
         raw = b""
-    detail, obj = _detail(raw)
+    detail, obj = _detail(_error_body(raw, resp.headers.get("Content-Encoding", "")))
     status = resp.status
     if error_from_body is not None and obj is not None and status != 429:
         exc: UpstreamError = error_from_body(obj, status)
         return exc
     if status == 429:
         return UpstreamError(
-            ErrorCode.RATE_LIMITED, f"the provider is rate limiting (HTTP 429): {detail}",
+            ErrorCode.RATE_LIMITED, "the provider is rate limiting (HTTP 429)", detail=detail,
             status=status, retry_after=_retry_after(resp.headers),
         )
     if status in (401, 403):
         return UpstreamError(
-            ErrorCode.UPSTREAM_ERROR, f"the provider refused the gateway's credentials (HTTP {status}): {detail}",
+            ErrorCode.UPSTREAM_ERROR, f"the provider refused the gateway's credentials (HTTP {status})", detail=detail,
             status=status, retryable=False,
         )
     return UpstreamError(
-        ErrorCode.UPSTREAM_ERROR, f"the provider answered HTTP {status}: {detail}",
+        ErrorCode.UPSTREAM_ERROR, f"the provider answered HTTP {status}", detail=detail,
         status=status, retryable=status >= 500 or status == 408,
     )
+
+
+def _error_body(raw: bytes, encoding: str) -> bytes:
+    """An error body decoded, at most its first 64 KiB; empty if it cannot be decoded
+    (the status still says what happened)."""
+    out = bytearray()
+    try:
+        for piece in Inflater(encoding, _MAX_ERROR_BODY).feed(raw):
+            out += piece
+            if len(out) >= _MAX_ERROR_BODY:
+                break
+    except BodyError:
+        pass
+    return bytes(out[:_MAX_ERROR_BODY])
 
 
 def _detail(raw: bytes) -> tuple[str, dict[str, Any] | None]:
@@ -193,18 +239,17 @@ def _detail(raw: bytes) -> tuple[str, dict[str, Any] | None]:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float:
+    """The delay the provider asks for (bounded later by GatewayError), or 5 s if it makes no sense."""
     if value := headers.get("retry-after-ms"):
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
+        seconds = _number(value)
+        if seconds is not None:
+            return seconds / 1000
     value = headers.get("Retry-After", "").strip()
     if not value:
         return _DEFAULT_RETRY_AFTER
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = _number(value)
+    if seconds is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -212,7 +257,17 @@ def _retry_after(headers: Mapping[str, str]) -> float:
     return max(0.0, round(when.timestamp() - time.time(), 3))
 
 
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return max(0.0, value) if math.isfinite(value) else None
+
+
 _USER_AGENT = "llm-ws-gateway"
+# Streams are sent uncompressed: compression would only add latency to each token.
+_STREAM_HEADERS = {"Accept": "text/event-stream", "Accept-Encoding": "identity", "User-Agent": _USER_AGENT}
 
 
 def _timeout(cfg: ProviderConfig) -> aiohttp.ClientTimeout:
@@ -226,7 +281,7 @@ class OpenAIProvider:
         self.model = cfg.model
         self._cfg, self._session = cfg, session
         self._url = openai.endpoint(cfg.upstream_url)
-        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream", "User-Agent": _USER_AGENT}
+        self._headers = {"Content-Type": "application/json", **_STREAM_HEADERS}
         if cfg.api_key:
             self._headers["Authorization"] = f"Bearer {cfg.api_key}"
 
@@ -235,6 +290,7 @@ class OpenAIProvider:
         return stream_sse(
             self._session, self._url, headers=self._headers, body=body, decoder=openai.OpenAIDecoder(),
             timeout=_timeout(self._cfg), idle_timeout=self._cfg.upstream_timeout, api_key=self._cfg.api_key,
+            max_bytes=self._cfg.max_response_bytes,
         )
 
 
@@ -246,10 +302,9 @@ class DashScopeProvider:
         self._cfg, self._session = cfg, session
         self._headers = {
             "Content-Type": "application/json",
-            "Accept": "text/event-stream",
+            **_STREAM_HEADERS,
             "X-DashScope-SSE": "enable",
             "Authorization": f"Bearer {cfg.api_key}",
-            "User-Agent": _USER_AGENT,
         }
 
     def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[list[Chunk], None]:
@@ -258,7 +313,7 @@ class DashScopeProvider:
         return stream_sse(
             self._session, self._cfg.upstream_url, headers=self._headers, body=body,
             decoder=dashscope.DashScopeDecoder(incremental=incremental), timeout=_timeout(self._cfg),
-            idle_timeout=self._cfg.upstream_timeout,
+            idle_timeout=self._cfg.upstream_timeout, max_bytes=self._cfg.max_response_bytes,
             api_key=self._cfg.api_key, error_from_body=dashscope.error_from_body,
         )
 

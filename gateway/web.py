@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import mimetypes
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -20,6 +22,7 @@ _SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+_HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
 _TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".mjs": "text/javascript; charset=utf-8",
@@ -44,8 +47,10 @@ class WebState:
         model: str,
         provider: str,
         metrics: Callable[[], bytes] | None = None,
+        origins: Callable[[], tuple[str, ...]] = lambda: (),
     ) -> None:
         self.metrics = metrics
+        self.origins = origins
         self.static_dir = static_dir.resolve()
         self.ws_port = ws_port
         self.public_ws_url = public_ws_url
@@ -106,9 +111,24 @@ def _ws_url(request: web.Request) -> str | None:
         return state.public_ws_url
     if "X-Forwarded-Proto" in request.headers or "X-Forwarded-Host" in request.headers:
         return None
-    host = request.url.host or "127.0.0.1"
+    host = _page_host(request, state)
     host = f"[{host}]" if ":" in host else host
     return f"ws://{host}:{state.ws_port()}/chat"
+
+
+def _page_host(request: web.Request, state: WebState) -> str:
+    """The ``Host`` the page was asked for, if the gateway may name it back: the host of
+    an allowed origin (the gateway's own page origins by default); else loopback. Never
+    reflected raw: anything else could poison a cache or the CSP."""
+    try:
+        host = (request.url.host or "").lower()
+    except ValueError:
+        host = ""
+    origins = state.origins()
+    allowed = "*" in origins and _HOSTNAME.fullmatch(host) is not None
+    if allowed or host in {(urlsplit(o).hostname or "").lower() for o in origins if o != "*"}:
+        return host
+    return "127.0.0.1"
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -153,11 +173,17 @@ def _resolve(root: Path, name: str) -> Path | None:
     parts = name.split("/")
     if any(p in ("", ".", "..") or p.startswith(".") for p in parts):
         return None
+    path = _inside(root, root.joinpath(*parts))
+    if path is not None and path.is_dir():
+        path = _inside(root, path / "index.html")  # resolved again: index.html may be a symlink too
+    return path if path is not None and path.is_file() else None
+
+
+def _inside(root: Path, path: Path) -> Path | None:
+    """``path`` with every symlink resolved, if that is still inside ``root``."""
     try:
-        path = root.joinpath(*parts).resolve(strict=True)
-        path.relative_to(root)
+        resolved = path.resolve(strict=True)
+        resolved.relative_to(root)
     except (OSError, ValueError):
         return None
-    if path.is_dir():
-        path = path / "index.html"
-    return path if path.is_file() else None
+    return resolved

@@ -447,3 +447,48 @@ def test_dashscope_build_body_result_format_can_be_overridden() -> None:
 )
 def test_finish_reason(raw: object, expected: str | None) -> None:
     assert finish_reason(raw) == expected
+
+
+# --------------------------------------------------------------------------- hostile shapes
+
+
+def event(obj: Any) -> SSEEvent:
+    return SSEEvent(data=json.dumps(obj))
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 2**63, "completion_tokens": 2**63},
+        {"prompt_tokens": -5, "completion_tokens": -1},
+        {"prompt_tokens": 1.5, "completion_tokens": True},
+        {"prompt_tokens": 2**31, "completion_tokens": "12"},
+    ],
+)
+def test_openai_unbelievable_usage_counts_are_zero(usage: dict[str, Any]) -> None:
+    chunk = openai.OpenAIDecoder().receive(event({"choices": [], "usage": usage}))
+    assert chunk is not None and chunk.usage == Usage(0, 0)
+
+
+def test_openai_usage_counts_up_to_the_bound_are_kept() -> None:
+    chunk = openai.OpenAIDecoder().receive(event({"choices": [], "usage": {"prompt_tokens": 2**31 - 1}}))
+    assert chunk is not None and chunk.usage == Usage(2**31 - 1, 0)
+
+
+def test_dashscope_unbelievable_usage_counts_are_zero() -> None:
+    obj = {"output": {"text": "x", "finish_reason": "stop"}, "usage": {"input_tokens": 2**64, "output_tokens": -3}}
+    chunk = dashscope.DashScopeDecoder(incremental=True).receive(event(obj))
+    assert chunk is not None and chunk.usage == Usage(0, 0)
+
+
+@pytest.mark.parametrize("choices", [{"0": {"delta": {"content": "x"}}}, "x", 5, True])
+def test_openai_choices_that_are_not_a_list_are_an_upstream_error(choices: Any) -> None:
+    with pytest.raises(UpstreamError) as info:
+        openai.OpenAIDecoder().receive(event({"choices": choices}))
+    assert info.value.code is ErrorCode.UPSTREAM_ERROR and "choices" in info.value.message
+
+
+def test_dashscope_multimodal_parts_that_are_not_text_are_skipped() -> None:
+    obj = {"output": {"choices": [{"message": {"content": [{"text": 5}, {"text": "ok"}, "x"]}}]}}
+    chunk = dashscope.DashScopeDecoder(incremental=True).receive(event(obj))
+    assert chunk is not None and chunk.text == "ok"

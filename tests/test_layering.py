@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 IO_LIBRARIES = ("asyncio", "aiohttp", "websockets", "structlog")
 PURE = (
     "gateway.sse",
+    "gateway.inflate",
+    "gateway.clientip",
     "gateway.wire",
     "gateway.replylog",
     "gateway.context",

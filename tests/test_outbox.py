@@ -9,7 +9,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.outbox import Close, Frame, Outbox
+from gateway.outbox import Close, Frame, Outbox, OutputBudget
 from gateway.wire import encode_delta
 
 
@@ -162,12 +162,25 @@ async def test_exactly_max_pending_is_admitted() -> None:
     assert await box.get() == [delta("r1", 1, "12345"), b"12345"]
 
 
-async def test_pending_is_counted_again_after_get() -> None:
+async def test_a_batch_counts_until_the_writer_comes_back_for_more() -> None:
     box, overflow = make(10)
-    for seq in range(1, 6):
+    box.put_delta("r1", 1, "12345678")
+    assert await box.get() == [delta("r1", 1, "12345678")]
+    assert box.held == 8  # taken, still being sent
+    for seq in range(2, 6):
+        task = await blocked_get(box)  # the writer is back: the batch was sent
+        assert box.held == 0
         box.put_delta("r1", seq, "12345678")
-        assert await box.get() == [delta("r1", seq, "12345678")]
+        assert await task == [delta("r1", seq, "12345678")]
     assert overflow.calls == 0
+
+
+async def test_text_put_while_a_batch_is_sent_counts_with_it() -> None:
+    box, overflow = make(10)
+    box.put_delta("r1", 1, "12345678")
+    await box.get()
+    box.put_delta("r1", 2, "123")  # 8 being sent + 3 > 10
+    assert overflow.calls == 1 and box.overflowed and box.held == 0
 
 
 async def test_overflow_calls_back_once_drops_and_ignores_later_puts() -> None:
@@ -274,10 +287,103 @@ async def test_any_interleaving_preserves_text_and_order(ops: list[tuple[str, st
     assert last_seq == seq
 
 
-async def test_catch_up_text_does_not_count_as_falling_behind() -> None:
+async def test_frames_put_together_are_admitted_as_one() -> None:
     box, overflow = make(1024)
-    box.put_delta("r1", 500, "x" * 50_000, counted=False)
-    box.put(b'{"type":"reply.done"}')
+    with box.together():  # a resume of an ended reply: its catch-up and its end
+        box.put_delta("r1", 500, "x" * 50_000)
+        box.put(b'{"type":"reply.done"}')
     assert overflow.calls == 0
     frames = await box.get()
     assert len(frames) == 2 and frames[1] == b'{"type":"reply.done"}'
+
+
+async def test_catch_up_counts_when_something_is_already_held() -> None:
+    box, overflow = make(1024)
+    box.put(b"x" * 10)
+    with box.together():
+        box.put_delta("r1", 500, "x" * 50_000)
+    assert overflow.calls == 1 and box.overflowed
+
+
+async def test_repeated_catch_up_overflows_once_the_bound_is_passed() -> None:
+    box, overflow = make(100_000)
+    for _ in range(3):
+        with box.together():
+            box.put_delta("r1", 5, "x" * 40_000)
+            box.put(b'{"type":"reply.done"}')
+    assert overflow.calls == 1 and box.held == 0
+
+
+async def test_holds_delta_until_the_writer_takes_it() -> None:
+    box, _ = make()
+    assert not box.holds_delta("r1")
+    box.put_delta("r1", 1, "a")
+    assert box.holds_delta("r1") and not box.holds_delta("r2")
+    await box.get()
+    assert not box.holds_delta("r1")
+
+
+# --------------------------------------------------------------------------- the shared budget
+
+
+def make_shared(budget: OutputBudget, max_pending: int = 1 << 20) -> tuple[Outbox, Overflows]:
+    overflow = Overflows()
+    return Outbox(max_pending, encode_delta, overflow, budget=budget), overflow
+
+
+async def test_budget_counts_every_outbox_and_returns_what_is_sent() -> None:
+    budget = OutputBudget(1000)
+    a, _ = make_shared(budget)
+    b, _ = make_shared(budget)
+    a.put(b"x" * 300)
+    b.put_delta("r", 1, "y" * 200)
+    assert budget.total == 500
+    await a.get()
+    assert budget.total == 500  # being sent still counts
+    task = await blocked_get(a)
+    assert budget.total == 200
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    b.close()
+    assert budget.total == 0
+
+
+async def test_full_budget_evicts_the_largest_holders_not_the_newcomer() -> None:
+    budget = OutputBudget(1000)
+    hogs = [make_shared(budget) for _ in range(3)]
+    for box, _ in hogs:
+        box.put(b"x" * 300)
+    small, small_overflow = make_shared(budget)
+    small.put(b"y" * 50)
+    victim, victim_overflow = make_shared(budget)
+    victim.put(b"z" * 200)  # 950 + 200 > 1000: one hog must go
+    assert victim_overflow.calls == 0 and small_overflow.calls == 0
+    assert sum(o.calls for _, o in hogs) == 1
+    assert budget.total == 850 and victim.held == 200
+
+
+async def test_the_largest_holder_itself_is_refused_when_it_asks_for_more() -> None:
+    budget = OutputBudget(1000)
+    hog, hog_overflow = make_shared(budget)
+    hog.put(b"x" * 900)
+    other, other_overflow = make_shared(budget)
+    other.put(b"y" * 50)
+    hog.put(b"x" * 100)  # the hog is the largest holder: it goes, the other stays
+    assert hog_overflow.calls == 1 and other_overflow.calls == 0
+    assert budget.total == 50
+
+
+async def test_a_frame_larger_than_the_whole_budget_is_refused() -> None:
+    budget = OutputBudget(100)
+    box, overflow = make_shared(budget)
+    box.put(b"x" * 101)
+    assert overflow.calls == 1 and budget.total == 0
+
+
+async def test_close_frames_cost_nothing_and_never_evict() -> None:
+    budget = OutputBudget(100)
+    hog, hog_overflow = make_shared(budget)
+    hog.put(b"x" * 100)
+    other, _ = make_shared(budget)
+    other.put(Close(1001, "bye"))
+    assert hog_overflow.calls == 0 and budget.total == 100

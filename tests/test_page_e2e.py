@@ -31,7 +31,7 @@ _reason = missing_browser_reason()
 if _reason:
     pytest.skip(_reason, allow_module_level=True)
 
-from playwright.async_api import Browser, Page, expect  # noqa: E402
+from playwright.async_api import Browser, Page, Route, expect  # noqa: E402
 
 expect.set_options(timeout=int(TIMEOUT * 1000))
 
@@ -504,3 +504,37 @@ async def test_second_tab_shows_the_message_and_reply_started_elsewhere(
         await expect(_assistant(w.page)).to_have_attribute("data-state", "done")
         assert await _body(_assistant(w.page)).inner_text() == "Shared reply text."
         await w.assert_clean()
+
+
+async def test_reloaded_unused_new_chat_opens_a_fresh_one_quietly(
+    browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
+    gw = await start_gateway(env=openai_env(upstream))
+    w = await _open(browser, gw.http_url + "/")
+    page = w.page
+    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "live")
+    unused = page.url.rsplit("/", 1)[1]
+    assert page.url.endswith(f"/#/c/{unused}")
+
+    async def after_the_old_socket_closed(route: Route) -> None:
+        # The reloaded page connects once this is answered: by then no connection holds the id.
+        for _ in range(int(TIMEOUT / 0.02)):
+            if gw.gateway.hub is not None and not gw.gateway.hub.connections:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the reloaded page's old socket never closed")
+        await route.continue_()
+
+    await page.route("**/config.json", after_the_old_socket_closed)
+    await page.reload()  # nothing was sent: the gateway never stored the conversation
+    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "live")
+    await expect(page).not_to_have_url(re.compile(f"{unused}$"))  # a fresh conversation instead
+    await expect(page.get_by_test_id("banner")).to_be_hidden()
+    await expect(page.get_by_text("no longer on the gateway")).to_have_count(0)
+    await expect(page.locator(f'[data-conversation-id="{unused}"]')).to_have_count(0)
+    await _send(page, "Still here?")
+    await expect(_assistant(page)).to_have_attribute("data-state", "done")
+    await expect(_body(_assistant(page))).to_have_text("Hello world")
+    await expect(page.get_by_test_id("conversation")).to_have_text(["Still here?"])
+    await w.assert_clean()

@@ -65,7 +65,7 @@ async def test_whole_key_echoed_is_redacted(start_gateway: StartGateway, upstrea
     gw = await start_gateway(openai_env(upstream))
     _, error, _ = await _failing_reply(gw)
     assert KEY not in error["message"] and "0123" not in error["message"]
-    assert "[redacted]" in error["message"]
+    assert error["message"] == "the provider refused the gateway's credentials (HTTP 401): [withheld: it quoted a credential]"
 
 
 @pytest.mark.parametrize(("header", "expected"), [({"Retry-After": "7"}, 7), ({"retry-after-ms": "1500"}, 1.5), ({}, 5)])

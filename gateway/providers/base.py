@@ -6,9 +6,10 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Chunk", "ChatMessage", "Provider", "Usage", "finish_reason"]
+__all__ = ["Chunk", "ChatMessage", "MAX_TOKENS", "Provider", "Usage", "finish_reason", "usage_of"]
 
 ChatMessage = Mapping[str, str]
+MAX_TOKENS = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +65,21 @@ def finish_reason(raw: object) -> str | None:
     if raw is None or raw == "" or raw == "null":
         return None
     return _FINISH.get(str(raw), "stop")
+
+
+def usage_of(raw: object, prompt_key: str, completion_key: str) -> Usage | None:
+    """A provider's usage object as :class:`Usage`, or None if it is not an object.
+
+    A count must be a whole number from 0 to :data:`MAX_TOKENS`; anything else
+    (missing, negative, huge, a float, a string) counts as 0 rather than reach
+    metrics, the store or a client.
+    """
+    if not isinstance(raw, dict):
+        return None
+    return Usage(_count(raw.get(prompt_key)), _count(raw.get(completion_key)))
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
+        return 0
+    return value

@@ -9,7 +9,7 @@ import orjson
 
 from ..errors import ErrorCode, UpstreamError
 from ..sse import SSEEvent
-from .base import ChatMessage, Chunk, Usage, finish_reason
+from .base import ChatMessage, Chunk, finish_reason, usage_of
 
 __all__ = ["DashScopeDecoder", "build_body", "error_from_body"]
 
@@ -58,7 +58,7 @@ class DashScopeDecoder:
         if finish:
             self.finished = self.done = True
         text, reasoning = self._new(text, reasoning)
-        usage = _usage(obj.get("usage")) if finish else None
+        usage = usage_of(obj.get("usage"), "input_tokens", "output_tokens") if finish else None
         if not (text or reasoning or finish):
             return None
         return Chunk(text=text, reasoning=reasoning, finish_reason=finish, usage=usage)
@@ -87,25 +87,21 @@ def _read_output(output: dict[str, Any]) -> tuple[str, str, object]:
             message = {}
         content = message.get("content") or ""
         if isinstance(content, list):  # multimodal models: [{"text": ...}]
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
         reasoning = message.get("reasoning_content") or ""
         return str(content), str(reasoning), choice.get("finish_reason")
     return str(output.get("text") or ""), "", output.get("finish_reason")
-
-
-def _usage(raw: object) -> Usage | None:
-    if not isinstance(raw, dict):
-        return None
-    inp, out = raw.get("input_tokens"), raw.get("output_tokens")
-    return Usage(inp if isinstance(inp, int) else 0, out if isinstance(out, int) else 0)
 
 
 def error_from_body(obj: Mapping[str, Any], status: int | None) -> UpstreamError:
     """Map a DashScope error object (``{"code", "message"}``) to an UpstreamError."""
     code, message = str(obj.get("code") or ""), str(obj.get("message") or "unknown error")
     if code in ("Throttling", "Throttling.RateQuota", "Throttling.AllocationQuota") or status == 429:
-        return UpstreamError(ErrorCode.RATE_LIMITED, f"the provider is rate limiting: {message}", status=status, retry_after=5)
+        return UpstreamError(
+            ErrorCode.RATE_LIMITED, "the provider is rate limiting", detail=message, status=status, retry_after=5
+        )
     retryable = code.startswith(("InternalError", "ServiceUnavailable")) or (status or 0) >= 500
     return UpstreamError(
-        ErrorCode.UPSTREAM_ERROR, f"the provider answered {code or 'an error'}: {message}", status=status, retryable=retryable
+        ErrorCode.UPSTREAM_ERROR, f"the provider answered {code or 'an error'}", detail=message,
+        status=status, retryable=retryable,
     )

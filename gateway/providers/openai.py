@@ -10,7 +10,7 @@ import orjson
 
 from ..errors import ErrorCode, UpstreamError
 from ..sse import SSEEvent
-from .base import ChatMessage, Chunk, Usage, finish_reason
+from .base import ChatMessage, Chunk, finish_reason, usage_of
 
 __all__ = ["OpenAIDecoder", "build_body", "endpoint"]
 
@@ -62,8 +62,12 @@ class OpenAIDecoder:
         return self._chunk(obj)
 
     def _chunk(self, obj: dict[str, Any]) -> Chunk | None:
-        usage = _usage(obj.get("usage"))
+        usage = usage_of(obj.get("usage"), "prompt_tokens", "completion_tokens")
         choices = obj.get("choices") or []
+        if not isinstance(choices, list):
+            raise UpstreamError(
+                ErrorCode.UPSTREAM_ERROR, "the provider sent a malformed chunk ('choices' is not a list)", retryable=True
+            )
         choice = choices[0] if choices and isinstance(choices[0], dict) else {}
         delta = choice.get("delta") or {}
         if not isinstance(delta, dict):
@@ -83,19 +87,12 @@ class OpenAIDecoder:
         )
 
 
-def _usage(raw: object) -> Usage | None:
-    if not isinstance(raw, dict):
-        return None
-    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
-    return Usage(prompt if isinstance(prompt, int) else 0, completion if isinstance(completion, int) else 0)
-
-
 def _stream_error(obj: dict[str, Any]) -> UpstreamError:
     err = obj.get("error")
     message = err.get("message") if isinstance(err, dict) else err
     code = err.get("code") if isinstance(err, dict) else None
     if code in (429, "429", "rate_limit_exceeded"):
-        return UpstreamError(ErrorCode.RATE_LIMITED, f"the provider is rate limiting: {message}", retry_after=5)
+        return UpstreamError(ErrorCode.RATE_LIMITED, "the provider is rate limiting", detail=str(message), retry_after=5)
     return UpstreamError(
-        ErrorCode.UPSTREAM_ERROR, f"the provider failed mid-stream: {message or 'unknown error'}", retryable=True
+        ErrorCode.UPSTREAM_ERROR, "the provider failed mid-stream", detail=str(message or "unknown error"), retryable=True
     )

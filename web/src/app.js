@@ -968,7 +968,7 @@ function onError(m) {
   if (info.code === "not_found" && S.helloFor !== undefined) {
     const gone = S.helloFor;
     S.helloFor = undefined;
-    if (gone) {
+    if (gone && convs.get(gone)) {
       convs.remove(gone);
       banner("That conversation is no longer on the gateway, so it was removed from your list.");
     }
@@ -1102,8 +1102,7 @@ export async function start() {
   const linked = routeTarget();
   if (linked) {
     S.target = linked;
-    S.listOnReady = true;
-    convs.touch(linked, {});
+    S.listOnReady = true; // listed by its ready, not before: an unused chat that is gone never was
   } else {
     S.target = convs.current;
   }

@@ -1,0 +1,101 @@
+"""The reply registry's guarantees, with an in-memory store and a scripted provider (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+
+import pytest
+
+from gateway.providers import ChatMessage, Chunk, Usage
+from gateway.replies import RegistryLimits, Reply, ReplyRegistry
+from gateway.store import MemoryStore, StoredMessage
+
+LIMITS = RegistryLimits(
+    max_replies=10, max_reply_chars=10_000, max_reply_seconds=10, resume_grace=0, checkpoint_interval=1,
+    system_prompt="", context_max_messages=10, context_max_chars=10_000,
+)
+
+
+class Scripted:
+    name, model = "scripted", "m"
+
+    def __init__(self, *chunks: Chunk) -> None:
+        self.chunks = chunks
+
+    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[list[Chunk], None]:
+        for chunk in self.chunks:
+            yield [chunk]
+
+
+class Watcher:
+    def __init__(self, fail_at_end: bool = False) -> None:
+        self.text, self.ended, self.fail_at_end = "", 0, fail_at_end
+
+    def reply_started(self, reply: Reply, content: str | None) -> None:
+        pass
+
+    def reply_delta(self, reply: Reply, seq: int, text: str) -> None:
+        self.text += text
+
+    def reply_ended(self, reply: Reply) -> None:
+        self.ended += 1
+        if self.fail_at_end:
+            raise RuntimeError("a watcher that breaks")
+
+
+async def _expired(registry: ReplyRegistry, reply_id: str) -> None:
+    async def wait() -> None:
+        while registry.get(reply_id) is not None:
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(wait(), 5)
+
+
+@pytest.mark.parametrize("usage", [Usage(2**63, 2**63), Usage(-5, -1)])
+async def test_a_reply_ends_whatever_fails_at_its_end(usage: Usage) -> None:
+    store = MemoryStore(max_conversations=10, max_messages=100)
+    registry = ReplyRegistry(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop", usage=usage)), store, LIMITS)
+    broken, other = Watcher(fail_at_end=True), Watcher()
+    reply = await registry.start("c1", StoredMessage("u1", "user", "hello"), broken, [other], new=True)
+    await asyncio.wait_for(reply.ended.wait(), 5)
+    assert broken.ended == other.ended == 1 and other.text == "hi"
+    assert registry.in_flight == 0 and registry.active("c1") is None
+    await _expired(registry, reply.id)
+    assert [m.content for m in await store.history("c1", 10)] == ["hello", "hi"]
+    await registry.close()
+
+
+async def test_an_ended_reply_keeps_no_watchers() -> None:
+    store = MemoryStore(max_conversations=10, max_messages=100)
+    registry = ReplyRegistry(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop")), store, LIMITS)
+    reply = await registry.start("c1", StoredMessage("u1", "user", "hello"), Watcher(), new=True)
+    await asyncio.wait_for(reply.ended.wait(), 5)
+    late = Watcher()
+    reply.subscribe(late, after_seq=0)
+    assert late.text == "hi" and late.ended == 1 and not reply.subscribers
+    await registry.close()
+
+
+async def test_hurry_ends_the_drain_at_once_and_stores_what_streamed() -> None:
+    gate = asyncio.Event()
+
+    class Waits(Scripted):
+        async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[list[Chunk], None]:
+            yield [Chunk(text="partial")]
+            await gate.wait()
+            yield [Chunk(text=" never")]
+
+    store = MemoryStore(max_conversations=10, max_messages=100)
+    registry = ReplyRegistry(Waits(), store, LIMITS)
+    watcher = Watcher()
+    reply = await registry.start("c1", StoredMessage("u1", "user", "hello"), watcher, new=True)
+    while watcher.text != "partial":
+        await asyncio.sleep(0)
+    hurry = asyncio.Event()
+    hurry.set()
+    await asyncio.wait_for(registry.drain(3600, hurry), 5)
+    assert reply.finish_reason == "error" and reply.ended.is_set()
+    stored = (await store.history("c1", 10))[-1]
+    assert stored.content == "partial" and stored.finish_reason == "error"
+    await registry.close()

@@ -357,7 +357,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("provider", "max_reply_seconds", _float(1, 86_400), 600.0, None,
             "hard limit on one reply's duration"),
     Setting("provider", "max_response_bytes", _int(65_536, 1 << 30), 64 << 20, None,
-            "bytes one upstream response may decode to (a compressed one is inflated in bounded pieces)"),
+            "bytes a compressed upstream response may inflate to (it is inflated 64 KiB at a time)"),
     Setting("provider", "system_prompt", _str, "", None, "system message sent first, if set"),
     Setting("provider", "params", _params, {}, None,
             "extra request body fields, e.g. { temperature = 0.7, max_tokens = 1024 }"),

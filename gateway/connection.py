@@ -163,7 +163,10 @@ class Connection:
             async with asyncio.timeout(self.ws.close_timeout or CLOSE_TIMEOUT):
                 await self.ws.close(code, reason)
         except TimeoutError:
-            _log.info("connection_aborted", code=code, reason="the client did not take the close frame")
+            _log.info(
+                "connection_aborted", session_id=self.session_id, client_ip=self.client_ip, code=code,
+                reason="the client did not take the close frame",
+            )
             self.ws.transport.abort()
 
     # JSON mode

@@ -3,7 +3,9 @@
 aiohttp's own decompression inflates a whole read in one call: a small gzip
 body can become gigabytes before the event loop runs again. Here a body is
 inflated in pieces of at most :data:`PIECE` bytes, so the reader can yield to
-the loop between them, and the total a response may inflate to is bounded.
+the loop between them, and the total a compressed response may inflate to is
+bounded. An uncompressed body is passed through in pieces, not bounded here: it
+costs the sender as much as the gateway, and the stream's time limits bound it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ class BodyTooLarge(BodyError):
 
 
 class Inflater:
-    """Decodes one response body with ``Content-Encoding`` ``encoding``, up to ``max_bytes``."""
+    """Decodes one response body with ``Content-Encoding`` ``encoding``; a compressed one
+    may inflate to ``max_bytes`` at most."""
 
     def __init__(self, encoding: str, max_bytes: int) -> None:
         encoding = (encoding or "identity").strip().lower()
@@ -39,14 +42,15 @@ class Inflater:
         # deflate is zlib-wrapped by the RFC, raw in some servers: until the first output,
         # the bytes are kept so that a raw decoder can start over with them.
         self._head: bytes | None = b"" if encoding == "deflate" else None
+        self._wbits = _WBITS.get(encoding, 32 + zlib.MAX_WBITS)  # deflate: +32, a zlib or a gzip header
         if encoding != "identity":
-            self._zlib = zlib.decompressobj(_WBITS.get(encoding, 32 + zlib.MAX_WBITS))  # +32: a zlib or gzip header
+            self._zlib = zlib.decompressobj(self._wbits)
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         """The decoded bytes of ``data``, in pieces of at most :data:`PIECE` bytes."""
         if self._zlib is None:
             for start in range(0, len(data), PIECE):
-                yield self._count(data[start : start + PIECE])
+                yield data[start : start + PIECE]
             return
         if self._head is not None:
             self._head = self._head + data if len(self._head) < PIECE else None
@@ -56,7 +60,7 @@ class Inflater:
             except zlib.error:
                 data = self._start_raw()
                 continue
-            data = self._zlib.unconsumed_tail
+            data = self._zlib.unconsumed_tail or self._next_member()
             if piece:
                 self._head = None
                 yield self._count(piece)
@@ -70,6 +74,17 @@ class Inflater:
         rest = self._count(self._zlib.flush())
         if not self._zlib.eof:
             raise BodyError("the compressed body ends early")
+        return rest
+
+    def _next_member(self) -> bytes:
+        """Bytes after the end of a compressed stream: gzip's next member, or an error."""
+        assert self._zlib is not None
+        rest = self._zlib.unused_data if self._zlib.eof else b""
+        if not rest:
+            return b""
+        if self._wbits != _WBITS["gzip"]:
+            raise BodyError("data after the end of the compressed body")
+        self._zlib = zlib.decompressobj(self._wbits)
         return rest
 
     def _start_raw(self) -> bytes:

@@ -44,9 +44,10 @@ class _Delta:
 class OutputBudget:
     """Bytes held by all outboxes together, at most ``limit``.
 
-    When admitting more would pass the limit, the outboxes holding the most are
-    made to give up (their clients are disconnected and resume later) until it fits:
-    the clients that do not read pay, not the ones that do.
+    When admitting more would pass the limit, the outboxes with the most output
+    waiting (not yet taken by their writer: the clients that do not read) are made
+    to give up, until it fits; their clients are disconnected and resume later.
+    What a given-up outbox's writer is still sending counts until its connection ends.
     """
 
     __slots__ = ("limit", "total", "_holders")
@@ -58,16 +59,9 @@ class OutputBudget:
 
     def reserve(self, outbox: Outbox, size: int) -> bool:
         """Count ``size`` more bytes for ``outbox``; False if it was itself evicted to make room."""
-        if not size:
-            return True
-        while self.total + size > self.limit and self._holders:
-            largest = max(self._holders, key=lambda o: o.held)
-            largest.give_up()
-            if largest is outbox:
-                return False
         if self.total + size > self.limit:
-            outbox.give_up()
-            return False
+            if not self._evict_for(outbox, size):
+                return False
         self.total += size
         self._holders.add(outbox)
         return True
@@ -77,13 +71,34 @@ class OutputBudget:
         if not outbox.held:
             self._holders.discard(outbox)
 
+    def forget(self, outbox: Outbox) -> None:
+        """``outbox`` gave up: what it still holds counts, but it cannot be evicted again."""
+        self._holders.discard(outbox)
+
+    def _evict_for(self, outbox: Outbox, size: int) -> bool:
+        while self.total + size > self.limit and self._holders:
+            worst = max(self._holders, key=lambda o: (o.queued, o.held))
+            worst.give_up()
+            if worst is outbox:
+                return False
+        if self.total + size > self.limit:
+            outbox.give_up()
+            return False
+        return True
+
 
 class Outbox:
-    """A bounded FIFO of frames for one connection, drained by its writer."""
+    """A bounded FIFO of frames for one connection, drained by its writer.
+
+    Sizes are bytes: encoded frames as they are, reply text as UTF-8. The first frame
+    admitted when nothing else is held (a large ``ready``, a resume's catch-up) does
+    not count against ``max_pending`` while it is held, so what may be held is
+    ``max_pending`` plus that one frame.
+    """
 
     __slots__ = (
-        "_items", "_pending", "_sending", "_max_pending", "_budget", "_encode_delta", "_on_overflow", "_count",
-        "_waiter", "_together", "overflowed",
+        "_items", "_pending", "_sending", "_alone", "_alone_sending", "_max_pending", "_budget", "_encode_delta",
+        "_on_overflow", "_count", "_waiter", "_together", "overflowed",
     )
 
     def __init__(
@@ -97,6 +112,7 @@ class Outbox:
         self._items: deque[Frame | _Delta] | None = None  # made on first use: idle sockets are many
         self._pending = 0  # bytes queued
         self._sending = 0  # bytes of the batch the writer took and is still sending
+        self._alone = self._alone_sending = 0  # of those, a frame admitted alone (queued, being sent)
         self._max_pending = max_pending
         self._budget = budget or OutputBudget(1 << 62)
         self._encode_delta = encode_delta
@@ -111,6 +127,11 @@ class Outbox:
         """Bytes this outbox holds: queued, and being sent."""
         return self._pending + self._sending
 
+    @property
+    def queued(self) -> int:
+        """Bytes waiting for the writer to take them."""
+        return self._pending
+
     def put(self, frame: Frame) -> None:
         """Queue an encoded frame."""
         if self._admit(len(frame)):
@@ -119,7 +140,7 @@ class Outbox:
 
     def put_delta(self, reply_id: str, seq: int, text: str) -> None:
         """Queue reply text, merged into the last waiting delta of the same reply."""
-        if not self._admit(len(text)):
+        if not self._admit(len(text) if text.isascii() else len(text.encode())):
             return
         items = self._queue()
         last = items[-1] if items else None
@@ -158,6 +179,7 @@ class Outbox:
                 self._waiter = None
         items, self._items = self._items, deque()
         self._sending, self._pending = self._pending, 0
+        self._alone_sending, self._alone = self._alone, 0
         encode, deltas, frames = self._encode_delta, 0, []
         for item in items:
             if isinstance(item, _Delta):
@@ -170,36 +192,52 @@ class Outbox:
         return frames
 
     def close(self) -> None:
-        """The connection is gone: drop everything and return it to the budget."""
-        self._items = None
-        held, self._pending, self._sending = self.held, 0, 0
-        if held:
-            self._budget.release(self, held)
+        """The connection is gone: drop everything, return it to the budget, take nothing more."""
+        self.overflowed = True
+        self._drop_queued()
+        self._release_sent()
+        self._budget.forget(self)
 
     def give_up(self) -> None:
-        """Stop taking frames for this client (once): drop what waits, tell the owner."""
+        """Stop taking frames for this client (once): drop what waits, tell the owner.
+        The batch being sent counts until the connection ends (:meth:`close`)."""
         if self.overflowed:
             return
         self.overflowed = True
-        self.close()
+        self._drop_queued()
+        self._budget.forget(self)
         self._on_overflow()
+
+    def _drop_queued(self) -> None:
+        self._items = None
+        if self._pending:
+            queued, self._pending, self._alone = self._pending, 0, 0
+            self._budget.release(self, queued)
 
     def _release_sent(self) -> None:
         if self._sending:
-            sent, self._sending = self._sending, 0
+            sent, self._sending, self._alone_sending = self._sending, 0, 0
             self._budget.release(self, sent)
 
     def _admit(self, size: int) -> bool:
-        """Admit ``size`` more; one frame alone (nothing else held) is always admitted, however large."""
+        """Admit ``size`` more bytes; past ``max_pending`` (not counting a frame admitted
+        alone) the outbox gives up. Frames of no size (Close) always pass."""
         if self.overflowed:
             return False
-        held = self.held
+        if not size:
+            return True
+        held = self._pending + self._sending
         before = held if self._together is None else self._together
-        if before and held + size > self._max_pending:
+        if before and held - self._alone - self._alone_sending + size > self._max_pending:
             self.give_up()
             return False
-        if not self._budget.reserve(self, size):
+        budget = self._budget
+        if held and budget.total + size <= budget.limit:  # the common case: already counted there
+            budget.total += size
+        elif not budget.reserve(self, size):
             return False
+        if not before:
+            self._alone += size
         self._pending += size
         return True
 

@@ -10,8 +10,6 @@ partial, and closes sockets with 1001 once what was queued for them is sent.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import dataclasses
 import os
 import signal
@@ -29,7 +27,7 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from . import __version__, logs, wire
+from . import __version__, heap, logs, wire
 from .clientip import client_ip
 from .config import Config, own_origins
 from .connection import CLOSE_OVERLOADED, Connection, Hub, bearer_valid
@@ -47,6 +45,7 @@ _log: Any = structlog.get_logger("gateway.server")
 PRUNE_EVERY = 3600.0
 STATUS_EVERY = 5.0
 TRIM_FOR = 60.0
+TRIM_EVERY = 15.0
 # Settings bound at start-up: a reload reports changes to them instead of applying them.
 FIXED_ON_RELOAD = (
     "ws_addr", "http_addr", "state_dir", "static_dir", "store", "compression", "http_idle_timeout",
@@ -217,25 +216,26 @@ class Gateway:
         interval = watchdog_interval(self._env)
         period = min(interval, STATUS_EVERY) if interval else STATUS_EVERY
         ticks_per_status = max(1, round(STATUS_EVERY / period))
-        tick, cut_off, trim_until = 0, 0, 0.0
+        tick, cut_off, trim_until, trimmed = 0, 0, 0.0, 0.0
         while True:
             lines = ["WATCHDOG=1"] if interval else []
             if tick % ticks_per_status == 0:
                 lines.append(f"STATUS={self._status()}")
-                cut_off, trim_until = self._trim_after_cut_offs(cut_off, trim_until)
+                cut_off, trim_until, trimmed = await self._trim_after_cut_offs(cut_off, trim_until, trimmed)
             self._notifier.notify(*lines)
             tick += 1
             await asyncio.sleep(period)
 
-    def _trim_after_cut_offs(self, seen: int, until: float) -> tuple[int, float]:
+    async def _trim_after_cut_offs(self, seen: int, until: float, last: float) -> tuple[int, float, float]:
         """For a minute after slow clients were cut off, hand the memory their output held
-        back to the system as it is freed (glibc keeps freed blocks otherwise)."""
+        back to the system as it is freed, every TRIM_EVERY seconds at most."""
         cut_off, now = (self.hub.cut_off if self.hub else 0), asyncio.get_running_loop().time()
         if cut_off != seen:
             until = now + TRIM_FOR
-        if now < until and _malloc_trim is not None:
-            _malloc_trim(0)
-        return cut_off, until
+        if now < until and now - last >= TRIM_EVERY:
+            await heap.trim()
+            last = now
+        return cut_off, until, last
 
     def _status(self) -> str:
         hub = self.hub
@@ -413,17 +413,6 @@ def _bound_send_buffer(ws: ServerConnection, size: int) -> None:
     sock = ws.transport.get_extra_info("socket")
     if size and sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-
-
-def _libc_malloc_trim() -> Any:
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return None
-
-
-_malloc_trim = _libc_malloc_trim()
 
 
 def _single(headers: Headers, name: str) -> str | None:

@@ -177,18 +177,40 @@ async def test_a_batch_counts_until_the_writer_comes_back_for_more() -> None:
 
 async def test_text_put_while_a_batch_is_sent_counts_with_it() -> None:
     box, overflow = make(10)
-    box.put_delta("r1", 1, "12345678")
+    box.put_delta("r1", 1, "12345678")  # admitted alone: not counted
+    box.put(b"12")
     await box.get()
-    box.put_delta("r1", 2, "123")  # 8 being sent + 3 > 10
-    assert overflow.calls == 1 and box.overflowed and box.held == 0
+    box.put_delta("r1", 2, "123456789")  # 2 being sent + 9 > 10
+    assert overflow.calls == 1 and box.overflowed
+    assert box.held == 10, "what the writer is still sending counts until the connection ends"
+    box.close()
+    assert box.held == 0
+
+
+async def test_the_frame_admitted_alone_does_not_count_while_it_is_held() -> None:
+    box, overflow = make(1024)
+    box.put(b"r" * 200_000)  # a large `ready`
+    box.put_delta("r1", 1, "x" * 1024)
+    await box.get()
+    box.put(Close(1001, "bye"))
+    assert overflow.calls == 0 and box.held == 201_024
+
+
+async def test_reply_text_counts_in_utf8_bytes() -> None:
+    box, overflow = make(10)
+    box.put(b"x")
+    box.put_delta("r1", 1, "你好你")  # 9 bytes
+    assert overflow.calls == 0
+    box.put_delta("r1", 2, "好")  # 12 > 10
+    assert overflow.calls == 1
 
 
 async def test_overflow_calls_back_once_drops_and_ignores_later_puts() -> None:
     box, overflow = make(10)
-    box.put(b"abc")
+    box.put(b"abc")  # admitted alone: not counted
     box.put_delta("r1", 1, "defgh")
     assert overflow.calls == 0
-    box.put_delta("r1", 2, "ijk")  # 11 > 10
+    box.put_delta("r1", 2, "ijklmn")  # 5 + 6 > 10
     assert overflow.calls == 1 and box.overflowed
     box.put(b"x")
     box.put_delta("r1", 3, "y")
@@ -209,7 +231,7 @@ async def test_a_single_large_frame_alone_is_admitted() -> None:
 async def test_a_large_frame_behind_waiting_ones_overflows() -> None:
     box, overflow = make(1024)
     box.put(b"y")
-    box.put(b"x" * 1024)
+    box.put(b"x" * 1025)
     assert overflow.calls == 1 and box.overflowed
 
 
@@ -307,7 +329,7 @@ async def test_catch_up_counts_when_something_is_already_held() -> None:
 
 async def test_repeated_catch_up_overflows_once_the_bound_is_passed() -> None:
     box, overflow = make(100_000)
-    for _ in range(3):
+    for _ in range(4):  # the first is admitted alone; the next three are 120,000 bytes
         with box.together():
             box.put_delta("r1", 5, "x" * 40_000)
             box.put(b'{"type":"reply.done"}')
@@ -387,3 +409,32 @@ async def test_close_frames_cost_nothing_and_never_evict() -> None:
     other, _ = make_shared(budget)
     other.put(Close(1001, "bye"))
     assert hog_overflow.calls == 0 and budget.total == 100
+
+
+async def test_full_budget_evicts_who_does_not_read_before_who_is_being_written_to() -> None:
+    budget = OutputBudget(1000)
+    reader, reader_overflow = make_shared(budget)
+    reader.put(b"r" * 500)
+    await reader.get()  # its writer is sending 500: a client that reads
+    idle, idle_overflow = make_shared(budget)
+    idle.put(b"i" * 100)
+    idle.put(b"i" * 300)  # 400 queued, nobody takes them
+    newcomer, newcomer_overflow = make_shared(budget)
+    newcomer.put(b"n" * 200)
+    assert idle_overflow.calls == 1 and reader_overflow.calls == 0 and newcomer_overflow.calls == 0
+    assert budget.total == 700
+
+
+async def test_an_evicted_outbox_counts_what_it_sends_until_it_closes() -> None:
+    budget = OutputBudget(1000)
+    hog, hog_overflow = make_shared(budget)
+    hog.put(b"h" * 600)
+    await hog.get()  # being written, to a client that stopped reading
+    hog.put(b"h" * 300)
+    other, _ = make_shared(budget)
+    other.put(b"o" * 200)  # the hog goes; its 600 in flight still count
+    assert hog_overflow.calls == 1 and budget.total == 800
+    other.put(b"o" * 250)  # no one left to evict: the newcomer is refused
+    assert budget.total <= 1000
+    hog.close()
+    assert budget.total == other.held

@@ -538,3 +538,66 @@ async def test_reloaded_unused_new_chat_opens_a_fresh_one_quietly(
     await expect(_body(_assistant(page))).to_have_text("Hello world")
     await expect(page.get_by_test_id("conversation")).to_have_text(["Still here?"])
     await w.assert_clean()
+
+
+async def test_first_message_refused_by_a_restarting_gateway_stays_unsent_in_a_fresh_chat(
+    browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
+    gate = asyncio.Event()
+    upstream.enqueue(Script([*sse_pieces("Held "), Pause(gate), *sse_pieces("open."), sse_end()]))
+    ports = {"GATEWAY_WS_ADDR": f"127.0.0.1:{free_port()}", "GATEWAY_HTTP_ADDR": f"127.0.0.1:{free_port()}"}
+    first = await start_gateway(env={**openai_env(upstream, GATEWAY_UPSTREAM_TIMEOUT="60"), **ports})
+    w = await _open(browser, first.http_url + "/")
+    page = w.page
+    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "live")
+    unsaved = page.url.rsplit("/", 1)[1]
+    async with first.chat() as other:  # another client's reply keeps the drain waiting
+        await other.hello()
+        await other.send(type="message", id="o1", content="Keep the gateway busy")
+        await other.expect("reply.start")
+        await other.expect("reply.delta")
+        closing = asyncio.create_task(first.gateway.close())  # a restart: drain, then close 1001
+        registry = first.gateway.hub.registry
+        for _ in range(int(TIMEOUT / 0.02)):
+            if not registry.accepting:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the gateway never started draining")
+
+        # The new chat's first message is refused (not stored): the conversation does not exist.
+        await _send(page, "My very first question")
+        user = page.locator('[data-role="user"]')
+        await expect(user).to_have_text(["My very first question"])
+        await expect(user).to_have_class(re.compile(r"\bunsent\b"))
+        await expect(_assistant(page)).to_have_attribute("data-state", "error")
+        await expect(_assistant(page).locator(".msg-note")).to_contain_text("restarting")
+        gate.set()
+        await asyncio.wait_for(closing, TIMEOUT)
+    await expect(page.get_by_test_id("send")).to_be_disabled()
+
+    await start_gateway(env={**openai_env(upstream), **ports})  # the page's hello for `unsaved`: not_found
+    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "live")
+    await expect(page).not_to_have_url(re.compile(f"{unsaved}$"))  # a fresh conversation
+    await expect(user).to_have_text(["My very first question"])  # still shown, still not sent
+    await expect(user).to_have_class(re.compile(r"\bunsent\b"))
+    await expect(_assistant(page)).to_have_attribute("data-state", "error")
+    await expect(_assistant(page).locator(".msg-note")).to_contain_text("restarting")
+    await expect(page.get_by_test_id("banner")).to_be_hidden()
+    await expect(page.get_by_text("no longer on the gateway")).to_have_count(0)
+    await expect(page.locator(f'[data-conversation-id="{unsaved}"]')).to_have_count(0)
+    await shot(page, "08-unsent-first-message-after-restart")
+
+    retry = page.get_by_test_id("retry")
+    await expect(retry).to_have_text("Retry")
+    await retry.click()
+    await expect(_assistant(page)).to_have_attribute("data-state", "done")
+    await expect(_body(_assistant(page))).to_have_text("Hello world")
+    await expect(user).to_have_text(["My very first question"])
+    await expect(user).not_to_have_class(re.compile(r"\bunsent\b"))
+    await expect(page.locator('[data-role="assistant"]')).to_have_count(1)
+    conversation_id = page.url.rsplit("/", 1)[1]
+    await expect(page.get_by_test_id("conversation")).to_have_text(["My very first question"])
+    await expect(page.get_by_test_id("conversation")).to_have_attribute("data-conversation-id", conversation_id)
+    assert upstream.requests[-1].json["messages"][-1]["content"] == "My very first question"
+    await w.assert_clean()

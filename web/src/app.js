@@ -709,7 +709,7 @@ function stateOf(finish) {
 function onReady(m) {
   if (typeof m.conversation_id !== "string") return;
   const conv = m.conversation_id;
-  const switching = conv !== S.conv;
+  const switching = conv !== S.conv && S.conv !== null; // null: the view was carried over (not_found)
   S.helloFor = undefined;
   S.live = true;
   S.socket.healthy();
@@ -929,6 +929,14 @@ function onDone(m) {
   }
 }
 
+/** The view shows only messages the gateway never stored: each one's reply never started. */
+function onlyUnstored() {
+  return S.entries.length > 0 && S.entries.every((e, i) => {
+    const a = e.kind === "user" ? S.entries[i + 1] : e;
+    return a && a.kind === "assistant" && !a.reply.id;
+  });
+}
+
 function errorInfo(m) {
   const code = typeof m.code === "string" ? m.code : "error";
   let message = typeof m.message === "string" && m.message ? m.message : `Error: ${code.replace(/_/g, " ")}.`;
@@ -968,12 +976,23 @@ function onError(m) {
   if (info.code === "not_found" && S.helloFor !== undefined) {
     const gone = S.helloFor;
     S.helloFor = undefined;
-    if (gone && convs.get(gone)) {
+    // A new chat whose messages the gateway never stored (refused, or sent as the socket
+    // dropped) never existed there: they go on, unsent, in the fresh chat opened instead.
+    const carry = gone && gone === S.conv && onlyUnstored() ? S.entries : [];
+    for (const [id, p] of S.pending) {
+      if (p.kind !== "message" || !carry.includes(p.entry)) continue;
+      S.pending.delete(id);
+      p.entry.reply.state = "error";
+      p.entry.reply.error = { message: "Not sent: the connection dropped first.", retryable: true, unsent: true, content: p.content };
+      p.user.el.classList.add("unsent");
+    }
+    if (carry.length) convs.remove(gone);
+    else if (gone && convs.get(gone)) {
       convs.remove(gone);
       banner("That conversation is no longer on the gateway, so it was removed from your list.");
     }
     S.conv = null;
-    mount([]);
+    mount(carry);
     open(null);
     return;
   }

@@ -230,8 +230,8 @@ class Connection:
         if conv is not None:
             conv_id, title = conv.id, conv.title
             active = self.hub.registry.active(conv_id)
-            stored = _without(await store.history(conv_id, cfg.history_limit + 1), active)
-            history, _ = _page(stored, cfg.history_limit, cfg.max_history_bytes)
+            read = await store.history(conv_id, cfg.history_limit + 1, max_bytes=_read_bound(cfg.max_history_bytes, active))
+            history, _ = _page(_without(read, active), cfg.history_limit, cfg.max_history_bytes)
         elif conversation_id and conversation_id not in self.hub.watchers:
             raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
         else:
@@ -327,8 +327,11 @@ class Connection:
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first")
         active = self.hub.registry.active(self.conversation_id)
-        stored = _without(await self.hub.store.history(self.conversation_id, msg.limit + 2, msg.before), active)
-        page, has_more = _page(stored, msg.limit, self.hub.config.max_history_bytes)
+        max_bytes = self.hub.config.max_history_bytes
+        read = await self.hub.store.history(
+            self.conversation_id, msg.limit + 2, msg.before, max_bytes=_read_bound(max_bytes, active)
+        )
+        page, has_more = _page(_without(read, active), msg.limit, max_bytes)
         self.outbox.put(
             wire.encode(
                 "history",
@@ -401,6 +404,12 @@ class Connection:
 def _without(messages: list[StoredMessage], active: Reply | None) -> list[StoredMessage]:
     """History without the reply still streaming (its checkpoint): that one is resumed."""
     return [m for m in messages if active is None or m.id != active.id]
+
+
+def _read_bound(max_bytes: int, active: Reply | None) -> int:
+    """What to read for a page of ``max_bytes``: the streaming reply's checkpoint is read
+    too, then left out, so its text (4 bytes a character at most) is read on top."""
+    return max_bytes + (4 * active.log.chars if active else 0)
 
 
 def _page(messages: list[StoredMessage], limit: int, max_bytes: int) -> tuple[list[StoredMessage], bool]:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from .store import Conversation, StoredMessage, export_document, new_id, title_of
+from .store import Conversation, StoredMessage, export_document, new_id, newest_within, title_of
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "StoreCorrupt"]
 
@@ -189,17 +189,24 @@ class SQLiteStore:
         )
         return bool(cursor.rowcount)
 
-    async def history(self, conversation_id: str, limit: int, before: str | None = None) -> list[StoredMessage]:
-        return await self._run(self._history, conversation_id, limit, before)
+    async def history(
+        self, conversation_id: str, limit: int, before: str | None = None, *, max_bytes: int | None = None
+    ) -> list[StoredMessage]:
+        return await self._run(self._history, conversation_id, limit, before, max_bytes)
 
-    def _history(self, conversation_id: str, limit: int, before: str | None) -> list[StoredMessage]:
+    def _history(
+        self, conversation_id: str, limit: int, before: str | None, max_bytes: int | None
+    ) -> list[StoredMessage]:
         query = f"SELECT {_COLUMNS} FROM messages WHERE conversation_id = ?"
         args: tuple[Any, ...] = (conversation_id,)
         if before is not None:
             query += " AND pos < (SELECT pos FROM messages WHERE conversation_id = ? AND id = ?)"
             args += (conversation_id, before)
-        rows = self.conn.execute(query + " ORDER BY pos DESC LIMIT ?", (*args, limit)).fetchall()
-        return [_message(row) for row in reversed(rows)]
+        cursor = self.conn.execute(query + " ORDER BY pos DESC LIMIT ?", (*args, limit))
+        try:  # rows are read one at a time: a byte-bounded page does not load the rest
+            return list(reversed(newest_within(map(_message, cursor), max_bytes)))
+        finally:
+            cursor.close()
 
     async def prune(self, older_than: float) -> int:
         """Delete conversations not updated for ``older_than`` seconds; return how many."""

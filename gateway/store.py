@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -22,6 +22,7 @@ __all__ = [
     "StoredMessage",
     "export_document",
     "new_id",
+    "newest_within",
     "title_of",
 ]
 
@@ -79,9 +80,14 @@ class ConversationStore(Protocol):
         """Remove one message; False if there was none."""
 
     async def history(
-        self, conversation_id: str, limit: int, before: str | None = None
+        self, conversation_id: str, limit: int, before: str | None = None, *, max_bytes: int | None = None
     ) -> list[StoredMessage]:
-        """Up to ``limit`` messages (all if negative), oldest first, ending just before message ``before``."""
+        """Up to ``limit`` messages (all if negative), oldest first, ending just before message ``before``.
+
+        With ``max_bytes``, messages are read newest first and reading stops one message
+        after the text read (UTF-8) passes ``max_bytes``: a caller paging by bytes then
+        knows whether older messages exist without reading them all.
+        """
 
     async def prune(self, older_than: float) -> int:
         """Delete conversations idle for ``older_than`` seconds; return how many."""
@@ -149,7 +155,7 @@ class MemoryStore:
         return entry is not None and entry.messages.pop(message_id, None) is not None
 
     async def history(
-        self, conversation_id: str, limit: int, before: str | None = None
+        self, conversation_id: str, limit: int, before: str | None = None, *, max_bytes: int | None = None
     ) -> list[StoredMessage]:
         entry = self._entries.get(conversation_id)
         if entry is None:
@@ -160,7 +166,8 @@ class MemoryStore:
             messages = messages[: ids.index(before)] if before in entry.messages else []
         if limit == 0:
             return []
-        return messages[-limit:] if limit > 0 else messages
+        messages = messages[-limit:] if limit > 0 else messages
+        return list(reversed(newest_within(reversed(messages), max_bytes)))
 
     async def prune(self, older_than: float) -> int:
         cutoff = time.time() - older_than
@@ -175,6 +182,19 @@ class MemoryStore:
 
     async def close(self) -> None:
         self._entries.clear()
+
+
+def newest_within(newest_first: Iterable[StoredMessage], max_bytes: int | None) -> list[StoredMessage]:
+    """Messages taken newest first until one past the point where their text passes ``max_bytes``."""
+    taken: list[StoredMessage] = []
+    size, past = 0, False
+    for message in newest_first:
+        taken.append(message)
+        if past:
+            break
+        size += len(message.content.encode())
+        past = max_bytes is not None and size > max_bytes
+    return taken
 
 
 def title_of(content: str) -> str:

@@ -253,6 +253,27 @@ async def test_history_pages_backwards_exactly(store: ConversationStore) -> None
     assert await store.history(conv.id, 3, before="m0") == []
 
 
+@pytest.mark.parametrize(
+    ("max_bytes", "expected"),
+    [
+        (None, ["m0", "m1", "m2", "m3", "m4"]),
+        (10_000, ["m0", "m1", "m2", "m3", "m4"]),  # everything fits
+        (25, ["m1", "m2", "m3", "m4"]),  # m4+m3+m2 = 30 bytes pass 25 at m2; one more is read
+        (15, ["m2", "m3", "m4"]),  # m4+m3 = 20 pass 15
+        (9, ["m3", "m4"]),  # the newest passes at once; one more tells that older ones exist
+    ],
+)
+async def test_history_reads_one_message_past_max_bytes(
+    store: ConversationStore, max_bytes: int | None, expected: list[str]
+) -> None:
+    conv = await store.create()
+    for i in range(5):
+        await store.add(conv.id, user(f"m{i}", "é" * 5, created_at=1000.0 + i))  # 10 bytes each
+    got = await store.history(conv.id, 100, max_bytes=max_bytes)
+    assert [m.id for m in got] == expected
+    assert [m.id for m in await store.history(conv.id, 100, before="m3", max_bytes=9)] == ["m1", "m2"]
+
+
 async def test_history_before_unknown_is_empty(store: ConversationStore) -> None:
     conv = await store.create()
     other = await store.create()

@@ -1,7 +1,8 @@
 """The ``gateway`` command: ``serve``, ``check-config``, ``conversations``, ``--version``.
 
-Exit codes: 0 clean, 2 bad configuration or usage, 3 start-up failure
-(e.g. an address already in use).
+Exit codes: 0 clean; 2 bad configuration or usage, or a start that needs a person
+first (a database newer than this code, a missing event loop): systemd does not
+retry it; 3 a start-up failure that may pass (e.g. an address already in use).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import orjson
 import structlog
 
 from . import __version__, config, logs
-from .errors import ConfigError
+from .errors import ConfigError, StartupError
 
 __all__ = ["main"]
 
@@ -111,7 +112,10 @@ def _event_loop(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
             import uvloop
         except ImportError:
             if choice == "uvloop":
-                raise ConfigError("server.event_loop", "uvloop is not installed") from None
+                raise StartupError(
+                    "server.event_loop is uvloop, which is not installed (pip install 'llm-ws-gateway[uvloop]')",
+                    retry=False,
+                ) from None
         else:
             return uvloop.new_event_loop
     return None
@@ -136,13 +140,13 @@ def _serve(cfg: config.Config, reload: Callable[[], config.Config]) -> int:
         log.warning("unknown_environment_variable", name=name)
     from .server import Gateway
 
-    loop_factory = _event_loop(cfg.event_loop)
     try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
+        with asyncio.Runner(loop_factory=_event_loop(cfg.event_loop)) as runner:
             runner.run(Gateway(cfg, reload=reload, journal=journal).run())
-    except OSError as exc:
-        log.error("startup_failed", error=f"{exc.strerror or exc}", errno=exc.errno)
-        return EXIT_STARTUP
+    except StartupError as exc:
+        code = EXIT_STARTUP if exc.retry else EXIT_CONFIG
+        log.error("startup_failed", error=exc.reason, errno=getattr(exc.__cause__, "errno", None), exit_code=code)
+        return code
     except KeyboardInterrupt:
         pass
     return 0

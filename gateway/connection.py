@@ -60,16 +60,19 @@ class Hub:
         self.connections: set[Connection] = set()
         self.watchers: dict[str, set[Connection]] = {}
 
-    def watch(self, conn: Connection, conversation_id: str | None) -> None:
+    def watch(self, conn: Connection, conversation_id: str) -> None:
         """Make ``conn`` the watcher of ``conversation_id`` (and of nothing else)."""
+        self.unwatch(conn)
+        self.watchers.setdefault(conversation_id, set()).add(conn)
+        conn.conversation_id = conversation_id
+
+    def unwatch(self, conn: Connection) -> None:
+        """``conn`` watches nothing any more (it still knows its last conversation)."""
         old = conn.conversation_id
         if old is not None and old in self.watchers:
             self.watchers[old].discard(conn)
             if not self.watchers[old]:
                 del self.watchers[old]
-        if conversation_id is not None:
-            self.watchers.setdefault(conversation_id, set()).add(conn)
-        conn.conversation_id = conversation_id
 
 
 class Connection:
@@ -104,7 +107,7 @@ class Connection:
         finally:
             if self._writer is not None:
                 self._writer.cancel()
-            self.hub.watch(self, None)
+            self.hub.unwatch(self)
             for reply in self.replies.values():
                 reply.unsubscribe(self)
                 if not self.json:

@@ -7,7 +7,11 @@
     ├── ProtocolError            a client's mistake (bad_request, too_large, busy, ...)
     └── UpstreamError            the provider failed (upstream_*, rate_limited)
 
-Only :mod:`gateway.connection` turns these into frames and close codes.
+    StartupError                 the gateway cannot start; ``retry`` says whether trying
+                                 again can help (CLI exits 3) or a person must act (2)
+
+Only :mod:`gateway.connection` turns GatewayErrors into frames and close codes; only
+:mod:`gateway.cli` turns start-up failures into exit codes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ __all__ = [
     "ErrorCode",
     "GatewayError",
     "ProtocolError",
+    "StartupError",
     "UpstreamError",
     "WITHHELD",
     "quotes_secret",
@@ -124,6 +129,17 @@ class UpstreamError(GatewayError):
         summary = redact(self.summary, *secrets)
         detail = redact(self.detail, *secrets) if self.detail else ""
         self.message = f"{summary}: {detail}" if detail else summary
+
+
+class StartupError(Exception):
+    """The gateway could not start: ``reason`` for the log; ``retry`` is True when the
+    cause may pass by itself (an address in use), False when a person must act first
+    (a database newer than this code, a missing event loop)."""
+
+    def __init__(self, reason: str, *, retry: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry = retry
 
 
 def _bounded_delay(seconds: float | None) -> float | None:

@@ -80,6 +80,7 @@ class Reply:
         self.stop_reason: StopReason | None = None
         self.replaces: str | None = None
         self.task: asyncio.Task[None] | None = None
+        self.provider: Provider | None = None  # the one that produces it, whatever a reload changes
         self.checkpointed_at = self.started_at
         self.checkpoint_timer: asyncio.TimerHandle | None = None
         self.checkpoint_task: asyncio.Task[None] | None = None
@@ -234,6 +235,7 @@ class ReplyRegistry:
             max_chars=self.limits.context_max_chars,
         )
         self._replies[reply.id] = reply
+        reply.provider = self.provider
         self.metrics.messages.inc()
         subscriber.reply_started(reply, None)
         reply.subscribe(subscriber)
@@ -280,7 +282,8 @@ class ReplyRegistry:
 
     async def _relay(self, reply: Reply, messages: Sequence[ChatMessage]) -> str | None:
         finish = None
-        async with contextlib.aclosing(self.provider.stream(messages)) as stream:
+        assert reply.provider is not None
+        async with contextlib.aclosing(reply.provider.stream(messages)) as stream:
             async for chunks in stream:
                 text = "".join([c.text for c in chunks]) if len(chunks) > 1 else chunks[0].text
                 for chunk in chunks:
@@ -383,8 +386,8 @@ class ReplyRegistry:
             "reply_finished",
             reply_id=reply.id,
             conversation_id=reply.conversation_id,
-            provider=self.provider.name,
-            model=self.provider.model,
+            provider=reply.provider.name if reply.provider else None,
+            model=reply.provider.model if reply.provider else None,
             finish_reason=reply.finish_reason,
             error_code=str(reply.error.code) if reply.error else None,
             deltas=reply.log.seq,

@@ -31,10 +31,10 @@ from . import __version__, heap, logs, wire
 from .clientip import client_ip
 from .config import Config, own_origins
 from .connection import CLOSE_OVERLOADED, Connection, Hub, bearer_valid
-from .errors import ConfigError
+from .errors import ConfigError, StartupError
 from .metrics import Metrics, TimedStore
 from .replies import RegistryLimits, ReplyRegistry
-from .store import ConversationStore, MemoryStore
+from .store import ConversationStore, MemoryStore, StoreUnusable
 from .systemd import Notifier, listen_sockets, watchdog_interval
 from .upstream import make_provider
 from .web import WebState, make_app
@@ -73,6 +73,7 @@ class Gateway:
         self.store: ConversationStore = TimedStore(store or make_store(config), self.metrics)
         self.stopping = asyncio.Event()
         self.hurry = asyncio.Event()
+        self.started = False
         self.closed = False
         self.allowed_origins: tuple[str, ...] = config.allowed_origins
         self.hub: Hub | None = None
@@ -136,6 +137,7 @@ class Gateway:
             socket_activated=bool(inherited),
             event_loop="uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio",
         )
+        self.started = True
         self._notifier.notify("READY=1", f"STATUS={self._status()}", f"MAINPID={os.getpid()}")
 
     async def _listen_ws(self, sock: socket.socket | None) -> None:
@@ -192,7 +194,7 @@ class Gateway:
             loop.add_signal_handler(sig, self._on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         try:
-            await self.start()
+            await _starting(self.start())
             await self.stopping.wait()
         finally:
             try:
@@ -322,7 +324,8 @@ class Gateway:
             await self._session.close()
         await self.store.close()
         self._notifier.close()
-        _log.info("gateway_stopped", replies_drained=in_flight)
+        if self.started:  # a start that failed is reported by its caller, as startup_failed
+            _log.info("gateway_stopped", replies_drained=in_flight)
 
     async def _close_connections(self) -> None:
         """Close every socket with 1001 after what is queued for it is written."""
@@ -397,7 +400,10 @@ class Gateway:
         finally:
             gauge.dec()
             self.hub.connections.discard(conn)
-            _log.info("connection_closed", mode=mode, code=ws.close_code, conversation_id=conn.conversation_id)
+            code, closed_by = _how_closed(ws)
+            _log.info(
+                "connection_closed", mode=mode, code=code, closed_by=closed_by, conversation_id=conn.conversation_id
+            )
 
 
 # permessage-deflate with a small window: measured (docs/performance.md) to compress
@@ -407,12 +413,34 @@ _DEFLATE = ServerPerMessageDeflateFactory(
 )
 
 
+def _how_closed(ws: ServerConnection) -> tuple[int, str]:
+    """The close code of the side that closed first, and which side that was: the
+    gateway's own code (1009, 1013...) when it closed, not the echo the client sent back."""
+    protocol = ws.protocol
+    sent, received = protocol.close_sent, protocol.close_rcvd
+    if sent is not None and (received is None or not protocol.close_rcvd_then_sent):
+        return sent.code, "gateway"
+    if received is not None:
+        return received.code, "client"
+    return 1006, "network"
+
+
 def _bound_send_buffer(ws: ServerConnection, size: int) -> None:
     """A fixed SO_SNDBUF: a client that stops reading then backs up into the outbox,
     where its deltas merge and its bound applies, instead of into megabytes of kernel buffer."""
     sock = ws.transport.get_extra_info("socket")
     if size and sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+async def _starting(start: Any) -> None:
+    """Await ``start``, turning what can stop a start into a StartupError."""
+    try:
+        await start
+    except OSError as exc:  # an address in use, a directory not writable yet
+        raise StartupError(f"{exc.strerror or exc}", retry=True) from exc
+    except StoreUnusable as exc:  # retrying cannot help: a person must act
+        raise StartupError(str(exc), retry=False) from exc
 
 
 def _single(headers: Headers, name: str) -> str | None:

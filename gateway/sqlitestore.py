@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from .store import Conversation, StoredMessage, export_document, new_id, newest_within, title_of
+from .store import Conversation, StoredMessage, StoreUnusable, export_document, new_id, newest_within, title_of
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "StoreCorrupt"]
 
@@ -59,7 +59,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _COLUMNS = "id, role, content, created_at, finish_reason, usage"
 
 
-class StoreCorrupt(Exception):
+class StoreCorrupt(StoreUnusable):
     """The database file is newer than this code, or failed its integrity check."""
 
 
@@ -84,6 +84,9 @@ class SQLiteStore:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         try:
             self.recovered = await self._run(self._open, recover)
+        except sqlite3.DatabaseError as exc:  # not a database, unreadable, locked for good
+            await self.close()
+            raise StoreCorrupt(f"cannot open {self.path}: {exc}") from exc
         except BaseException:
             await self.close()
             raise

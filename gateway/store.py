@@ -19,6 +19,7 @@ __all__ = [
     "ConversationStore",
     "MemoryStore",
     "StoreFull",
+    "StoreUnusable",
     "StoredMessage",
     "export_document",
     "new_id",
@@ -33,6 +34,10 @@ _TITLE_CHARS = 80
 def new_id() -> str:
     """A 128-bit random, unguessable id (32 hex digits)."""
     return secrets.token_hex(16)
+
+
+class StoreUnusable(Exception):
+    """The store cannot be opened by this code: a database newer than it, a damaged file."""
 
 
 class StoreFull(Exception):

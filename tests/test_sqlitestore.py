@@ -566,8 +566,9 @@ async def test_failed_migration_is_rolled_back(tmp_path: Path, obstacle: str, er
         rows_before = conn.execute("SELECT * FROM messages ORDER BY pos").fetchall()
 
     store = SQLiteStore(path)
-    with pytest.raises(sqlite3.OperationalError, match=error):
+    with pytest.raises(StoreCorrupt, match=error) as info:  # the start-up error: exit 2, not retried
         await store.open()
+    assert isinstance(info.value.__cause__, sqlite3.OperationalError)
 
     with raw(path) as conn:
         assert scalar(conn, "PRAGMA user_version") == 1

@@ -120,6 +120,9 @@ async def test_port_in_use_exits_3(spawn: Callable[..., Any]) -> None:
         assert await proc.finish() == 3
     failed = [line for line in proc.lines if line.get("event") == "startup_failed"]
     assert failed and "Traceback" not in str(proc.lines)
+    # Reported once, and alone: no gateway_stopped for a gateway that never started.
+    assert len(failed) == 1 and failed[0]["exit_code"] == 3 and failed[0]["errno"] is not None
+    assert "gateway_stopped" not in [line.get("event") for line in proc.lines]
 
 
 def test_version(run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -64,18 +63,6 @@ async def test_uvloop_asked_for_but_missing_exits_2(spawn: Spawn, tmp_path: Path
     proc = await spawn(env, wait_ready=False)
     failed = await _failed_start(proc)
     assert "uvloop" in failed["error"]
-
-
-async def test_port_in_use_is_reported_once_and_first(spawn: Spawn) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        port = s.getsockname()[1]
-        proc = await spawn({"GATEWAY_WS_ADDR": f"127.0.0.1:{port}", "GATEWAY_LOG_FORMAT": "json"}, wait_ready=False)
-        assert await proc.finish() == 3
-    assert _events(proc).count("startup_failed") == 1 and "gateway_stopped" not in _events(proc)
-    failed = next(line for line in proc.lines if line.get("event") == "startup_failed")
-    assert failed["exit_code"] == 3 and failed["errno"] is not None
 
 
 async def test_connection_closed_names_the_conversation_and_who_closed(spawn: Spawn) -> None:

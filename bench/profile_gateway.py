@@ -54,10 +54,9 @@ BUCKETS = [
     ("gateway/outbox.py", "outbox and writer (gateway/outbox.py, connection.py)"),
     ("gateway/connection.py", "outbox and writer (gateway/outbox.py, connection.py)"),
     ("gateway/wire.py", "wire encode/parse (gateway/wire.py)"),
-    ("gateway/sqlitestore.py", "store calls on the loop (sqlitestore, TimedStore, executor)"),
-    ("gateway/store.py", "store calls on the loop (sqlitestore, TimedStore, executor)"),
-    ("gateway/metrics.py", "store calls on the loop (sqlitestore, TimedStore, executor)"),
-    ("concurrent/futures/", "store calls on the loop (sqlitestore, TimedStore, executor)"),
+    ("gateway/stores/", "store calls on the loop (stores, TimedStore, executor)"),
+    ("gateway/metrics.py", "store calls on the loop (stores, TimedStore, executor)"),
+    ("concurrent/futures/", "store calls on the loop (stores, TimedStore, executor)"),
     ("prometheus_client/", "metrics (prometheus_client)"),
     ("structlog/", "logging (structlog, logging)"),
     ("logging/", "logging (structlog, logging)"),
@@ -108,7 +107,7 @@ _ROOTS = ("gateway/__main__.py", "gateway/cli.py", "uvicorn/server.py", "uvicorn
 def _bucket(frames: list[tuple[str, str, str]]) -> str:
     files = [file for _, file, _ in frames]
     if any(f == "threading.py" for f in files[:3]):
-        return "threads off the loop (the SQLite store's)" if any("sqlitestore" in f for f in files) else "other threads"
+        return "threads off the loop (the SQLite store's)" if any("stores/sqlite" in f for f in files) else "other threads"
     if frames[-1][0].endswith("select") and files[-1] == "selectors.py":
         return "waiting in epoll_wait (one call per loop wake-up)"
     for func, file, _ in reversed(frames):

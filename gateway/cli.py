@@ -84,10 +84,10 @@ def _conversations(cfg: config.Config, args: argparse.Namespace) -> int:
     if not cfg.store.path.exists():
         print(f"gateway: no conversation store at {cfg.store.path}", file=sys.stderr)
         return EXIT_CONFIG
-    from .sqlitestore import SQLiteStore
+    from .stores import make_store
 
     async def run() -> int:
-        store = SQLiteStore(cfg.store.path)
+        store = make_store(cfg)
         await store.open(recover=False)
         try:
             if args.action == "prune":

@@ -6,7 +6,6 @@ This is the one place where errors become protocol frames and close codes.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -16,13 +15,14 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from . import wire
-from .config import Config, token_digest
+from .auth import Principal, make_authenticator
+from .config import Config
 from .errors import ErrorCode, GatewayError, ProtocolError
 from .outbox import Close, Frame, Outbox, OutputBudget
 from .replies import Reply, ReplyRegistry, StopReason
-from .store import ConversationStore, StoredMessage, new_id
+from .stores import ConversationStore, StoredMessage, new_id
 
-__all__ = ["CLOSE_GOING_AWAY", "CLOSE_OVERLOADED", "Connection", "Hub", "bearer_valid", "token_valid"]
+__all__ = ["CLOSE_GOING_AWAY", "CLOSE_OVERLOADED", "Connection", "Hub"]
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
@@ -32,22 +32,9 @@ CLOSE_TIMEOUT = 10.0
 _log: Any = structlog.get_logger("gateway.connection")
 
 
-def token_valid(token: str | None, digests: frozenset[str]) -> bool:
-    """Whether ``token`` is one of the configured tokens (compared in constant time)."""
-    if not token:
-        return False
-    digest = token_digest(token)
-    return any(hmac.compare_digest(digest, d) for d in digests)
-
-
-def bearer_valid(authorization: str | None, digests: frozenset[str]) -> bool:
-    """Whether an ``Authorization`` header value is ``Bearer`` and a valid token."""
-    scheme, _, token = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and token_valid(token.strip(), digests)
-
-
 class Hub:
-    """What connections share: the current config, the registry, the store and the output budget."""
+    """What connections share: the current config, the registry, the store, the output
+    budget and the authenticator."""
 
     def __init__(self, config: Config, registry: ReplyRegistry, store: ConversationStore) -> None:
         self.config = config
@@ -55,6 +42,7 @@ class Hub:
         self.registry = registry
         self.store = store
         self.budget = OutputBudget(config.max_total_pending_bytes)
+        self.authenticator = make_authenticator(config)
         self.cut_off = 0  # connections closed for not reading, ever
         self.metrics.queued_bytes.set_function(lambda: self.budget.total)
         self.connections: set[Connection] = set()
@@ -93,10 +81,9 @@ class Connection:
         )
         self._closer: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
-        tokens = hub.config.auth_tokens
-        self.authenticated = not tokens or (
-            ws.request is not None and bearer_valid(ws.request.headers.get("Authorization"), tokens)
-        )
+        # Who the client is: known from the handshake, or (JSON mode) from its first hello.
+        authorization = ws.request.headers.get("Authorization") if ws.request is not None else None
+        self.principal: Principal | None = hub.authenticator.from_authorization(authorization)
 
     async def run(self) -> None:
         """Serve the socket until it closes; replies it watched go on without it."""
@@ -177,7 +164,7 @@ class Connection:
     async def _read_json(self) -> None:
         async for frame in self.ws:
             self._start_writer()
-            if not self.authenticated and not self._authenticate(frame):
+            if self.principal is None and not self._authenticate(frame):
                 assert self._writer is not None
                 await self._writer
                 return
@@ -214,8 +201,9 @@ class Connection:
             msg: wire.ClientMessage | None = wire.parse_client(frame)
         except ProtocolError:
             msg = None
-        if isinstance(msg, wire.Hello) and token_valid(msg.token, self.hub.config.auth_tokens):
-            self.authenticated = True
+        if isinstance(msg, wire.Hello):
+            self.principal = self.hub.authenticator.from_token(msg.token)
+        if self.principal is not None:
             return True
         _log.info("auth_failed", reason="bad token" if isinstance(msg, wire.Hello) else "no hello")
         error = GatewayError(ErrorCode.UNAUTHORIZED, "send hello with a valid token first", retryable=False)

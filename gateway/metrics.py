@@ -51,7 +51,7 @@ class Metrics:
 
 
 class TimedStore:
-    """A :class:`~gateway.store.ConversationStore` that records each operation's latency."""
+    """A :class:`~gateway.stores.ConversationStore` that records each operation's latency."""
 
     def __init__(self, store: Any, metrics: Metrics) -> None:
         self.inner = store

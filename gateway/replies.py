@@ -24,7 +24,7 @@ from .errors import ErrorCode, GatewayError, ProtocolError, UpstreamError
 from .metrics import Metrics
 from .providers import ChatMessage, Provider, Usage
 from .replylog import ReplyLog
-from .store import ConversationStore, StoreFull, StoredMessage, new_id
+from .stores import ConversationNotFound, ConversationStore, StoredMessage, StoreFull, new_id
 
 __all__ = ["Reply", "ReplyRegistry", "RegistryLimits", "StopReason", "Subscriber"]
 
@@ -202,7 +202,7 @@ class ReplyRegistry:
         except GatewayError:
             self._release(reply)
             raise
-        except KeyError:
+        except ConversationNotFound:
             self._release(reply)
             raise ProtocolError(ErrorCode.NOT_FOUND, "this conversation no longer exists") from None
         except StoreFull:

@@ -21,7 +21,6 @@ import aiohttp
 import structlog
 from aiohttp import web
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers, MultipleValuesError
 from websockets.exceptions import NegotiationError
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
@@ -30,16 +29,18 @@ from websockets.typing import Subprotocol
 from . import __version__, heap, logs, wire
 from .clientip import client_ip
 from .config import Config, own_origins
-from .connection import CLOSE_OVERLOADED, Connection, Hub, bearer_valid
+from .auth import make_authenticator
+from .connection import CLOSE_OVERLOADED, Connection, Hub
+from .handshake import admit
 from .errors import ConfigError, StartupError
 from .metrics import Metrics, TimedStore
 from .replies import RegistryLimits, ReplyRegistry
-from .store import ConversationStore, MemoryStore, StoreUnusable
+from .stores import ConversationStore, StoreUnusable, make_store
 from .systemd import Notifier, listen_sockets, watchdog_interval
 from .upstream import make_provider
 from .web import WebState, make_app
 
-__all__ = ["Gateway", "make_store"]
+__all__ = ["Gateway"]
 
 _log: Any = structlog.get_logger("gateway.server")
 PRUNE_EVERY = 3600.0
@@ -107,10 +108,9 @@ class Gateway:
     async def start(self) -> None:
         """Open the store, the HTTP client session and both listeners."""
         cfg = self.config
-        await self.store.open()
-        recovered = getattr(self.store, "recovered", 0)
-        if recovered:
-            _log.warning("interrupted_replies_recovered", count=recovered)
+        report = await self.store.open()
+        if report.recovered:
+            _log.warning("interrupted_replies_recovered", count=report.recovered)
         # No cookie jar: one user's upstream cookies must never ride on another's request.
         # No automatic decompression: upstream.py inflates in bounded pieces.
         self._session = aiohttp.ClientSession(
@@ -280,6 +280,7 @@ class Gateway:
         assert self.hub is not None and self._session is not None and self._web_state is not None
         self.config = self.hub.config = cfg
         self.hub.budget.limit = cfg.max_total_pending_bytes
+        self.hub.authenticator = make_authenticator(cfg)
         registry = self.hub.registry
         registry.limits = _limits(cfg)
         if cfg.provider != old.provider:
@@ -354,27 +355,13 @@ class Gateway:
     # connections
 
     def _check_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?", 1)[0] != "/chat":
-            return self._refuse(conn, 404, "path", "Not Found: the chat endpoint is /chat\n")
-        try:
-            origin = _single(request.headers, "Origin")
-            authorization = _single(request.headers, "Authorization")
-        except MultipleValuesError as exc:
-            return self._refuse(conn, 400, "duplicate_header", f"Bad Request: more than one {exc.args[0]} header\n")
-        # Sec-WebSocket-Protocol may be repeated (RFC 6455 11.3.4): all its values count.
-        plain = wire.SUBPROTOCOL not in ",".join(request.headers.get_all("Sec-WebSocket-Protocol"))
-        if plain and self.config.auth_tokens and not bearer_valid(authorization, self.config.auth_tokens):
-            # JSON mode may also authenticate with its first frame; plain mode only here.
-            return self._refuse(conn, 401, "unauthorized", "Unauthorized: send Authorization: Bearer TOKEN\n")
-        allowed = self.allowed_origins
-        if origin is not None and "*" not in allowed and origin.lower() not in allowed:
-            return self._refuse(conn, 403, "origin", "Forbidden: this Origin is not allowed\n", origin=origin[:200])
-        return None
-
-    def _refuse(self, conn: ServerConnection, status: int, reason: str, text: str, **fields: Any) -> Response:
-        _log.info("handshake_refused", reason=reason, status=status, **fields)
-        self.metrics.refusals.labels(reason).inc()
-        return conn.respond(status, text)
+        assert self.hub is not None
+        refusal = admit(request.path, request.headers, self.hub.authenticator, self.allowed_origins)
+        if refusal is None:
+            return None
+        _log.info("handshake_refused", reason=refusal.reason, status=refusal.status, origin=refusal.origin)
+        self.metrics.refusals.labels(refusal.reason).inc()
+        return conn.respond(refusal.status, refusal.text)
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert self.hub is not None
@@ -443,14 +430,6 @@ async def _starting(start: Any) -> None:
         raise StartupError(str(exc), retry=False) from exc
 
 
-def _single(headers: Headers, name: str) -> str | None:
-    """The header's one value, None if absent; MultipleValuesError if it is repeated."""
-    values = headers.get_all(name)
-    if len(values) > 1:
-        raise MultipleValuesError(name)
-    return values[0] if values else None
-
-
 def _limits(cfg: Config) -> RegistryLimits:
     return RegistryLimits(
         max_replies=cfg.max_replies,
@@ -462,15 +441,6 @@ def _limits(cfg: Config) -> RegistryLimits:
         context_max_messages=cfg.context_max_messages,
         context_max_chars=cfg.context_max_chars,
     )
-
-
-def make_store(config: Config) -> ConversationStore:
-    """The store the configuration names (SQLite by default)."""
-    if config.store.backend == "memory":
-        return MemoryStore(max_conversations=config.max_conversations, max_messages=config.max_conversation_messages)
-    from .sqlitestore import SQLiteStore
-
-    return SQLiteStore(config.store.path)
 
 
 def _select_subprotocol(conn: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:

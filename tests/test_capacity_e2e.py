@@ -7,7 +7,8 @@ import asyncio
 from conftest import StartGateway, openai_env
 from fakeupstream import FakeUpstream, Pause, Script, openai_sse
 
-from gateway.store import MemoryStore, StoredMessage
+from gateway.stores import StoredMessage
+from gateway.stores.memory import MemoryStore
 
 
 async def test_max_replies_gives_overloaded(start_gateway: StartGateway, upstream: FakeUpstream) -> None:

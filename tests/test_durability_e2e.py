@@ -18,7 +18,7 @@ from conftest import TIMEOUT, Chat, StartGateway, openai_env
 from fakeupstream import FakeUpstream, Pause, Script, Stall, openai_sse
 from websockets.asyncio.client import connect
 
-from gateway.sqlitestore import MIGRATIONS
+from gateway.stores.sqlite import MIGRATIONS
 
 Spawn = Callable[..., Any]
 

@@ -9,7 +9,8 @@ import pytest
 
 from gateway.providers import ChatMessage, Chunk, Usage
 from gateway.replies import RegistryLimits, Reply, ReplyRegistry
-from gateway.store import MemoryStore, StoredMessage
+from gateway.stores import StoredMessage
+from gateway.stores.memory import MemoryStore
 
 LIMITS = RegistryLimits(
     max_replies=10, max_reply_chars=10_000, max_reply_seconds=10, resume_grace=0, checkpoint_interval=1,

@@ -1,4 +1,4 @@
-"""Tests for gateway.sqlitestore.SQLiteStore and the ConversationStore contract.
+"""Tests for gateway.stores.sqlite.SQLiteStore and the ConversationStore contract.
 
 The contract tests run against both stores (SQLite on a real file in ``tmp_path``,
 and MemoryStore); the rest are SQLite specifics: WAL, schema versions and
@@ -22,8 +22,9 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.sqlitestore import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, StoreCorrupt
-from gateway.store import Conversation, ConversationStore, MemoryStore, StoredMessage, title_of
+from gateway.stores import Conversation, ConversationNotFound, ConversationStore, OpenReport, StoredMessage, title_of
+from gateway.stores.memory import MemoryStore
+from gateway.stores.sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, StoreCorrupt
 
 UNICODE = "你好，世界 🙂👍🏽👨‍👩‍👧 e\u0301 \x01\x07\x1b[31mred\x1b[0m\t\r\n\u2028\u200b\ufeff\x7f end"
 USAGE = {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}
@@ -47,7 +48,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 @pytest.fixture
 async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     s = SQLiteStore(tmp_path / "c.db")
-    await s.open()
+    assert await s.open() == OpenReport(recovered=0)
     yield s
     await s.close()
 
@@ -350,8 +351,8 @@ async def test_export_of_an_empty_conversation(store: ConversationStore) -> None
 
 @pytest.mark.parametrize("op", ["add", "save"])
 @pytest.mark.parametrize("store", ["sqlite", "memory"], indirect=True)
-async def test_write_to_unknown_conversation_raises_key_error(store: ConversationStore, op: str) -> None:
-    with pytest.raises(KeyError):
+async def test_write_to_unknown_conversation_raises_not_found(store: ConversationStore, op: str) -> None:
+    with pytest.raises(ConversationNotFound):
         await getattr(store, op)("0" * 32, user("m1"))
 
 
@@ -359,7 +360,7 @@ async def test_write_to_unknown_conversation_raises_key_error(store: Conversatio
 async def test_write_to_unknown_conversation_writes_nothing(store: ConversationStore, op: str) -> None:
     conv = await store.create()
     # IntegrityError is the SQLite bug above; what matters here is that nothing is written.
-    with pytest.raises((KeyError, sqlite3.IntegrityError)):
+    with pytest.raises((ConversationNotFound, sqlite3.IntegrityError)):
         await getattr(store, op)("0" * 32, user("m1"))
     assert await store.get("0" * 32) is None
     assert await store.export("0" * 32) is None
@@ -429,7 +430,6 @@ async def test_file_is_wal_at_the_current_schema(sqlite_store: SQLiteStore) -> N
         assert scalar(conn, "PRAGMA journal_mode") == "wal"
         assert scalar(conn, "PRAGMA user_version") == SCHEMA_VERSION
     assert await sqlite_store.integrity_check() == "ok"
-    assert sqlite_store.recovered == 0
 
 
 async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
@@ -507,7 +507,7 @@ async def test_migrates_a_version_1_database(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
     build_v1(path)
     store = SQLiteStore(path)
-    await store.open()
+    report = await store.open()
     try:
         assert await store.history("c1", 10) == V1_MESSAGES
         assert await store.history("c1", 1, before="u2") == V1_MESSAGES[1:2]
@@ -515,7 +515,7 @@ async def test_migrates_a_version_1_database(tmp_path: Path) -> None:
         assert doc is not None
         assert (doc["title"], doc["created_at"], doc["updated_at"]) == ("old title", 100.0, 200.0)
         assert [m["id"] for m in doc["messages"]] == ["u1", "a1", "u2"]
-        assert store.recovered == 0
+        assert report.recovered == 0
         with raw(path) as conn:
             assert scalar(conn, "PRAGMA user_version") == SCHEMA_VERSION
             rows = conn.execute("SELECT id, created_at, updated_at FROM messages ORDER BY pos").fetchall()
@@ -594,9 +594,9 @@ async def test_open_closes_replies_left_streaming(tmp_path: Path) -> None:
     await first.close()  # ... and the process died before the final save
 
     second = SQLiteStore(path)
-    await second.open()
+    report = await second.open()
     try:
-        assert second.recovered == 1
+        assert report.recovered == 1
         history = await second.history(conv.id, 10)
         assert history == [
             user("u1", "tell me a story"),
@@ -608,9 +608,9 @@ async def test_open_closes_replies_left_streaming(tmp_path: Path) -> None:
         await second.close()
 
     third = SQLiteStore(path)
-    await third.open()
+    report = await third.open()
     try:
-        assert third.recovered == 0
+        assert report.recovered == 0
         assert (await third.history(conv.id, 1))[0].finish_reason == "error"
     finally:
         await third.close()

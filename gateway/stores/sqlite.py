@@ -21,7 +21,17 @@ from typing import Any, TypeVar
 
 import orjson
 
-from .store import Conversation, StoredMessage, StoreUnusable, export_document, new_id, newest_within, title_of
+from .base import (
+    Conversation,
+    ConversationNotFound,
+    OpenReport,
+    StoredMessage,
+    StoreUnusable,
+    export_document,
+    new_id,
+    newest_within,
+    title_of,
+)
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "StoreCorrupt"]
 
@@ -67,23 +77,22 @@ T = TypeVar("T")
 
 
 class SQLiteStore:
-    """A :class:`~gateway.store.ConversationStore` in one SQLite file."""
+    """A :class:`~gateway.stores.ConversationStore` in one SQLite file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
-        self.recovered = 0
 
-    async def open(self, *, recover: bool = True) -> None:
+    async def open(self, *, recover: bool = True) -> OpenReport:
         """Open (creating the file and its directory), migrate, and with ``recover``
         mark replies a crash left streaming as ended. Tools that run beside a live
         gateway (export, prune) open with ``recover=False``."""
         if self._thread is not None:
-            return
+            return OpenReport()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         try:
-            self.recovered = await self._run(self._open, recover)
+            return OpenReport(recovered=await self._run(self._open, recover))
         except sqlite3.DatabaseError as exc:  # not a database, unreadable, locked for good
             await self.close()
             raise StoreCorrupt(f"cannot open {self.path}: {exc}") from exc
@@ -171,7 +180,7 @@ class SQLiteStore:
                 (now, title, conversation_id),
             ).rowcount
             if touched != 1:
-                raise KeyError(conversation_id)
+                raise ConversationNotFound(conversation_id)
             insert = f"INSERT {'' if upsert else 'OR IGNORE '}INTO messages (conversation_id, {_COLUMNS}, updated_at)"
             insert += " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             if upsert:

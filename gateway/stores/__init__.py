@@ -1,0 +1,49 @@
+"""Where conversations live: the contract every store implements, and the factory.
+
+``base`` is the contract (:class:`ConversationStore`, the records, the errors),
+``memory`` and ``sqlite`` are the backends. :func:`make_store` is the one place
+that picks a backend from the configuration: the server and the CLI both use it.
+"""
+
+from __future__ import annotations
+
+from ..config import Config
+from .base import (
+    Conversation,
+    ConversationNotFound,
+    ConversationStore,
+    OpenReport,
+    StoredMessage,
+    StoreFull,
+    StoreUnusable,
+    export_document,
+    new_id,
+    newest_within,
+    title_of,
+)
+
+__all__ = [
+    "Conversation",
+    "ConversationNotFound",
+    "ConversationStore",
+    "OpenReport",
+    "StoreFull",
+    "StoreUnusable",
+    "StoredMessage",
+    "export_document",
+    "make_store",
+    "new_id",
+    "newest_within",
+    "title_of",
+]
+
+
+def make_store(config: Config) -> ConversationStore:
+    """The store ``[store] backend`` names, not yet opened."""
+    if config.store.backend == "memory":
+        from .memory import MemoryStore
+
+        return MemoryStore(max_conversations=config.max_conversations, max_messages=config.max_conversation_messages)
+    from .sqlite import SQLiteStore
+
+    return SQLiteStore(config.store.path)

@@ -1,0 +1,153 @@
+"""The conversation store contract: what every backend implements and raises.
+
+Backends: :mod:`.memory` (bounded, in this process), :mod:`.sqlite` (one file);
+:func:`gateway.stores.make_store` picks one from the configuration.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+__all__ = [
+    "Conversation",
+    "ConversationNotFound",
+    "ConversationStore",
+    "OpenReport",
+    "StoreFull",
+    "StoreUnusable",
+    "StoredMessage",
+    "export_document",
+    "new_id",
+    "newest_within",
+    "title_of",
+]
+
+Role = Literal["user", "assistant"]
+_TITLE_CHARS = 80
+
+
+def new_id() -> str:
+    """A 128-bit random, unguessable id (32 hex digits)."""
+    return secrets.token_hex(16)
+
+
+class ConversationNotFound(LookupError):
+    """The conversation does not exist (never did, or was deleted): nothing was written."""
+
+
+class StoreUnusable(Exception):
+    """The store cannot be opened by this code: a database newer than it, a damaged file."""
+
+
+class StoreFull(Exception):
+    """The store holds as many conversations as it may: a new one is refused, none is dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: str
+    role: Role
+    content: str
+    created_at: float = field(default_factory=time.time)
+    finish_reason: str | None = None
+    usage: Mapping[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenReport:
+    """What opening a store found: ``recovered`` replies a crash had left streaming,
+    now marked ended with ``error``."""
+
+    recovered: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    id: str
+    title: str
+    created_at: float
+    updated_at: float
+
+
+class ConversationStore(Protocol):
+    """Where conversations live. One process owns a store; every method is a coroutine
+    so that implementations can do I/O (SQLite's thread today, Redis tomorrow)."""
+
+    async def open(self, *, recover: bool = True) -> OpenReport:
+        """Prepare the store (create, migrate and, with ``recover``, end the replies a crash
+        left streaming); called once. StoreUnusable if this code cannot use it. Tools that
+        run beside a live gateway (export, prune) open with ``recover=False``."""
+
+    async def create(self, conversation_id: str | None = None) -> Conversation:
+        """A new, empty conversation with a new id; or the one with ``conversation_id``,
+        created if absent. StoreFull if the store may hold no more."""
+
+    async def get(self, conversation_id: str) -> Conversation | None: ...
+
+    async def add(self, conversation_id: str, message: StoredMessage) -> bool:
+        """Insert a new message; False (and nothing written) if its id is taken.
+        ConversationNotFound if the conversation does not exist."""
+
+    async def save(self, conversation_id: str, message: StoredMessage) -> None:
+        """Insert ``message``, or replace the one with the same id (checkpoints, final text).
+        ConversationNotFound if the conversation does not exist."""
+
+    async def delete(self, conversation_id: str, message_id: str) -> bool:
+        """Remove one message; False if there was none."""
+
+    async def history(
+        self, conversation_id: str, limit: int, before: str | None = None, *, max_bytes: int | None = None
+    ) -> list[StoredMessage]:
+        """Up to ``limit`` messages (all if negative), oldest first, ending just before message ``before``.
+
+        With ``max_bytes``, messages are read newest first and reading stops one message
+        after the text read (UTF-8) passes ``max_bytes``: a caller paging by bytes then
+        knows whether older messages exist without reading them all.
+        """
+
+    async def prune(self, older_than: float) -> int:
+        """Delete conversations idle for ``older_than`` seconds; return how many."""
+
+    async def export(self, conversation_id: str) -> dict[str, Any] | None:
+        """A conversation with all its messages as plain data, or None."""
+
+    async def close(self) -> None: ...
+
+
+def newest_within(newest_first: Iterable[StoredMessage], max_bytes: int | None) -> list[StoredMessage]:
+    """Messages taken newest first until one past the point where their text passes ``max_bytes``."""
+    taken: list[StoredMessage] = []
+    size, past = 0, False
+    for message in newest_first:
+        taken.append(message)
+        if past:
+            break
+        size += len(message.content.encode())
+        past = max_bytes is not None and size > max_bytes
+    return taken
+
+
+def title_of(content: str) -> str:
+    """A conversation's title: its first user message, on one line, cut short."""
+    text = " ".join(content.split())
+    return text if len(text) <= _TITLE_CHARS else text[: _TITLE_CHARS - 1] + "…"
+
+
+def export_document(conv: Conversation, messages: list[StoredMessage]) -> dict[str, Any]:
+    return {
+        "id": conv.id,
+        "title": conv.title,
+        "created_at": conv.created_at,
+        "updated_at": conv.updated_at,
+        "messages": [
+            {
+                "id": m.id, "role": m.role, "content": m.content, "created_at": m.created_at,
+                "finish_reason": m.finish_reason, "usage": dict(m.usage) if m.usage else None,
+            }
+            for m in messages
+        ],
+    }

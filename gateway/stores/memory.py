@@ -1,0 +1,110 @@
+"""The in-memory conversation store: bounded, and gone when the process ends."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .base import (
+    Conversation,
+    ConversationNotFound,
+    OpenReport,
+    StoredMessage,
+    StoreFull,
+    export_document,
+    new_id,
+    newest_within,
+    title_of,
+)
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass
+class _Entry:
+    conversation: Conversation
+    messages: OrderedDict[str, StoredMessage]
+
+
+class MemoryStore:
+    """A bounded in-memory :class:`ConversationStore`: when full it refuses new
+    conversations rather than drop someone's (retention frees room)."""
+
+    def __init__(self, *, max_conversations: int, max_messages: int) -> None:
+        self._max_conversations = max_conversations
+        self._max_messages = max_messages
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    async def open(self, *, recover: bool = True) -> OpenReport:
+        return OpenReport()
+
+    async def create(self, conversation_id: str | None = None) -> Conversation:
+        if conversation_id is not None and conversation_id in self._entries:
+            return self._entries[conversation_id].conversation
+        if len(self._entries) >= self._max_conversations:
+            raise StoreFull(f"{self._max_conversations} conversations")
+        now = time.time()
+        conv = Conversation(conversation_id or new_id(), "", now, now)
+        self._entries[conv.id] = _Entry(conv, OrderedDict())
+        return conv
+
+    async def get(self, conversation_id: str) -> Conversation | None:
+        entry = self._entries.get(conversation_id)
+        return entry.conversation if entry else None
+
+    async def add(self, conversation_id: str, message: StoredMessage) -> bool:
+        entry = self._entries.get(conversation_id)
+        if entry is not None and message.id in entry.messages:
+            return False
+        await self.save(conversation_id, message)
+        return True
+
+    async def save(self, conversation_id: str, message: StoredMessage) -> None:
+        entry = self._entries.get(conversation_id)
+        if entry is None:
+            raise ConversationNotFound(conversation_id)
+        old = entry.messages.get(message.id)
+        entry.messages[message.id] = replace(message, created_at=old.created_at) if old else message
+        while len(entry.messages) > self._max_messages:
+            entry.messages.popitem(last=False)
+        conv = entry.conversation
+        title = conv.title or (title_of(message.content) if message.role == "user" else "")
+        entry.conversation = replace(conv, title=title, updated_at=time.time())
+        self._entries.move_to_end(conversation_id)
+
+    async def delete(self, conversation_id: str, message_id: str) -> bool:
+        entry = self._entries.get(conversation_id)
+        return entry is not None and entry.messages.pop(message_id, None) is not None
+
+    async def history(
+        self, conversation_id: str, limit: int, before: str | None = None, *, max_bytes: int | None = None
+    ) -> list[StoredMessage]:
+        entry = self._entries.get(conversation_id)
+        if entry is None:
+            return []
+        messages = list(entry.messages.values())
+        if before is not None:
+            ids = list(entry.messages)
+            messages = messages[: ids.index(before)] if before in entry.messages else []
+        if limit == 0:
+            return []
+        messages = messages[-limit:] if limit > 0 else messages
+        return list(reversed(newest_within(reversed(messages), max_bytes)))
+
+    async def prune(self, older_than: float) -> int:
+        cutoff = time.time() - older_than
+        old = [cid for cid, e in self._entries.items() if e.conversation.updated_at < cutoff]
+        for cid in old:
+            del self._entries[cid]
+        return len(old)
+
+    async def export(self, conversation_id: str) -> dict[str, Any] | None:
+        entry = self._entries.get(conversation_id)
+        return export_document(entry.conversation, list(entry.messages.values())) if entry else None
+
+    async def close(self) -> None:
+        self._entries.clear()
+
+

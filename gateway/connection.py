@@ -6,6 +6,7 @@ This is the one place where errors become protocol frames and close codes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -18,8 +19,9 @@ from . import wire
 from .auth import Principal, make_authenticator
 from .config import Config
 from .errors import ErrorCode, GatewayError, ProtocolError
+from .events import ReplyDelta, ReplyEnded, ReplyEvent, ReplyStarted, Streaming
 from .outbox import Close, Frame, Outbox, OutputBudget
-from .replies import Reply, ReplyRegistry, StopReason
+from .replies import ReplyRegistry
 from .stores import ConversationStore, StoredMessage, new_id
 
 __all__ = ["CLOSE_GOING_AWAY", "CLOSE_OVERLOADED", "Connection", "Hub"]
@@ -74,7 +76,8 @@ class Connection:
         self.client_ip: str | None = None
         self.conversation_id: str | None = None
         self.unsaved: str | None = None  # a conversation id given in `ready`, stored with its first message
-        self.replies: dict[str, Reply] = {}
+        self.replies: set[str] = set()  # ids of the replies this connection follows
+        self._plain_reply: tuple[str, asyncio.Event] | None = None  # plain mode: the reply it waits for
         encode: Callable[[str, int, str], Frame] = wire.encode_delta if self.json else _plain_delta
         self.outbox = Outbox(
             hub.config.max_pending_bytes, encode, self._overflowed, hub.metrics.frames.inc, hub.budget
@@ -95,10 +98,12 @@ class Connection:
             if self._writer is not None:
                 self._writer.cancel()
             self.hub.unwatch(self)
-            for reply in self.replies.values():
-                reply.unsubscribe(self)
-                if not self.json:
-                    reply.stop(StopReason.CANCELLED)
+            registry = self.hub.registry
+            for reply_id in self.replies:
+                registry.unfollow(reply_id, self)
+            if self._plain_reply is not None and self.conversation_id is not None:
+                with contextlib.suppress(ProtocolError):  # ended meanwhile
+                    registry.cancel(self._plain_reply[0], self.conversation_id)
             if self._writer is not None:
                 await asyncio.gather(self._writer, return_exceptions=True)
             self.outbox.close()
@@ -220,7 +225,7 @@ class Connection:
         conv = await store.get(conversation_id) if conversation_id else None
         if conv is not None:
             conv_id, title = conv.id, conv.title
-            active = self.hub.registry.active(conv_id)
+            active = self.hub.registry.streaming(conv_id)
             read = await store.history(conv_id, cfg.history_limit + 1, max_bytes=_read_bound(cfg.max_history_bytes, active))
             history, _ = _page(_without(read, active), cfg.history_limit, cfg.max_history_bytes)
         elif conversation_id and conversation_id not in self.hub.watchers:
@@ -242,7 +247,7 @@ class Connection:
                     "max_message_bytes": cfg.max_message_bytes,
                     "max_content_chars": cfg.max_content_chars,
                 },
-                streaming={"reply_id": active.id, "seq": active.log.seq} if active else None,
+                streaming={"reply_id": active.reply_id, "seq": active.seq} if active else None,
             )
         )
 
@@ -268,15 +273,15 @@ class Connection:
         except GatewayError as exc:
             self.outbox.put(wire.encode_error(exc, ref=msg.id))
 
-    async def _start(self, message: StoredMessage) -> Reply:
+    async def _start(self, message: StoredMessage) -> str:
         """Start a reply to ``message`` in this connection's conversation, creating it if new."""
         conv_id = self.conversation_id
         assert conv_id is not None
         new = conv_id == self.unsaved
-        reply = await self.hub.registry.start(conv_id, message, self, self.hub.watchers.get(conv_id, ()), new=new)
+        reply_id = await self.hub.registry.start(conv_id, message, self, self.hub.watchers.get(conv_id, ()), new=new)
         if new:
             self.unsaved = None
-        return reply
+        return reply_id
 
     async def _regenerate(self, msg: wire.Regenerate) -> None:
         if self.conversation_id is None:
@@ -292,32 +297,33 @@ class Connection:
             self.outbox.put(wire.encode_error(exc, ref=msg.id))
 
     def _cancel(self, reply_id: str) -> None:
-        reply = self.hub.registry.get(reply_id)
-        if reply is None or reply.conversation_id != self.conversation_id:
+        if self.conversation_id is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, "no such reply in this conversation")
-        reply.stop(StopReason.CANCELLED)
+        self.hub.registry.cancel(reply_id, self.conversation_id)
 
     def _resume(self, msg: wire.Resume) -> None:
-        reply = self.hub.registry.get(msg.reply_id)
-        if reply is None or reply.conversation_id != self.conversation_id:
+        reply_id = msg.reply_id
+        if self.conversation_id is None:
             raise GatewayError(
                 ErrorCode.RESUME_UNAVAILABLE,
                 "this reply can no longer be resumed; its stored text is in the history",
                 retryable=False,
             )
-        if reply.id in self.replies or self.outbox.holds_delta(reply.id):
+        if reply_id in self.replies or self.outbox.holds_delta(reply_id):
             # Also while an ended reply's catch-up still waits: resuming it again would only queue copies.
             raise ProtocolError(ErrorCode.BAD_REQUEST, "this connection already receives that reply")
-        if msg.after_seq > reply.log.seq:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"after_seq is past the reply's last seq ({reply.log.seq})")
-        self.replies[reply.id] = reply
-        with self.outbox.together():
-            reply.subscribe(self, msg.after_seq)
+        self.replies.add(reply_id)
+        try:
+            with self.outbox.together():
+                self.hub.registry.follow(reply_id, self.conversation_id, self, msg.after_seq)
+        except GatewayError:
+            self.replies.discard(reply_id)
+            raise
 
     async def _history(self, msg: wire.History) -> None:
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first")
-        active = self.hub.registry.active(self.conversation_id)
+        active = self.hub.registry.streaming(self.conversation_id)
         max_bytes = self.hub.config.max_history_bytes
         read = await self.hub.store.history(
             self.conversation_id, msg.limit + 2, msg.before, max_bytes=_read_bound(max_bytes, active)
@@ -349,13 +355,14 @@ class Connection:
     async def _plain_message(self, text: str) -> None:
         if self.conversation_id is None:
             self.conversation_id = self.unsaved = new_id()
+        done = asyncio.Event()
         try:
-            reply = await self._start(StoredMessage(new_id(), "user", text))
+            self._plain_reply = (await self._start(StoredMessage(new_id(), "user", text)), done)
         except GatewayError as exc:
             self.outbox.put(f"Error: {exc.message}")
             return
         # Like the seed, read the next message once this reply ended, unless the client left.
-        ended = asyncio.ensure_future(reply.ended.wait())
+        ended = asyncio.ensure_future(done.wait())
         closed = asyncio.ensure_future(self.ws.wait_closed())
         try:
             await asyncio.wait((ended, closed), return_when=asyncio.FIRST_COMPLETED)
@@ -364,43 +371,52 @@ class Connection:
                 waiter.cancel()
             await asyncio.gather(ended, closed, return_exceptions=True)
 
-    # Subscriber: called by replies, synchronously
+    # Subscriber: reply events, delivered synchronously
 
-    def reply_started(self, reply: Reply, content: str | None) -> None:
-        self.replies[reply.id] = reply
+    def reply_event(self, event: ReplyEvent) -> None:
+        if type(event) is ReplyDelta:  # the hot path first
+            self.outbox.put_delta(event.reply_id, event.seq, event.text)
+        elif isinstance(event, ReplyStarted):
+            self._reply_started(event)
+        elif isinstance(event, ReplyEnded):
+            self._reply_ended(event)
+
+    def _reply_started(self, event: ReplyStarted) -> None:
+        self.replies.add(event.reply_id)
         if self.json:
             self.outbox.put(
                 wire.encode(
-                    "reply.start", id=reply.message_id, reply_id=reply.id,
-                    conversation_id=reply.conversation_id, content=content, replaces=reply.replaces,
+                    "reply.start", id=event.message_id, reply_id=event.reply_id,
+                    conversation_id=event.conversation_id, content=event.content, replaces=event.replaces,
                 )
             )
 
-    def reply_delta(self, reply: Reply, seq: int, text: str) -> None:
-        self.outbox.put_delta(reply.id, seq, text)
-
-    def reply_ended(self, reply: Reply) -> None:
-        self.replies.pop(reply.id, None)
+    def _reply_ended(self, event: ReplyEnded) -> None:
+        self.replies.discard(event.reply_id)
         if self.json:
-            if reply.error is not None:
-                self.outbox.put(wire.encode_error(reply.error, ref=reply.message_id, reply_id=reply.id))
-            usage = reply.usage.as_dict() if reply.usage else None
+            if event.error is not None:
+                self.outbox.put(wire.encode_error(event.error, ref=event.message_id, reply_id=event.reply_id))
+            usage = event.usage.as_dict() if event.usage else None
             self.outbox.put(
-                wire.encode("reply.done", reply_id=reply.id, finish_reason=reply.finish_reason, usage=usage)
+                wire.encode("reply.done", reply_id=event.reply_id, finish_reason=event.finish_reason, usage=usage)
             )
-        elif reply.error is not None:
-            self.outbox.put(f"Error: {reply.error.message}")
+            return
+        if event.error is not None:
+            self.outbox.put(f"Error: {event.error.message}")
+        if self._plain_reply is not None and self._plain_reply[0] == event.reply_id:
+            self._plain_reply[1].set()
+            self._plain_reply = None
 
 
-def _without(messages: list[StoredMessage], active: Reply | None) -> list[StoredMessage]:
+def _without(messages: list[StoredMessage], active: Streaming | None) -> list[StoredMessage]:
     """History without the reply still streaming (its checkpoint): that one is resumed."""
-    return [m for m in messages if active is None or m.id != active.id]
+    return [m for m in messages if active is None or m.id != active.reply_id]
 
 
-def _read_bound(max_bytes: int, active: Reply | None) -> int:
+def _read_bound(max_bytes: int, active: Streaming | None) -> int:
     """What to read for a page of ``max_bytes``: the streaming reply's checkpoint is read
     too, then left out, so its text (4 bytes a character at most) is read on top."""
-    return max_bytes + (4 * active.log.chars if active else 0)
+    return max_bytes + (4 * active.chars if active else 0)
 
 
 def _page(messages: list[StoredMessage], limit: int, max_bytes: int) -> tuple[list[StoredMessage], bool]:

@@ -15,18 +15,19 @@ import enum
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from .context import build_context
 from .errors import ErrorCode, GatewayError, ProtocolError, UpstreamError
+from .events import ReplyDelta, ReplyEnded, ReplyStarted, Streaming, Subscriber
 from .metrics import Metrics
 from .providers import ChatMessage, Provider, Usage
 from .replylog import ReplyLog
 from .stores import ConversationNotFound, ConversationStore, StoredMessage, StoreFull, new_id
 
-__all__ = ["Reply", "ReplyRegistry", "RegistryLimits", "StopReason", "Subscriber"]
+__all__ = ["Reply", "ReplyRegistry", "RegistryLimits", "StopReason"]
 
 _log: Any = structlog.get_logger("gateway.replies")
 
@@ -34,18 +35,6 @@ _log: Any = structlog.get_logger("gateway.replies")
 class StopReason(enum.Enum):
     CANCELLED = "cancelled"
     SHUTDOWN = "shutdown"
-
-
-class Subscriber(Protocol):
-    """A connection watching replies; called synchronously, must not block."""
-
-    def reply_started(self, reply: Reply, content: str | None) -> None:
-        """A reply began; ``content`` is the user's message when another connection sent it."""
-
-    def reply_delta(self, reply: Reply, seq: int, text: str) -> None:
-        """New text, numbered ``seq`` (for a resuming watcher: all it missed, at once)."""
-
-    def reply_ended(self, reply: Reply) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +78,20 @@ class Reply:
     def done(self) -> bool:
         return self.finish_reason is not None
 
+    def started(self, content: str | None) -> ReplyStarted:
+        return ReplyStarted(self.id, self.conversation_id, self.message_id, self.replaces, content)
+
+    def ended_event(self) -> ReplyEnded:
+        assert self.finish_reason is not None
+        return ReplyEnded(self.id, self.message_id, self.finish_reason, self.usage, self.error)
+
     def subscribe(self, subscriber: Subscriber, after_seq: int | None = None) -> None:
         """Add a watcher; with ``after_seq``, first send it what it missed. An ended reply
         only sends what was missed and its end: it keeps no watchers."""
         if after_seq is not None and after_seq < self.log.seq:
-            subscriber.reply_delta(self, self.log.seq, self.log.since(after_seq))
+            subscriber.reply_event(ReplyDelta(self.id, self.log.seq, self.log.since(after_seq)))
         if self.done:
-            subscriber.reply_ended(self)
+            subscriber.reply_event(self.ended_event())
         else:
             self.subscribers.add(subscriber)
 
@@ -114,9 +110,9 @@ class Reply:
             return False
         if self.first_delta_at is None:
             self.first_delta_at = time.monotonic()
-        seq = self.log.seq
+        event = ReplyDelta(self.id, self.log.seq, text)
         for subscriber in tuple(self.subscribers):
-            subscriber.reply_delta(self, seq, text)
+            subscriber.reply_event(event)
         return True
 
 
@@ -142,8 +138,36 @@ class ReplyRegistry:
     def get(self, reply_id: str) -> Reply | None:
         return self._replies.get(reply_id)
 
-    def active(self, conversation_id: str) -> Reply | None:
-        return self._active.get(conversation_id)
+    def streaming(self, conversation_id: str) -> Streaming | None:
+        """The reply streaming in ``conversation_id`` now, if any."""
+        reply = self._active.get(conversation_id)
+        return Streaming(reply.id, reply.log.seq, reply.log.chars) if reply is not None else None
+
+    def follow(self, reply_id: str, conversation_id: str, subscriber: Subscriber, after_seq: int) -> None:
+        """``subscriber`` gets what a reply of ``conversation_id`` sent after ``after_seq``,
+        then the rest of it (``resume``)."""
+        reply = self._replies.get(reply_id)
+        if reply is None or reply.conversation_id != conversation_id:
+            raise GatewayError(
+                ErrorCode.RESUME_UNAVAILABLE,
+                "this reply can no longer be resumed; its stored text is in the history",
+                retryable=False,
+            )
+        if after_seq > reply.log.seq:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"after_seq is past the reply's last seq ({reply.log.seq})")
+        reply.subscribe(subscriber, after_seq)
+
+    def unfollow(self, reply_id: str, subscriber: Subscriber) -> None:
+        reply = self._replies.get(reply_id)
+        if reply is not None:
+            reply.unsubscribe(subscriber)
+
+    def cancel(self, reply_id: str, conversation_id: str) -> None:
+        """Stop a reply of ``conversation_id`` at a client's request."""
+        reply = self._replies.get(reply_id)
+        if reply is None or reply.conversation_id != conversation_id:
+            raise ProtocolError(ErrorCode.NOT_FOUND, "no such reply in this conversation")
+        reply.stop(StopReason.CANCELLED)
 
     async def start(
         self,
@@ -153,10 +177,10 @@ class ReplyRegistry:
         watchers: Iterable[Subscriber] = (),
         *,
         new: bool = False,
-    ) -> Reply:
+    ) -> str:
         """Store the user's message, then start a reply for ``subscriber`` and ``watchers``
-        (the conversation's other connections: other tabs). ``new``: the conversation is
-        created first, with this id."""
+        (the conversation's other connections: other tabs); return its id. ``new``: the
+        conversation is created first, with this id."""
         reply = self._reserve(conversation_id, message.id)
         async with self._storing(reply):
             if new:
@@ -166,7 +190,7 @@ class ReplyRegistry:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "a message with this id is already in the conversation")
             history = await self.store.history(conversation_id, self.limits.context_max_messages)
         self._launch(reply, history, subscriber, watchers, message.content)
-        return reply
+        return reply.id
 
     async def regenerate(
         self,
@@ -174,7 +198,7 @@ class ReplyRegistry:
         request_id: str,
         subscriber: Subscriber,
         watchers: Iterable[Subscriber] = (),
-    ) -> Reply:
+    ) -> str:
         """Replace the conversation's last reply with a new one for the same user message."""
         reply = self._reserve(conversation_id, request_id)
         async with self._storing(reply):
@@ -185,7 +209,7 @@ class ReplyRegistry:
                 reply.replaces = history.pop().id
                 await self.store.delete(conversation_id, reply.replaces)
         self._launch(reply, history, subscriber, watchers, None)
-        return reply
+        return reply.id
 
     def _reserve(self, conversation_id: str, message_id: str) -> Reply:
         self._check_capacity(conversation_id)
@@ -237,11 +261,11 @@ class ReplyRegistry:
         self._replies[reply.id] = reply
         reply.provider = self.provider
         self.metrics.messages.inc()
-        subscriber.reply_started(reply, None)
+        subscriber.reply_event(reply.started(None))
         reply.subscribe(subscriber)
         for watcher in watchers:
             if watcher is not subscriber:
-                watcher.reply_started(reply, content)
+                watcher.reply_event(reply.started(content))
                 reply.subscribe(watcher)
         reply.task = asyncio.create_task(self._produce(reply, messages), name=f"reply-{reply.id}")
 
@@ -355,9 +379,10 @@ class ReplyRegistry:
         self._expiry[reply.id] = loop.call_later(self.limits.resume_grace, self._expire, reply.id)
         reply.ended.set()
         subscribers, reply.subscribers = tuple(reply.subscribers), set()
+        event = reply.ended_event()
         for subscriber in subscribers:
             try:
-                subscriber.reply_ended(reply)
+                subscriber.reply_event(event)
             except Exception:
                 _log.exception("reply_end_failed", reply_id=reply.id)
         try:

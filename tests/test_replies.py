@@ -7,6 +7,8 @@ from collections.abc import AsyncGenerator, Sequence
 
 import pytest
 
+from gateway.errors import ErrorCode, GatewayError, ProtocolError
+from gateway.events import ReplyDelta, ReplyEnded, ReplyEvent
 from gateway.providers import ChatMessage, Chunk, Usage
 from gateway.replies import RegistryLimits, Reply, ReplyRegistry
 from gateway.stores import StoredMessage
@@ -33,16 +35,19 @@ class Watcher:
     def __init__(self, fail_at_end: bool = False) -> None:
         self.text, self.ended, self.fail_at_end = "", 0, fail_at_end
 
-    def reply_started(self, reply: Reply, content: str | None) -> None:
-        pass
+    def reply_event(self, event: ReplyEvent) -> None:
+        if isinstance(event, ReplyDelta):
+            self.text += event.text
+        elif isinstance(event, ReplyEnded):
+            self.ended += 1
+            if self.fail_at_end:
+                raise RuntimeError("a watcher that breaks")
 
-    def reply_delta(self, reply: Reply, seq: int, text: str) -> None:
-        self.text += text
 
-    def reply_ended(self, reply: Reply) -> None:
-        self.ended += 1
-        if self.fail_at_end:
-            raise RuntimeError("a watcher that breaks")
+def _reply(registry: ReplyRegistry, reply_id: str) -> Reply:
+    reply = registry.get(reply_id)
+    assert reply is not None
+    return reply
 
 
 async def _expired(registry: ReplyRegistry, reply_id: str) -> None:
@@ -58,10 +63,10 @@ async def test_a_reply_ends_whatever_fails_at_its_end(usage: Usage) -> None:
     store = MemoryStore(max_conversations=10, max_messages=100)
     registry = ReplyRegistry(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop", usage=usage)), store, LIMITS)
     broken, other = Watcher(fail_at_end=True), Watcher()
-    reply = await registry.start("c1", StoredMessage("u1", "user", "hello"), broken, [other], new=True)
+    reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "hello"), broken, [other], new=True))
     await asyncio.wait_for(reply.ended.wait(), 5)
     assert broken.ended == other.ended == 1 and other.text == "hi"
-    assert registry.in_flight == 0 and registry.active("c1") is None
+    assert registry.in_flight == 0 and registry.streaming("c1") is None
     await _expired(registry, reply.id)
     assert [m.content for m in await store.history("c1", 10)] == ["hello", "hi"]
     await registry.close()
@@ -70,7 +75,7 @@ async def test_a_reply_ends_whatever_fails_at_its_end(usage: Usage) -> None:
 async def test_an_ended_reply_keeps_no_watchers() -> None:
     store = MemoryStore(max_conversations=10, max_messages=100)
     registry = ReplyRegistry(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop")), store, LIMITS)
-    reply = await registry.start("c1", StoredMessage("u1", "user", "hello"), Watcher(), new=True)
+    reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "hello"), Watcher(), new=True))
     await asyncio.wait_for(reply.ended.wait(), 5)
     late = Watcher()
     reply.subscribe(late, after_seq=0)
@@ -90,7 +95,7 @@ async def test_hurry_ends_the_drain_at_once_and_stores_what_streamed() -> None:
     store = MemoryStore(max_conversations=10, max_messages=100)
     registry = ReplyRegistry(Waits(), store, LIMITS)
     watcher = Watcher()
-    reply = await registry.start("c1", StoredMessage("u1", "user", "hello"), watcher, new=True)
+    reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "hello"), watcher, new=True))
     while watcher.text != "partial":
         await asyncio.sleep(0)
     hurry = asyncio.Event()
@@ -99,4 +104,40 @@ async def test_hurry_ends_the_drain_at_once_and_stores_what_streamed() -> None:
     assert reply.finish_reason == "error" and reply.ended.is_set()
     stored = (await store.history("c1", 10))[-1]
     assert stored.content == "partial" and stored.finish_reason == "error"
+    await registry.close()
+
+
+async def test_following_and_cancelling_by_id() -> None:
+    gate = asyncio.Event()
+
+    class Waits(Scripted):
+        async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[list[Chunk], None]:
+            yield [Chunk(text="one ")]
+            await gate.wait()
+            yield [Chunk(text="two")]
+
+    store = MemoryStore(max_conversations=10, max_messages=100)
+    registry = ReplyRegistry(Waits(), store, LIMITS)
+    first = Watcher()
+    reply_id = await registry.start("c1", StoredMessage("u1", "user", "hello"), first, new=True)
+    while first.text != "one ":
+        await asyncio.sleep(0)
+    assert registry.streaming("c1") == (reply_id, 1, 4)
+    for conversation_id, after_seq, code in (("c2", 0, ErrorCode.RESUME_UNAVAILABLE), ("c1", 2, ErrorCode.BAD_REQUEST)):
+        with pytest.raises(GatewayError) as info:
+            registry.follow(reply_id, conversation_id, Watcher(), after_seq)
+        assert info.value.code is code
+    with pytest.raises(GatewayError) as info:
+        registry.follow("0" * 32, "c1", Watcher(), 0)
+    assert info.value.code is ErrorCode.RESUME_UNAVAILABLE
+    late = Watcher()
+    registry.follow(reply_id, "c1", late, 0)
+    assert late.text == "one "
+    with pytest.raises(ProtocolError) as not_found:
+        registry.cancel(reply_id, "c2")
+    assert not_found.value.code is ErrorCode.NOT_FOUND
+    reply = _reply(registry, reply_id)
+    registry.cancel(reply_id, "c1")
+    await asyncio.wait_for(reply.ended.wait(), 5)
+    assert first.ended == late.ended == 1 and reply.finish_reason == "cancelled"
     await registry.close()

@@ -226,7 +226,8 @@ class Connection:
         if conv is not None:
             conv_id, title = conv.id, conv.title
             active = self.hub.registry.streaming(conv_id)
-            read = await store.history(conv_id, cfg.history_limit + 1, max_bytes=_read_bound(cfg.max_history_bytes, active))
+            bound = _read_bound(cfg.max_history_bytes, active)
+            read = await store.history(conv_id, cfg.history_limit + 1, max_bytes=bound)
             history, _ = _page(_without(read, active), cfg.history_limit, cfg.max_history_bytes)
         elif conversation_id and conversation_id not in self.hub.watchers:
             raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")

@@ -1,18 +1,17 @@
-"""Replies and the registry that owns them.
+"""The registry that owns every reply in this process.
 
-A reply is not owned by a socket: its producer task belongs to the
-:class:`ReplyRegistry`, and connections *subscribe* to it. A client that goes
-away only unsubscribes; the reply goes on, is stored when it ends, and stays
+A reply (:mod:`.reply`) is not owned by a socket: its producer task
+(:mod:`.producer`) belongs to the :class:`ReplyRegistry`, and connections
+*follow* it by id, receiving its events (:mod:`.events`). A client that goes
+away only stops following; the reply goes on, is stored when it ends, and stays
 resumable for a grace period. Cancel, drain and shutdown reach the producer
-through the registry.
+through the registry; :mod:`.replystats` counts and logs each reply at its end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,21 +19,18 @@ from typing import Any
 import structlog
 
 from .context import build_context
-from .errors import ErrorCode, GatewayError, ProtocolError, UpstreamError
-from .events import ReplyDelta, ReplyEnded, ReplyStarted, Streaming, Subscriber
+from .errors import ErrorCode, GatewayError, ProtocolError
+from .events import Streaming, Subscriber
 from .metrics import Metrics
-from .providers import ChatMessage, Provider, Usage
-from .replylog import ReplyLog
-from .stores import ConversationNotFound, ConversationStore, StoredMessage, StoreFull, new_id
+from .producer import Producer
+from .providers import Provider
+from .reply import Reply, StopReason
+from .replystats import ReplyStats
+from .stores import ConversationNotFound, ConversationStore, StoredMessage, StoreFull
 
 __all__ = ["Reply", "ReplyRegistry", "RegistryLimits", "StopReason"]
 
 _log: Any = structlog.get_logger("gateway.replies")
-
-
-class StopReason(enum.Enum):
-    CANCELLED = "cancelled"
-    SHUTDOWN = "shutdown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,80 +45,15 @@ class RegistryLimits:
     context_max_chars: int
 
 
-class Reply:
-    """One assistant reply: its numbered text, its end, and who watches it."""
-
-    def __init__(self, conversation_id: str, message_id: str, max_chars: int) -> None:
-        self.id = new_id()
-        self.conversation_id = conversation_id
-        self.message_id = message_id
-        self.log = ReplyLog(max_chars)
-        self.finish_reason: str | None = None
-        self.usage: Usage | None = None
-        self.error: GatewayError | None = None
-        self.reasoning_chars = 0
-        self.subscribers: set[Subscriber] = set()
-        self.ended = asyncio.Event()
-        self.started_at = time.monotonic()
-        self.created_at = time.time()
-        self.first_delta_at: float | None = None
-        self.stop_reason: StopReason | None = None
-        self.replaces: str | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.provider: Provider | None = None  # the one that produces it, whatever a reload changes
-        self.checkpointed_at = self.started_at
-        self.checkpoint_timer: asyncio.TimerHandle | None = None
-        self.checkpoint_task: asyncio.Task[None] | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-    def started(self, content: str | None) -> ReplyStarted:
-        return ReplyStarted(self.id, self.conversation_id, self.message_id, self.replaces, content)
-
-    def ended_event(self) -> ReplyEnded:
-        assert self.finish_reason is not None
-        return ReplyEnded(self.id, self.message_id, self.finish_reason, self.usage, self.error)
-
-    def subscribe(self, subscriber: Subscriber, after_seq: int | None = None) -> None:
-        """Add a watcher; with ``after_seq``, first send it what it missed. An ended reply
-        only sends what was missed and its end: it keeps no watchers."""
-        if after_seq is not None and after_seq < self.log.seq:
-            subscriber.reply_event(ReplyDelta(self.id, self.log.seq, self.log.since(after_seq)))
-        if self.done:
-            subscriber.reply_event(self.ended_event())
-        else:
-            self.subscribers.add(subscriber)
-
-    def unsubscribe(self, subscriber: Subscriber) -> None:
-        self.subscribers.discard(subscriber)
-
-    def stop(self, reason: StopReason) -> None:
-        """Ask the producer to stop; the upstream request is aborted at once."""
-        if self.task is not None and not self.done:
-            self.stop_reason = self.stop_reason or reason
-            self.task.cancel()
-
-    def publish(self, text: str) -> bool:
-        """Number ``text`` as the next delta and hand it to every subscriber."""
-        if not self.log.append(text):
-            return False
-        if self.first_delta_at is None:
-            self.first_delta_at = time.monotonic()
-        event = ReplyDelta(self.id, self.log.seq, text)
-        for subscriber in tuple(self.subscribers):
-            subscriber.reply_event(event)
-        return True
-
-
 class ReplyRegistry:
-    """Owns every reply's producer task, keyed by reply id."""
+    """Owns every reply's producer task, keyed by reply id: admission, lookup, ending and
+    expiry, drain. The producing itself is :class:`~gateway.producer.Producer`'s."""
 
     def __init__(
         self, provider: Provider, store: ConversationStore, limits: RegistryLimits, metrics: Metrics | None = None
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.stats = ReplyStats(self.metrics)
         self.provider = provider
         self.store = store
         self.limits = limits
@@ -213,7 +144,7 @@ class ReplyRegistry:
 
     def _reserve(self, conversation_id: str, message_id: str) -> Reply:
         self._check_capacity(conversation_id)
-        reply = Reply(conversation_id, message_id, self.limits.max_reply_chars)
+        reply = Reply(conversation_id, message_id, self.limits.max_reply_chars, self.provider)
         self._active[conversation_id] = reply
         self.metrics.replies_in_flight.inc()
         return reply
@@ -259,15 +190,18 @@ class ReplyRegistry:
             max_chars=self.limits.context_max_chars,
         )
         self._replies[reply.id] = reply
-        reply.provider = self.provider
-        self.metrics.messages.inc()
+        self.stats.started()
         subscriber.reply_event(reply.started(None))
         reply.subscribe(subscriber)
         for watcher in watchers:
             if watcher is not subscriber:
                 watcher.reply_event(reply.started(content))
                 reply.subscribe(watcher)
-        reply.task = asyncio.create_task(self._produce(reply, messages), name=f"reply-{reply.id}")
+        producer = Producer(
+            reply, self.store, messages, max_seconds=self.limits.max_reply_seconds,
+            checkpoint_interval=self.limits.checkpoint_interval, on_end=self._end,
+        )
+        reply.task = asyncio.create_task(producer.run(), name=f"reply-{reply.id}")
 
     def _check_capacity(self, conversation_id: str) -> None:
         if not self.accepting:
@@ -277,108 +211,14 @@ class ReplyRegistry:
         if len(self._active) >= self.limits.max_replies:
             raise GatewayError(ErrorCode.OVERLOADED, "the server is busy; try again shortly", retry_after=2)
 
-    async def _produce(self, reply: Reply, messages: Sequence[ChatMessage]) -> None:
-        finish = None
-        try:
-            async with asyncio.timeout(self.limits.max_reply_seconds):
-                finish = await self._relay(reply, messages)
-        except asyncio.CancelledError:
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            if reply.stop_reason is StopReason.CANCELLED:
-                finish = "cancelled"
-            else:
-                reply.error = GatewayError(
-                    ErrorCode.OVERLOADED, "the server restarted before this reply finished", retry_after=1
-                )
-        except TimeoutError:
-            reply.error = GatewayError(
-                ErrorCode.UPSTREAM_TIMEOUT,
-                f"the reply took longer than {self.limits.max_reply_seconds:g} s",
-                retryable=False,
-            )
-        except GatewayError as exc:
-            reply.error = exc
-        except Exception:
-            _log.exception("reply_crashed", reply_id=reply.id)
-            reply.error = GatewayError(ErrorCode.INTERNAL, "the gateway failed while streaming this reply")
-        reply.finish_reason = "error" if reply.error else finish or "stop"
-        await self._finish(reply)
-
-    async def _relay(self, reply: Reply, messages: Sequence[ChatMessage]) -> str | None:
-        finish = None
-        assert reply.provider is not None
-        async with contextlib.aclosing(reply.provider.stream(messages)) as stream:
-            async for chunks in stream:
-                text = "".join([c.text for c in chunks]) if len(chunks) > 1 else chunks[0].text
-                for chunk in chunks:
-                    reply.reasoning_chars += len(chunk.reasoning)
-                    reply.usage = chunk.usage or reply.usage
-                    finish = chunk.finish_reason or finish
-                if text:
-                    if not reply.publish(text):
-                        return "length"
-                    self._schedule_checkpoint(reply)
-        return finish
-
-    def _schedule_checkpoint(self, reply: Reply) -> None:
-        """Save new text at most ``checkpoint_interval`` after it arrived, off the producer's path."""
-        if reply.checkpoint_timer is None and reply.checkpoint_task is None:
-            delay = max(0.0, reply.checkpointed_at + self.limits.checkpoint_interval - time.monotonic())
-            reply.checkpoint_timer = asyncio.get_running_loop().call_later(delay, self._start_checkpoint, reply)
-
-    def _start_checkpoint(self, reply: Reply) -> None:
-        reply.checkpoint_timer = None
-        if not reply.done:
-            reply.checkpoint_task = asyncio.create_task(self._checkpoint(reply), name=f"checkpoint-{reply.id}")
-
-    async def _checkpoint(self, reply: Reply) -> None:
-        """Save the text so far (finish_reason still unset), so a crash loses little."""
-        seq = reply.log.seq
-        try:
-            await self.store.save(reply.conversation_id, self._stored(reply))
-        except Exception:
-            _log.exception("checkpoint_failed", reply_id=reply.id)
-        reply.checkpointed_at = time.monotonic()
-        reply.checkpoint_task = None
-        if reply.log.seq > seq and not reply.done:
-            self._schedule_checkpoint(reply)
-
-    @staticmethod
-    async def _stop_checkpoints(reply: Reply) -> None:
-        """No checkpoint may land after the final save: cancel the timer, await the write."""
-        if reply.checkpoint_timer is not None:
-            reply.checkpoint_timer.cancel()
-            reply.checkpoint_timer = None
-        if reply.checkpoint_task is not None:
-            await reply.checkpoint_task
-
-    @staticmethod
-    def _stored(reply: Reply) -> StoredMessage:
-        return StoredMessage(
-            reply.id, "assistant", reply.log.text,
-            created_at=reply.created_at,
-            finish_reason=reply.finish_reason,
-            usage=reply.usage.as_dict() if reply.usage else None,
-        )
-
-    async def _finish(self, reply: Reply) -> None:
-        """Store the final text, then end the reply whatever happens: a failure to store,
-        to tell a watcher or to count must not leave a reply unfinished or never expiring."""
-        try:
-            await self._stop_checkpoints(reply)
-            await self.store.save(reply.conversation_id, self._stored(reply))
-        except Exception:
-            _log.exception("store_failed", conversation_id=reply.conversation_id, reply_id=reply.id)
-        finally:
-            self._end(reply)
-
     def _end(self, reply: Reply) -> None:
+        """A reply's end, whatever failed before: release, expiry, followers told, counted.
+        A failure to tell a follower or to count must not leave it unfinished."""
         if self._active.pop(reply.conversation_id, None) is not None:
             self.metrics.replies_in_flight.dec()
         loop = asyncio.get_running_loop()
         self._expiry[reply.id] = loop.call_later(self.limits.resume_grace, self._expire, reply.id)
-        reply.ended.set()
-        subscribers, reply.subscribers = tuple(reply.subscribers), set()
+        subscribers = reply.close()
         event = reply.ended_event()
         for subscriber in subscribers:
             try:
@@ -386,44 +226,13 @@ class ReplyRegistry:
             except Exception:
                 _log.exception("reply_end_failed", reply_id=reply.id)
         try:
-            self._log_finished(reply, len(subscribers))
+            self.stats.finished(reply, len(subscribers))
         except Exception:
             _log.exception("reply_log_failed", reply_id=reply.id)
 
     def _expire(self, reply_id: str) -> None:
         self._expiry.pop(reply_id, None)
         self._replies.pop(reply_id, None)
-
-    def _log_finished(self, reply: Reply, subscribers: int) -> None:
-        now = time.monotonic()
-        usage = reply.usage.as_dict() if reply.usage else {}
-        m = self.metrics
-        m.replies.labels(reply.finish_reason).inc()
-        m.deltas.inc(reply.log.seq)
-        m.duration.observe(now - reply.started_at)
-        if reply.first_delta_at is not None:
-            m.ttft.observe(reply.first_delta_at - reply.started_at)
-        if usage.get("completion_tokens"):
-            m.tokens.inc(usage["completion_tokens"])
-        if isinstance(reply.error, UpstreamError):
-            m.upstream_errors.labels(str(reply.error.code)).inc()
-        _log.info(
-            "reply_finished",
-            reply_id=reply.id,
-            conversation_id=reply.conversation_id,
-            provider=reply.provider.name if reply.provider else None,
-            model=reply.provider.model if reply.provider else None,
-            finish_reason=reply.finish_reason,
-            error_code=str(reply.error.code) if reply.error else None,
-            deltas=reply.log.seq,
-            chars=reply.log.chars,
-            reasoning_chars=reply.reasoning_chars,
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-            ttft_ms=round((reply.first_delta_at - reply.started_at) * 1000, 1) if reply.first_delta_at else None,
-            duration_ms=round((now - reply.started_at) * 1000, 1),
-            subscribers=subscribers,
-        )
 
     async def drain(self, timeout: float, hurry: asyncio.Event | None = None) -> None:
         """Stop taking replies; give those in flight ``timeout`` seconds (less if ``hurry``

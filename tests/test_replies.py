@@ -11,6 +11,7 @@ from gateway.errors import ErrorCode, GatewayError, ProtocolError
 from gateway.events import ReplyDelta, ReplyEnded, ReplyEvent
 from gateway.providers import ChatMessage, Chunk, Usage
 from gateway.replies import RegistryLimits, Reply, ReplyRegistry
+from gateway.reply import ReplyState
 from gateway.stores import StoredMessage
 from gateway.stores.memory import MemoryStore
 
@@ -140,4 +141,26 @@ async def test_following_and_cancelling_by_id() -> None:
     registry.cancel(reply_id, "c1")
     await asyncio.wait_for(reply.ended.wait(), 5)
     assert first.ended == late.ended == 1 and reply.finish_reason == "cancelled"
+    await registry.close()
+
+
+async def test_followers_hear_the_end_only_after_the_final_save() -> None:
+    order: list[str] = []
+
+    class Recording(MemoryStore):
+        async def save(self, conversation_id: str, message: StoredMessage) -> None:
+            await super().save(conversation_id, message)
+            order.append(f"save {message.finish_reason}")
+
+    class Listener(Watcher):
+        def reply_event(self, event: ReplyEvent) -> None:
+            if isinstance(event, ReplyEnded):
+                order.append(f"ended {event.finish_reason}")
+
+    store = Recording(max_conversations=10, max_messages=100)
+    registry = ReplyRegistry(Scripted(Chunk(text="hi"), Chunk(finish_reason="length")), store, LIMITS)
+    reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "hello"), Listener(), new=True))
+    assert reply.state is ReplyState.STREAMING
+    await asyncio.wait_for(reply.ended.wait(), 5)
+    assert reply.state is ReplyState.ENDED and order[-2:] == ["save length", "ended length"]
     await registry.close()

@@ -1,0 +1,31 @@
+"""History pages: by count and by bytes, without the reply still streaming (pure)."""
+
+from __future__ import annotations
+
+from .events import Streaming
+from .stores import StoredMessage
+
+__all__ = ["page", "read_bound", "without"]
+
+
+def without(messages: list[StoredMessage], active: Streaming | None) -> list[StoredMessage]:
+    """History without the reply still streaming (its checkpoint): that one is resumed."""
+    return [m for m in messages if active is None or m.id != active.reply_id]
+
+
+def read_bound(max_bytes: int, active: Streaming | None) -> int:
+    """What to read for a page of ``max_bytes``: the streaming reply's checkpoint is read
+    too, then left out, so its text (4 bytes a character at most) is read on top."""
+    return max_bytes + (4 * active.chars if active else 0)
+
+
+def page(messages: list[StoredMessage], limit: int, max_bytes: int) -> tuple[list[StoredMessage], bool]:
+    """The newest ``limit`` messages whose text fits in ``max_bytes`` (at least one), and
+    whether older ones are left out."""
+    size, start = 0, len(messages)
+    while start > 0 and len(messages) - start < limit:
+        size += len(messages[start - 1].content.encode())
+        if size > max_bytes and start < len(messages):
+            break
+        start -= 1
+    return messages[start:], start > 0

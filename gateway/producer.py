@@ -1,0 +1,123 @@
+"""One reply's producer: streams it from the provider, checkpoints it, stores its end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from .errors import ErrorCode, GatewayError
+from .providers import ChatMessage
+from .reply import Reply, StopReason
+from .stores import ConversationStore
+
+__all__ = ["Producer"]
+
+_log: Any = structlog.get_logger("gateway.replies")
+
+
+class Producer:
+    """The body of a reply's task. Whatever happens, it decides the reply's end, saves it
+    (after the last checkpoint, never before) and hands the reply to ``on_end``."""
+
+    def __init__(
+        self,
+        reply: Reply,
+        store: ConversationStore,
+        messages: Sequence[ChatMessage],
+        *,
+        max_seconds: float,
+        checkpoint_interval: float,
+        on_end: Callable[[Reply], None],
+    ) -> None:
+        self.reply, self.store, self.messages = reply, store, messages
+        self.max_seconds, self.checkpoint_interval, self.on_end = max_seconds, checkpoint_interval, on_end
+        self._checkpointed_at = reply.started_at
+        self._timer: asyncio.TimerHandle | None = None
+        self._checkpoint: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        reply = self.reply
+        reply.finish(await self._stream())
+        try:
+            await self._stop_checkpoints()
+            await self.store.save(reply.conversation_id, reply.stored())
+        except Exception:
+            _log.exception("store_failed", conversation_id=reply.conversation_id, reply_id=reply.id)
+        finally:
+            self.on_end(reply)
+
+    async def _stream(self) -> str:
+        """The finish reason; a failure is set as the reply's ``error``."""
+        reply = self.reply
+        try:
+            async with asyncio.timeout(self.max_seconds):
+                return await self._relay() or "stop"
+        except asyncio.CancelledError:
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            if reply.stop_reason is StopReason.CANCELLED:
+                return "cancelled"
+            reply.error = GatewayError(
+                ErrorCode.OVERLOADED, "the server restarted before this reply finished", retry_after=1
+            )
+        except TimeoutError:
+            reply.error = GatewayError(
+                ErrorCode.UPSTREAM_TIMEOUT, f"the reply took longer than {self.max_seconds:g} s", retryable=False
+            )
+        except GatewayError as exc:
+            reply.error = exc
+        except Exception:
+            _log.exception("reply_crashed", reply_id=reply.id)
+            reply.error = GatewayError(ErrorCode.INTERNAL, "the gateway failed while streaming this reply")
+        return "error"
+
+    async def _relay(self) -> str | None:
+        reply, finish = self.reply, None
+        async with contextlib.aclosing(reply.provider.stream(self.messages)) as stream:
+            async for chunks in stream:
+                text = "".join([c.text for c in chunks]) if len(chunks) > 1 else chunks[0].text
+                for chunk in chunks:
+                    reply.reasoning_chars += len(chunk.reasoning)
+                    reply.usage = chunk.usage or reply.usage
+                    finish = chunk.finish_reason or finish
+                if text:
+                    if not reply.publish(text):
+                        return "length"
+                    self._schedule_checkpoint()
+        return finish
+
+    def _schedule_checkpoint(self) -> None:
+        """Save new text at most ``checkpoint_interval`` after it arrived, off the producer's path."""
+        if self._timer is None and self._checkpoint is None:
+            delay = max(0.0, self._checkpointed_at + self.checkpoint_interval - time.monotonic())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._start_checkpoint)
+
+    def _start_checkpoint(self) -> None:
+        self._timer = None
+        if not self.reply.done:
+            self._checkpoint = asyncio.create_task(self._save_checkpoint(), name=f"checkpoint-{self.reply.id}")
+
+    async def _save_checkpoint(self) -> None:
+        """Save the text so far (finish_reason still unset), so a crash loses little."""
+        reply = self.reply
+        seq = reply.log.seq
+        try:
+            await self.store.save(reply.conversation_id, reply.stored())
+        except Exception:
+            _log.exception("checkpoint_failed", reply_id=reply.id)
+        self._checkpointed_at = time.monotonic()
+        self._checkpoint = None
+        if reply.log.seq > seq and not reply.done:
+            self._schedule_checkpoint()
+
+    async def _stop_checkpoints(self) -> None:
+        """No checkpoint may land after the final save: cancel the timer, await the write."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._checkpoint is not None:
+            await self._checkpoint

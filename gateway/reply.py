@@ -1,0 +1,114 @@
+"""One assistant reply: its numbered text, its state, and who follows it."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+
+from .errors import GatewayError
+from .events import ReplyDelta, ReplyEnded, ReplyStarted, Subscriber
+from .providers import Provider, Usage
+from .replylog import ReplyLog
+from .stores import StoredMessage, new_id
+
+__all__ = ["Reply", "ReplyState", "StopReason"]
+
+
+class ReplyState(enum.Enum):
+    STREAMING = "streaming"  # text may still come
+    ENDING = "ending"  # its end is decided (finish_reason), the final save runs
+    ENDED = "ended"  # saved (or failed to), its followers told
+
+
+class StopReason(enum.Enum):
+    CANCELLED = "cancelled"
+    SHUTDOWN = "shutdown"
+
+
+class Reply:
+    """A reply's text, its end, and its followers. Its producer (:mod:`.producer`)
+    writes it; the registry (:mod:`.replies`) owns it."""
+
+    def __init__(self, conversation_id: str, message_id: str, max_chars: int, provider: Provider) -> None:
+        self.id = new_id()
+        self.conversation_id = conversation_id
+        self.message_id = message_id
+        self.provider = provider  # the one that produces it, whatever a reload changes
+        self.log = ReplyLog(max_chars)
+        self.state = ReplyState.STREAMING
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self.error: GatewayError | None = None
+        self.reasoning_chars = 0
+        self.subscribers: set[Subscriber] = set()
+        self.ended = asyncio.Event()
+        self.started_at = time.monotonic()
+        self.created_at = time.time()
+        self.first_delta_at: float | None = None
+        self.stop_reason: StopReason | None = None
+        self.replaces: str | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether its end is decided: no more text, no more checkpoints."""
+        return self.state is not ReplyState.STREAMING
+
+    def started(self, content: str | None) -> ReplyStarted:
+        return ReplyStarted(self.id, self.conversation_id, self.message_id, self.replaces, content)
+
+    def ended_event(self) -> ReplyEnded:
+        assert self.finish_reason is not None
+        return ReplyEnded(self.id, self.message_id, self.finish_reason, self.usage, self.error)
+
+    def subscribe(self, subscriber: Subscriber, after_seq: int | None = None) -> None:
+        """Add a follower; with ``after_seq``, first send it what it missed. An ended reply
+        only sends what was missed and its end: it keeps no followers."""
+        if after_seq is not None and after_seq < self.log.seq:
+            subscriber.reply_event(ReplyDelta(self.id, self.log.seq, self.log.since(after_seq)))
+        if self.state is ReplyState.ENDED:
+            subscriber.reply_event(self.ended_event())
+        else:
+            self.subscribers.add(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.discard(subscriber)
+
+    def stop(self, reason: StopReason) -> None:
+        """Ask the producer to stop; the upstream request is aborted at once."""
+        if self.task is not None and not self.done:
+            self.stop_reason = self.stop_reason or reason
+            self.task.cancel()
+
+    def publish(self, text: str) -> bool:
+        """Number ``text`` as the next delta and hand it to every follower."""
+        if not self.log.append(text):
+            return False
+        if self.first_delta_at is None:
+            self.first_delta_at = time.monotonic()
+        event = ReplyDelta(self.id, self.log.seq, text)
+        for subscriber in tuple(self.subscribers):
+            subscriber.reply_event(event)
+        return True
+
+    def finish(self, finish_reason: str) -> None:
+        """STREAMING → ENDING: the end is decided (``error`` set before, if any)."""
+        self.finish_reason = "error" if self.error else finish_reason
+        self.state = ReplyState.ENDING
+
+    def close(self) -> tuple[Subscriber, ...]:
+        """→ ENDED: the followers to tell, who are then forgotten."""
+        self.state = ReplyState.ENDED
+        self.ended.set()
+        subscribers, self.subscribers = tuple(self.subscribers), set()
+        return subscribers
+
+    def stored(self) -> StoredMessage:
+        """The reply as the store keeps it: a checkpoint while streaming, then final."""
+        return StoredMessage(
+            self.id, "assistant", self.log.text,
+            created_at=self.created_at,
+            finish_reason=self.finish_reason,
+            usage=self.usage.as_dict() if self.usage else None,
+        )

@@ -30,10 +30,12 @@ from . import __version__, heap, logs, wire
 from .clientip import client_ip
 from .config import Config, own_origins
 from .auth import make_authenticator
-from .connection import CLOSE_OVERLOADED, Connection, Hub
+from .connection import CLOSE_OVERLOADED, Hub
 from .handshake import admit
+from .json_chat import JsonConnection
 from .errors import ConfigError, StartupError
 from .metrics import Metrics, TimedStore
+from .plain_chat import PlainConnection
 from .replies import RegistryLimits, ReplyRegistry
 from .stores import ConversationStore, StoreUnusable, make_store
 from .systemd import Notifier, listen_sockets, watchdog_interval
@@ -365,7 +367,7 @@ class Gateway:
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert self.hub is not None
-        conn = Connection(ws, self.hub)
+        conn = (JsonConnection if ws.subprotocol == wire.SUBPROTOCOL else PlainConnection)(ws, self.hub)
         peer = ws.remote_address[0] if ws.remote_address else None
         forwarded = ", ".join(ws.request.headers.get_all("X-Forwarded-For")) if ws.request else None
         conn.client_ip = client_ip(peer, forwarded, self.config.trusted_proxies)
@@ -377,7 +379,7 @@ class Gateway:
             return
         _bound_send_buffer(ws, self.config.socket_send_buffer)
         self.hub.connections.add(conn)
-        mode = "json" if conn.json else "plain"
+        mode = conn.mode
         gauge = self.metrics.connections.labels(mode)
         gauge.inc()
         self.metrics.handshakes.labels(mode).inc()

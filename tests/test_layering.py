@@ -20,6 +20,7 @@ PURE = (
     "gateway.events",
     "gateway.auth",
     "gateway.handshake",
+    "gateway.paging",
     "gateway.stores",
     "gateway.stores.base",
     "gateway.stores.memory",

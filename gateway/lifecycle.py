@@ -1,0 +1,62 @@
+"""The gateway's one lifecycle state, and what a signal does to it (no I/O but asyncio's Events).
+
+STARTING → SERVING → DRAINING → CLOSED; a start that fails goes from STARTING to
+DRAINING (what was opened is closed) without ever serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import signal
+from typing import Any
+
+import structlog
+
+__all__ = ["Lifecycle", "Phase"]
+
+_log: Any = structlog.get_logger("gateway.server")
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    SERVING = "serving"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+class Lifecycle:
+    """``stopping`` is set when a drain is asked for (a signal, or ``close()``);
+    ``hurry`` when the drain must end at once (a second SIGINT)."""
+
+    def __init__(self) -> None:
+        self.phase = Phase.STARTING
+        self.served = False
+        self.stopping = asyncio.Event()
+        self.hurry = asyncio.Event()
+
+    def serving(self) -> None:
+        self.phase, self.served = Phase.SERVING, True
+
+    def draining(self) -> bool:
+        """Begin the drain; False if it had begun already."""
+        if self.phase in (Phase.DRAINING, Phase.CLOSED):
+            return False
+        self.phase = Phase.DRAINING
+        self.stopping.set()
+        return True
+
+    def closed(self) -> None:
+        self.phase = Phase.CLOSED
+
+    def on_signal(self, sig: signal.Signals) -> None:
+        """SIGTERM or SIGINT asks for the drain; during it a second SIGINT hurries it, and
+        anything else is ignored (and logged)."""
+        if not self.stopping.is_set():
+            _log.info("shutdown_requested", signal=sig.name)
+            self.stopping.set()
+        elif sig is signal.SIGINT and not self.hurry.is_set():
+            _log.warning("drain_hurried", signal=sig.name)
+            self.hurry.set()
+        else:
+            _log.warning("second_signal_ignored", signal=sig.name)

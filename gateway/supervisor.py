@@ -1,0 +1,56 @@
+"""Telling systemd the gateway is alive and what it does, and handing memory back.
+
+Every ``WATCHDOG_USEC``/2 (at most every 5 s) the supervisor sends ``WATCHDOG=1``
+from the event loop, so a stuck loop gets the process restarted; every 5 s it
+sends ``STATUS=``; for a minute after slow clients were cut off it returns the
+memory their output held to the system (:mod:`.heap`), every 15 s at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+
+from . import heap
+from .systemd import Notifier, watchdog_interval
+
+__all__ = ["STATUS_EVERY", "Supervisor"]
+
+STATUS_EVERY = 5.0
+TRIM_FOR = 60.0
+TRIM_EVERY = 15.0
+
+
+class Supervisor:
+    """The gateway's one periodic task; ``status`` and ``cut_offs`` are read at each tick."""
+
+    def __init__(
+        self, notifier: Notifier, env: Mapping[str, str], status: Callable[[], str], cut_offs: Callable[[], int]
+    ) -> None:
+        self._notifier = notifier
+        self._watchdog = watchdog_interval(env)
+        self._status, self._cut_offs = status, cut_offs
+        self._seen = 0
+        self._trim_until = self._trimmed = 0.0
+
+    async def run(self) -> None:
+        interval = self._watchdog
+        period = min(interval, STATUS_EVERY) if interval else STATUS_EVERY
+        ticks_per_status = max(1, round(STATUS_EVERY / period))
+        tick = 0
+        while True:
+            lines = ["WATCHDOG=1"] if interval else []
+            if tick % ticks_per_status == 0:
+                lines.append(f"STATUS={self._status()}")
+                await self._trim_after_cut_offs()
+            self._notifier.notify(*lines)
+            tick += 1
+            await asyncio.sleep(period)
+
+    async def _trim_after_cut_offs(self) -> None:
+        cut_offs, now = self._cut_offs(), asyncio.get_running_loop().time()
+        if cut_offs != self._seen:
+            self._seen, self._trim_until = cut_offs, now + TRIM_FOR
+        if now < self._trim_until and now - self._trimmed >= TRIM_EVERY:
+            await heap.trim()
+            self._trimmed = now

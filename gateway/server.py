@@ -26,19 +26,21 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from . import __version__, heap, logs, wire
+from . import __version__, logs, wire
 from .clientip import client_ip
 from .config import Config, own_origins
 from .auth import make_authenticator
 from .connection import CLOSE_OVERLOADED, Hub
 from .handshake import admit
+from .lifecycle import Lifecycle, Phase
 from .json_chat import JsonConnection
 from .errors import ConfigError, StartupError
 from .metrics import Metrics, TimedStore
 from .plain_chat import PlainConnection
 from .replies import RegistryLimits, ReplyRegistry
 from .stores import ConversationStore, StoreUnusable, make_store
-from .systemd import Notifier, listen_sockets, watchdog_interval
+from .supervisor import Supervisor
+from .systemd import Notifier, listen_sockets
 from .upstream import make_provider
 from .web import WebState, make_app
 
@@ -46,9 +48,6 @@ __all__ = ["Gateway"]
 
 _log: Any = structlog.get_logger("gateway.server")
 PRUNE_EVERY = 3600.0
-STATUS_EVERY = 5.0
-TRIM_FOR = 60.0
-TRIM_EVERY = 15.0
 # Settings bound at start-up: a reload reports changes to them instead of applying them.
 FIXED_ON_RELOAD = (
     "ws_addr", "http_addr", "state_dir", "static_dir", "store", "compression", "http_idle_timeout",
@@ -74,10 +73,7 @@ class Gateway:
         self.config = config
         self.metrics = Metrics()
         self.store: ConversationStore = TimedStore(store or make_store(config), self.metrics)
-        self.stopping = asyncio.Event()
-        self.hurry = asyncio.Event()
-        self.started = False
-        self.closed = False
+        self.lifecycle = Lifecycle()
         self.allowed_origins: tuple[str, ...] = config.allowed_origins
         self.hub: Hub | None = None
         self._reload_source = reload
@@ -90,6 +86,11 @@ class Gateway:
         self._tasks: set[asyncio.Task[None]] = set()
         self._journal = journal
         self._reload_error = ""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the drain has begun (or is over)."""
+        return self.lifecycle.phase in (Phase.DRAINING, Phase.CLOSED)
 
     @property
     def ws_port(self) -> int:
@@ -126,7 +127,10 @@ class Gateway:
         await self._listen_ws(inherited.get("ws"))
         await self._listen_http(inherited.get("http"), provider.model, provider.name)
         self.allowed_origins = cfg.allowed_origins or own_origins(cfg.http_addr.host, self.http_port)
-        self._spawn(self._supervise(), "supervisor")
+        supervisor = Supervisor(
+            self._notifier, self._env, self._status, lambda: self.hub.cut_off if self.hub else 0
+        )
+        self._spawn(supervisor.run(), "supervisor")
         if cfg.store.retention:
             self._spawn(self._prune_forever(cfg.store.retention), "pruner")
         _log.info(
@@ -139,7 +143,7 @@ class Gateway:
             socket_activated=bool(inherited),
             event_loop="uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio",
         )
-        self.started = True
+        self.lifecycle.serving()
         self._notifier.notify("READY=1", f"STATUS={self._status()}", f"MAINPID={os.getpid()}")
 
     async def _listen_ws(self, sock: socket.socket | None) -> None:
@@ -193,11 +197,11 @@ class Gateway:
         """
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig)
+            loop.add_signal_handler(sig, self.lifecycle.on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         try:
             await _starting(self.start())
-            await self.stopping.wait()
+            await self.lifecycle.stopping.wait()
         finally:
             try:
                 await self.close()
@@ -205,47 +209,11 @@ class Gateway:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
 
-    def _on_signal(self, sig: signal.Signals) -> None:
-        if not self.stopping.is_set():
-            _log.info("shutdown_requested", signal=sig.name)
-            self.stopping.set()
-        elif sig is signal.SIGINT and not self.hurry.is_set():
-            _log.warning("drain_hurried", signal=sig.name)
-            self.hurry.set()
-        else:
-            _log.warning("second_signal_ignored", signal=sig.name)
-
-    async def _supervise(self) -> None:
-        """Tell systemd the loop is alive (WATCHDOG=1) and what it is doing (STATUS=)."""
-        interval = watchdog_interval(self._env)
-        period = min(interval, STATUS_EVERY) if interval else STATUS_EVERY
-        ticks_per_status = max(1, round(STATUS_EVERY / period))
-        tick, cut_off, trim_until, trimmed = 0, 0, 0.0, 0.0
-        while True:
-            lines = ["WATCHDOG=1"] if interval else []
-            if tick % ticks_per_status == 0:
-                lines.append(f"STATUS={self._status()}")
-                cut_off, trim_until, trimmed = await self._trim_after_cut_offs(cut_off, trim_until, trimmed)
-            self._notifier.notify(*lines)
-            tick += 1
-            await asyncio.sleep(period)
-
-    async def _trim_after_cut_offs(self, seen: int, until: float, last: float) -> tuple[int, float, float]:
-        """For a minute after slow clients were cut off, hand the memory their output held
-        back to the system as it is freed, every TRIM_EVERY seconds at most."""
-        cut_off, now = (self.hub.cut_off if self.hub else 0), asyncio.get_running_loop().time()
-        if cut_off != seen:
-            until = now + TRIM_FOR
-        if now < until and now - last >= TRIM_EVERY:
-            await heap.trim()
-            last = now
-        return cut_off, until, last
-
     def _status(self) -> str:
         hub = self.hub
         connections = len(hub.connections) if hub else 0
         replies = hub.registry.in_flight if hub else 0
-        state = "draining" if self.stopping.is_set() else "serving"
+        state = "draining" if self.lifecycle.stopping.is_set() else "serving"
         status = f"{state}: {connections} connections, {replies} replies in flight"
         if self._reload_error:
             status += f"; last reload failed: {self._reload_error}"[:200]
@@ -254,7 +222,7 @@ class Gateway:
     # reload
 
     def _on_reload(self) -> None:
-        if self.stopping.is_set():
+        if self.lifecycle.stopping.is_set():
             _log.warning("reload_ignored", reason="draining")
             return
         _log.info("reload_requested")
@@ -262,7 +230,7 @@ class Gateway:
 
     async def reload(self) -> None:
         """Re-read the configuration; apply what can change live, report the rest."""
-        if self._reload_source is None or self.hub is None or self.stopping.is_set():
+        if self._reload_source is None or self.hub is None or self.lifecycle.stopping.is_set():
             return
         self._notifier.notify("RELOADING=1", "STATUS=reloading configuration")
         try:
@@ -302,10 +270,8 @@ class Gateway:
 
         Safe to call after a partial start, and more than once.
         """
-        if self.closed:
+        if not self.lifecycle.draining():
             return
-        self.closed = True
-        self.stopping.set()
         if self._web_state is not None:
             self._web_state.draining = True
         in_flight = self.hub.registry.in_flight if self.hub else 0
@@ -313,7 +279,7 @@ class Gateway:
         if self._ws_server is not None and self.hub is not None:
             self._ws_server.server.close()
             _log.info("drain_started", replies_in_flight=in_flight, timeout_s=self.config.drain_timeout)
-            await self.hub.registry.drain(self.config.drain_timeout, self.hurry)
+            await self.hub.registry.drain(self.config.drain_timeout, self.lifecycle.hurry)
             await self._close_connections()
             self._ws_server.close()
             await self._ws_server.wait_closed()
@@ -327,7 +293,8 @@ class Gateway:
             await self._session.close()
         await self.store.close()
         self._notifier.close()
-        if self.started:  # a start that failed is reported by its caller, as startup_failed
+        self.lifecycle.closed()
+        if self.lifecycle.served:  # a start that failed is reported by its caller, as startup_failed
             _log.info("gateway_stopped", replies_drained=in_flight)
 
     async def _close_connections(self) -> None:

@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def _patch_deflate(spec: str) -> None:
     from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
-    import gateway.server
+    import gateway.chat_listener
 
     parts = spec.split(",")
     wbits, mem = int(parts[0]), int(parts[1])
     nct = len(parts) > 2 and parts[2] == "nct"
-    original = getattr(gateway.server, "serve")
+    original = getattr(gateway.chat_listener, "serve")
 
     def serve(*args: Any, **kwargs: Any) -> Any:
         # The gateway passes its own permessage-deflate factory when compression is on.
@@ -47,7 +47,7 @@ def _patch_deflate(spec: str) -> None:
             ]
         return original(*args, **kwargs)
 
-    setattr(gateway.server, "serve", serve)
+    setattr(gateway.chat_listener, "serve", serve)
 
 
 def _trace_memory(path: str) -> None:

@@ -62,7 +62,7 @@ BUCKETS = [
     ("logging/", "logging (structlog, logging)"),
     ("aiohttp/", "aiohttp client: HTTP parser, StreamReader, timeouts"),
     ("websockets/", "websockets: frames in and out, socket writes"),
-    ("gateway/server.py", "handshakes, connection open/close (gateway/server.py)"),
+    ("gateway/chat_listener.py", "handshakes, connection open/close (gateway/chat_listener.py)"),
     ("gateway/", "gateway, other"),
     ("bench/floor_app.py", "the floor's relay code (bench/floor_app.py)"),
     ("floor_app.py", "the floor's relay code (bench/floor_app.py)"),

@@ -14,29 +14,22 @@ import dataclasses
 import os
 import signal
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import NegotiationError
-from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.http11 import Request, Response
-from websockets.typing import Subprotocol
+from websockets.asyncio.server import Server
 
-from . import __version__, logs, wire
-from .clientip import client_ip
-from .config import Config, own_origins
+from . import __version__, logs
 from .auth import make_authenticator
-from .connection import CLOSE_OVERLOADED, Hub
-from .handshake import admit
-from .lifecycle import Lifecycle, Phase
-from .json_chat import JsonConnection
+from .chat_listener import ChatListener
+from .config import Config, own_origins
+from .connection import Hub
 from .errors import ConfigError, StartupError
+from .lifecycle import Lifecycle, Phase
 from .metrics import Metrics, TimedStore
-from .plain_chat import PlainConnection
 from .replies import RegistryLimits, ReplyRegistry
 from .stores import ConversationStore, StoreUnusable, make_store
 from .supervisor import Supervisor
@@ -124,7 +117,7 @@ class Gateway:
         provider = make_provider(cfg.provider, self._session)
         self.hub = Hub(cfg, ReplyRegistry(provider, self.store, _limits(cfg), self.metrics), self.store)
         inherited = listen_sockets(self._env)
-        await self._listen_ws(inherited.get("ws"))
+        self._ws_server = await ChatListener(self.hub, lambda: self.allowed_origins).listen(inherited.get("ws"))
         await self._listen_http(inherited.get("http"), provider.model, provider.name)
         self.allowed_origins = cfg.allowed_origins or own_origins(cfg.http_addr.host, self.http_port)
         supervisor = Supervisor(
@@ -145,24 +138,6 @@ class Gateway:
         )
         self.lifecycle.serving()
         self._notifier.notify("READY=1", f"STATUS={self._status()}", f"MAINPID={os.getpid()}")
-
-    async def _listen_ws(self, sock: socket.socket | None) -> None:
-        cfg = self.config
-        where: dict[str, Any] = {"sock": sock} if sock else {"host": cfg.ws_addr.host, "port": cfg.ws_addr.port}
-        self._ws_server = await serve(
-            self._handle,
-            select_subprotocol=_select_subprotocol,
-            process_request=self._check_request,
-            compression=None,
-            extensions=[_DEFLATE] if cfg.compression else None,
-            max_size=cfg.max_message_bytes,
-            max_queue=16,
-            write_limit=cfg.write_limit,
-            ping_interval=cfg.ping_interval or None,
-            ping_timeout=cfg.ping_interval or None,
-            server_header=f"llm-ws-gateway/{__version__}",
-            **where,
-        )
 
     async def _listen_http(self, sock: socket.socket | None, model: str, provider: str) -> None:
         cfg = self.config
@@ -323,71 +298,6 @@ class Gateway:
 
     # connections
 
-    def _check_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        assert self.hub is not None
-        refusal = admit(request.path, request.headers, self.hub.authenticator, self.allowed_origins)
-        if refusal is None:
-            return None
-        _log.info("handshake_refused", reason=refusal.reason, status=refusal.status, origin=refusal.origin)
-        self.metrics.refusals.labels(refusal.reason).inc()
-        return conn.respond(refusal.status, refusal.text)
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        assert self.hub is not None
-        conn = (JsonConnection if ws.subprotocol == wire.SUBPROTOCOL else PlainConnection)(ws, self.hub)
-        peer = ws.remote_address[0] if ws.remote_address else None
-        forwarded = ", ".join(ws.request.headers.get_all("X-Forwarded-For")) if ws.request else None
-        conn.client_ip = client_ip(peer, forwarded, self.config.trusted_proxies)
-        structlog.contextvars.bind_contextvars(session_id=conn.session_id, client_ip=conn.client_ip)
-        if len(self.hub.connections) >= self.config.max_connections:
-            _log.warning("connection_refused", reason="max_connections")
-            self.metrics.refusals.labels("max_connections").inc()
-            await ws.close(CLOSE_OVERLOADED, "server full; try again later")
-            return
-        _bound_send_buffer(ws, self.config.socket_send_buffer)
-        self.hub.connections.add(conn)
-        mode = conn.mode
-        gauge = self.metrics.connections.labels(mode)
-        gauge.inc()
-        self.metrics.handshakes.labels(mode).inc()
-        _log.info("connection_opened", mode=mode)
-        try:
-            await conn.run()
-        finally:
-            gauge.dec()
-            self.hub.connections.discard(conn)
-            code, closed_by = _how_closed(ws)
-            _log.info(
-                "connection_closed", mode=mode, code=code, closed_by=closed_by, conversation_id=conn.conversation_id
-            )
-
-
-# permessage-deflate with a small window: measured (docs/performance.md) to compress
-# token streams as well as the library's default for 46 KiB per connection instead of 54.
-_DEFLATE = ServerPerMessageDeflateFactory(
-    server_max_window_bits=10, client_max_window_bits=10, compress_settings={"memLevel": 4}
-)
-
-
-def _how_closed(ws: ServerConnection) -> tuple[int, str]:
-    """The close code of the side that closed first, and which side that was: the
-    gateway's own code (1009, 1013...) when it closed, not the echo the client sent back."""
-    protocol = ws.protocol
-    sent, received = protocol.close_sent, protocol.close_rcvd
-    if sent is not None and (received is None or not protocol.close_rcvd_then_sent):
-        return sent.code, "gateway"
-    if received is not None:
-        return received.code, "client"
-    return 1006, "network"
-
-
-def _bound_send_buffer(ws: ServerConnection, size: int) -> None:
-    """A fixed SO_SNDBUF: a client that stops reading then backs up into the outbox,
-    where its deltas merge and its bound applies, instead of into megabytes of kernel buffer."""
-    sock = ws.transport.get_extra_info("socket")
-    if size and sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-
 
 async def _starting(start: Any) -> None:
     """Await ``start``, turning what can stop a start into a StartupError."""
@@ -410,15 +320,6 @@ def _limits(cfg: Config) -> RegistryLimits:
         context_max_messages=cfg.context_max_messages,
         context_max_chars=cfg.context_max_chars,
     )
-
-
-def _select_subprotocol(conn: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    """``chat.v1`` when offered; none offered is plain-text mode; others are refused."""
-    if wire.SUBPROTOCOL in offered:
-        return Subprotocol(wire.SUBPROTOCOL)
-    if offered:
-        raise NegotiationError(f"unsupported subprotocol; this server speaks {wire.SUBPROTOCOL}")
-    return None
 
 
 def _hostport(host: str, port: int) -> str:

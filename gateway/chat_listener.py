@@ -1,0 +1,123 @@
+"""The WebSocket listener: the handshake's checks, then one connection per socket,
+with its metrics and its opened/closed log lines."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import NegotiationError
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from . import __version__, wire
+from .clientip import client_ip
+from .connection import CLOSE_OVERLOADED, Hub
+from .handshake import admit
+from .json_chat import JsonConnection
+from .plain_chat import PlainConnection
+
+__all__ = ["ChatListener"]
+
+_log: Any = structlog.get_logger("gateway.server")
+
+# permessage-deflate with a small window: measured (docs/performance.md) to compress
+# token streams as well as the library's default for 46 KiB per connection instead of 54.
+_DEFLATE = ServerPerMessageDeflateFactory(
+    server_max_window_bits=10, client_max_window_bits=10, compress_settings={"memLevel": 4}
+)
+
+
+class ChatListener:
+    """Serves ``/chat`` for the gateway; ``origins`` gives the allowed origins now."""
+
+    def __init__(self, hub: Hub, origins: Callable[[], tuple[str, ...]]) -> None:
+        self.hub = hub
+        self._origins = origins
+
+    async def listen(self, sock: socket.socket | None) -> Server:
+        cfg = self.hub.config
+        where: dict[str, Any] = {"sock": sock} if sock else {"host": cfg.ws_addr.host, "port": cfg.ws_addr.port}
+        return await serve(
+            self._handle,
+            select_subprotocol=_select_subprotocol,
+            process_request=self._check_request,
+            compression=None,
+            extensions=[_DEFLATE] if cfg.compression else None,
+            max_size=cfg.max_message_bytes,
+            max_queue=16,
+            write_limit=cfg.write_limit,
+            ping_interval=cfg.ping_interval or None,
+            ping_timeout=cfg.ping_interval or None,
+            server_header=f"llm-ws-gateway/{__version__}",
+            **where,
+        )
+
+    def _check_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        refusal = admit(request.path, request.headers, self.hub.authenticator, self._origins())
+        if refusal is None:
+            return None
+        _log.info("handshake_refused", reason=refusal.reason, status=refusal.status, origin=refusal.origin)
+        self.hub.metrics.refusals.labels(refusal.reason).inc()
+        return conn.respond(refusal.status, refusal.text)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        hub, cfg, metrics = self.hub, self.hub.config, self.hub.metrics
+        conn = (JsonConnection if ws.subprotocol == wire.SUBPROTOCOL else PlainConnection)(ws, hub)
+        peer = ws.remote_address[0] if ws.remote_address else None
+        forwarded = ", ".join(ws.request.headers.get_all("X-Forwarded-For")) if ws.request else None
+        conn.client_ip = client_ip(peer, forwarded, cfg.trusted_proxies)
+        structlog.contextvars.bind_contextvars(session_id=conn.session_id, client_ip=conn.client_ip)
+        if len(hub.connections) >= cfg.max_connections:
+            _log.warning("connection_refused", reason="max_connections")
+            metrics.refusals.labels("max_connections").inc()
+            await ws.close(CLOSE_OVERLOADED, "server full; try again later")
+            return
+        _bound_send_buffer(ws, cfg.socket_send_buffer)
+        hub.connections.add(conn)
+        gauge = metrics.connections.labels(conn.mode)
+        gauge.inc()
+        metrics.handshakes.labels(conn.mode).inc()
+        _log.info("connection_opened", mode=conn.mode)
+        try:
+            await conn.run()
+        finally:
+            gauge.dec()
+            hub.connections.discard(conn)
+            code, closed_by = _how_closed(ws)
+            _log.info(
+                "connection_closed", mode=conn.mode, code=code, closed_by=closed_by, conversation_id=conn.conversation_id
+            )
+
+
+def _how_closed(ws: ServerConnection) -> tuple[int, str]:
+    """The close code of the side that closed first, and which side that was: the
+    gateway's own code (1009, 1013...) when it closed, not the echo the client sent back."""
+    protocol = ws.protocol
+    sent, received = protocol.close_sent, protocol.close_rcvd
+    if sent is not None and (received is None or not protocol.close_rcvd_then_sent):
+        return sent.code, "gateway"
+    if received is not None:
+        return received.code, "client"
+    return 1006, "network"
+
+
+def _bound_send_buffer(ws: ServerConnection, size: int) -> None:
+    """A fixed SO_SNDBUF: a client that stops reading then backs up into the outbox,
+    where its deltas merge and its bound applies, instead of into megabytes of kernel buffer."""
+    sock = ws.transport.get_extra_info("socket")
+    if size and sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def _select_subprotocol(conn: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """``chat.v1`` when offered; none offered is plain-text mode; others are refused."""
+    if wire.SUBPROTOCOL in offered:
+        return Subprotocol(wire.SUBPROTOCOL)
+    if offered:
+        raise NegotiationError(f"unsupported subprotocol; this server speaks {wire.SUBPROTOCOL}")
+    return None

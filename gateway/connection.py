@@ -16,6 +16,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from .auth import Principal, make_authenticator
+from .bus import ReplyBus
 from .config import Config
 from .events import ReplyDelta, ReplyEnded, ReplyEvent, ReplyStarted
 from .outbox import Close, Frame, Outbox, OutputBudget
@@ -33,34 +34,31 @@ _log: Any = structlog.get_logger("gateway.connection")
 
 
 class Hub:
-    """What connections share: the current config, the registry, the store, the output
+    """What connections share: the current config, the reply bus, the store, the output
     budget and the authenticator."""
 
     def __init__(self, config: Config, registry: ReplyRegistry, store: ConversationStore) -> None:
         self.config = config
         self.metrics = registry.metrics
         self.registry = registry
+        self.bus: ReplyBus = registry
         self.store = store
         self.budget = OutputBudget(config.max_total_pending_bytes)
         self.authenticator = make_authenticator(config)
         self.cut_off = 0  # connections closed for not reading, ever
         self.metrics.queued_bytes.set_function(lambda: self.budget.total)
         self.connections: set[Connection] = set()
-        self.watchers: dict[str, set[Connection]] = {}
 
     def watch(self, conn: Connection, conversation_id: str) -> None:
         """Make ``conn`` the watcher of ``conversation_id`` (and of nothing else)."""
         self.unwatch(conn)
-        self.watchers.setdefault(conversation_id, set()).add(conn)
+        self.bus.watch(conversation_id, conn)
         conn.conversation_id = conversation_id
 
     def unwatch(self, conn: Connection) -> None:
         """``conn`` watches nothing any more (it still knows its last conversation)."""
-        old = conn.conversation_id
-        if old is not None and old in self.watchers:
-            self.watchers[old].discard(conn)
-            if not self.watchers[old]:
-                del self.watchers[old]
+        if conn.conversation_id is not None:
+            self.bus.unwatch(conn.conversation_id, conn)
 
 
 class Connection:
@@ -96,9 +94,8 @@ class Connection:
             if self._writer is not None:
                 self._writer.cancel()
             self.hub.unwatch(self)
-            registry = self.hub.registry
             for reply_id in self.replies:
-                registry.unfollow(reply_id, self)
+                self.hub.bus.unfollow(reply_id, self)
             self._left()
             if self._writer is not None:
                 await asyncio.gather(self._writer, return_exceptions=True)
@@ -118,7 +115,7 @@ class Connection:
         conv_id = self.conversation_id
         assert conv_id is not None
         new = conv_id == self.unsaved
-        reply_id = await self.hub.registry.start(conv_id, message, self, self.hub.watchers.get(conv_id, ()), new=new)
+        reply_id = await self.hub.bus.start(conv_id, message, self, new=new)
         if new:
             self.unsaved = None
         return reply_id

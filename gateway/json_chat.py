@@ -87,11 +87,11 @@ class JsonConnection(Connection):
         conv = await store.get(conversation_id) if conversation_id else None
         if conv is not None:
             conv_id, title = conv.id, conv.title
-            active = self.hub.registry.streaming(conv_id)
+            active = self.hub.bus.streaming(conv_id)
             bound = read_bound(cfg.max_history_bytes, active)
             read = await store.history(conv_id, cfg.history_limit + 1, max_bytes=bound)
             history, _ = page(without(read, active), cfg.history_limit, cfg.max_history_bytes)
-        elif conversation_id and conversation_id not in self.hub.watchers:
+        elif conversation_id and not self.hub.bus.watched(conversation_id):
             raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
         else:
             conv_id, title, active, history = conversation_id or new_id(), "", None, []
@@ -140,9 +140,7 @@ class JsonConnection(Connection):
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first", ref=msg.id)
         try:
-            await self.hub.registry.regenerate(
-                self.conversation_id, msg.id, self, self.hub.watchers.get(self.conversation_id, ())
-            )
+            await self.hub.bus.regenerate(self.conversation_id, msg.id, self)
         except ProtocolError as exc:
             exc.ref = msg.id
             raise
@@ -152,7 +150,7 @@ class JsonConnection(Connection):
     def _cancel(self, reply_id: str) -> None:
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, "no such reply in this conversation")
-        self.hub.registry.cancel(reply_id, self.conversation_id)
+        self.hub.bus.cancel(reply_id, self.conversation_id)
 
     def _resume(self, msg: wire.Resume) -> None:
         reply_id = msg.reply_id
@@ -168,7 +166,7 @@ class JsonConnection(Connection):
         self.replies.add(reply_id)
         try:
             with self.outbox.together():
-                self.hub.registry.follow(reply_id, self.conversation_id, self, msg.after_seq)
+                self.hub.bus.follow(reply_id, self.conversation_id, self, msg.after_seq)
         except GatewayError:
             self.replies.discard(reply_id)
             raise
@@ -176,7 +174,7 @@ class JsonConnection(Connection):
     async def _history(self, msg: wire.History) -> None:
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first")
-        active = self.hub.registry.streaming(self.conversation_id)
+        active = self.hub.bus.streaming(self.conversation_id)
         max_bytes = self.hub.config.max_history_bytes
         read = await self.hub.store.history(
             self.conversation_id, msg.limit + 2, msg.before, max_bytes=read_bound(max_bytes, active)

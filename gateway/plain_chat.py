@@ -68,7 +68,7 @@ class PlainConnection(Connection):
     def _left(self) -> None:
         if self._waiting is not None and self.conversation_id is not None:
             with contextlib.suppress(ProtocolError):  # ended meanwhile
-                self.hub.registry.cancel(self._waiting[0], self.conversation_id)
+                self.hub.bus.cancel(self._waiting[0], self.conversation_id)
 
 
 def _plain_delta(reply_id: str, seq: int, text: str) -> Frame:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,7 @@ class ReplyRegistry:
         self.accepting = True
         self._replies: dict[str, Reply] = {}
         self._active: dict[str, Reply] = {}
+        self._watchers: dict[str, set[Subscriber]] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
 
     @property
@@ -68,6 +69,19 @@ class ReplyRegistry:
 
     def get(self, reply_id: str) -> Reply | None:
         return self._replies.get(reply_id)
+
+    def watch(self, conversation_id: str, subscriber: Subscriber) -> None:
+        self._watchers.setdefault(conversation_id, set()).add(subscriber)
+
+    def unwatch(self, conversation_id: str, subscriber: Subscriber) -> None:
+        watchers = self._watchers.get(conversation_id)
+        if watchers is not None:
+            watchers.discard(subscriber)
+            if not watchers:
+                del self._watchers[conversation_id]
+
+    def watched(self, conversation_id: str) -> bool:
+        return conversation_id in self._watchers
 
     def streaming(self, conversation_id: str) -> Streaming | None:
         """The reply streaming in ``conversation_id`` now, if any."""
@@ -105,13 +119,12 @@ class ReplyRegistry:
         conversation_id: str,
         message: StoredMessage,
         subscriber: Subscriber,
-        watchers: Iterable[Subscriber] = (),
         *,
         new: bool = False,
     ) -> str:
-        """Store the user's message, then start a reply for ``subscriber`` and ``watchers``
-        (the conversation's other connections: other tabs); return its id. ``new``: the
-        conversation is created first, with this id."""
+        """Store the user's message, then start a reply for ``subscriber`` and the
+        conversation's watchers (other tabs); return its id. ``new``: the conversation
+        is created first, with this id."""
         reply = self._reserve(conversation_id, message.id)
         async with self._storing(reply):
             if new:
@@ -120,7 +133,7 @@ class ReplyRegistry:
             if not added:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "a message with this id is already in the conversation")
             history = await self.store.history(conversation_id, self.limits.context_max_messages)
-        self._launch(reply, history, subscriber, watchers, message.content)
+        self._launch(reply, history, subscriber, message.content)
         return reply.id
 
     async def regenerate(
@@ -128,7 +141,6 @@ class ReplyRegistry:
         conversation_id: str,
         request_id: str,
         subscriber: Subscriber,
-        watchers: Iterable[Subscriber] = (),
     ) -> str:
         """Replace the conversation's last reply with a new one for the same user message."""
         reply = self._reserve(conversation_id, request_id)
@@ -139,7 +151,7 @@ class ReplyRegistry:
             if history[-1].role == "assistant":
                 reply.replaces = history.pop().id
                 await self.store.delete(conversation_id, reply.replaces)
-        self._launch(reply, history, subscriber, watchers, None)
+        self._launch(reply, history, subscriber, None)
         return reply.id
 
     def _reserve(self, conversation_id: str, message_id: str) -> Reply:
@@ -180,7 +192,6 @@ class ReplyRegistry:
         reply: Reply,
         history: Sequence[StoredMessage],
         subscriber: Subscriber,
-        watchers: Iterable[Subscriber],
         content: str | None,
     ) -> None:
         messages = build_context(
@@ -193,7 +204,7 @@ class ReplyRegistry:
         self.stats.started()
         subscriber.reply_event(reply.started(None))
         reply.subscribe(subscriber)
-        for watcher in watchers:
+        for watcher in tuple(self._watchers.get(reply.conversation_id, ())):
             if watcher is not subscriber:
                 watcher.reply_event(reply.started(content))
                 reply.subscribe(watcher)

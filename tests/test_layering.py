@@ -18,6 +18,7 @@ PURE = (
     "gateway.wire",
     "gateway.replylog",
     "gateway.events",
+    "gateway.bus",
     "gateway.auth",
     "gateway.handshake",
     "gateway.paging",

@@ -64,7 +64,8 @@ async def test_a_reply_ends_whatever_fails_at_its_end(usage: Usage) -> None:
     store = MemoryStore(max_conversations=10, max_messages=100)
     registry = ReplyRegistry(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop", usage=usage)), store, LIMITS)
     broken, other = Watcher(fail_at_end=True), Watcher()
-    reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "hello"), broken, [other], new=True))
+    registry.watch("c1", other)  # another tab
+    reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "hello"), broken, new=True))
     await asyncio.wait_for(reply.ended.wait(), 5)
     assert broken.ended == other.ended == 1 and other.text == "hi"
     assert registry.in_flight == 0 and registry.streaming("c1") is None
@@ -163,4 +164,22 @@ async def test_followers_hear_the_end_only_after_the_final_save() -> None:
     assert reply.state is ReplyState.STREAMING
     await asyncio.wait_for(reply.ended.wait(), 5)
     assert reply.state is ReplyState.ENDED and order[-2:] == ["save length", "ended length"]
+    await registry.close()
+
+
+async def test_watchers_get_replies_started_in_their_conversation_only() -> None:
+    store = MemoryStore(max_conversations=10, max_messages=100)
+    registry = ReplyRegistry(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop")), store, LIMITS)
+    tab, elsewhere, gone = Watcher(), Watcher(), Watcher()
+    registry.watch("c1", tab)
+    registry.watch("c2", elsewhere)
+    registry.watch("c1", gone)
+    registry.unwatch("c1", gone)
+    assert registry.watched("c1") and registry.watched("c2") and not registry.watched("c3")
+    reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "hello"), Watcher(), new=True))
+    await asyncio.wait_for(reply.ended.wait(), 5)
+    assert (tab.text, tab.ended) == ("hi", 1)
+    assert (elsewhere.text, elsewhere.ended, gone.text, gone.ended) == ("", 0, "", 0)
+    registry.unwatch("c2", elsewhere)
+    assert not registry.watched("c2")
     await registry.close()

@@ -1,0 +1,44 @@
+"""The reply bus: the one interface between connections and replies.
+
+A connection starts replies, follows them from a ``seq``, stops them and watches a
+conversation only through this; it receives :mod:`.events`, never a reply. The
+in-process implementation is :class:`~gateway.replies.ReplyRegistry`; one shared by
+several instances implements the same methods.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .events import Streaming, Subscriber
+from .stores import StoredMessage
+
+__all__ = ["ReplyBus"]
+
+
+class ReplyBus(Protocol):
+    def watch(self, conversation_id: str, subscriber: Subscriber) -> None:
+        """``subscriber`` gets every reply started in the conversation from now on."""
+
+    def unwatch(self, conversation_id: str, subscriber: Subscriber) -> None: ...
+
+    def watched(self, conversation_id: str) -> bool:
+        """Whether anyone watches the conversation (a new one is open to them while so)."""
+
+    async def start(self, conversation_id: str, message: StoredMessage, subscriber: Subscriber, *, new: bool) -> str:
+        """Store ``message`` (creating the conversation if ``new``), claim the conversation
+        and start a reply for ``subscriber`` and the watchers; its id."""
+
+    async def regenerate(self, conversation_id: str, request_id: str, subscriber: Subscriber) -> str:
+        """Replace the conversation's last reply with a new one; its id."""
+
+    def streaming(self, conversation_id: str) -> Streaming | None:
+        """The reply streaming in the conversation now, if any."""
+
+    def follow(self, reply_id: str, conversation_id: str, subscriber: Subscriber, after_seq: int) -> None:
+        """What the reply sent after ``after_seq``, then the rest (``resume``)."""
+
+    def unfollow(self, reply_id: str, subscriber: Subscriber) -> None: ...
+
+    def cancel(self, reply_id: str, conversation_id: str) -> None:
+        """Ask the reply's producer to stop."""

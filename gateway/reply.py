@@ -111,4 +111,5 @@ class Reply:
             created_at=self.created_at,
             finish_reason=self.finish_reason,
             usage=self.usage.as_dict() if self.usage else None,
+            model=self.provider.model,
         )

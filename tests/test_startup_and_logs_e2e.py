@@ -1,4 +1,5 @@
-"""Start-up failures map to the documented exit codes, and the logs say what happened.
+"""Start-up failures map to the documented exit codes, and the logs (and the store) say
+what happened.
 
 Each test failed before (issue 9's list of bugs): a traceback and exit 1 instead of 2,
 ``gateway_stopped`` before ``startup_failed``, ``conversation_id: null`` and the echoed
@@ -107,3 +108,6 @@ async def test_a_reply_is_logged_with_the_model_that_made_it(
     assert text == "made by m-1"
     finished = await proc.wait_for_event("reply_finished")
     assert (finished["model"], finished["provider"]) == ("m-1", "openai")
+    with sqlite3.connect(tmp_path / "state" / "conversations.db") as db:
+        stored = db.execute("SELECT model FROM messages WHERE id = ?", (finished["reply_id"],)).fetchone()
+    assert stored == ("m-1",), "the stored reply records the model that wrote it"

@@ -680,3 +680,27 @@ async def test_reader_process_while_the_store_writes(sqlite_store: SQLiteStore) 
     # Each save writes its message and the conversation's updated_at in one transaction.
     assert seen["convs"][conv.id] >= max(row[2] for row in seen["rows"])
     assert len(await sqlite_store.history(conv.id, 1000)) == total
+
+
+async def test_an_assistant_message_keeps_its_model(store: ConversationStore) -> None:
+    conv = await store.create()
+    await store.add(conv.id, user("u1"))
+    await store.save(conv.id, assistant("a1", "check", finish_reason=None))
+    await store.save(conv.id, StoredMessage("a1", "assistant", "checked", 1001.0, "stop", None, "model-1"))
+    stored = (await store.history(conv.id, 10))[-1]
+    assert (stored.content, stored.finish_reason, stored.model) == ("checked", "stop", "model-1")
+    doc = await store.export(conv.id)
+    assert doc is not None and doc["messages"][-1]["model"] == "model-1" and "model" not in doc["messages"][0]
+
+
+async def test_migration_3_adds_the_model_and_keeps_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    build_v1(path)
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert [m.model for m in await store.history("c1", 10)] == [None] * len(V1_MESSAGES)
+        with raw(path) as conn:
+            assert "model" in [row[1] for row in conn.execute("PRAGMA table_info(messages)")]
+    finally:
+        await store.close()

@@ -55,6 +55,7 @@ class StoredMessage:
     created_at: float = field(default_factory=time.time)
     finish_reason: str | None = None
     usage: Mapping[str, int] | None = None
+    model: str | None = None  # an assistant message: the model that wrote it
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,11 +144,15 @@ def export_document(conv: Conversation, messages: list[StoredMessage]) -> dict[s
         "title": conv.title,
         "created_at": conv.created_at,
         "updated_at": conv.updated_at,
-        "messages": [
-            {
-                "id": m.id, "role": m.role, "content": m.content, "created_at": m.created_at,
-                "finish_reason": m.finish_reason, "usage": dict(m.usage) if m.usage else None,
-            }
-            for m in messages
-        ],
+        "messages": [_exported(m) for m in messages],
     }
+
+
+def _exported(m: StoredMessage) -> dict[str, Any]:
+    item = {
+        "id": m.id, "role": m.role, "content": m.content, "created_at": m.created_at,
+        "finish_reason": m.finish_reason, "usage": dict(m.usage) if m.usage else None,
+    }
+    if m.model:  # an assistant message stored since the model was recorded
+        item["model"] = m.model
+    return item

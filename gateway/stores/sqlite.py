@@ -63,10 +63,14 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE messages SET updated_at = created_at;
     CREATE INDEX conversations_by_age ON conversations(updated_at);
     """,
+    # 3: the model that wrote an assistant message (NULL before this version).
+    """
+    ALTER TABLE messages ADD COLUMN model TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_COLUMNS = "id, role, content, created_at, finish_reason, usage"
+_COLUMNS = "id, role, content, created_at, finish_reason, usage, model"
 
 
 class StoreCorrupt(StoreUnusable):
@@ -182,11 +186,12 @@ class SQLiteStore:
             if touched != 1:
                 raise ConversationNotFound(conversation_id)
             insert = f"INSERT {'' if upsert else 'OR IGNORE '}INTO messages (conversation_id, {_COLUMNS}, updated_at)"
-            insert += " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            insert += " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             if upsert:
                 insert += (
                     " ON CONFLICT (conversation_id, id) DO UPDATE SET content = excluded.content,"
-                    " finish_reason = excluded.finish_reason, usage = excluded.usage, updated_at = excluded.updated_at"
+                    " finish_reason = excluded.finish_reason, usage = excluded.usage, model = excluded.model,"
+                    " updated_at = excluded.updated_at"
                 )
             added = conn.execute(insert, (conversation_id, *_row(message), now)).rowcount == 1
             conn.execute("COMMIT" if added or upsert else "ROLLBACK")
@@ -246,10 +251,10 @@ def _version(conn: sqlite3.Connection) -> int:
 
 def _row(m: StoredMessage) -> tuple[Any, ...]:
     usage = orjson.dumps(dict(m.usage)).decode() if m.usage else None
-    return (m.id, m.role, m.content, m.created_at, m.finish_reason, usage)
+    return (m.id, m.role, m.content, m.created_at, m.finish_reason, usage, m.model)
 
 
 def _message(row: Any) -> StoredMessage:
-    msg_id, role, content, created_at, finish_reason, usage = row
+    msg_id, role, content, created_at, finish_reason, usage, model = row
     parsed: Mapping[str, int] | None = orjson.loads(usage) if usage else None
-    return StoredMessage(msg_id, role, content, created_at, finish_reason, parsed)
+    return StoredMessage(msg_id, role, content, created_at, finish_reason, parsed, model)

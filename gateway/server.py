@@ -10,7 +10,6 @@ partial, and closes sockets with 1001 once what was queued for them is sent.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 import socket
@@ -30,6 +29,7 @@ from .connection import Hub
 from .errors import ConfigError, StartupError
 from .lifecycle import Lifecycle, Phase
 from .metrics import Metrics, TimedStore
+from .reload import live_config
 from .replies import RegistryLimits, ReplyRegistry
 from .stores import ConversationStore, StoreUnusable, make_store
 from .supervisor import Supervisor
@@ -41,11 +41,6 @@ __all__ = ["Gateway"]
 
 _log: Any = structlog.get_logger("gateway.server")
 PRUNE_EVERY = 3600.0
-# Settings bound at start-up: a reload reports changes to them instead of applying them.
-FIXED_ON_RELOAD = (
-    "ws_addr", "http_addr", "state_dir", "static_dir", "store", "compression", "http_idle_timeout",
-    "max_message_bytes", "write_limit", "ping_interval", "log_format", "socket_send_buffer",
-)
 
 
 class Gateway:
@@ -220,8 +215,7 @@ class Gateway:
 
     def _apply(self, new: Config) -> None:
         old = self.config
-        ignored = [f for f in FIXED_ON_RELOAD if getattr(new, f) != getattr(old, f)]
-        cfg = dataclasses.replace(new, **{f: getattr(old, f) for f in FIXED_ON_RELOAD})
+        cfg, ignored = live_config(old, new)
         assert self.hub is not None and self._session is not None and self._web_state is not None
         self.config = self.hub.config = cfg
         self.hub.budget.limit = cfg.max_total_pending_bytes
@@ -235,7 +229,7 @@ class Gateway:
         self.allowed_origins = cfg.allowed_origins or own_origins(cfg.http_addr.host, self.http_port)
         logs.configure(cfg.log_level, cfg.log_format, secrets=(cfg.provider.api_key,), journal=self._journal)
         if ignored:
-            _log.warning("reload_needs_restart", settings=ignored)
+            _log.warning("reload_needs_restart", settings=list(ignored))
         _log.info("config_reloaded", provider=registry.provider.name, model=registry.provider.model)
 
     # drain and close

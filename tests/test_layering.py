@@ -22,6 +22,7 @@ PURE = (
     "gateway.auth",
     "gateway.handshake",
     "gateway.paging",
+    "gateway.reload",
     "gateway.stores",
     "gateway.stores.base",
     "gateway.stores.memory",

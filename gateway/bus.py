@@ -35,10 +35,10 @@ class ReplyBus(Protocol):
     def streaming(self, conversation_id: str) -> Streaming | None:
         """The reply streaming in the conversation now, if any."""
 
-    def follow(self, reply_id: str, conversation_id: str, subscriber: Subscriber, after_seq: int) -> None:
+    def follow(self, reply_id: str, conversation_id: str | None, subscriber: Subscriber, after_seq: int) -> None:
         """What the reply sent after ``after_seq``, then the rest (``resume``)."""
 
     def unfollow(self, reply_id: str, subscriber: Subscriber) -> None: ...
 
-    def cancel(self, reply_id: str, conversation_id: str) -> None:
+    def cancel(self, reply_id: str, conversation_id: str | None) -> None:
         """Ask the reply's producer to stop."""

@@ -119,16 +119,18 @@ class UpstreamError(GatewayError):
         retryable: bool | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(code, f"{message}: {detail}" if detail else message, retryable=retryable, retry_after=retry_after)
+        super().__init__(code, _joined(message, detail), retryable=retryable, retry_after=retry_after)
         self.summary = message
         self.detail = detail
         self.status = status
 
     def redact(self, *secrets: str) -> None:
         """Withhold the provider's text if it quotes a secret in any form; cap and clean both parts."""
-        summary = redact(self.summary, *secrets)
-        detail = redact(self.detail, *secrets) if self.detail else ""
-        self.message = f"{summary}: {detail}" if detail else summary
+        self.message = _joined(redact(self.summary, *secrets), redact(self.detail, *secrets) if self.detail else "")
+
+
+def _joined(summary: str, detail: str) -> str:
+    return f"{summary}: {detail}" if detail else summary
 
 
 class StartupError(Exception):

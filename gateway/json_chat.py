@@ -10,7 +10,7 @@ from websockets.asyncio.server import ServerConnection
 from . import wire
 from .connection import CLOSE_POLICY, Connection, Hub
 from .errors import ErrorCode, GatewayError, ProtocolError
-from .events import ReplyEnded, ReplyStarted
+from .events import ReplyEnded, ReplyStarted, Streaming
 from .outbox import Close
 from .paging import page, read_bound, without
 from .stores import StoredMessage, new_id
@@ -87,10 +87,7 @@ class JsonConnection(Connection):
         conv = await store.get(conversation_id) if conversation_id else None
         if conv is not None:
             conv_id, title = conv.id, conv.title
-            active = self.hub.bus.streaming(conv_id)
-            bound = read_bound(cfg.max_history_bytes, active)
-            read = await store.history(conv_id, cfg.history_limit + 1, max_bytes=bound)
-            history, _ = page(without(read, active), cfg.history_limit, cfg.max_history_bytes)
+            history, _, active = await self._page(conv_id, cfg.history_limit)
         elif conversation_id and not self.hub.bus.watched(conversation_id):
             raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
         else:
@@ -148,18 +145,10 @@ class JsonConnection(Connection):
             self.outbox.put(wire.encode_error(exc, ref=msg.id))
 
     def _cancel(self, reply_id: str) -> None:
-        if self.conversation_id is None:
-            raise ProtocolError(ErrorCode.NOT_FOUND, "no such reply in this conversation")
         self.hub.bus.cancel(reply_id, self.conversation_id)
 
     def _resume(self, msg: wire.Resume) -> None:
         reply_id = msg.reply_id
-        if self.conversation_id is None:
-            raise GatewayError(
-                ErrorCode.RESUME_UNAVAILABLE,
-                "this reply can no longer be resumed; its stored text is in the history",
-                retryable=False,
-            )
         if reply_id in self.replies or self.outbox.holds_delta(reply_id):
             # Also while an ended reply's catch-up still waits: resuming it again would only queue copies.
             raise ProtocolError(ErrorCode.BAD_REQUEST, "this connection already receives that reply")
@@ -174,12 +163,7 @@ class JsonConnection(Connection):
     async def _history(self, msg: wire.History) -> None:
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first")
-        active = self.hub.bus.streaming(self.conversation_id)
-        max_bytes = self.hub.config.max_history_bytes
-        read = await self.hub.store.history(
-            self.conversation_id, msg.limit + 2, msg.before, max_bytes=read_bound(max_bytes, active)
-        )
-        messages, has_more = page(without(read, active), msg.limit, max_bytes)
+        messages, has_more, _ = await self._page(self.conversation_id, msg.limit, msg.before)
         self.outbox.put(
             wire.encode(
                 "history",
@@ -188,6 +172,19 @@ class JsonConnection(Connection):
                 has_more=has_more,
             )
         )
+
+    async def _page(
+        self, conversation_id: str, limit: int, before: str | None = None
+    ) -> tuple[list[StoredMessage], bool, Streaming | None]:
+        """A page of stored history (without the reply streaming now), whether older
+        messages exist, and that streaming reply."""
+        active = self.hub.bus.streaming(conversation_id)
+        max_bytes = self.hub.config.max_history_bytes
+        read = await self.hub.store.history(
+            conversation_id, limit + 2, before, max_bytes=read_bound(max_bytes, active)
+        )
+        messages, has_more = page(without(read, active), limit, max_bytes)
+        return messages, has_more, active
 
     def _on_started(self, event: ReplyStarted) -> None:
         self.outbox.put(

@@ -59,11 +59,11 @@ class OutputBudget:
 
     def reserve(self, outbox: Outbox, size: int) -> bool:
         """Count ``size`` more bytes for ``outbox``; False if it was itself evicted to make room."""
-        if self.total + size > self.limit:
-            if not self._evict_for(outbox, size):
-                return False
+        if self.total + size > self.limit and not self._evict_for(outbox, size):
+            return False
+        if not outbox.held:  # an outbox holding anything is a holder already
+            self._holders.add(outbox)
         self.total += size
-        self._holders.add(outbox)
         return True
 
     def release(self, outbox: Outbox, size: int) -> None:
@@ -153,7 +153,7 @@ class Outbox:
 
     def holds_delta(self, reply_id: str) -> bool:
         """Whether text of ``reply_id`` waits here, not yet taken by the writer."""
-        return bool(self._items) and any(isinstance(i, _Delta) and i.reply_id == reply_id for i in self._items or ())
+        return any(isinstance(i, _Delta) and i.reply_id == reply_id for i in self._items or ())
 
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:
@@ -231,10 +231,7 @@ class Outbox:
         if before and held - self._alone - self._alone_sending + size > self._max_pending:
             self.give_up()
             return False
-        budget = self._budget
-        if held and budget.total + size <= budget.limit:  # the common case: already counted there
-            budget.total += size
-        elif not budget.reserve(self, size):
+        if not self._budget.reserve(self, size):
             return False
         if not before:
             self._alone += size

@@ -66,7 +66,7 @@ class PlainConnection(Connection):
             self._waiting = None
 
     def _left(self) -> None:
-        if self._waiting is not None and self.conversation_id is not None:
+        if self._waiting is not None:
             with contextlib.suppress(ProtocolError):  # ended meanwhile
                 self.hub.bus.cancel(self._waiting[0], self.conversation_id)
 

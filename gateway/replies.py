@@ -88,11 +88,11 @@ class ReplyRegistry:
         reply = self._active.get(conversation_id)
         return Streaming(reply.id, reply.log.seq, reply.log.chars) if reply is not None else None
 
-    def follow(self, reply_id: str, conversation_id: str, subscriber: Subscriber, after_seq: int) -> None:
+    def follow(self, reply_id: str, conversation_id: str | None, subscriber: Subscriber, after_seq: int) -> None:
         """``subscriber`` gets what a reply of ``conversation_id`` sent after ``after_seq``,
         then the rest of it (``resume``)."""
-        reply = self._replies.get(reply_id)
-        if reply is None or reply.conversation_id != conversation_id:
+        reply = self._find(reply_id, conversation_id)
+        if reply is None:
             raise GatewayError(
                 ErrorCode.RESUME_UNAVAILABLE,
                 "this reply can no longer be resumed; its stored text is in the history",
@@ -107,12 +107,17 @@ class ReplyRegistry:
         if reply is not None:
             reply.unsubscribe(subscriber)
 
-    def cancel(self, reply_id: str, conversation_id: str) -> None:
+    def cancel(self, reply_id: str, conversation_id: str | None) -> None:
         """Stop a reply of ``conversation_id`` at a client's request."""
-        reply = self._replies.get(reply_id)
-        if reply is None or reply.conversation_id != conversation_id:
+        reply = self._find(reply_id, conversation_id)
+        if reply is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, "no such reply in this conversation")
         reply.stop(StopReason.CANCELLED)
+
+    def _find(self, reply_id: str, conversation_id: str | None) -> Reply | None:
+        """The reply, if it is still known and belongs to ``conversation_id``."""
+        reply = self._replies.get(reply_id)
+        return reply if reply is not None and reply.conversation_id == conversation_id else None
 
     async def start(
         self,

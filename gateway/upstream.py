@@ -137,11 +137,9 @@ async def _read(
     try:
         async for data in resp.content.iter_any():
             idle.touch()
-            first = True
-            for piece in inflater.feed(data):
-                if not first:
+            for n, piece in enumerate(inflater.feed(data)):
+                if n:
                     await asyncio.sleep(0)  # a compressed read inflates to many pieces: let others run
-                first = False
                 chunks, error = _decode(sse.feed(piece), decoder)
                 if chunks:
                     yield chunks

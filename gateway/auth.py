@@ -74,4 +74,4 @@ class TokenAuthenticator:
 
 def make_authenticator(config: Config) -> Authenticator:
     """The authenticator the configuration asks for (``[auth] tokens_file``)."""
-    return TokenAuthenticator(config.auth_tokens) if config.auth_tokens else OpenAccess()
+    return TokenAuthenticator(config.auth.tokens) if config.auth.tokens else OpenAccess()

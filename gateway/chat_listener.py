@@ -40,25 +40,25 @@ class ChatListener:
         self._origins = origins
 
     async def listen(self, sock: socket.socket | None) -> Server:
-        cfg = self.hub.config
-        where: dict[str, Any] = {"sock": sock} if sock else {"host": cfg.ws_addr.host, "port": cfg.ws_addr.port}
+        cfg = self.hub.runtime.config
+        where: dict[str, Any] = {"sock": sock} if sock else {"host": cfg.server.ws_addr.host, "port": cfg.server.ws_addr.port}
         return await serve(
             self._handle,
             select_subprotocol=_select_subprotocol,
             process_request=self._check_request,
             compression=None,
-            extensions=[_DEFLATE] if cfg.compression else None,
-            max_size=cfg.max_message_bytes,
+            extensions=[_DEFLATE] if cfg.server.compression else None,
+            max_size=cfg.limits.max_message_bytes,
             max_queue=16,
-            write_limit=cfg.write_limit,
-            ping_interval=cfg.ping_interval or None,
-            ping_timeout=cfg.ping_interval or None,
+            write_limit=cfg.limits.write_limit,
+            ping_interval=cfg.server.ping_interval or None,
+            ping_timeout=cfg.server.ping_interval or None,
             server_header=f"llm-ws-gateway/{__version__}",
             **where,
         )
 
     def _check_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        refusal = admit(request.path, request.headers, self.hub.authenticator, self._origins())
+        refusal = admit(request.path, request.headers, self.hub.runtime.authenticator, self._origins())
         if refusal is None:
             return None
         _log.info("handshake_refused", reason=refusal.reason, status=refusal.status, origin=refusal.origin)
@@ -66,18 +66,18 @@ class ChatListener:
         return conn.respond(refusal.status, refusal.text)
 
     async def _handle(self, ws: ServerConnection) -> None:
-        hub, cfg, metrics = self.hub, self.hub.config, self.hub.metrics
+        hub, cfg, metrics = self.hub, self.hub.runtime.config, self.hub.metrics
         conn = (JsonConnection if ws.subprotocol == wire.SUBPROTOCOL else PlainConnection)(ws, hub)
         peer = ws.remote_address[0] if ws.remote_address else None
         forwarded = ", ".join(ws.request.headers.get_all("X-Forwarded-For")) if ws.request else None
-        conn.client_ip = client_ip(peer, forwarded, cfg.trusted_proxies)
+        conn.client_ip = client_ip(peer, forwarded, cfg.server.trusted_proxies)
         structlog.contextvars.bind_contextvars(session_id=conn.session_id, client_ip=conn.client_ip)
-        if len(hub.connections) >= cfg.max_connections:
+        if len(hub.connections) >= cfg.limits.max_connections:
             _log.warning("connection_refused", reason="max_connections")
             metrics.refusals.labels("max_connections").inc()
             await ws.close(CLOSE_OVERLOADED, "server full; try again later")
             return
-        _bound_send_buffer(ws, cfg.socket_send_buffer)
+        _bound_send_buffer(ws, cfg.limits.socket_send_buffer)
         hub.connections.add(conn)
         gauge = metrics.connections.labels(conn.mode)
         gauge.inc()

@@ -18,12 +18,9 @@ import orjson
 import structlog
 
 from . import __version__, config, logs
-from .errors import ConfigError, StartupError
+from .errors import EXIT_CONFIG, ConfigError, StartupError
 
 __all__ = ["main"]
-
-EXIT_CONFIG = 2
-EXIT_STARTUP = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,9 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         cfg = config.load(args.config, isatty=sys.stdout.isatty())
-    except ConfigError as exc:
+    except ConfigError as exc:  # logging is not set up yet: said on stderr
         print(f"gateway: configuration error: {exc.message}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exc.exit_code
     if args.command == "conversations":
         return _conversations(cfg, args)
     if args.command == "check-config":
@@ -134,19 +131,23 @@ def _on_journal() -> bool:
 
 def _serve(cfg: config.Config, reload: Callable[[], config.Config]) -> int:
     journal = _on_journal()
-    logs.configure(cfg.log_level, cfg.log_format, secrets=(cfg.provider.api_key,), journal=journal)
+
+    def configure_logs(cfg: config.Config) -> None:
+        logs.configure(cfg.log.level, cfg.log.format, secrets=(cfg.provider.api_key,), journal=journal)
+
+    configure_logs(cfg)
     log: Any = structlog.get_logger("gateway.cli")
     for name in cfg.unknown_env:
         log.warning("unknown_environment_variable", name=name)
     from .server import Gateway
 
     try:
-        with asyncio.Runner(loop_factory=_event_loop(cfg.event_loop)) as runner:
-            runner.run(Gateway(cfg, reload=reload, journal=journal).run())
+        with asyncio.Runner(loop_factory=_event_loop(cfg.server.event_loop)) as runner:
+            runner.run(Gateway(cfg, reload=reload, configure_logs=configure_logs).run())
     except StartupError as exc:
-        code = EXIT_STARTUP if exc.retry else EXIT_CONFIG
-        log.error("startup_failed", error=exc.reason, errno=getattr(exc.__cause__, "errno", None), exit_code=code)
-        return code
+        errno = getattr(exc.__cause__, "errno", None)
+        log.error("startup_failed", error=exc.reason, errno=errno, exit_code=exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
         pass
     return 0

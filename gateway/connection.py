@@ -15,12 +15,12 @@ import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from .auth import Principal, make_authenticator
+from .auth import Principal
 from .bus import ReplyBus
-from .config import Config
 from .events import ReplyDelta, ReplyEnded, ReplyEvent, ReplyStarted
 from .outbox import Close, Frame, Outbox, OutputBudget
 from .replies import ReplyRegistry
+from .runtime import Runtime
 from .stores import ConversationStore, StoredMessage
 
 __all__ = ["CLOSE_GOING_AWAY", "CLOSE_OVERLOADED", "CLOSE_POLICY", "Connection", "Hub"]
@@ -34,20 +34,24 @@ _log: Any = structlog.get_logger("gateway.connection")
 
 
 class Hub:
-    """What connections share: the current config, the reply bus, the store, the output
-    budget and the authenticator."""
+    """What connections share: the runtime in force, the reply bus, the store and the
+    output budget."""
 
-    def __init__(self, config: Config, registry: ReplyRegistry, store: ConversationStore) -> None:
-        self.config = config
+    def __init__(self, runtime: Callable[[], Runtime], registry: ReplyRegistry, store: ConversationStore) -> None:
+        self._runtime = runtime
         self.metrics = registry.metrics
         self.registry = registry
         self.bus: ReplyBus = registry
         self.store = store
-        self.budget = OutputBudget(config.max_total_pending_bytes)
-        self.authenticator = make_authenticator(config)
+        self.budget = OutputBudget(lambda: self.runtime.config.limits.max_total_pending_bytes)
         self.cut_off = 0  # connections closed for not reading, ever
         self.metrics.queued_bytes.set_function(lambda: self.budget.total)
         self.connections: set[Connection] = set()
+
+    @property
+    def runtime(self) -> Runtime:
+        """The configuration in force and what is built from it (a reload swaps it)."""
+        return self._runtime()
 
     def watch(self, conn: Connection, conversation_id: str) -> None:
         """Make ``conn`` the watcher of ``conversation_id`` (and of nothing else)."""
@@ -59,6 +63,20 @@ class Hub:
         """``conn`` watches nothing any more (it still knows its last conversation)."""
         if conn.conversation_id is not None:
             self.bus.unwatch(conn.conversation_id, conn)
+
+    async def close_all(self, timeout: float = 5.0) -> None:
+        """Close every socket with 1001 once what is queued for it is written; after
+        ``timeout`` seconds stop waiting (each connection bounds its own close)."""
+        connections = list(self.connections)
+        for conn in connections:
+            conn.shutdown()
+        if not connections:
+            return
+        waiters = [asyncio.ensure_future(c.ws.wait_closed()) for c in connections]
+        _, pending = await asyncio.wait(waiters, timeout=timeout)
+        for waiter in pending:
+            waiter.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 class Connection:
@@ -76,13 +94,14 @@ class Connection:
         self.unsaved: str | None = None  # a conversation id given in `ready`, stored with its first message
         self.replies: set[str] = set()  # ids of the replies this connection follows
         self.outbox = Outbox(
-            hub.config.max_pending_bytes, encode_delta, self._overflowed, hub.metrics.frames.inc, hub.budget
+            hub.runtime.config.limits.max_pending_bytes, encode_delta, self._overflowed, hub.metrics.frames.inc,
+            hub.budget,
         )
         self._closer: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         # Who the client is: known from the handshake, or (JSON mode) from its first hello.
         authorization = ws.request.headers.get("Authorization") if ws.request is not None else None
-        self.principal: Principal | None = hub.authenticator.from_authorization(authorization)
+        self.principal: Principal | None = hub.runtime.authenticator.from_authorization(authorization)
 
     async def run(self) -> None:
         """Serve the socket until it closes; replies it watched go on without it."""
@@ -150,7 +169,8 @@ class Connection:
         # Named explicitly: another connection's task may be the one that needed the room.
         _log.warning(
             "client_too_slow", session_id=self.session_id, client_ip=self.client_ip,
-            pending_limit=self.hub.config.max_pending_bytes, total_pending=budget.total, total_limit=budget.limit,
+            pending_limit=self.hub.runtime.config.limits.max_pending_bytes,
+            total_pending=budget.total, total_limit=budget.limit,
         )
         self.hub.metrics.slow_clients.inc()
         self.hub.cut_off += 1

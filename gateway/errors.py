@@ -1,17 +1,19 @@
-"""Errors, and their one mapping to protocol error codes.
+"""Errors, and their one mapping to protocol error codes and exit codes.
+
+Two families, never mixed: what a client is told, and why the gateway cannot start.
 
 ::
 
-    GatewayError                 code: ErrorCode, message for people, retryable
-    ├── ConfigError              bad configuration (CLI exits 2)
+    GatewayError                 told to a client: code (ErrorCode), message, retryable
     ├── ProtocolError            a client's mistake (bad_request, too_large, busy, ...)
     └── UpstreamError            the provider failed (upstream_*, rate_limited)
 
-    StartupError                 the gateway cannot start; ``retry`` says whether trying
-                                 again can help (CLI exits 3) or a person must act (2)
+    StartupError                 the gateway cannot start as configured; ``exit_code``
+    │                            is 3 when trying again can help (``retry``), else 2
+    └── ConfigError              the configuration is invalid; ``key`` names the setting (2)
 
-Only :mod:`gateway.connection` turns GatewayErrors into frames and close codes; only
-:mod:`gateway.cli` turns start-up failures into exit codes.
+Only :mod:`gateway.connection` and the modes turn GatewayErrors into frames and close
+codes; only :mod:`gateway.cli` turns a StartupError into the process's exit code.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import re
 import urllib.parse
 
 __all__ = [
+    "EXIT_CONFIG",
+    "EXIT_STARTUP",
     "ConfigError",
     "ErrorCode",
     "GatewayError",
@@ -35,6 +39,8 @@ __all__ = [
 ]
 
 MAX_RETRY_AFTER = 3600.0
+EXIT_CONFIG = 2  # a person must act: configuration, schema, missing dependency
+EXIT_STARTUP = 3  # may pass by itself: an address in use, a directory not there yet
 
 
 class ErrorCode(enum.StrEnum):
@@ -86,14 +92,6 @@ class GatewayError(Exception):
         return f"{self.code}: {self.message}"
 
 
-class ConfigError(GatewayError):
-    """The configuration is invalid; ``key`` names the offending setting."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(ErrorCode.INTERNAL, f"{key}: {message}", retryable=False)
-        self.key = key
-
-
 class ProtocolError(GatewayError):
     """A client sent something the protocol refuses; ``ref`` is its frame's ``id``."""
 
@@ -136,12 +134,29 @@ def _joined(summary: str, detail: str) -> str:
 class StartupError(Exception):
     """The gateway could not start: ``reason`` for the log; ``retry`` is True when the
     cause may pass by itself (an address in use), False when a person must act first
-    (a database newer than this code, a missing event loop)."""
+    (a database newer than this code, a missing event loop, a bad configuration)."""
 
     def __init__(self, reason: str, *, retry: bool) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry = retry
+
+    @property
+    def exit_code(self) -> int:
+        """What the process exits with: systemd restarts 3 (``RestartPreventExitStatus=2``)."""
+        return EXIT_STARTUP if self.retry else EXIT_CONFIG
+
+
+class ConfigError(StartupError):
+    """The configuration is invalid; ``key`` names the offending setting (or variable)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}", retry=False)
+        self.key = key
+
+    @property
+    def message(self) -> str:
+        return self.reason
 
 
 def _bounded_delay(seconds: float | None) -> float | None:

@@ -6,7 +6,8 @@ every key is documented and the file cannot drift from the code (a test checks).
 
 from __future__ import annotations
 
-from .config import SETTINGS, _toml_value
+from .config import SETTINGS
+from .config_values import toml_value
 
 __all__ = ["example"]
 
@@ -49,7 +50,7 @@ def example() -> str:
         lines.append(f"# {s.doc}" + (f"  (env: {s.env})" if s.env else ""))
         if s.name == "provider.api_key":
             lines.append("# Never put a key here in production: use api_key_file or LoadCredential=.")
-        lines.append(f"# {s.key} = {_EXAMPLES.get(s.name) or _toml_value(s.default)}")
+        lines.append(f"# {s.key} = {_EXAMPLES.get(s.name) or toml_value(s.default)}")
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
@@ -13,6 +15,7 @@ from .errors import ErrorCode, GatewayError, ProtocolError
 from .events import ReplyEnded, ReplyStarted, Streaming
 from .outbox import Close
 from .paging import page, read_bound, without
+from .runtime import Runtime
 from .stores import StoredMessage, new_id
 
 __all__ = ["JsonConnection"]
@@ -69,7 +72,7 @@ class JsonConnection(Connection):
         except ProtocolError:
             msg = None
         if isinstance(msg, wire.Hello):
-            self.principal = self.hub.authenticator.from_token(msg.token)
+            self.principal = self.hub.runtime.authenticator.from_token(msg.token)
         if self.principal is not None:
             return True
         _log.info("auth_failed", reason="bad token" if isinstance(msg, wire.Hello) else "no hello")
@@ -82,67 +85,43 @@ class JsonConnection(Connection):
         """Open a stored conversation, or a new one: that is stored with its first message,
         so hellos alone create nothing. A new one is open to other connections (tabs) while
         a connection holds it."""
-        store = self.hub.store
-        cfg = self.hub.config
-        conv = await store.get(conversation_id) if conversation_id else None
+        runtime = self.hub.runtime
+        conv = await self.hub.store.get(conversation_id) if conversation_id else None
         if conv is not None:
             conv_id, title = conv.id, conv.title
-            history, _, active = await self._page(conv_id, cfg.history_limit)
+            history, _, active = await _read_page(self.hub, conv_id, runtime.config.limits.history_limit)
         elif conversation_id and not self.hub.bus.watched(conversation_id):
             raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
         else:
             conv_id, title, active, history = conversation_id or new_id(), "", None, []
             self.unsaved = conv_id
         self.hub.watch(self, conv_id)
-        self.outbox.put(
-            wire.encode(
-                "ready",
-                session_id=self.session_id,
-                conversation_id=conv_id,
-                title=title,
-                history=wire.history_items(history),
-                model=self.hub.registry.provider.model,
-                provider=self.hub.registry.provider.name,
-                limits={
-                    "max_message_bytes": cfg.max_message_bytes,
-                    "max_content_chars": cfg.max_content_chars,
-                },
-                streaming={"reply_id": active.reply_id, "seq": active.seq} if active else None,
-            )
-        )
+        self.outbox.put(_ready(self.session_id, conv_id, title, history, runtime, active))
 
     async def _message(self, msg: wire.Message) -> None:
-        if len(msg.content) > self.hub.config.max_content_chars:
-            raise ProtocolError(
-                ErrorCode.TOO_LARGE,
-                f"the message is longer than {self.hub.config.max_content_chars} characters",
-                ref=msg.id,
-            )
-        if self.conversation_id is None or (msg.conversation_id and msg.conversation_id != self.conversation_id):
-            try:
+        if len(msg.content) > (limit := self.hub.runtime.config.limits.max_content_chars):
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"the message is longer than {limit} characters", ref=msg.id)
+        with self._answering(msg.id):
+            if self.conversation_id is None or (msg.conversation_id and msg.conversation_id != self.conversation_id):
                 await self._hello(msg.conversation_id)
-            except ProtocolError as exc:
-                exc.ref = msg.id
-                raise
-        assert self.conversation_id is not None
-        try:
             await self._start(StoredMessage(msg.id, "user", msg.content))
-        except ProtocolError as exc:
-            exc.ref = msg.id
-            raise
-        except GatewayError as exc:
-            self.outbox.put(wire.encode_error(exc, ref=msg.id))
 
     async def _regenerate(self, msg: wire.Regenerate) -> None:
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first", ref=msg.id)
-        try:
+        with self._answering(msg.id):
             await self.hub.bus.regenerate(self.conversation_id, msg.id, self)
+
+    @contextlib.contextmanager
+    def _answering(self, ref: str) -> Iterator[None]:
+        """Errors answer the frame ``ref``: protocol errors go on up, others are sent here."""
+        try:
+            yield
         except ProtocolError as exc:
-            exc.ref = msg.id
+            exc.ref = ref
             raise
         except GatewayError as exc:
-            self.outbox.put(wire.encode_error(exc, ref=msg.id))
+            self.outbox.put(wire.encode_error(exc, ref=ref))
 
     def _cancel(self, reply_id: str) -> None:
         self.hub.bus.cancel(reply_id, self.conversation_id)
@@ -163,7 +142,7 @@ class JsonConnection(Connection):
     async def _history(self, msg: wire.History) -> None:
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first")
-        messages, has_more, _ = await self._page(self.conversation_id, msg.limit, msg.before)
+        messages, has_more, _ = await _read_page(self.hub, self.conversation_id, msg.limit, msg.before)
         self.outbox.put(
             wire.encode(
                 "history",
@@ -172,19 +151,6 @@ class JsonConnection(Connection):
                 has_more=has_more,
             )
         )
-
-    async def _page(
-        self, conversation_id: str, limit: int, before: str | None = None
-    ) -> tuple[list[StoredMessage], bool, Streaming | None]:
-        """A page of stored history (without the reply streaming now), whether older
-        messages exist, and that streaming reply."""
-        active = self.hub.bus.streaming(conversation_id)
-        max_bytes = self.hub.config.max_history_bytes
-        read = await self.hub.store.history(
-            conversation_id, limit + 2, before, max_bytes=read_bound(max_bytes, active)
-        )
-        messages, has_more = page(without(read, active), limit, max_bytes)
-        return messages, has_more, active
 
     def _on_started(self, event: ReplyStarted) -> None:
         self.outbox.put(
@@ -201,3 +167,37 @@ class JsonConnection(Connection):
         self.outbox.put(
             wire.encode("reply.done", reply_id=event.reply_id, finish_reason=event.finish_reason, usage=usage)
         )
+
+
+async def _read_page(
+    hub: Hub, conversation_id: str, limit: int, before: str | None = None
+) -> tuple[list[StoredMessage], bool, Streaming | None]:
+    """A page of stored history (without the reply streaming now), whether older
+    messages exist, and that streaming reply."""
+    active = hub.bus.streaming(conversation_id)
+    max_bytes = hub.runtime.config.limits.max_history_bytes
+    read = await hub.store.history(conversation_id, limit + 2, before, max_bytes=read_bound(max_bytes, active))
+    messages, has_more = page(without(read, active), limit, max_bytes)
+    return messages, has_more, active
+
+
+def _ready(
+    session_id: str,
+    conversation_id: str,
+    title: str,
+    history: list[StoredMessage],
+    runtime: Runtime,
+    active: Streaming | None,
+) -> bytes:
+    limits = runtime.config.limits
+    return wire.encode(
+        "ready",
+        session_id=session_id,
+        conversation_id=conversation_id,
+        title=title,
+        history=wire.history_items(history),
+        model=runtime.provider.model,
+        provider=runtime.provider.name,
+        limits={"max_message_bytes": limits.max_message_bytes, "max_content_chars": limits.max_content_chars},
+        streaming={"reply_id": active.reply_id, "seq": active.seq} if active else None,
+    )

@@ -7,8 +7,10 @@ DRAINING (what was opened is closed) without ever serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import signal
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
@@ -48,6 +50,26 @@ class Lifecycle:
 
     def closed(self) -> None:
         self.phase = Phase.CLOSED
+
+    def not_serving(self) -> str:
+        """Why the gateway is not serving ("starting", "draining"), or "" while it is."""
+        if self.stopping.is_set() or self.phase in (Phase.DRAINING, Phase.CLOSED):
+            return "draining"
+        return "" if self.phase is Phase.SERVING else "starting"
+
+    @contextlib.contextmanager
+    def handling_signals(self, on_reload: Callable[[], None]) -> Iterator[None]:
+        """SIGTERM and SIGINT drive :meth:`on_signal`, SIGHUP calls ``on_reload``, until
+        the block ends (after the drain: a signal during it must not kill the process)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, on_reload)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
 
     def on_signal(self, sig: signal.Signals) -> None:
         """SIGTERM or SIGINT asks for the drain; during it a second SIGINT hurries it, and

@@ -5,40 +5,19 @@ behind gets fewer, larger frames instead of a growing queue. Every byte queued
 counts (replies, a resume's catch-up, history pages), and so does the batch
 the writer is still sending: past ``max_pending`` bytes the outbox gives up on
 its client. An :class:`OutputBudget` bounds the sum over all outboxes; when it
-is full, the outboxes holding the most give up first.
+is full, the outboxes holding the most give up first. The queue itself, and the
+merging, are in :mod:`gateway.outbox_queue`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import Callable, Iterator
 
-__all__ = ["Close", "Outbox", "OutputBudget"]
+from .outbox_queue import Close, DeltaEncoder, Frame, FrameQueue
 
-
-class Close:
-    """Queued last: the writer closes the socket with ``code`` once what is before it is sent."""
-
-    __slots__ = ("code", "reason")
-
-    def __init__(self, code: int, reason: str) -> None:
-        self.code, self.reason = code, reason
-
-    def __len__(self) -> int:
-        return 0
-
-
-Frame = bytes | str | Close
-DeltaEncoder = Callable[[str, int, str], Frame]
-
-
-class _Delta:
-    __slots__ = ("reply_id", "seq", "parts")
-
-    def __init__(self, reply_id: str, seq: int, text: str) -> None:
-        self.reply_id, self.seq, self.parts = reply_id, seq, [text]
+__all__ = ["Close", "Frame", "Outbox", "OutputBudget"]
 
 
 class OutputBudget:
@@ -48,14 +27,19 @@ class OutputBudget:
     waiting (not yet taken by their writer: the clients that do not read) are made
     to give up, until it fits; their clients are disconnected and resume later.
     What a given-up outbox's writer is still sending counts until its connection ends.
+    ``limit`` may be a function, read at each admission (a reload changes it).
     """
 
-    __slots__ = ("limit", "total", "_holders")
+    __slots__ = ("_limit", "total", "_holders")
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, limit: int | Callable[[], int]) -> None:
+        self._limit = limit if callable(limit) else lambda: limit
         self.total = 0
         self._holders: set[Outbox] = set()
+
+    @property
+    def limit(self) -> int:
+        return self._limit()
 
     def reserve(self, outbox: Outbox, size: int) -> bool:
         """Count ``size`` more bytes for ``outbox``; False if it was itself evicted to make room."""
@@ -87,6 +71,42 @@ class OutputBudget:
         return True
 
 
+class _Held:
+    """The bytes one outbox holds: ``queued`` for its writer, and ``sending`` (the batch the
+    writer took and is still sending). ``alone_queued`` and ``alone_sending`` are the part
+    of each that is a frame admitted alone, which does not count against ``max_pending``."""
+
+    __slots__ = ("queued", "sending", "alone_queued", "alone_sending")
+
+    def __init__(self) -> None:
+        self.queued = self.sending = self.alone_queued = self.alone_sending = 0
+
+    def counted(self) -> int:
+        """The bytes that count against ``max_pending``."""
+        return self.queued + self.sending - self.alone_queued - self.alone_sending
+
+    def add(self, size: int, *, alone: bool) -> None:
+        """Count ``size`` more bytes queued; ``alone``: a frame admitted when nothing else was held."""
+        if alone:
+            self.alone_queued += size
+        self.queued += size
+
+    def take(self) -> None:
+        """The writer took what was queued: that is the batch being sent now."""
+        self.sending, self.queued = self.queued, 0
+        self.alone_sending, self.alone_queued = self.alone_queued, 0
+
+    def drop_queued(self) -> int:
+        """Forget what is queued; return how many bytes that was."""
+        queued, self.queued, self.alone_queued = self.queued, 0, 0
+        return queued
+
+    def drop_sending(self) -> int:
+        """Forget the batch being sent; return how many bytes that was."""
+        sent, self.sending, self.alone_sending = self.sending, 0, 0
+        return sent
+
+
 class Outbox:
     """A bounded FIFO of frames for one connection, drained by its writer.
 
@@ -97,8 +117,8 @@ class Outbox:
     """
 
     __slots__ = (
-        "_items", "_pending", "_sending", "_alone", "_alone_sending", "_max_pending", "_budget", "_encode_delta",
-        "_on_overflow", "_count", "_waiter", "_together", "overflowed",
+        "_items", "_held", "_max_pending", "_budget", "_encode_delta", "_on_overflow", "_count", "_waiter", "_together",
+        "overflowed",
     )
 
     def __init__(
@@ -109,10 +129,8 @@ class Outbox:
         count_deltas: Callable[[int], None] = lambda n: None,
         budget: OutputBudget | None = None,
     ) -> None:
-        self._items: deque[Frame | _Delta] | None = None  # made on first use: idle sockets are many
-        self._pending = 0  # bytes queued
-        self._sending = 0  # bytes of the batch the writer took and is still sending
-        self._alone = self._alone_sending = 0  # of those, a frame admitted alone (queued, being sent)
+        self._items: FrameQueue | None = None  # made on first use: idle sockets are many
+        self._held = _Held()
         self._max_pending = max_pending
         self._budget = budget or OutputBudget(1 << 62)
         self._encode_delta = encode_delta
@@ -125,12 +143,12 @@ class Outbox:
     @property
     def held(self) -> int:
         """Bytes this outbox holds: queued, and being sent."""
-        return self._pending + self._sending
+        return self._held.queued + self._held.sending
 
     @property
     def queued(self) -> int:
         """Bytes waiting for the writer to take them."""
-        return self._pending
+        return self._held.queued
 
     def put(self, frame: Frame) -> None:
         """Queue an encoded frame."""
@@ -140,20 +158,13 @@ class Outbox:
 
     def put_delta(self, reply_id: str, seq: int, text: str) -> None:
         """Queue reply text, merged into the last waiting delta of the same reply."""
-        if not self._admit(len(text) if text.isascii() else len(text.encode())):
-            return
-        items = self._queue()
-        last = items[-1] if items else None
-        if isinstance(last, _Delta) and last.reply_id == reply_id:
-            last.parts.append(text)
-            last.seq = seq
-        else:
-            items.append(_Delta(reply_id, seq, text))
-            self._wake()
+        if self._admit(len(text) if text.isascii() else len(text.encode())):
+            if self._queue().put_delta(reply_id, seq, text):
+                self._wake()
 
     def holds_delta(self, reply_id: str) -> bool:
         """Whether text of ``reply_id`` waits here, not yet taken by the writer."""
-        return any(isinstance(i, _Delta) and i.reply_id == reply_id for i in self._items or ())
+        return self._items is not None and self._items.holds_delta(reply_id)
 
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:
@@ -177,16 +188,9 @@ class Outbox:
                 await self._waiter
             finally:
                 self._waiter = None
-        items, self._items = self._items, deque()
-        self._sending, self._pending = self._pending, 0
-        self._alone_sending, self._alone = self._alone, 0
-        encode, deltas, frames = self._encode_delta, 0, []
-        for item in items:
-            if isinstance(item, _Delta):
-                deltas += 1
-                frames.append(encode(item.reply_id, item.seq, "".join(item.parts)))
-            else:
-                frames.append(item)
+        items, self._items = self._items, FrameQueue()
+        self._held.take()
+        frames, deltas = items.encode(self._encode_delta)
         if deltas:
             self._count(deltas)
         return frames
@@ -210,14 +214,12 @@ class Outbox:
 
     def _drop_queued(self) -> None:
         self._items = None
-        if self._pending:
-            queued, self._pending, self._alone = self._pending, 0, 0
-            self._budget.release(self, queued)
+        if self._held.queued:
+            self._budget.release(self, self._held.drop_queued())
 
     def _release_sent(self) -> None:
-        if self._sending:
-            sent, self._sending, self._alone_sending = self._sending, 0, 0
-            self._budget.release(self, sent)
+        if self._held.sending:
+            self._budget.release(self, self._held.drop_sending())
 
     def _admit(self, size: int) -> bool:
         """Admit ``size`` more bytes; past ``max_pending`` (not counting a frame admitted
@@ -226,21 +228,18 @@ class Outbox:
             return False
         if not size:
             return True
-        held = self._pending + self._sending
-        before = held if self._together is None else self._together
-        if before and held - self._alone - self._alone_sending + size > self._max_pending:
+        before = self.held if self._together is None else self._together
+        if before and self._held.counted() + size > self._max_pending:
             self.give_up()
             return False
         if not self._budget.reserve(self, size):
             return False
-        if not before:
-            self._alone += size
-        self._pending += size
+        self._held.add(size, alone=not before)
         return True
 
-    def _queue(self) -> deque[Frame | _Delta]:
+    def _queue(self) -> FrameQueue:
         if self._items is None:
-            self._items = deque()
+            self._items = FrameQueue()
         return self._items
 
     def _wake(self) -> None:

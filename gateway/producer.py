@@ -42,7 +42,8 @@ class Producer:
 
     async def run(self) -> None:
         reply = self.reply
-        reply.finish(await self._stream())
+        reply.producing = True
+        reply.finish(self._stopped() if reply.stop_reason else await self._stream())
         try:
             await self._stop_checkpoints()
             await self.store.save(reply.conversation_id, reply.stored())
@@ -59,11 +60,7 @@ class Producer:
                 return await self._relay() or "stop"
         except asyncio.CancelledError:
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            if reply.stop_reason is StopReason.CANCELLED:
-                return "cancelled"
-            reply.error = GatewayError(
-                ErrorCode.OVERLOADED, "the server restarted before this reply finished", retry_after=1
-            )
+            return self._stopped()
         except TimeoutError:
             reply.error = GatewayError(
                 ErrorCode.UPSTREAM_TIMEOUT, f"the reply took longer than {self.max_seconds:g} s", retryable=False
@@ -73,6 +70,15 @@ class Producer:
         except Exception:
             _log.exception("reply_crashed", reply_id=reply.id)
             reply.error = GatewayError(ErrorCode.INTERNAL, "the gateway failed while streaming this reply")
+        return "error"
+
+    def _stopped(self) -> str:
+        """The finish reason of a reply stopped by a client (cancel) or by the drain."""
+        if self.reply.stop_reason is StopReason.CANCELLED:
+            return "cancelled"
+        self.reply.error = GatewayError(
+            ErrorCode.OVERLOADED, "the server restarted before this reply finished", retry_after=1
+        )
         return "error"
 
     async def _relay(self) -> str | None:

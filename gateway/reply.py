@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Iterable
 
 from .errors import GatewayError
 from .events import ReplyDelta, ReplyEnded, ReplyStarted, Subscriber
@@ -49,6 +50,7 @@ class Reply:
         self.stop_reason: StopReason | None = None
         self.replaces: str | None = None
         self.task: asyncio.Task[None] | None = None
+        self.producing = False  # set by its producer's first step
 
     @property
     def done(self) -> bool:
@@ -61,6 +63,16 @@ class Reply:
     def ended_event(self) -> ReplyEnded:
         assert self.finish_reason is not None
         return ReplyEnded(self.id, self.message_id, self.finish_reason, self.usage, self.error)
+
+    def begin(self, requester: Subscriber, watchers: Iterable[Subscriber], content: str | None) -> None:
+        """Tell whoever asked for it, and the conversation's other watchers (with the user's
+        message), that it starts; they all follow it."""
+        requester.reply_event(self.started(None))
+        self.subscribe(requester)
+        for watcher in watchers:
+            if watcher is not requester:
+                watcher.reply_event(self.started(content))
+                self.subscribe(watcher)
 
     def subscribe(self, subscriber: Subscriber, after_seq: int | None = None) -> None:
         """Add a follower; with ``after_seq``, first send it what it missed. An ended reply
@@ -76,10 +88,13 @@ class Reply:
         self.subscribers.discard(subscriber)
 
     def stop(self, reason: StopReason) -> None:
-        """Ask the producer to stop; the upstream request is aborted at once."""
+        """Ask the producer to stop; the upstream request is aborted at once. A producer
+        not running yet is not cancelled (its task would end without ever running, and
+        the reply never end): it sees ``stop_reason`` when it starts."""
         if self.task is not None and not self.done:
             self.stop_reason = self.stop_reason or reason
-            self.task.cancel()
+            if self.producing:
+                self.task.cancel()
 
     def publish(self, text: str) -> bool:
         """Number ``text`` as the next delta and hand it to every follower."""

@@ -24,7 +24,6 @@ Differences from a browser ``EventSource`` that callers should know:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NoReturn
 
 __all__ = ["SSEDecoder", "SSEEvent", "SSEError"]
 
@@ -54,6 +53,81 @@ class SSEError(ValueError):
     """The stream broke a limit (a line or an event larger than max_event_bytes)."""
 
 
+def _too_large(what: str, limit: int) -> SSEError:
+    """The error for a ``what`` (a line, or an event's data) longer than ``limit`` bytes."""
+    return SSEError(f"SSE {what} exceeds max_event_bytes={limit}")
+
+
+class _LineSplitter:
+    """Splits a byte stream into lines at CR, LF or CRLF, wherever the chunks break.
+
+    Drops the UTF-8 BOM that may start the stream, even split across chunks,
+    and holds at most one unterminated line of at most ``limit`` bytes.
+    """
+
+    __slots__ = ("_limit", "_buf", "_skip_lf", "_bom_done")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._buf = bytearray()
+        self._skip_lf = False
+        self._bom_done = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The lines these bytes complete, without their terminators.
+
+        Raises:
+            SSEError: If the unterminated line grows past the limit.
+        """
+        if self._skip_lf and data:
+            self._skip_lf = False
+            if data[0] == _LF:
+                data = data[1:]
+        if not self._bom_done:
+            data = self._strip_bom(data)
+        if not data:
+            return []
+        if b"\n" not in data and b"\r" not in data:
+            if len(self._buf) + len(data) > self._limit:
+                raise _too_large("line", self._limit)
+            self._buf += data
+            return []
+        chunk = bytes(self._buf) + data if self._buf else data
+        self._buf.clear()
+        lines = chunk.splitlines()
+        last = chunk[-1]
+        if last == _CR:
+            self._skip_lf = True
+        elif last != _LF:
+            tail = lines.pop()
+            if len(tail) > self._limit:
+                raise _too_large("line", self._limit)
+            self._buf += tail
+        return lines
+
+    def close(self) -> list[bytes]:
+        """The unterminated last line, if any; afterwards a new stream may start."""
+        lines = [bytes(self._buf)] if self._buf and self._bom_done else []
+        self.reset()
+        return lines
+
+    def reset(self) -> None:
+        """Forget the stream so far."""
+        self._buf = bytearray()
+        self._skip_lf = False
+        self._bom_done = False
+
+    def _strip_bom(self, data: bytes) -> bytes:
+        """Return the stream start without its BOM, buffering a partial one."""
+        head = bytes(self._buf) + data
+        if len(head) < len(_BOM) and _BOM.startswith(head):
+            self._buf[:] = head
+            return b""
+        self._bom_done = True
+        self._buf.clear()
+        return head[len(_BOM) :] if head.startswith(_BOM) else head
+
+
 class SSEDecoder:
     """Incremental, sans-I/O decoder of a ``text/event-stream`` byte stream.
 
@@ -73,9 +147,7 @@ class SSEDecoder:
 
     __slots__ = (
         "_max",
-        "_buf",
-        "_skip_lf",
-        "_bom_done",
+        "_lines",
         "_data",
         "_data_size",
         "_event",
@@ -87,9 +159,7 @@ class SSEDecoder:
         if max_event_bytes < 1:
             raise ValueError("max_event_bytes must be positive")
         self._max = max_event_bytes
-        self._buf = bytearray()
-        self._skip_lf = False
-        self._bom_done = False
+        self._lines = _LineSplitter(max_event_bytes)
         self._data: list[bytes] = []
         self._data_size = 0
         self._event = ""
@@ -108,31 +178,11 @@ class SSEDecoder:
         Raises:
             SSEError: If a line or an event's data exceeds the limit.
         """
-        if self._skip_lf and data:
-            self._skip_lf = False
-            if data[0] == _LF:
-                data = data[1:]
-        if not self._bom_done:
-            data = self._strip_bom(data)
-        if not data:
-            return []
-        if b"\n" not in data and b"\r" not in data:
-            if len(self._buf) + len(data) > self._max:
-                self._fail("line")
-            self._buf += data
-            return []
-        chunk = bytes(self._buf) + data if self._buf else data
-        self._buf.clear()
-        lines = chunk.splitlines()
-        last = chunk[-1]
-        if last == _CR:
-            self._skip_lf = True
-        elif last != _LF:
-            tail = lines.pop()
-            if len(tail) > self._max:
-                self._fail("line")
-            self._buf += tail
-        return self._process(lines)
+        try:
+            return self._process(self._lines.feed(data))
+        except SSEError:
+            self._reset()
+            raise
 
     def close(self) -> list[SSEEvent]:
         """Signal the end of the stream.
@@ -150,21 +200,9 @@ class SSEDecoder:
             SSEError: If the final line or event exceeds the limit.
         """
         try:
-            lines = [bytes(self._buf)] if self._buf and self._bom_done else []
-            lines.append(b"")
-            return self._process(lines)
+            return self._process([*self._lines.close(), b""])
         finally:
             self._reset()
-
-    def _strip_bom(self, data: bytes) -> bytes:
-        """Return the stream start without its BOM, buffering a partial one."""
-        head = bytes(self._buf) + data
-        if len(head) < len(_BOM) and _BOM.startswith(head):
-            self._buf[:] = head
-            return b""
-        self._bom_done = True
-        self._buf.clear()
-        return head[len(_BOM) :] if head.startswith(_BOM) else head
 
     def _process(self, lines: list[bytes]) -> list[SSEEvent]:
         """Interpret complete lines, returning the events they dispatch."""
@@ -178,7 +216,7 @@ class SSEDecoder:
                     self._clear_event()
                 continue
             if len(line) > limit:
-                self._fail("line")
+                raise _too_large("line", limit)
             name, _, value = line.partition(b":")
             if not name:
                 continue
@@ -187,7 +225,7 @@ class SSEDecoder:
             if name == b"data":
                 self._data_size += len(value) + 1
                 if self._data_size > limit + 1:
-                    self._fail("event data")
+                    raise _too_large("event data", limit)
                 self._data.append(value)
             else:
                 self._set_field(name, value)
@@ -227,12 +265,5 @@ class SSEDecoder:
 
     def _reset(self) -> None:
         """Return to the state of a fresh decoder."""
-        self._buf = bytearray()
-        self._skip_lf = False
-        self._bom_done = False
+        self._lines.reset()
         self._clear_event()
-
-    def _fail(self, what: str) -> NoReturn:
-        """Drop all buffered state and raise SSEError."""
-        self._reset()
-        raise SSEError(f"SSE {what} exceeds max_event_bytes={self._max}")

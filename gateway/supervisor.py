@@ -1,4 +1,5 @@
-"""Telling systemd the gateway is alive and what it does, and handing memory back.
+"""Telling systemd the gateway is alive and what it does, handing memory back, and
+deleting conversations past their retention.
 
 Every ``WATCHDOG_USEC``/2 (at most every 5 s) the supervisor sends ``WATCHDOG=1``
 from the event loop, so a stuck loop gets the process restarted; every 5 s it
@@ -10,15 +11,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
 
 from . import heap
+from .stores import ConversationStore
 from .systemd import Notifier, watchdog_interval
 
-__all__ = ["STATUS_EVERY", "Supervisor"]
+__all__ = ["PRUNE_EVERY", "STATUS_EVERY", "Supervisor", "prune_forever", "status_line"]
 
+_log: Any = structlog.get_logger("gateway.server")
+PRUNE_EVERY = 3600.0
 STATUS_EVERY = 5.0
 TRIM_FOR = 60.0
 TRIM_EVERY = 15.0
+
+
+def status_line(state: str, *, connections: int, replies: int, reload_error: str) -> str:
+    """What ``systemctl status`` shows (``STATUS=``)."""
+    status = f"{state}: {connections} connections, {replies} replies in flight"
+    if reload_error:
+        status += f"; last reload failed: {reload_error}"[:200]
+    return status
 
 
 class Supervisor:
@@ -54,3 +69,14 @@ class Supervisor:
         if now < self._trim_until and now - self._trimmed >= TRIM_EVERY:
             await heap.trim()
             self._trimmed = now
+
+
+async def prune_forever(store: ConversationStore, older_than: float) -> None:
+    """Delete conversations idle for ``older_than`` seconds, now and every hour."""
+    while True:
+        try:
+            deleted = await store.prune(older_than)
+            _log.info("conversations_pruned", deleted=deleted, older_than_s=older_than)
+        except Exception:
+            _log.exception("prune_failed")
+        await asyncio.sleep(PRUNE_EVERY)

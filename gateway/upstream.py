@@ -20,7 +20,7 @@ from .sse import SSEDecoder, SSEError, SSEEvent
 from .providers import ChatMessage, Chunk, Provider, dashscope, openai
 from .providers.demo import DemoProvider
 
-__all__ = ["DashScopeProvider", "OpenAIProvider", "make_provider", "stream_sse"]
+__all__ = ["DashScopeProvider", "OpenAIProvider", "client_session", "make_provider", "stream_sse"]
 
 _log: Any = structlog.get_logger("gateway.upstream")
 _MAX_ERROR_BODY = 64 * 1024
@@ -314,6 +314,17 @@ class DashScopeProvider:
             idle_timeout=self._cfg.upstream_timeout, max_bytes=self._cfg.max_response_bytes,
             api_key=self._cfg.api_key, error_from_body=dashscope.error_from_body,
         )
+
+
+def client_session() -> aiohttp.ClientSession:
+    """The gateway's one HTTP client session, shared by every upstream request."""
+    # No cookie jar: one user's upstream cookies must never ride on another's request.
+    # No automatic decompression: this module inflates in bounded pieces.
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+    )
 
 
 def make_provider(cfg: ProviderConfig, session: aiohttp.ClientSession) -> Provider:

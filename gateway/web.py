@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import re
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from .config import HostPort
 from .metrics import CONTENT_TYPE
+from .runtime import Runtime
 
 __all__ = ["STATE", "WebState", "make_app"]
 
@@ -43,9 +46,7 @@ class WebState:
         self,
         static_dir: Path,
         ws_port: Callable[[], int],
-        public_ws_url: str,
-        model: str,
-        provider: str,
+        runtime: Callable[[], Runtime],
         metrics: Callable[[], bytes] | None = None,
         origins: Callable[[], tuple[str, ...]] = lambda: (),
     ) -> None:
@@ -53,14 +54,25 @@ class WebState:
         self.origins = origins
         self.static_dir = static_dir.resolve()
         self.ws_port = ws_port
-        self.public_ws_url = public_ws_url
-        self.model = model
-        self.provider = provider
+        self.runtime = runtime
         self.draining = False
 
 
 STATE = web.AppKey("state", WebState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def start_http(
+    state: WebState, addr: HostPort, sock: socket.socket | None, idle_timeout: float
+) -> web.AppRunner:
+    """Serve the HTTP listener on ``sock`` (socket activation) or ``addr``."""
+    # aiohttp's keep-alive timer also runs from the connection's start until a request's
+    # headers are complete: it is the header-read timeout as well as the idle one.
+    runner = web.AppRunner(make_app(state), access_log=None, handle_signals=False, keepalive_timeout=idle_timeout)
+    await runner.setup()
+    site: web.BaseSite = web.SockSite(runner, sock) if sock else web.TCPSite(runner, addr.host, addr.port)
+    await site.start()
+    return runner
 
 
 def make_app(state: WebState) -> web.Application:
@@ -107,8 +119,8 @@ def _ws_origins(request: web.Request) -> list[str]:
 def _ws_url(request: web.Request) -> str | None:
     """Where the page should open its WebSocket; None means same origin ``/chat``."""
     state = request.app[STATE]
-    if state.public_ws_url:
-        return state.public_ws_url
+    if public := state.runtime().config.server.public_ws_url:
+        return public
     if "X-Forwarded-Proto" in request.headers or "X-Forwarded-Host" in request.headers:
         return None
     host = _page_host(request, state)
@@ -148,8 +160,8 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _config(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    body: dict[str, Any] = {"ws_url": _ws_url(request), "model": state.model, "provider": state.provider}
+    provider = request.app[STATE].runtime().provider
+    body: dict[str, Any] = {"ws_url": _ws_url(request), "model": provider.model, "provider": provider.name}
     return web.json_response(body, headers={"Cache-Control": "no-cache"})
 
 

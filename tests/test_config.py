@@ -12,7 +12,7 @@ import pytest
 
 from gateway import config
 from gateway.config import Config, HostPort, load, render
-from gateway.errors import ConfigError, ErrorCode
+from gateway.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "gateway.example.toml"
@@ -57,18 +57,18 @@ def config_error(fn: Callable[[], object]) -> ConfigError:
 
 def test_defaults() -> None:
     cfg = load(None, {})
-    assert cfg.ws_addr == HostPort("127.0.0.1", 8765)
-    assert cfg.http_addr == HostPort("127.0.0.1", 8080)
-    assert cfg.allowed_origins == (), "empty: the server allows its own page origins once bound"
-    assert cfg.public_ws_url == ""
-    assert cfg.state_dir == Path("state")
-    assert (cfg.static_dir / "index.html").is_file()
-    assert cfg.drain_timeout == 20.0
-    assert cfg.max_message_bytes == 65_536
-    assert cfg.max_pending_bytes == 1 << 20
-    assert cfg.compression is False
-    assert cfg.log_level == "info"
-    assert cfg.log_format == "json"
+    assert cfg.server.ws_addr == HostPort("127.0.0.1", 8765)
+    assert cfg.server.http_addr == HostPort("127.0.0.1", 8080)
+    assert cfg.server.allowed_origins == (), "empty: the server allows its own page origins once bound"
+    assert cfg.server.public_ws_url == ""
+    assert cfg.server.state_dir == Path("state")
+    assert (cfg.server.static_dir / "index.html").is_file()
+    assert cfg.server.drain_timeout == 20.0
+    assert cfg.limits.max_message_bytes == 65_536
+    assert cfg.limits.max_pending_bytes == 1 << 20
+    assert cfg.server.compression is False
+    assert cfg.log.level == "info"
+    assert cfg.log.format == "json"
     assert cfg.unknown_env == ()
     assert cfg.source == "defaults"
     p = cfg.provider
@@ -98,7 +98,7 @@ def test_empty_file_is_the_defaults(tmp_path: Path) -> None:
 def test_gateway_config_env_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "[limits]\nmax_connections = 7\n")
     cfg = load(None, {"GATEWAY_CONFIG": str(path)})
-    assert cfg.max_connections == 7
+    assert cfg.limits.max_connections == 7
     assert cfg.source == str(path)
     assert cfg.unknown_env == ()
 
@@ -106,7 +106,7 @@ def test_gateway_config_env_names_the_file(tmp_path: Path) -> None:
 def test_explicit_path_beats_gateway_config_env(tmp_path: Path) -> None:
     a = write(tmp_path, "[limits]\nmax_connections = 7\n", "a.toml")
     b = write(tmp_path, "[limits]\nmax_connections = 9\n", "b.toml")
-    assert load(a, {"GATEWAY_CONFIG": str(b)}).max_connections == 7
+    assert load(a, {"GATEWAY_CONFIG": str(b)}).limits.max_connections == 7
 
 
 def test_toml_values_are_read(tmp_path: Path) -> None:
@@ -134,21 +134,21 @@ level = "WARNING"
 format = "console"
 """,
     )
-    assert cfg.ws_addr == HostPort("0.0.0.0", 9001)
-    assert cfg.http_addr == HostPort("::1", 9002)
-    assert cfg.allowed_origins == ("https://chat.example.com", "https://b.example.com")
-    assert cfg.compression is True
-    assert cfg.drain_timeout == 5.0 and isinstance(cfg.drain_timeout, float)
-    assert cfg.max_connections == 12
-    assert cfg.context_max_chars == 1000
+    assert cfg.server.ws_addr == HostPort("0.0.0.0", 9001)
+    assert cfg.server.http_addr == HostPort("::1", 9002)
+    assert cfg.server.allowed_origins == ("https://chat.example.com", "https://b.example.com")
+    assert cfg.server.compression is True
+    assert cfg.server.drain_timeout == 5.0 and isinstance(cfg.server.drain_timeout, float)
+    assert cfg.limits.max_connections == 12
+    assert cfg.limits.context_max_chars == 1000
     assert cfg.provider.name == "openai"
     assert cfg.provider.upstream_url == "https://openrouter.ai/api/v1"
     assert cfg.provider.model == "deepseek/deepseek-r1"
     assert cfg.provider.system_prompt == "你是一个有帮助的助手。"
     assert cfg.provider.params == {"temperature": 0.7, "max_tokens": 1024}
     assert cfg.provider.include_usage is False
-    assert cfg.log_level == "warning"
-    assert cfg.log_format == "console"
+    assert cfg.log.level == "warning"
+    assert cfg.log.format == "console"
 
 
 # --------------------------------------------------------------------------- env overrides the file
@@ -157,9 +157,9 @@ OPENAI = {"GATEWAY_PROVIDER": "openai"}
 
 ENV_OVERRIDES: list[Any] = [
     pytest.param("GATEWAY_WS_ADDR", '[server]\nws_addr = "127.0.0.1:1111"', "0.0.0.0:2222",
-                 lambda c: c.ws_addr, HostPort("0.0.0.0", 2222), {}, id="ws_addr"),
+                 lambda c: c.server.ws_addr, HostPort("0.0.0.0", 2222), {}, id="ws_addr"),
     pytest.param("GATEWAY_HTTP_ADDR", '[server]\nhttp_addr = "127.0.0.1:1111"', "[::1]:3333",
-                 lambda c: c.http_addr, HostPort("::1", 3333), {}, id="http_addr"),
+                 lambda c: c.server.http_addr, HostPort("::1", 3333), {}, id="http_addr"),
     pytest.param("GATEWAY_PROVIDER", '[provider]\nname = "demo"', "OpenAI",
                  lambda c: c.provider.name, "openai", {}, id="provider"),
     pytest.param("GATEWAY_UPSTREAM_URL", '[provider]\nupstream_url = "http://a.example/v1"',
@@ -170,22 +170,22 @@ ENV_OVERRIDES: list[Any] = [
     pytest.param("GATEWAY_API_KEY", '[provider]\napi_key = "from-file"', " from-env \n",
                  lambda c: c.provider.api_key, "from-env", {}, id="api_key"),
     pytest.param("GATEWAY_ALLOWED_ORIGINS", '[server]\nallowed_origins = ["https://file.example"]',
-                 " https://a.example/ ,https://b.example:8443,, ", lambda c: c.allowed_origins,
+                 " https://a.example/ ,https://b.example:8443,, ", lambda c: c.server.allowed_origins,
                  ("https://a.example", "https://b.example:8443"), {}, id="allowed_origins"),
     pytest.param("GATEWAY_STATE_DIR", '[server]\nstate_dir = "/from/file"', "/from/env",
-                 lambda c: c.state_dir, Path("/from/env"), {"STATE_DIRECTORY": "/systemd"}, id="state_dir"),
+                 lambda c: c.server.state_dir, Path("/from/env"), {"STATE_DIRECTORY": "/systemd"}, id="state_dir"),
     pytest.param("GATEWAY_MAX_MESSAGE_BYTES", "[limits]\nmax_message_bytes = 4096", " 1024 ",
-                 lambda c: c.max_message_bytes, 1024, {}, id="max_message_bytes"),
+                 lambda c: c.limits.max_message_bytes, 1024, {}, id="max_message_bytes"),
     pytest.param("GATEWAY_UPSTREAM_TIMEOUT", "[provider]\nupstream_timeout = 30", "2.5",
                  lambda c: c.provider.upstream_timeout, 2.5, {}, id="upstream_timeout"),
     pytest.param("GATEWAY_DRAIN_TIMEOUT", "[server]\ndrain_timeout = 30", "0",
-                 lambda c: c.drain_timeout, 0.0, {}, id="drain_timeout"),
+                 lambda c: c.server.drain_timeout, 0.0, {}, id="drain_timeout"),
     pytest.param("GATEWAY_LOG_LEVEL", '[log]\nlevel = "error"', "DEBUG",
-                 lambda c: c.log_level, "debug", {}, id="log_level"),
+                 lambda c: c.log.level, "debug", {}, id="log_level"),
     pytest.param("GATEWAY_LOG_FORMAT", '[log]\nformat = "json"', "console",
-                 lambda c: c.log_format, "console", {}, id="log_format"),
+                 lambda c: c.log.format, "console", {}, id="log_format"),
     pytest.param("GATEWAY_PUBLIC_WS_URL", '[server]\npublic_ws_url = "wss://a.example/chat"',
-                 "wss://b.example/chat", lambda c: c.public_ws_url, "wss://b.example/chat", {},
+                 "wss://b.example/chat", lambda c: c.server.public_ws_url, "wss://b.example/chat", {},
                  id="public_ws_url"),
 ]
 
@@ -220,7 +220,7 @@ def test_static_dir_env_needs_index_html(tmp_path: Path) -> None:
     exc = config_error(lambda: load(None, {"GATEWAY_STATIC_DIR": str(site)}))
     assert exc.key == "server.static_dir"
     (site / "index.html").write_text("<!doctype html>")
-    assert load(None, {"GATEWAY_STATIC_DIR": str(site)}).static_dir == site
+    assert load(None, {"GATEWAY_STATIC_DIR": str(site)}).server.static_dir == site
 
 
 @pytest.mark.parametrize(
@@ -233,7 +233,7 @@ def test_static_dir_env_needs_index_html(tmp_path: Path) -> None:
     ],
 )
 def test_state_dir_sources(env: dict[str, str], expected: Path) -> None:
-    assert load(None, env).state_dir == expected
+    assert load(None, env).server.state_dir == expected
 
 
 # --------------------------------------------------------------------------- the API key's sources
@@ -301,7 +301,7 @@ def test_provider_defaults(provider: str, url: str, model: str) -> None:
 def test_dashscope_without_key_is_refused() -> None:
     exc = config_error(lambda: load(None, {"GATEWAY_PROVIDER": "dashscope"}))
     assert exc.key == "provider.api_key"
-    assert exc.code is ErrorCode.INTERNAL and exc.retryable is False
+    assert exc.exit_code == 2 and exc.retry is False
 
 
 def test_dashscope_with_blank_key_is_refused() -> None:
@@ -338,18 +338,18 @@ def test_non_http_upstream_url_is_refused(url: str) -> None:
     ],
 )
 def test_default_origins_follow_http_addr(http_addr: str, origins: tuple[str, ...]) -> None:
-    addr = load(None, {"GATEWAY_HTTP_ADDR": http_addr}).http_addr
+    addr = load(None, {"GATEWAY_HTTP_ADDR": http_addr}).server.http_addr
     assert config.own_origins(addr.host, addr.port) == origins
 
 
 def test_explicit_origins_replace_the_default() -> None:
     cfg = load(None, {"GATEWAY_ALLOWED_ORIGINS": "https://chat.example.com,*"})
-    assert cfg.allowed_origins == ("https://chat.example.com", "*")
+    assert cfg.server.allowed_origins == ("https://chat.example.com", "*")
 
 
 def test_origin_scheme_and_host_are_lowercased() -> None:
     cfg = load(None, {"GATEWAY_ALLOWED_ORIGINS": "HTTPS://Chat.Example.com"})
-    assert cfg.allowed_origins == ("https://chat.example.com",)
+    assert cfg.server.allowed_origins == ("https://chat.example.com",)
 
 
 def test_origin_with_a_path_is_refused() -> None:
@@ -437,7 +437,7 @@ BAD_TOML: list[Any] = [
 def test_bad_toml_value_is_refused_naming_the_key(tmp_path: Path, toml: str, key: str) -> None:
     exc = config_error(lambda: load_toml(tmp_path, toml))
     assert exc.key == key
-    assert str(exc).startswith(f"internal: {key}: ")
+    assert str(exc).startswith(f"{key}: ")
 
 
 def test_reserved_param_is_named_in_the_message(tmp_path: Path) -> None:
@@ -451,7 +451,7 @@ def test_reserved_param_is_named_in_the_message(tmp_path: Path) -> None:
      ('"0"', False), ('"False"', False), ('"no"', False), ('"off"', False)],
 )
 def test_bool_spellings(tmp_path: Path, value: str, expected: bool) -> None:
-    assert load_toml(tmp_path, f"[server]\ncompression = {value}").compression is expected
+    assert load_toml(tmp_path, f"[server]\ncompression = {value}").server.compression is expected
 
 
 @pytest.mark.parametrize("value", ['""', '"2"', '"y"', '"enabled"', "1", "0", "[]"])
@@ -518,7 +518,7 @@ def test_unknown_gateway_env_is_collected() -> None:
     ],
 )
 def test_log_format_auto_follows_isatty(fmt: str, isatty: bool, expected: str) -> None:
-    assert load(None, {"GATEWAY_LOG_FORMAT": fmt}, isatty=isatty).log_format == expected
+    assert load(None, {"GATEWAY_LOG_FORMAT": fmt}, isatty=isatty).log.format == expected
 
 
 # --------------------------------------------------------------------------- render()

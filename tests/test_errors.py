@@ -9,12 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import (
+    EXIT_CONFIG,
+    EXIT_STARTUP,
     MAX_RETRY_AFTER,
     WITHHELD,
     ConfigError,
     ErrorCode,
     GatewayError,
     ProtocolError,
+    StartupError,
     UpstreamError,
     quotes_secret,
     redact,
@@ -61,13 +64,23 @@ def test_error_attributes() -> None:
 def test_config_error() -> None:
     exc = ConfigError("server.ws_addr", "expected host:port")
     assert exc.key == "server.ws_addr"
-    assert exc.code is ErrorCode.INTERNAL and exc.retryable is False
-    assert exc.message == "server.ws_addr: expected host:port"
+    assert exc.retry is False and exc.exit_code == EXIT_CONFIG == 2
+    assert exc.message == exc.reason == "server.ws_addr: expected host:port"
 
 
-@pytest.mark.parametrize("cls", [ConfigError, ProtocolError, UpstreamError])
-def test_one_tree(cls: type[GatewayError]) -> None:
-    assert issubclass(cls, GatewayError) and issubclass(cls, Exception)
+@pytest.mark.parametrize(("retry", "code"), [(True, EXIT_STARTUP), (False, EXIT_CONFIG)])
+def test_a_startup_error_maps_to_one_exit_code(retry: bool, code: int) -> None:
+    assert StartupError("address in use", retry=retry).exit_code == code
+
+
+@pytest.mark.parametrize("cls", [ProtocolError, UpstreamError])
+def test_client_errors_are_one_tree(cls: type[GatewayError]) -> None:
+    assert issubclass(cls, GatewayError) and not issubclass(cls, StartupError)
+
+
+def test_startup_errors_are_another() -> None:
+    """A bad configuration is never told to a client as if it were a protocol error."""
+    assert issubclass(ConfigError, StartupError) and not issubclass(ConfigError, GatewayError)
 
 
 # --------------------------------------------------------------------------- redact

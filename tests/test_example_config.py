@@ -33,4 +33,4 @@ def test_example_uncommented_loads(tmp_path: Path) -> None:
     path.write_text("\n".join(lines))
     cfg = config.load(path, {})
     assert cfg.provider.params == {"temperature": 0.7, "max_tokens": 1024}
-    assert cfg.allowed_origins == ("https://chat.example.com",)
+    assert cfg.server.allowed_origins == ("https://chat.example.com",)

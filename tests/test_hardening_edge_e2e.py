@@ -199,8 +199,8 @@ async def test_second_sigint_hurries_the_drain_and_stores_the_partial_reply(
 
 
 def test_http_idle_timeout_defaults_to_15_and_is_at_least_1(tmp_path: Path) -> None:
-    assert make_config(tmp_path).http_idle_timeout == 15
-    assert make_config(tmp_path, toml="[server]\nhttp_idle_timeout = 1\n").http_idle_timeout == 1
+    assert make_config(tmp_path).server.http_idle_timeout == 15
+    assert make_config(tmp_path, toml="[server]\nhttp_idle_timeout = 1\n").server.http_idle_timeout == 1
     with pytest.raises(ConfigError) as info:
         make_config(tmp_path, toml="[server]\nhttp_idle_timeout = 0.5\n")
     assert info.value.key == "server.http_idle_timeout"

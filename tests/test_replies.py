@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+import dataclasses
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
 
 import pytest
 
 from gateway.errors import ErrorCode, GatewayError, ProtocolError
 from gateway.events import ReplyDelta, ReplyEnded, ReplyEvent
-from gateway.providers import ChatMessage, Chunk, Usage
+from gateway.providers import ChatMessage, Chunk, Provider, Usage
 from gateway.replies import RegistryLimits, Reply, ReplyRegistry
-from gateway.reply import ReplyState
+from gateway.reply import ReplyState, StopReason
 from gateway.stores import StoredMessage
 from gateway.stores.memory import MemoryStore
 
@@ -19,6 +21,17 @@ LIMITS = RegistryLimits(
     max_replies=10, max_reply_chars=10_000, max_reply_seconds=10, resume_grace=0, checkpoint_interval=1,
     system_prompt="", context_max_messages=10, context_max_chars=10_000,
 )
+
+
+@dataclass(frozen=True)
+class Terms:
+    provider: Provider
+    limits: RegistryLimits = LIMITS
+
+
+def terms(provider: Provider) -> Callable[[], Terms]:
+    fixed = Terms(provider)
+    return lambda: fixed
 
 
 class Scripted:
@@ -62,7 +75,7 @@ async def _expired(registry: ReplyRegistry, reply_id: str) -> None:
 @pytest.mark.parametrize("usage", [Usage(2**63, 2**63), Usage(-5, -1)])
 async def test_a_reply_ends_whatever_fails_at_its_end(usage: Usage) -> None:
     store = MemoryStore(max_conversations=10, max_messages=100)
-    registry = ReplyRegistry(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop", usage=usage)), store, LIMITS)
+    registry = ReplyRegistry(terms(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop", usage=usage))), store)
     broken, other = Watcher(fail_at_end=True), Watcher()
     registry.watch("c1", other)  # another tab
     reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "hello"), broken, new=True))
@@ -76,7 +89,7 @@ async def test_a_reply_ends_whatever_fails_at_its_end(usage: Usage) -> None:
 
 async def test_an_ended_reply_keeps_no_watchers() -> None:
     store = MemoryStore(max_conversations=10, max_messages=100)
-    registry = ReplyRegistry(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop")), store, LIMITS)
+    registry = ReplyRegistry(terms(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop"))), store)
     reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "hello"), Watcher(), new=True))
     await asyncio.wait_for(reply.ended.wait(), 5)
     late = Watcher()
@@ -95,7 +108,7 @@ async def test_hurry_ends_the_drain_at_once_and_stores_what_streamed() -> None:
             yield [Chunk(text=" never")]
 
     store = MemoryStore(max_conversations=10, max_messages=100)
-    registry = ReplyRegistry(Waits(), store, LIMITS)
+    registry = ReplyRegistry(terms(Waits()), store)
     watcher = Watcher()
     reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "hello"), watcher, new=True))
     while watcher.text != "partial":
@@ -119,7 +132,7 @@ async def test_following_and_cancelling_by_id() -> None:
             yield [Chunk(text="two")]
 
     store = MemoryStore(max_conversations=10, max_messages=100)
-    registry = ReplyRegistry(Waits(), store, LIMITS)
+    registry = ReplyRegistry(terms(Waits()), store)
     first = Watcher()
     reply_id = await registry.start("c1", StoredMessage("u1", "user", "hello"), first, new=True)
     while first.text != "one ":
@@ -159,7 +172,7 @@ async def test_followers_hear_the_end_only_after_the_final_save() -> None:
                 order.append(f"ended {event.finish_reason}")
 
     store = Recording(max_conversations=10, max_messages=100)
-    registry = ReplyRegistry(Scripted(Chunk(text="hi"), Chunk(finish_reason="length")), store, LIMITS)
+    registry = ReplyRegistry(terms(Scripted(Chunk(text="hi"), Chunk(finish_reason="length"))), store)
     reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "hello"), Listener(), new=True))
     assert reply.state is ReplyState.STREAMING
     await asyncio.wait_for(reply.ended.wait(), 5)
@@ -169,7 +182,7 @@ async def test_followers_hear_the_end_only_after_the_final_save() -> None:
 
 async def test_watchers_get_replies_started_in_their_conversation_only() -> None:
     store = MemoryStore(max_conversations=10, max_messages=100)
-    registry = ReplyRegistry(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop")), store, LIMITS)
+    registry = ReplyRegistry(terms(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop"))), store)
     tab, elsewhere, gone = Watcher(), Watcher(), Watcher()
     registry.watch("c1", tab)
     registry.watch("c2", elsewhere)
@@ -182,4 +195,82 @@ async def test_watchers_get_replies_started_in_their_conversation_only() -> None
     assert (elsewhere.text, elsewhere.ended, gone.text, gone.ended) == ("", 0, "", 0)
     registry.unwatch("c2", elsewhere)
     assert not registry.watched("c2")
+    await registry.close()
+
+
+async def test_a_reply_keeps_the_terms_it_was_admitted_with() -> None:
+    """A reload swaps the terms: a streaming reply keeps its provider (and model), the
+    next one gets the new provider and the new limits."""
+    class Endless(Scripted):
+        async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[list[Chunk], None]:
+            yield [Chunk(text="old")]
+            await asyncio.Event().wait()
+
+    store = MemoryStore(max_conversations=10, max_messages=100)
+    old, new = Endless(), Scripted(Chunk(text="new"), Chunk(finish_reason="stop"))
+    new.model = "m-new"
+    current = Terms(old)
+    registry = ReplyRegistry(lambda: current, store)
+    first = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "a"), Watcher(), new=True))
+    current = Terms(new, dataclasses.replace(LIMITS, max_replies=1))
+    with pytest.raises(GatewayError) as info:  # the new limit counts the reply in flight
+        await registry.start("c2", StoredMessage("u2", "user", "b"), Watcher(), new=True)
+    assert info.value.code is ErrorCode.OVERLOADED
+    assert first.provider is old
+    registry.cancel(first.id, "c1")
+    await asyncio.wait_for(first.ended.wait(), 5)
+    second = _reply(registry, await registry.start("c2", StoredMessage("u2", "user", "b"), Watcher(), new=True))
+    await asyncio.wait_for(second.ended.wait(), 5)
+    assert second.provider is new
+    assert [(m.content, m.model) for m in await store.history("c2", 10)] == [("b", None), ("new", "m-new")]
+    await registry.close()
+
+
+class Stalls(MemoryStore):
+    """A store whose ``add`` waits until released: a message being stored."""
+
+    def __init__(self) -> None:
+        super().__init__(max_conversations=10, max_messages=100)
+        self.adding, self.release = asyncio.Event(), asyncio.Event()
+
+    async def add(self, conversation_id: str, message: StoredMessage) -> bool:
+        self.adding.set()
+        await self.release.wait()
+        return await super().add(conversation_id, message)
+
+
+async def test_a_message_cancelled_while_stored_frees_its_slot() -> None:
+    store = Stalls()
+    registry = ReplyRegistry(terms(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop"))), store)
+    storing = asyncio.create_task(registry.start("c1", StoredMessage("u1", "user", "a"), Watcher(), new=True))
+    await asyncio.wait_for(store.adding.wait(), 5)
+    assert registry.in_flight == 1
+    storing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await storing
+    assert registry.in_flight == 0 and registry.streaming("c1") is None
+    store.release.set()
+    reply = _reply(registry, await registry.start("c1", StoredMessage("u2", "user", "b"), Watcher()))
+    await asyncio.wait_for(reply.ended.wait(), 5)
+    await registry.close()
+
+
+@pytest.mark.parametrize("stop", ["cancel", "drain"])
+async def test_a_reply_stopped_before_its_producer_ran_still_ends(stop: str) -> None:
+    """A plain-mode client that sends and hangs up at once, or a drain right after a
+    message: the stop comes before the producer's first step. The reply must still end,
+    be stored and free its slot (a task cancelled before it runs never runs at all)."""
+    store = MemoryStore(max_conversations=10, max_messages=100)
+    registry = ReplyRegistry(terms(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop"))), store)
+    watcher = Watcher()
+    reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "a"), watcher, new=True))
+    if stop == "cancel":
+        registry.cancel(reply.id, "c1")
+    else:
+        reply.stop(StopReason.SHUTDOWN)  # what the drain does to each reply in flight
+    await asyncio.wait_for(reply.ended.wait(), 5)
+    assert (reply.finish_reason, watcher.ended, registry.in_flight) == (
+        ("cancelled" if stop == "cancel" else "error"), 1, 0,
+    )
+    assert [m.finish_reason for m in await store.history("c1", 10)] == [None, reply.finish_reason]
     await registry.close()

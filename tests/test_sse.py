@@ -260,8 +260,8 @@ def test_endless_line_memory_is_bounded() -> None:
     with pytest.raises(SSEError):
         for _ in range(1000):
             decoder.feed(b"x" * 37)
-            assert len(decoder._buf) <= 1000
-    assert len(decoder._buf) == 0
+            assert len(decoder._lines._buf) <= 1000
+    assert len(decoder._lines._buf) == 0
 
 
 def test_endless_event_memory_is_bounded() -> None:
@@ -370,11 +370,11 @@ def test_arbitrary_bytes(chunks: list[bytes], limit: int) -> None:
         for chunk in chunks:
             for event in decoder.feed(chunk):
                 assert len(event.data.encode()) <= 3 * limit
-            assert len(decoder._buf) <= limit
+            assert len(decoder._lines._buf) <= limit
             assert decoder._data_size <= limit + 1
         decoder.close()
     except SSEError:
-        assert len(decoder._buf) == 0
+        assert len(decoder._lines._buf) == 0
 
 
 @settings(max_examples=200, deadline=None)

@@ -145,7 +145,7 @@ async def test_sighup_reloads_what_can_change_live(spawn: Spawn, tmp_path: Path)
         reloaded = await proc.wait_for_event("config_reloaded")
         assert reloaded["model"] == "demo-2"
         restart = next(line for line in proc.lines if line["event"] == "reload_needs_restart")
-        assert restart["settings"] == ["compression"]
+        assert restart["settings"] == ["server.compression"]
         async with connect(proc.ws_url, origin="https://chat.example.com", subprotocols=["chat.v1"]) as ws2:
             assert (await Chat(ws2).hello(conversation_id))["model"] == "demo-2"
         text, _ = await chat.ask("still here?")

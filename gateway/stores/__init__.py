@@ -43,7 +43,7 @@ def make_store(config: Config) -> ConversationStore:
     if config.store.backend == "memory":
         from .memory import MemoryStore
 
-        return MemoryStore(max_conversations=config.max_conversations, max_messages=config.max_conversation_messages)
+        return MemoryStore(max_conversations=config.limits.max_conversations, max_messages=config.limits.max_conversation_messages)
     from .sqlite import SQLiteStore
 
     return SQLiteStore(config.store.path)

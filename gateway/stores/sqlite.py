@@ -4,7 +4,8 @@ Each store operation is one function run on that thread, as one transaction:
 one hop off the event loop per operation, never a blocked loop.
 
 The schema is versioned with ``PRAGMA user_version``: :data:`MIGRATIONS` are
-applied in order at :meth:`SQLiteStore.open`, each in one transaction. Opening
+applied in order at :meth:`SQLiteStore.open`, each in one transaction (the
+schema and the mapping of messages to rows are in :mod:`.sqlite_schema`). Opening
 also closes the books on replies a crash left streaming: their checkpointed
 text stays, marked ``finish_reason = "error"``.
 """
@@ -14,68 +15,35 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
-
-import orjson
 
 from .base import (
     Conversation,
     ConversationNotFound,
     OpenReport,
     StoredMessage,
-    StoreUnusable,
     export_document,
     new_id,
     newest_within,
     title_of,
 )
+from .sqlite_schema import (
+    INSERT_MESSAGE,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    UPSERT_MESSAGE,
+    StoreCorrupt,
+    end_interrupted,
+    history_query,
+    message_row,
+    migrate,
+    row_message,
+)
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "StoreCorrupt"]
-
-MIGRATIONS: tuple[str, ...] = (
-    # 1: conversations and their messages, in insertion order (pos).
-    """
-    CREATE TABLE conversations (
-        id TEXT PRIMARY KEY,
-        title TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE TABLE messages (
-        pos INTEGER PRIMARY KEY AUTOINCREMENT,
-        conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-        id TEXT NOT NULL,
-        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-        content TEXT NOT NULL,
-        finish_reason TEXT,
-        usage TEXT,
-        created_at REAL NOT NULL,
-        UNIQUE (conversation_id, id)
-    );
-    CREATE INDEX messages_by_conversation ON messages(conversation_id, pos);
-    """,
-    # 2: when a message was last written (checkpoints), and pruning by age.
-    """
-    ALTER TABLE messages ADD COLUMN updated_at REAL;
-    UPDATE messages SET updated_at = created_at;
-    CREATE INDEX conversations_by_age ON conversations(updated_at);
-    """,
-    # 3: the model that wrote an assistant message (NULL before this version).
-    """
-    ALTER TABLE messages ADD COLUMN model TEXT;
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_COLUMNS = "id, role, content, created_at, finish_reason, usage, model"
-
-
-class StoreCorrupt(StoreUnusable):
-    """The database file is newer than this code, or failed its integrity check."""
-
 
 T = TypeVar("T")
 
@@ -108,21 +76,8 @@ class SQLiteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._conn = conn
-        conn.execute("PRAGMA busy_timeout = 5000")
-        conn.execute("PRAGMA foreign_keys = ON")
-        version = _version(conn)
-        if version > SCHEMA_VERSION:
-            raise StoreCorrupt(f"the database is at schema version {version}; this gateway knows up to {SCHEMA_VERSION}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        for number in range(version + 1, SCHEMA_VERSION + 1):
-            conn.executescript(f"BEGIN;\n{MIGRATIONS[number - 1]}\nPRAGMA user_version = {number};\nCOMMIT;")
-        if not recover:
-            return 0
-        cursor = conn.execute(
-            "UPDATE messages SET finish_reason = 'error' WHERE role = 'assistant' AND finish_reason IS NULL"
-        )
-        return cursor.rowcount
+        migrate(conn)
+        return end_interrupted(conn) if recover else 0
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._thread is None:
@@ -185,15 +140,8 @@ class SQLiteStore:
             ).rowcount
             if touched != 1:
                 raise ConversationNotFound(conversation_id)
-            insert = f"INSERT {'' if upsert else 'OR IGNORE '}INTO messages (conversation_id, {_COLUMNS}, updated_at)"
-            insert += " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            if upsert:
-                insert += (
-                    " ON CONFLICT (conversation_id, id) DO UPDATE SET content = excluded.content,"
-                    " finish_reason = excluded.finish_reason, usage = excluded.usage, model = excluded.model,"
-                    " updated_at = excluded.updated_at"
-                )
-            added = conn.execute(insert, (conversation_id, *_row(message), now)).rowcount == 1
+            insert = UPSERT_MESSAGE if upsert else INSERT_MESSAGE
+            added = conn.execute(insert, (conversation_id, *message_row(message), now)).rowcount == 1
             conn.execute("COMMIT" if added or upsert else "ROLLBACK")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -214,14 +162,9 @@ class SQLiteStore:
     def _history(
         self, conversation_id: str, limit: int, before: str | None, max_bytes: int | None
     ) -> list[StoredMessage]:
-        query = f"SELECT {_COLUMNS} FROM messages WHERE conversation_id = ?"
-        args: tuple[Any, ...] = (conversation_id,)
-        if before is not None:
-            query += " AND pos < (SELECT pos FROM messages WHERE conversation_id = ? AND id = ?)"
-            args += (conversation_id, before)
-        cursor = self.conn.execute(query + " ORDER BY pos DESC LIMIT ?", (*args, limit))
+        cursor = self.conn.execute(*history_query(conversation_id, limit, before))
         try:  # rows are read one at a time: a byte-bounded page does not load the rest
-            return list(reversed(newest_within(map(_message, cursor), max_bytes)))
+            return list(reversed(newest_within(map(row_message, cursor), max_bytes)))
         finally:
             cursor.close()
 
@@ -243,18 +186,3 @@ class SQLiteStore:
         row = await self._run(lambda: self.conn.execute("PRAGMA integrity_check").fetchone())
         return str(row[0]) if row else "no answer"
 
-
-def _version(conn: sqlite3.Connection) -> int:
-    row = conn.execute("PRAGMA user_version").fetchone()
-    return int(row[0]) if row else 0
-
-
-def _row(m: StoredMessage) -> tuple[Any, ...]:
-    usage = orjson.dumps(dict(m.usage)).decode() if m.usage else None
-    return (m.id, m.role, m.content, m.created_at, m.finish_reason, usage, m.model)
-
-
-def _message(row: Any) -> StoredMessage:
-    msg_id, role, content, created_at, finish_reason, usage, model = row
-    parsed: Mapping[str, int] | None = orjson.loads(usage) if usage else None
-    return StoredMessage(msg_id, role, content, created_at, finish_reason, parsed, model)

@@ -1,0 +1,67 @@
+"""Before a reply starts: the user's message stored, the history read, and store
+failures turned into what the client is told.
+
+Every reply bus prepares its replies this way; it only decides where they run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+
+from .errors import ErrorCode, GatewayError, ProtocolError
+from .stores import ConversationNotFound, ConversationStore, StoredMessage, StoreFull
+
+__all__ = ["add_message", "store_errors", "take_back_reply"]
+
+_log: Any = structlog.get_logger("gateway.replies")
+
+
+@contextlib.contextmanager
+def store_errors(conversation_id: str) -> Iterator[None]:
+    """Map what a store raises to the error the client gets; log what is unexpected."""
+    try:
+        yield
+    except GatewayError:
+        raise
+    except ConversationNotFound:
+        raise ProtocolError(ErrorCode.NOT_FOUND, "this conversation no longer exists") from None
+    except StoreFull:
+        raise GatewayError(
+            ErrorCode.OVERLOADED, "the gateway holds as many conversations as it may; try again later",
+            retry_after=60,
+        ) from None
+    except Exception:
+        _log.exception("store_failed", conversation_id=conversation_id)
+        raise GatewayError(ErrorCode.INTERNAL, "the message could not be stored; try again") from None
+
+
+async def add_message(
+    store: ConversationStore, conversation_id: str, message: StoredMessage, *, new: bool, context_messages: int
+) -> list[StoredMessage]:
+    """Store the user's ``message`` (creating the conversation first if ``new``) and
+    return the history the reply answers, newest last."""
+    if new:
+        await store.create(conversation_id)
+    if not await store.add(conversation_id, message):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a message with this id is already in the conversation")
+    return list(await store.history(conversation_id, context_messages))
+
+
+async def take_back_reply(
+    store: ConversationStore, conversation_id: str, context_messages: int
+) -> tuple[list[StoredMessage], str | None]:
+    """Delete the conversation's last reply (if the last message is one) for a
+    regenerate; return the history to answer again and the id of the deleted reply."""
+    history = list(await store.history(conversation_id, context_messages + 1))
+    if not history:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "there is no reply to regenerate")
+    if history[-1].role != "assistant":
+        return history, None
+    replaced = history.pop().id
+    await store.delete(conversation_id, replaced)
+    return history, replaced
+

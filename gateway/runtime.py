@@ -1,0 +1,41 @@
+"""The configuration in force and what is built from it, as one value.
+
+A reload builds a new :class:`Runtime` and the gateway swaps it in with one
+assignment. Connections, replies and HTTP handlers read the current one through a
+getter when they need it: a reply keeps the provider it started with, the next
+one gets the new provider, and nothing holds a copy that a reload must patch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .auth import Authenticator, make_authenticator
+from .config import Config
+from .providers import Provider
+from .replies import RegistryLimits
+
+__all__ = ["Runtime"]
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    config: Config
+    provider: Provider
+    authenticator: Authenticator
+    limits: RegistryLimits
+
+    @classmethod
+    def of(cls, config: Config, provider: Provider) -> Runtime:
+        """The runtime of ``config``, whose upstream is ``provider``."""
+        limits = RegistryLimits(
+            max_replies=config.limits.max_replies,
+            max_reply_chars=config.limits.max_reply_chars,
+            max_reply_seconds=config.provider.max_reply_seconds,
+            resume_grace=config.server.resume_grace,
+            checkpoint_interval=config.store.checkpoint_interval,
+            system_prompt=config.provider.system_prompt,
+            context_max_messages=config.limits.context_max_messages,
+            context_max_chars=config.limits.context_max_chars,
+        )
+        return cls(config, provider, make_authenticator(config), limits)

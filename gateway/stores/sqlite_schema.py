@@ -1,0 +1,139 @@
+"""The SQLite store's schema: its tables, their migrations, and how messages map to rows.
+
+The schema is versioned with ``PRAGMA user_version``: :func:`migrate` applies
+:data:`MIGRATIONS` in order, each in one transaction, and refuses a file newer
+than this code. :data:`INSERT_MESSAGE` and :data:`UPSERT_MESSAGE` take the
+conversation id, :func:`message_row` and the write time; the rows of
+:func:`history_query` (or any selected with :data:`COLUMNS`) read back with
+:func:`row_message`. :func:`end_interrupted` ends the replies a crash left streaming.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from .base import StoredMessage, StoreUnusable
+
+__all__ = [
+    "COLUMNS",
+    "INSERT_MESSAGE",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "UPSERT_MESSAGE",
+    "StoreCorrupt",
+    "end_interrupted",
+    "history_query",
+    "message_row",
+    "migrate",
+    "row_message",
+]
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: conversations and their messages, in insertion order (pos).
+    """
+    CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE messages (
+        pos INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        id TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        content TEXT NOT NULL,
+        finish_reason TEXT,
+        usage TEXT,
+        created_at REAL NOT NULL,
+        UNIQUE (conversation_id, id)
+    );
+    CREATE INDEX messages_by_conversation ON messages(conversation_id, pos);
+    """,
+    # 2: when a message was last written (checkpoints), and pruning by age.
+    """
+    ALTER TABLE messages ADD COLUMN updated_at REAL;
+    UPDATE messages SET updated_at = created_at;
+    CREATE INDEX conversations_by_age ON conversations(updated_at);
+    """,
+    # 3: the model that wrote an assistant message (NULL before this version).
+    """
+    ALTER TABLE messages ADD COLUMN model TEXT;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+COLUMNS = "id, role, content, created_at, finish_reason, usage, model"
+
+INSERT_MESSAGE = (
+    f"INSERT OR IGNORE INTO messages (conversation_id, {COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+UPSERT_MESSAGE = (
+    f"INSERT INTO messages (conversation_id, {COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (conversation_id, id) DO UPDATE SET content = excluded.content,"
+    " finish_reason = excluded.finish_reason, usage = excluded.usage, model = excluded.model,"
+    " updated_at = excluded.updated_at"
+)
+
+
+class StoreCorrupt(StoreUnusable):
+    """The database file is newer than this code, or failed its integrity check."""
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Set up a fresh connection (WAL mode) and bring its file to :data:`SCHEMA_VERSION`.
+
+    Raises:
+        StoreCorrupt: If the file is at a schema version newer than this code; it is left as it was.
+    """
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    version = _version(conn)
+    if version > SCHEMA_VERSION:
+        raise StoreCorrupt(f"the database is at schema version {version}; this gateway knows up to {SCHEMA_VERSION}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    for number in range(version + 1, SCHEMA_VERSION + 1):
+        conn.executescript(f"BEGIN;\n{MIGRATIONS[number - 1]}\nPRAGMA user_version = {number};\nCOMMIT;")
+
+
+def end_interrupted(conn: sqlite3.Connection) -> int:
+    """Mark the replies a crash left streaming as ended (``finish_reason = "error"``),
+    keeping their checkpointed text; return how many there were."""
+    cursor = conn.execute(
+        "UPDATE messages SET finish_reason = 'error' WHERE role = 'assistant' AND finish_reason IS NULL"
+    )
+    return cursor.rowcount
+
+
+def history_query(conversation_id: str, limit: int, before: str | None) -> tuple[str, tuple[Any, ...]]:
+    """The query, and its arguments, for the newest ``limit`` messages of a conversation
+    (of those before the message ``before`` if given), newest first, as :data:`COLUMNS`."""
+    query = f"SELECT {COLUMNS} FROM messages WHERE conversation_id = ?"
+    args: tuple[Any, ...] = (conversation_id,)
+    if before is not None:
+        query += " AND pos < (SELECT pos FROM messages WHERE conversation_id = ? AND id = ?)"
+        args += (conversation_id, before)
+    return query + " ORDER BY pos DESC LIMIT ?", (*args, limit)
+
+
+def message_row(m: StoredMessage) -> tuple[Any, ...]:
+    """The values of :data:`COLUMNS` for ``m``."""
+    usage = orjson.dumps(dict(m.usage)).decode() if m.usage else None
+    return (m.id, m.role, m.content, m.created_at, m.finish_reason, usage, m.model)
+
+
+def row_message(row: Any) -> StoredMessage:
+    """The message a row selected with :data:`COLUMNS` holds."""
+    msg_id, role, content, created_at, finish_reason, usage, model = row
+    parsed: Mapping[str, int] | None = orjson.loads(usage) if usage else None
+    return StoredMessage(msg_id, role, content, created_at, finish_reason, parsed, model)
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0]) if row else 0

@@ -3,7 +3,9 @@
 A connection starts replies, follows them from a ``seq``, stops them and watches a
 conversation only through this; it receives :mod:`.events`, never a reply. The
 in-process implementation is :class:`~gateway.replies.ReplyRegistry`; one shared by
-several instances implements the same methods.
+several instances implements the same methods. What may need the network (a claim, a
+lookup, a range read of a reply's log, a stop sent to the owner) is a coroutine;
+forgetting a subscriber is local bookkeeping and never waits.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ __all__ = ["ReplyBus"]
 
 
 class ReplyBus(Protocol):
-    def watch(self, conversation_id: str, subscriber: Subscriber) -> None:
+    async def watch(self, conversation_id: str, subscriber: Subscriber) -> None:
         """``subscriber`` gets every reply started in the conversation from now on."""
 
     def unwatch(self, conversation_id: str, subscriber: Subscriber) -> None: ...
 
-    def watched(self, conversation_id: str) -> bool:
+    async def watched(self, conversation_id: str) -> bool:
         """Whether anyone watches the conversation (a new one is open to them while so)."""
 
     async def start(self, conversation_id: str, message: StoredMessage, subscriber: Subscriber, *, new: bool) -> str:
@@ -32,13 +34,15 @@ class ReplyBus(Protocol):
     async def regenerate(self, conversation_id: str, request_id: str, subscriber: Subscriber) -> str:
         """Replace the conversation's last reply with a new one; its id."""
 
-    def streaming(self, conversation_id: str) -> Streaming | None:
+    async def streaming(self, conversation_id: str) -> Streaming | None:
         """The reply streaming in the conversation now, if any."""
 
-    def follow(self, reply_id: str, conversation_id: str | None, subscriber: Subscriber, after_seq: int) -> None:
+    async def follow(
+        self, reply_id: str, conversation_id: str | None, subscriber: Subscriber, after_seq: int
+    ) -> None:
         """What the reply sent after ``after_seq``, then the rest (``resume``)."""
 
     def unfollow(self, reply_id: str, subscriber: Subscriber) -> None: ...
 
-    def cancel(self, reply_id: str, conversation_id: str | None) -> None:
+    async def cancel(self, reply_id: str, conversation_id: str | None) -> None:
         """Ask the reply's producer to stop."""

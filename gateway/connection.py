@@ -53,10 +53,10 @@ class Hub:
         """The configuration in force and what is built from it (a reload swaps it)."""
         return self._runtime()
 
-    def watch(self, conn: Connection, conversation_id: str) -> None:
+    async def watch(self, conn: Connection, conversation_id: str) -> None:
         """Make ``conn`` the watcher of ``conversation_id`` (and of nothing else)."""
         self.unwatch(conn)
-        self.bus.watch(conversation_id, conn)
+        await self.bus.watch(conversation_id, conn)
         conn.conversation_id = conversation_id
 
     def unwatch(self, conn: Connection) -> None:
@@ -115,7 +115,7 @@ class Connection:
             self.hub.unwatch(self)
             for reply_id in self.replies:
                 self.hub.bus.unfollow(reply_id, self)
-            self._left()
+            await self._left()
             if self._writer is not None:
                 await asyncio.gather(self._writer, return_exceptions=True)
             self.outbox.close()
@@ -126,7 +126,7 @@ class Connection:
         """Read and answer the client's frames until the socket closes."""
         raise NotImplementedError
 
-    def _left(self) -> None:
+    async def _left(self) -> None:
         """The client left: what its mode does about the replies it followed."""
 
     async def _start(self, message: StoredMessage) -> str:

@@ -55,9 +55,9 @@ class JsonConnection(Connection):
             case wire.Hello():
                 await self._hello(msg.conversation_id)
             case wire.Cancel():
-                self._cancel(msg.reply_id)
+                await self.hub.bus.cancel(msg.reply_id, self.conversation_id)
             case wire.Resume():
-                self._resume(msg)
+                await self._resume(msg)
             case wire.Ping():
                 self.outbox.put(wire.encode("pong", id=msg.id))
             case wire.History():
@@ -90,12 +90,12 @@ class JsonConnection(Connection):
         if conv is not None:
             conv_id, title = conv.id, conv.title
             history, _, active = await _read_page(self.hub, conv_id, runtime.config.limits.history_limit)
-        elif conversation_id and not self.hub.bus.watched(conversation_id):
+        elif conversation_id and not await self.hub.bus.watched(conversation_id):
             raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
         else:
             conv_id, title, active, history = conversation_id or new_id(), "", None, []
             self.unsaved = conv_id
-        self.hub.watch(self, conv_id)
+        await self.hub.watch(self, conv_id)
         self.outbox.put(_ready(self.session_id, conv_id, title, history, runtime, active))
 
     async def _message(self, msg: wire.Message) -> None:
@@ -123,10 +123,7 @@ class JsonConnection(Connection):
         except GatewayError as exc:
             self.outbox.put(wire.encode_error(exc, ref=ref))
 
-    def _cancel(self, reply_id: str) -> None:
-        self.hub.bus.cancel(reply_id, self.conversation_id)
-
-    def _resume(self, msg: wire.Resume) -> None:
+    async def _resume(self, msg: wire.Resume) -> None:
         reply_id = msg.reply_id
         if reply_id in self.replies or self.outbox.holds_delta(reply_id):
             # Also while an ended reply's catch-up still waits: resuming it again would only queue copies.
@@ -134,7 +131,7 @@ class JsonConnection(Connection):
         self.replies.add(reply_id)
         try:
             with self.outbox.together():
-                self.hub.bus.follow(reply_id, self.conversation_id, self, msg.after_seq)
+                await self.hub.bus.follow(reply_id, self.conversation_id, self, msg.after_seq)
         except GatewayError:
             self.replies.discard(reply_id)
             raise
@@ -174,7 +171,7 @@ async def _read_page(
 ) -> tuple[list[StoredMessage], bool, Streaming | None]:
     """A page of stored history (without the reply streaming now), whether older
     messages exist, and that streaming reply."""
-    active = hub.bus.streaming(conversation_id)
+    active = await hub.bus.streaming(conversation_id)
     max_bytes = hub.runtime.config.limits.max_history_bytes
     read = await hub.store.history(conversation_id, limit + 2, before, max_bytes=read_bound(max_bytes, active))
     messages, has_more = page(without(read, active), limit, max_bytes)

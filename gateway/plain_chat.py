@@ -65,10 +65,10 @@ class PlainConnection(Connection):
             self._waiting[1].set()
             self._waiting = None
 
-    def _left(self) -> None:
+    async def _left(self) -> None:
         if self._waiting is not None:
             with contextlib.suppress(ProtocolError):  # ended meanwhile
-                self.hub.bus.cancel(self._waiting[0], self.conversation_id)
+                await self.hub.bus.cancel(self._waiting[0], self.conversation_id)
 
 
 def _plain_delta(reply_id: str, seq: int, text: str) -> Frame:

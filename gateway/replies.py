@@ -87,21 +87,23 @@ class ReplyRegistry:
     def get(self, reply_id: str) -> Reply | None:
         return self._replies.get(reply_id)
 
-    def watch(self, conversation_id: str, subscriber: Subscriber) -> None:
+    async def watch(self, conversation_id: str, subscriber: Subscriber) -> None:
         self._watchers.add(conversation_id, subscriber)
 
     def unwatch(self, conversation_id: str, subscriber: Subscriber) -> None:
         self._watchers.discard(conversation_id, subscriber)
 
-    def watched(self, conversation_id: str) -> bool:
+    async def watched(self, conversation_id: str) -> bool:
         return conversation_id in self._watchers
 
-    def streaming(self, conversation_id: str) -> Streaming | None:
+    async def streaming(self, conversation_id: str) -> Streaming | None:
         """The reply streaming in ``conversation_id`` now, if any."""
         reply = self._slots.of(conversation_id)
         return Streaming(reply.id, reply.log.seq, reply.log.chars) if reply is not None else None
 
-    def follow(self, reply_id: str, conversation_id: str | None, subscriber: Subscriber, after_seq: int) -> None:
+    async def follow(
+        self, reply_id: str, conversation_id: str | None, subscriber: Subscriber, after_seq: int
+    ) -> None:
         """``subscriber`` gets what a reply of ``conversation_id`` sent after ``after_seq``,
         then the rest of it (``resume``)."""
         reply = self._replies.find(reply_id, conversation_id)
@@ -120,7 +122,7 @@ class ReplyRegistry:
         if reply is not None:
             reply.unsubscribe(subscriber)
 
-    def cancel(self, reply_id: str, conversation_id: str | None) -> None:
+    async def cancel(self, reply_id: str, conversation_id: str | None) -> None:
         """Stop a reply of ``conversation_id`` at a client's request."""
         reply = self._replies.find(reply_id, conversation_id)
         if reply is None:

@@ -77,11 +77,11 @@ async def test_a_reply_ends_whatever_fails_at_its_end(usage: Usage) -> None:
     store = MemoryStore(max_conversations=10, max_messages=100)
     registry = ReplyRegistry(terms(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop", usage=usage))), store)
     broken, other = Watcher(fail_at_end=True), Watcher()
-    registry.watch("c1", other)  # another tab
+    await registry.watch("c1", other)  # another tab
     reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "hello"), broken, new=True))
     await asyncio.wait_for(reply.ended.wait(), 5)
     assert broken.ended == other.ended == 1 and other.text == "hi"
-    assert registry.in_flight == 0 and registry.streaming("c1") is None
+    assert registry.in_flight == 0 and await registry.streaming("c1") is None
     await _expired(registry, reply.id)
     assert [m.content for m in await store.history("c1", 10)] == ["hello", "hi"]
     await registry.close()
@@ -137,22 +137,22 @@ async def test_following_and_cancelling_by_id() -> None:
     reply_id = await registry.start("c1", StoredMessage("u1", "user", "hello"), first, new=True)
     while first.text != "one ":
         await asyncio.sleep(0)
-    assert registry.streaming("c1") == (reply_id, 1, 4)
+    assert await registry.streaming("c1") == (reply_id, 1, 4)
     for conversation_id, after_seq, code in (("c2", 0, ErrorCode.RESUME_UNAVAILABLE), ("c1", 2, ErrorCode.BAD_REQUEST)):
         with pytest.raises(GatewayError) as info:
-            registry.follow(reply_id, conversation_id, Watcher(), after_seq)
+            await registry.follow(reply_id, conversation_id, Watcher(), after_seq)
         assert info.value.code is code
     with pytest.raises(GatewayError) as info:
-        registry.follow("0" * 32, "c1", Watcher(), 0)
+        await registry.follow("0" * 32, "c1", Watcher(), 0)
     assert info.value.code is ErrorCode.RESUME_UNAVAILABLE
     late = Watcher()
-    registry.follow(reply_id, "c1", late, 0)
+    await registry.follow(reply_id, "c1", late, 0)
     assert late.text == "one "
     with pytest.raises(ProtocolError) as not_found:
-        registry.cancel(reply_id, "c2")
+        await registry.cancel(reply_id, "c2")
     assert not_found.value.code is ErrorCode.NOT_FOUND
     reply = _reply(registry, reply_id)
-    registry.cancel(reply_id, "c1")
+    await registry.cancel(reply_id, "c1")
     await asyncio.wait_for(reply.ended.wait(), 5)
     assert first.ended == late.ended == 1 and reply.finish_reason == "cancelled"
     await registry.close()
@@ -184,17 +184,17 @@ async def test_watchers_get_replies_started_in_their_conversation_only() -> None
     store = MemoryStore(max_conversations=10, max_messages=100)
     registry = ReplyRegistry(terms(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop"))), store)
     tab, elsewhere, gone = Watcher(), Watcher(), Watcher()
-    registry.watch("c1", tab)
-    registry.watch("c2", elsewhere)
-    registry.watch("c1", gone)
+    await registry.watch("c1", tab)
+    await registry.watch("c2", elsewhere)
+    await registry.watch("c1", gone)
     registry.unwatch("c1", gone)
-    assert registry.watched("c1") and registry.watched("c2") and not registry.watched("c3")
+    assert await registry.watched("c1") and await registry.watched("c2") and not await registry.watched("c3")
     reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "hello"), Watcher(), new=True))
     await asyncio.wait_for(reply.ended.wait(), 5)
     assert (tab.text, tab.ended) == ("hi", 1)
     assert (elsewhere.text, elsewhere.ended, gone.text, gone.ended) == ("", 0, "", 0)
     registry.unwatch("c2", elsewhere)
-    assert not registry.watched("c2")
+    assert not await registry.watched("c2")
     await registry.close()
 
 
@@ -217,7 +217,7 @@ async def test_a_reply_keeps_the_terms_it_was_admitted_with() -> None:
         await registry.start("c2", StoredMessage("u2", "user", "b"), Watcher(), new=True)
     assert info.value.code is ErrorCode.OVERLOADED
     assert first.provider is old
-    registry.cancel(first.id, "c1")
+    await registry.cancel(first.id, "c1")
     await asyncio.wait_for(first.ended.wait(), 5)
     second = _reply(registry, await registry.start("c2", StoredMessage("u2", "user", "b"), Watcher(), new=True))
     await asyncio.wait_for(second.ended.wait(), 5)
@@ -248,7 +248,7 @@ async def test_a_message_cancelled_while_stored_frees_its_slot() -> None:
     storing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await storing
-    assert registry.in_flight == 0 and registry.streaming("c1") is None
+    assert registry.in_flight == 0 and await registry.streaming("c1") is None
     store.release.set()
     reply = _reply(registry, await registry.start("c1", StoredMessage("u2", "user", "b"), Watcher()))
     await asyncio.wait_for(reply.ended.wait(), 5)
@@ -265,7 +265,7 @@ async def test_a_reply_stopped_before_its_producer_ran_still_ends(stop: str) -> 
     watcher = Watcher()
     reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "a"), watcher, new=True))
     if stop == "cancel":
-        registry.cancel(reply.id, "c1")
+        await registry.cancel(reply.id, "c1")
     else:
         reply.stop(StopReason.SHUTDOWN)  # what the drain does to each reply in flight
     await asyncio.wait_for(reply.ended.wait(), 5)

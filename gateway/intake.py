@@ -1,5 +1,5 @@
-"""Before a reply starts: the user's message stored, the history read, and store
-failures turned into what the client is told.
+"""Before a reply starts: the user's message stored, the history read, the context
+built, and store failures turned into what the client is told.
 
 Every reply bus prepares its replies this way; it only decides where they run.
 """
@@ -7,15 +7,18 @@ Every reply bus prepares its replies this way; it only decides where they run.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import structlog
 
+from .context import build_context
 from .errors import ErrorCode, GatewayError, ProtocolError
+from .providers import ChatMessage
+from .runtime import RegistryLimits
 from .stores import ConversationNotFound, ConversationStore, StoredMessage, StoreFull
 
-__all__ = ["add_message", "store_errors", "take_back_reply"]
+__all__ = ["add_message", "context_of", "store_errors", "take_back_reply"]
 
 _log: Any = structlog.get_logger("gateway.replies")
 
@@ -65,3 +68,12 @@ async def take_back_reply(
     await store.delete(conversation_id, replaced)
     return history, replaced
 
+
+def context_of(history: list[StoredMessage], limits: RegistryLimits) -> Sequence[ChatMessage]:
+    """The messages sent upstream for ``history``: system prompt first, bounded."""
+    return build_context(
+        history,
+        system_prompt=limits.system_prompt,
+        max_messages=limits.context_max_messages,
+        max_chars=limits.context_max_chars,
+    )

@@ -13,21 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 
-from .context import build_context
 from .errors import ErrorCode, GatewayError, ProtocolError
-from .intake import add_message, store_errors, take_back_reply
 from .events import Streaming, Subscriber
+from .intake import add_message, context_of, store_errors, take_back_reply
 from .metrics import Metrics
 from .producer import Producer
-from .providers import Provider
+from .providers import ChatMessage, Provider
 from .reply import Reply, StopReason
 from .reply_index import ReplyIndex
 from .replystats import ReplyStats
+from .runtime import RegistryLimits
 from .slots import Slots
 from .stores import ConversationStore, StoredMessage
 from .watchers import Watchers
@@ -35,18 +34,6 @@ from .watchers import Watchers
 __all__ = ["RegistryLimits", "Reply", "ReplyRegistry", "ReplyTerms", "StopReason"]
 
 _log: Any = structlog.get_logger("gateway.replies")
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryLimits:
-    max_replies: int
-    max_reply_chars: int
-    max_reply_seconds: float
-    resume_grace: float
-    checkpoint_interval: float
-    system_prompt: str
-    context_max_messages: int
-    context_max_chars: int
 
 
 class ReplyTerms(Protocol):
@@ -146,7 +133,7 @@ class ReplyRegistry:
             history = await add_message(
                 self.store, conversation_id, message, new=new, context_messages=terms.limits.context_max_messages
             )
-        self._launch(reply, history, subscriber, message.content, terms.limits)
+        self._launch(reply, context_of(history, terms.limits), subscriber, message.content, terms.limits)
         return reply.id
 
     async def regenerate(self, conversation_id: str, request_id: str, subscriber: Subscriber) -> str:
@@ -157,7 +144,7 @@ class ReplyRegistry:
             history, reply.replaces = await take_back_reply(
                 self.store, conversation_id, terms.limits.context_max_messages
             )
-        self._launch(reply, history, subscriber, None, terms.limits)
+        self._launch(reply, context_of(history, terms.limits), subscriber, None, terms.limits)
         return reply.id
 
     def _reserve(self, conversation_id: str, message_id: str, terms: ReplyTerms) -> Reply:
@@ -178,17 +165,11 @@ class ReplyRegistry:
     def _launch(
         self,
         reply: Reply,
-        history: Sequence[StoredMessage],
+        messages: Sequence[ChatMessage],
         subscriber: Subscriber,
         content: str | None,
         limits: RegistryLimits,
     ) -> None:
-        messages = build_context(
-            history,
-            system_prompt=limits.system_prompt,
-            max_messages=limits.context_max_messages,
-            max_chars=limits.context_max_chars,
-        )
         self._replies.add(reply)
         self.stats.started()
         reply.begin(subscriber, self._watchers.of(reply.conversation_id), content)

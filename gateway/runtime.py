@@ -13,9 +13,22 @@ from dataclasses import dataclass
 from .auth import Authenticator, make_authenticator
 from .config import Config
 from .providers import Provider
-from .replies import RegistryLimits
 
-__all__ = ["Runtime"]
+__all__ = ["RegistryLimits", "Runtime"]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryLimits:
+    """What bounds replies, from the configuration."""
+
+    max_replies: int
+    max_reply_chars: int
+    max_reply_seconds: float
+    resume_grace: float
+    checkpoint_interval: float
+    system_prompt: str
+    context_max_messages: int
+    context_max_chars: int
 
 
 @dataclass(frozen=True, slots=True)

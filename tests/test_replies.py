@@ -13,6 +13,7 @@ from gateway.errors import ErrorCode, GatewayError, ProtocolError
 from gateway.events import ReplyDelta, ReplyEnded, ReplyEvent
 from gateway.providers import ChatMessage, Chunk, Provider, Usage
 from gateway.replies import RegistryLimits, Reply, ReplyRegistry
+from gateway.slots import Slots
 from gateway.reply import ReplyState, StopReason
 from gateway.stores import StoredMessage
 from gateway.stores.memory import MemoryStore
@@ -274,3 +275,30 @@ async def test_a_reply_stopped_before_its_producer_ran_still_ends(stop: str) -> 
     )
     assert [m.finish_reason for m in await store.history("c1", 10)] == [None, reply.finish_reason]
     await registry.close()
+
+
+def test_a_slot_is_freed_only_by_the_reply_that_holds_it() -> None:
+    """A late end of an old reply must not free the slot a newer reply of the same
+    conversation holds (that would let two replies stream in one conversation)."""
+    gauge = Gauge()
+    slots = Slots(gauge)
+    old, new = (Reply("c1", f"u{i}", 100, Scripted()) for i in (1, 2))
+    slots.take(old, max_replies=2)
+    with pytest.raises(ProtocolError) as busy:
+        slots.take(new, max_replies=2)
+    assert busy.value.code is ErrorCode.BUSY
+    slots.free(old)
+    slots.take(new, max_replies=2)
+    slots.free(old)  # again, late
+    assert slots.of("c1") is new and len(slots) == 1 and gauge.value == 1
+
+
+class Gauge:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def dec(self) -> None:
+        self.value -= 1

@@ -18,7 +18,7 @@ import orjson
 import structlog
 
 from . import __version__, config, logs
-from .errors import EXIT_CONFIG, ConfigError, StartupError
+from .errors import EXIT_CONFIG, EXIT_STARTUP, ConfigError, StartupError
 
 __all__ = ["main"]
 
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _conversations(cfg: config.Config, args: argparse.Namespace) -> int:
-    if cfg.store.backend != "sqlite":
+    if cfg.store.backend == "memory":
         print("gateway: the store backend is memory: there is nothing stored to manage", file=sys.stderr)
         return EXIT_CONFIG
     if args.action == "prune":
@@ -78,7 +78,7 @@ def _conversations(cfg: config.Config, args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"gateway: --older-than: {exc}", file=sys.stderr)
             return EXIT_CONFIG
-    if not cfg.store.path.exists():
+    if cfg.store.backend == "sqlite" and not cfg.store.path.exists():
         print(f"gateway: no conversation store at {cfg.store.path}", file=sys.stderr)
         return EXIT_CONFIG
     from .stores import make_store
@@ -99,7 +99,13 @@ def _conversations(cfg: config.Config, args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
 
-    return asyncio.run(run())
+    from .stores import StoreUnavailable, StoreUnusable
+
+    try:
+        return asyncio.run(run())
+    except (StoreUnavailable, StoreUnusable) as exc:
+        print(f"gateway: the conversation store: {exc}", file=sys.stderr)
+        return EXIT_STARTUP if isinstance(exc, StoreUnavailable) else EXIT_CONFIG
 
 
 def _event_loop(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

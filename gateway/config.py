@@ -90,16 +90,32 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    """``[store]``: where conversations are kept (``path`` resolved against the state directory)."""
+    """``[store]``: where conversations are kept (``path`` resolved against the state directory,
+    the PostgreSQL password read from its file)."""
 
-    backend: Literal["sqlite", "memory"] = key(v.choice("sqlite", "memory"), "sqlite", "GATEWAY_STORE",
-        "sqlite (conversations survive restarts) or memory (lost on exit)")
+    backend: Literal["sqlite", "memory", "postgres"] = key(v.choice("sqlite", "memory", "postgres"), "sqlite",
+        "GATEWAY_STORE", "sqlite (one file), postgres (a PostgreSQL database) or memory (lost on exit)")
     path: Path = key(v.path, "", None, "SQLite file; empty: conversations.db in the state directory")
+    url: str = key(v.database_url, "", "GATEWAY_DATABASE_URL",
+        "postgres: a libpq URL, e.g. postgresql://gateway@127.0.0.1:5432/gateway (no password in it: "
+        "see password_file)", show=v.masked_url)
+    password_file: str = key(v.path, "", "GATEWAY_DATABASE_PASSWORD_FILE",
+        "postgres: file holding the password; default $CREDENTIALS_DIRECTORY/database_password if present "
+        "(else libpq's PGPASSFILE, ~/.pgpass)")
+    pool_min_size: int = key(v.integer(0, 1000), 1, None, "postgres: connections kept open")
+    pool_max_size: int = key(v.integer(1, 1000), 10, None,
+        "postgres: most connections at once (the database's max_connections bounds the sum over instances)")
+    connect_timeout: float = key(v.number(0.5, 600), 5.0, None, "postgres: seconds to connect")
+    statement_timeout: float = key(v.number(0, 3600), 10.0, None,
+        "postgres: seconds one statement may run (0: no limit); with pgbouncer, set it on the role instead")
+    pgbouncer: bool = key(v.boolean, False, None,
+        "postgres: behind PgBouncer in transaction mode (no prepared statements, no session settings)")
     checkpoint_interval: float = key(v.number(0.05, 3600), 1.0, None,
         "seconds between saves of a streaming reply's text (what a crash can lose at most)")
     retention: float | None = key(v.duration, "", "GATEWAY_RETENTION",
         "delete conversations idle this long, e.g. 30d or 12h (checked hourly); empty: keep forever",
         show=lambda seconds: f"{seconds:g}s" if seconds else "")
+    password: str = dataclasses.field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +239,7 @@ def load(
     server["static_dir"] = _static_dir(server["static_dir"])
     store = values["store"]
     store["path"] = Path(store["path"]) if store["path"] else server["state_dir"] / "conversations.db"
+    _check_database(store, env)
     if values["log"]["format"] == "auto":
         values["log"]["format"] = "console" if isatty else "json"
     return Config(
@@ -235,6 +252,22 @@ def load(
         unknown_env=tuple(sorted(k for k in env if k.startswith("GATEWAY_") and k not in _KNOWN_ENV)),
         source=str(path) if path else "defaults",
     )
+
+
+def _check_database(store: dict[str, Any], env: Mapping[str, str]) -> None:
+    """PostgreSQL needs a URL; its password comes from a file, never from the URL if avoidable."""
+    if store["backend"] != "postgres":
+        return
+    if not store["url"]:
+        raise ConfigError("store.url", "the postgres backend needs a URL (GATEWAY_DATABASE_URL)")
+    if store["pool_min_size"] > store["pool_max_size"]:
+        raise ConfigError("store.pool_min_size", "must not be larger than pool_max_size")
+    password_file = store["password_file"] or _credential(env, "database_password")
+    if password_file:
+        try:
+            store["password"] = Path(password_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("store.password_file", f"cannot read {password_file}: {exc}") from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -19,8 +19,10 @@ __all__ = [
     "addr",
     "boolean",
     "choice",
+    "database_url",
     "duration",
     "integer",
+    "masked_url",
     "networks",
     "number",
     "origins",
@@ -177,6 +179,33 @@ def params(value: Any) -> Mapping[str, Any]:
 
 def path(value: Any) -> str:
     return string(value).strip()
+
+
+def database_url(value: Any) -> str:
+    """A libpq URL (``postgresql://user@host:port/db?...``), or "" for none."""
+    text = string(value).strip()
+    if text and not text.startswith(("postgresql://", "postgres://")):
+        raise ValueError("expected a URL like postgresql://gateway@127.0.0.1:5432/gateway")
+    return text
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password, if any (``user:password@`` or ``?password=``), replaced
+    by ``***``: fit to print or log."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    route, question, query = tail.partition("?")
+    if question:
+        query = "&".join(
+            f"{name}=***" if name.lower() == "password" else f"{name}{eq}{value}"
+            for name, eq, value in (item.partition("=") for item in query.split("&"))
+        )
+    return f"{scheme}://{netloc}{slash}{route}{question}{query}"
 
 
 _TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}

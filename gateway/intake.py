@@ -16,7 +16,7 @@ from .context import build_context
 from .errors import ErrorCode, GatewayError, ProtocolError
 from .providers import ChatMessage
 from .runtime import RegistryLimits
-from .stores import ConversationNotFound, ConversationStore, StoredMessage, StoreFull
+from .stores import ConversationNotFound, ConversationStore, StoredMessage, StoreFull, StoreUnavailable
 
 __all__ = ["add_message", "context_of", "store_errors", "take_back_reply"]
 
@@ -32,6 +32,11 @@ def store_errors(conversation_id: str) -> Iterator[None]:
         raise
     except ConversationNotFound:
         raise ProtocolError(ErrorCode.NOT_FOUND, "this conversation no longer exists") from None
+    except StoreUnavailable as exc:
+        _log.warning("store_unavailable", conversation_id=conversation_id, error=str(exc))
+        raise GatewayError(
+            ErrorCode.OVERLOADED, "conversations cannot be stored right now; try again shortly", retry_after=5,
+        ) from None
     except StoreFull:
         raise GatewayError(
             ErrorCode.OVERLOADED, "the gateway holds as many conversations as it may; try again later",

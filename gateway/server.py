@@ -27,7 +27,7 @@ from .metrics import Metrics, TimedStore
 from .reloader import Reloader
 from .replies import ReplyRegistry
 from .runtime import Runtime
-from .stores import ConversationStore, StoreUnusable, make_store
+from .stores import ConversationStore, StoreUnavailable, StoreUnusable, make_store
 from .supervisor import Supervisor, prune_forever, status_line
 from .systemd import Notifier, listen_sockets
 from .tasks import TaskSet
@@ -204,6 +204,8 @@ async def _starting(start: Any) -> None:
         raise StartupError(f"{exc.strerror or exc}", retry=True) from exc
     except StoreUnusable as exc:  # retrying cannot help: a person must act
         raise StartupError(str(exc), retry=False) from exc
+    except StoreUnavailable as exc:  # the database may come back
+        raise StartupError(str(exc), retry=True) from exc
 
 
 def _log_started(listeners: Listeners, runtime: Runtime, *, socket_activated: bool) -> None:

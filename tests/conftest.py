@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from fakeupstream import FakeUpstream
+from pgserver import PgServer, find_bindir
 from websockets.asyncio.client import ClientConnection, connect
 
 from gateway import config
@@ -113,6 +114,26 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
     for gateway in started:
         if not gateway.closed:
             await gateway.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL for the whole session (started on first use)."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    server = PgServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """The URL of a new, empty database (with the password in it)."""
+    return pg_server.url(pg_server.create_database())
 
 
 @pytest.fixture

@@ -646,3 +646,50 @@ def test_example_config_loads() -> None:
     assert cfg.source == str(EXAMPLE)
     assert tomllib.loads(render(cfg))
 
+
+
+# --------------------------------------------------------------------------- postgres
+
+
+def test_postgres_needs_a_url() -> None:
+    exc = config_error(lambda: load(None, {"GATEWAY_STORE": "postgres"}))
+    assert exc.key == "store.url" and "GATEWAY_DATABASE_URL" in exc.message
+
+
+@pytest.mark.parametrize("url", ["mysql://x@h/db", "gateway@127.0.0.1/db", "host=127.0.0.1 dbname=x"])
+def test_a_database_url_must_be_a_postgresql_url(url: str) -> None:
+    exc = config_error(lambda: load(None, {"GATEWAY_STORE": "postgres", "GATEWAY_DATABASE_URL": url}))
+    assert exc.key == "GATEWAY_DATABASE_URL" and "postgresql://" in exc.message
+
+
+def test_the_database_password_comes_from_a_file_or_a_credential(tmp_path: Path) -> None:
+    url = "postgresql://gateway@127.0.0.1:5432/gateway"
+    (tmp_path / "pw").write_text("file-password\n")
+    cfg = load(None, {"GATEWAY_STORE": "postgres", "GATEWAY_DATABASE_URL": url,
+                      "GATEWAY_DATABASE_PASSWORD_FILE": str(tmp_path / "pw")})
+    assert cfg.store.password == "file-password" and "file-password" not in repr(cfg)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "database_password").write_text("credential-password")
+    cfg = load(None, {"GATEWAY_STORE": "postgres", "GATEWAY_DATABASE_URL": url, "CREDENTIALS_DIRECTORY": str(creds)})
+    assert cfg.store.password == "credential-password"
+    assert load(None, {"GATEWAY_STORE": "postgres", "GATEWAY_DATABASE_URL": url}).store.password == ""
+    exc = config_error(lambda: load(None, {"GATEWAY_STORE": "postgres", "GATEWAY_DATABASE_URL": url,
+                                           "GATEWAY_DATABASE_PASSWORD_FILE": str(tmp_path / "missing")}))
+    assert exc.key == "store.password_file"
+
+
+def test_check_config_masks_a_password_in_the_database_url(tmp_path: Path) -> None:
+    url = "postgresql://gateway:url-secret@db.internal:5432/gateway?sslmode=require&password=query-secret"
+    cfg = load_toml(tmp_path, f'[store]\nbackend = "postgres"\nurl = "{url}"\npool_max_size = 20\n')
+    text = render(cfg)
+    assert "url-secret" not in text and "query-secret" not in text
+    assert 'url = "postgresql://gateway:***@db.internal:5432/gateway?sslmode=require&password=***"' in text
+    assert "pool_max_size = 20" in text
+
+
+def test_the_pool_may_not_be_smaller_than_its_minimum(tmp_path: Path) -> None:
+    exc = config_error(lambda: load_toml(
+        tmp_path, '[store]\nbackend = "postgres"\nurl = "postgresql://g@h/db"\npool_min_size = 5\npool_max_size = 2\n'
+    ))
+    assert exc.key == "store.pool_min_size"

@@ -1,4 +1,6 @@
-"""Conversations survive: restarts, crashes, dropped connections, two tabs."""
+"""Conversations survive: restarts, crashes, dropped connections, two tabs.
+
+The restart and crash tests run on both durable stores: SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
 from conftest import TIMEOUT, Chat, StartGateway, openai_env
 from fakeupstream import FakeUpstream, Pause, Script, Stall, openai_sse
@@ -41,12 +45,38 @@ async def _stored_text(db: Path, reply_id: str) -> str | None:
     return await asyncio.to_thread(read)
 
 
-async def _until_stored(db: Path, reply_id: str, text: str) -> None:
-    """Wait (bounded) until the gateway has checkpointed ``text`` for the reply."""
-    deadline = time.monotonic() + TIMEOUT
-    while await _stored_text(db, reply_id) != text:
-        assert time.monotonic() < deadline, f"no checkpoint of {text!r}"
-        await asyncio.sleep(0.01)
+async def _pg_stored_text(url: str, reply_id: str) -> str | None:
+    def read() -> str | None:
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT content FROM messages WHERE id = %s", (reply_id,)).fetchone()
+        return row[0] if row else None
+
+    return await asyncio.to_thread(read)
+
+
+@dataclass
+class Backend:
+    """A durable store for a gateway process: its settings, and a way to read a reply's text."""
+
+    name: str
+    env: dict[str, str]
+    stored_text: Callable[[str], Awaitable[str | None]]
+
+    async def until_stored(self, reply_id: str, text: str) -> None:
+        """Wait (bounded) until the gateway has checkpointed ``text`` for the reply."""
+        deadline = time.monotonic() + TIMEOUT
+        while await self.stored_text(reply_id) != text:
+            assert time.monotonic() < deadline, f"no checkpoint of {text!r}"
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return Backend("sqlite", {}, lambda reply_id: _stored_text(_db(tmp_path), reply_id))
+    url = request.getfixturevalue("pg_url")
+    env = {"GATEWAY_STORE": "postgres", "GATEWAY_DATABASE_URL": url}
+    return Backend("postgres", env, lambda reply_id: _pg_stored_text(url, reply_id))
 
 
 async def _open_chat(url: str) -> tuple[Any, Chat]:
@@ -55,13 +85,13 @@ async def _open_chat(url: str) -> tuple[Any, Chat]:
 
 
 async def test_sigterm_restart_keeps_history_and_partial_reply(
-    spawn: Spawn, upstream: FakeUpstream, tmp_path: Path
+    spawn: Spawn, upstream: FakeUpstream, backend: Backend
 ) -> None:
     upstream.enqueue(
         Script([openai_sse(["The whole first answer."])]),
         Script([*_pieces(["half ", "an answer"]), Stall()]),
     )
-    env = {**openai_env(upstream, GATEWAY_UPSTREAM_TIMEOUT="60"), "GATEWAY_DRAIN_TIMEOUT": "0.2"}
+    env = {**openai_env(upstream, GATEWAY_UPSTREAM_TIMEOUT="60"), **backend.env, "GATEWAY_DRAIN_TIMEOUT": "0.2"}
     proc = await spawn(env)
     ws, chat = await _open_chat(proc.ws_url)
     conversation_id = (await chat.hello())["conversation_id"]
@@ -92,7 +122,7 @@ async def test_sigterm_restart_keeps_history_and_partial_reply(
 
 @pytest.mark.parametrize("seed", [11, 22, 33])
 async def test_sigkill_mid_stream_loses_at_most_one_checkpoint_interval(
-    spawn: Spawn, upstream: FakeUpstream, tmp_path: Path, seed: int
+    spawn: Spawn, upstream: FakeUpstream, tmp_path: Path, seed: int, backend: Backend
 ) -> None:
     rng = random.Random(seed)
     tokens = [f"词{i} " for i in range(12)]
@@ -103,7 +133,7 @@ async def test_sigkill_mid_stream_loses_at_most_one_checkpoint_interval(
     upstream.enqueue(Script([*chunks, Stall()]))
     toml = tmp_path / "gateway.toml"
     toml.write_text("[store]\ncheckpoint_interval = 0.05\n")
-    env = openai_env(upstream, GATEWAY_UPSTREAM_TIMEOUT="60")
+    env = {**openai_env(upstream, GATEWAY_UPSTREAM_TIMEOUT="60"), **backend.env}
     proc = await spawn(env, "--config", str(toml))
     ws, chat = await _open_chat(proc.ws_url)
     conversation_id = (await chat.hello())["conversation_id"]
@@ -113,7 +143,7 @@ async def test_sigkill_mid_stream_loses_at_most_one_checkpoint_interval(
     received = ""
     for i in range(kill_after):
         if i == kill_after - 1:
-            await _until_stored(_db(tmp_path), reply_id, received)
+            await backend.until_stored(reply_id, received)
         gates[i].set()
         while not received.endswith(tokens[i]):
             received += (await chat.expect("reply.delta"))["text"]
@@ -121,8 +151,9 @@ async def test_sigkill_mid_stream_loses_at_most_one_checkpoint_interval(
     await proc.finish()
     await ws.close()
 
-    with sqlite3.connect(_db(tmp_path)) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    if backend.name == "sqlite":
+        with sqlite3.connect(_db(tmp_path)) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     again = await spawn(env, "--config", str(toml))
     recovered = await again.wait_for_event("interrupted_replies_recovered")
     assert recovered["count"] == 1

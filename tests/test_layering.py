@@ -28,6 +28,7 @@ PURE = (
     "gateway.stores.base",
     "gateway.stores.memory",
     "gateway.stores.sqlite_schema",
+    "gateway.stores.postgres_schema",
     "gateway.outbox_queue",
     "gateway.context",
     "gateway.errors",

@@ -1,8 +1,9 @@
-"""Tests for gateway.stores.sqlite.SQLiteStore and the ConversationStore contract.
+"""The ConversationStore contract, and SQLite's specifics.
 
-The contract tests run against both stores (SQLite on a real file in ``tmp_path``,
-and MemoryStore); the rest are SQLite specifics: WAL, schema versions and
-migrations, crash recovery, concurrency and a second reader of the file.
+The contract (conformance) tests run against every store: MemoryStore, SQLite on a
+real file in ``tmp_path``, and PostgreSQL (a real server, a new database per test).
+The rest are SQLite specifics: WAL, schema versions and migrations, crash recovery,
+concurrency and a second reader of the file (PostgreSQL's are in test_postgres.py).
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ import re
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
 
 from gateway.stores import Conversation, ConversationNotFound, ConversationStore, OpenReport, StoredMessage, title_of
 from gateway.stores.memory import MemoryStore
+from gateway.stores.postgres import PostgresStore
 from gateway.stores.sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, StoreCorrupt
 
 UNICODE = "你好，世界 🙂👍🏽👨‍👩‍👧 e\u0301 \x01\x07\x1b[31mred\x1b[0m\t\r\n\u2028\u200b\ufeff\x7f end"
@@ -32,12 +35,14 @@ USAGE = {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}
 # -- helpers ------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ConversationStore]:
-    """A fresh, opened store of each kind; closed at teardown."""
+    """A fresh, opened store of each kind (PostgreSQL: a new database); closed at teardown."""
     s: ConversationStore
     if request.param == "sqlite":
         s = SQLiteStore(tmp_path / "c.db")
+    elif request.param == "postgres":
+        s = PostgresStore(request.getfixturevalue("pg_url"))
     else:
         s = MemoryStore(max_conversations=100, max_messages=1000)
     await s.open()
@@ -82,11 +87,17 @@ def assistant(
 
 
 def message_rows(store: ConversationStore, conversation_id: str) -> int | None:
-    """How many message rows the SQLite file holds for a conversation (None for MemoryStore)."""
+    """How many message rows the database holds for a conversation (None for MemoryStore)."""
+    query = "SELECT count(*) FROM messages WHERE conversation_id = ?"
+    if isinstance(store, PostgresStore):
+        with psycopg.connect(store._url) as pg:
+            row = pg.execute(query.replace("?", "%s"), (conversation_id,)).fetchone()
+            assert row is not None
+            return int(row[0])
     if not isinstance(store, SQLiteStore):
         return None
     with raw(store.path) as conn:
-        return int(scalar(conn, "SELECT count(*) FROM messages WHERE conversation_id = ?", conversation_id))
+        return int(scalar(conn, query, conversation_id))
 
 
 def spin_past(t: float) -> None:
@@ -168,6 +179,23 @@ async def test_save_upserts_in_place(store: ConversationStore) -> None:
     assert [m.id for m in history] == ["u1", "a1", "u2"]
     assert history[1] == final
     assert message_rows(store, conv.id) in (3, None)
+
+
+async def test_a_replys_writes_are_ordered(store: ConversationStore) -> None:
+    """A late write never undoes a newer one: no checkpoint over the final text, no
+    shorter checkpoint over a longer one (several processes may write one day)."""
+    conv = await store.create()
+    await store.add(conv.id, user("u1"))
+    await store.save(conv.id, assistant("a1", "once upon", finish_reason=None))
+    await store.save(conv.id, assistant("a1", "once", finish_reason=None))  # an older checkpoint, late
+    assert (await store.history(conv.id, 1))[0].content == "once upon"
+    final = assistant("a1", "once upon a time", finish_reason="stop", usage=USAGE)
+    await store.save(conv.id, final)
+    await store.save(conv.id, assistant("a1", "once upon a", finish_reason=None))  # a checkpoint, late
+    await store.save(conv.id, assistant("a1", "something else", finish_reason="error"))  # a second end
+    assert (await store.history(conv.id, 1))[0] == final
+    await store.save(conv.id, user("u1", "hi"))  # a user's message may be replaced, even by a shorter one
+    assert (await store.history(conv.id, 2))[0].content == "hi"
 
 
 @pytest.mark.parametrize(
@@ -289,6 +317,12 @@ async def test_prune_deletes_only_idle_conversations(store: ConversationStore) -
         if isinstance(store, SQLiteStore):
             with raw(store.path) as conn:
                 conn.execute("UPDATE conversations SET updated_at = updated_at - ? WHERE id = ?", (seconds, conversation_id))
+        elif isinstance(store, PostgresStore):
+            with psycopg.connect(store._url) as pg:
+                pg.execute(
+                    "UPDATE conversations SET updated_at = updated_at - make_interval(secs => %s) WHERE id = %s",
+                    (seconds, conversation_id),
+                )
         else:
             assert isinstance(store, MemoryStore)
             entry = store._entries[conversation_id]  # only here: there is no other way to make one old
@@ -350,7 +384,7 @@ async def test_export_of_an_empty_conversation(store: ConversationStore) -> None
 
 
 @pytest.mark.parametrize("op", ["add", "save"])
-@pytest.mark.parametrize("store", ["sqlite", "memory"], indirect=True)
+@pytest.mark.parametrize("store", ["sqlite", "memory", "postgres"], indirect=True)
 async def test_write_to_unknown_conversation_raises_not_found(store: ConversationStore, op: str) -> None:
     with pytest.raises(ConversationNotFound):
         await getattr(store, op)("0" * 32, user("m1"))
@@ -385,7 +419,7 @@ async def test_unicode_and_usage_round_trip(store: ConversationStore) -> None:
     assert await store.history(conv.id, 10, before="回答🙂") == [question]
 
 
-@pytest.mark.parametrize("store", ["sqlite", "memory"], indirect=True)
+@pytest.mark.parametrize("store", ["sqlite", "memory", "postgres"], indirect=True)
 async def test_concurrent_saves_all_land(store: ConversationStore) -> None:
     convs = [await store.create() for _ in range(10)]
     await asyncio.gather(*(
@@ -416,8 +450,8 @@ async def test_event_loop_runs_while_writes_run(store: ConversationStore) -> Non
     finally:
         handle.cancel()
     assert len(await store.history(conv.id, 1000)) == 300
-    if isinstance(store, SQLiteStore):
-        assert during >= 300  # at least one loop turn per write, each spent on the thread
+    if isinstance(store, SQLiteStore | PostgresStore):
+        assert during >= 300  # at least one loop turn per write, waiting on the thread or the socket
     else:
         assert during == 0  # MemoryStore never awaits: the sanity check that the counter means something
 
@@ -581,9 +615,17 @@ async def test_failed_migration_is_rolled_back(tmp_path: Path, obstacle: str, er
 # -- crash recovery -------------------------------------------------------------
 
 
-async def test_open_closes_replies_left_streaming(tmp_path: Path) -> None:
-    path = tmp_path / "c.db"
-    first = SQLiteStore(path)
+@pytest.fixture(params=["sqlite", "postgres"])
+def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], ConversationStore]:
+    """Each call makes a new store object on the same durable database (a process restart)."""
+    if request.param == "sqlite":
+        return lambda: SQLiteStore(tmp_path / "c.db")
+    url = request.getfixturevalue("pg_url")
+    return lambda: PostgresStore(url)
+
+
+async def test_open_closes_replies_left_streaming(reopen: Callable[[], ConversationStore]) -> None:
+    first = reopen()
     await first.open()
     conv = await first.create()
     await first.add(conv.id, user("u1", "tell me a story"))
@@ -593,7 +635,7 @@ async def test_open_closes_replies_left_streaming(tmp_path: Path) -> None:
     await first.save(conv.id, assistant("a2", "there was a checkpoi", finish_reason=None))  # a checkpoint
     await first.close()  # ... and the process died before the final save
 
-    second = SQLiteStore(path)
+    second = reopen()
     report = await second.open()
     try:
         assert report.recovered == 1
@@ -607,13 +649,27 @@ async def test_open_closes_replies_left_streaming(tmp_path: Path) -> None:
     finally:
         await second.close()
 
-    third = SQLiteStore(path)
+    third = reopen()
     report = await third.open()
     try:
         assert report.recovered == 0
         assert (await third.history(conv.id, 1))[0].finish_reason == "error"
     finally:
         await third.close()
+
+
+async def test_a_tool_beside_a_live_gateway_recovers_nothing(reopen: Callable[[], ConversationStore]) -> None:
+    live, tool = reopen(), reopen()
+    await live.open()
+    try:
+        conv = await live.create()
+        await live.add(conv.id, user("u1"))
+        await live.save(conv.id, assistant("a1", "still streaming", finish_reason=None))
+        assert await tool.open(recover=False) == OpenReport(recovered=0)
+        assert (await tool.history(conv.id, 1))[0].finish_reason is None
+        await tool.close()
+    finally:
+        await live.close()
 
 
 # -- another reader of the file -------------------------------------------------

@@ -1,7 +1,7 @@
 """Where conversations live: the contract every store implements, and the factory.
 
 ``base`` is the contract (:class:`ConversationStore`, the records, the errors),
-``memory`` and ``sqlite`` are the backends. :func:`make_store` is the one place
+``memory``, ``sqlite`` and ``postgres`` are the backends. :func:`make_store` is the one place
 that picks a backend from the configuration: the server and the CLI both use it.
 """
 
@@ -15,6 +15,7 @@ from .base import (
     OpenReport,
     StoredMessage,
     StoreFull,
+    StoreUnavailable,
     StoreUnusable,
     export_document,
     new_id,
@@ -28,6 +29,7 @@ __all__ = [
     "ConversationStore",
     "OpenReport",
     "StoreFull",
+    "StoreUnavailable",
     "StoreUnusable",
     "StoredMessage",
     "export_document",
@@ -44,6 +46,15 @@ def make_store(config: Config) -> ConversationStore:
         from .memory import MemoryStore
 
         return MemoryStore(max_conversations=config.limits.max_conversations, max_messages=config.limits.max_conversation_messages)
+    if config.store.backend == "postgres":
+        from .postgres import PostgresStore
+
+        store = config.store
+        return PostgresStore(
+            store.url, password=store.password, min_size=store.pool_min_size, max_size=store.pool_max_size,
+            connect_timeout=store.connect_timeout, statement_timeout=store.statement_timeout,
+            pgbouncer=store.pgbouncer,
+        )
     from .sqlite import SQLiteStore
 
     return SQLiteStore(config.store.path)

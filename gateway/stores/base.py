@@ -1,7 +1,8 @@
 """The conversation store contract: what every backend implements and raises.
 
-Backends: :mod:`.memory` (bounded, in this process), :mod:`.sqlite` (one file);
-:func:`gateway.stores.make_store` picks one from the configuration.
+Backends: :mod:`.memory` (bounded, in this process), :mod:`.sqlite` (one file),
+:mod:`.postgres` (a PostgreSQL database); :func:`gateway.stores.make_store` picks one
+from the configuration.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = [
     "ConversationStore",
     "OpenReport",
     "StoreFull",
+    "StoreUnavailable",
     "StoreUnusable",
     "StoredMessage",
     "export_document",
@@ -41,6 +43,11 @@ class ConversationNotFound(LookupError):
 
 class StoreUnusable(Exception):
     """The store cannot be opened by this code: a database newer than it, a damaged file."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached now (a database down or restarting, a timeout): the
+    operation wrote nothing, or was one atomic write whose outcome is unknown. Try again."""
 
 
 class StoreFull(Exception):
@@ -75,8 +82,8 @@ class Conversation:
 
 
 class ConversationStore(Protocol):
-    """Where conversations live. One process owns a store; every method is a coroutine
-    so that implementations can do I/O (SQLite's thread today, Redis tomorrow)."""
+    """Where conversations live. Every method is a coroutine so that implementations can
+    do I/O (SQLite's thread, PostgreSQL's connections); any may raise StoreUnavailable."""
 
     async def open(self, *, recover: bool = True) -> OpenReport:
         """Prepare the store (create, migrate and, with ``recover``, end the replies a crash
@@ -95,7 +102,10 @@ class ConversationStore(Protocol):
 
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
         """Insert ``message``, or replace the one with the same id (checkpoints, final text).
-        ConversationNotFound if the conversation does not exist."""
+        A reply's writes are ordered: a final one (with a ``finish_reason``) is never
+        replaced, and a checkpoint never replaces a longer text (such a write is dropped),
+        so a late write cannot undo a newer one. ConversationNotFound if the conversation
+        does not exist."""
 
     async def delete(self, conversation_id: str, message_id: str) -> bool:
         """Remove one message; False if there was none."""

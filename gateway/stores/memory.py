@@ -66,7 +66,10 @@ class MemoryStore:
         if entry is None:
             raise ConversationNotFound(conversation_id)
         old = entry.messages.get(message.id)
-        entry.messages[message.id] = replace(message, created_at=old.created_at) if old else message
+        if old is None:
+            entry.messages[message.id] = message
+        elif _may_replace(old, message):
+            entry.messages[message.id] = replace(message, created_at=old.created_at)
         while len(entry.messages) > self._max_messages:
             entry.messages.popitem(last=False)
         conv = entry.conversation
@@ -108,3 +111,8 @@ class MemoryStore:
         self._entries.clear()
 
 
+def _may_replace(old: StoredMessage, new: StoredMessage) -> bool:
+    """A reply's writes are ordered: never over a final text, never a shorter checkpoint."""
+    if old.role == "user":
+        return True
+    return old.finish_reason is None and (new.finish_reason is not None or len(new.content) >= len(old.content))

@@ -77,6 +77,9 @@ UPSERT_MESSAGE = (
     " ON CONFLICT (conversation_id, id) DO UPDATE SET content = excluded.content,"
     " finish_reason = excluded.finish_reason, usage = excluded.usage, model = excluded.model,"
     " updated_at = excluded.updated_at"
+    # A reply's writes are ordered: never over a final text, never a shorter checkpoint.
+    " WHERE messages.role = 'user' OR (messages.finish_reason IS NULL AND"
+    " (excluded.finish_reason IS NOT NULL OR length(excluded.content) >= length(messages.content)))"
 )
 
 

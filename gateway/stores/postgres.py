@@ -1,0 +1,205 @@
+"""Conversations in PostgreSQL, through psycopg 3's asyncio driver and a connection pool.
+
+Every operation is one statement on a pooled connection in autocommit mode, so it is
+atomic and the event loop never waits on the database. Opening migrates the schema
+(:mod:`.postgres_schema`) under an advisory lock and, with ``recover``, ends the
+replies a crash left streaming. A database that cannot be reached, or a statement
+that times out, raises :class:`~gateway.stores.base.StoreUnavailable`: nothing was
+half-written, and the caller may try again. Neither the URL nor the password is
+ever put in an error or a log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from .base import (
+    Conversation,
+    ConversationNotFound,
+    OpenReport,
+    StoredMessage,
+    StoreUnavailable,
+    StoreUnusable,
+    export_document,
+    new_id,
+)
+from .postgres_schema import (
+    CREATE,
+    DELETE,
+    GET,
+    INSERT,
+    LOCK,
+    MIGRATIONS,
+    PRUNE,
+    RECOVER,
+    SCHEMA_VERSION,
+    UPSERT,
+    StoreTooNew,
+    history_query,
+    message_params,
+    row_message,
+)
+
+__all__ = ["PostgresStore", "StoreTooNew"]
+
+
+class PostgresStore:
+    """A :class:`~gateway.stores.ConversationStore` in a PostgreSQL database."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        password: str = "",
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: float = 5.0,
+        statement_timeout: float = 10.0,
+        pgbouncer: bool = False,
+    ) -> None:
+        self._url = url
+        self._sizes = (min_size, max_size)
+        self._connect_timeout = connect_timeout
+        self._kwargs = _connection_kwargs(password, connect_timeout, statement_timeout, pgbouncer)
+        self._pool: AsyncConnectionPool | None = None
+
+    async def open(self, *, recover: bool = True) -> OpenReport:
+        """Connect, migrate, and with ``recover`` end the replies a crash left streaming.
+        The first connection is made directly, so that a failure says why (libpq's words)."""
+        if self._pool is not None:
+            return OpenReport()
+        try:
+            async with await psycopg.AsyncConnection.connect(self._url, **self._kwargs) as conn:
+                await _migrate(conn)
+                recovered = (await conn.execute(RECOVER)).rowcount if recover else 0
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(_reason(exc)) from exc
+        self._pool = AsyncConnectionPool(
+            self._url, min_size=self._sizes[0], max_size=self._sizes[1], kwargs=self._kwargs, open=False,
+            timeout=self._connect_timeout, name="gateway-store", check=AsyncConnectionPool.check_connection,
+        )
+        await self._pool.open(wait=False)
+        return OpenReport(recovered=recovered)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        if self._pool is None:
+            raise RuntimeError("the store is not open")
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise StoreUnavailable(f"no PostgreSQL connection within {self._connect_timeout:g} s") from exc
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(_reason(exc)) from exc
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def create(self, conversation_id: str | None = None) -> Conversation:
+        async with self._connection() as conn:
+            cursor = await conn.execute(CREATE, {"id": conversation_id or new_id(), "now": time.time()})
+            row = await cursor.fetchone()
+        assert row is not None
+        return Conversation(*row)
+
+    async def get(self, conversation_id: str) -> Conversation | None:
+        async with self._connection() as conn:
+            row = await (await conn.execute(GET, (conversation_id,))).fetchone()
+        return Conversation(*row) if row else None
+
+    async def add(self, conversation_id: str, message: StoredMessage) -> bool:
+        return await self._write(INSERT, conversation_id, message)
+
+    async def save(self, conversation_id: str, message: StoredMessage) -> None:
+        await self._write(UPSERT, conversation_id, message)
+
+    async def _write(self, statement: str, conversation_id: str, message: StoredMessage) -> bool:
+        usage = Jsonb(dict(message.usage)) if message.usage else None
+        params = message_params(conversation_id, message, time.time(), usage)
+        try:
+            async with self._connection() as conn:
+                row = await (await conn.execute(statement, params)).fetchone()
+        except psycopg.errors.ForeignKeyViolation:  # the conversation was deleted meanwhile
+            raise ConversationNotFound(conversation_id) from None
+        assert row is not None
+        exists, written = row
+        if not exists:
+            raise ConversationNotFound(conversation_id)
+        return bool(written)
+
+    async def delete(self, conversation_id: str, message_id: str) -> bool:
+        async with self._connection() as conn:
+            return (await conn.execute(DELETE, (conversation_id, message_id))).rowcount > 0
+
+    async def history(
+        self, conversation_id: str, limit: int, before: str | None = None, *, max_bytes: int | None = None
+    ) -> list[StoredMessage]:
+        query, args = history_query(conversation_id, limit, before, max_bytes)
+        async with self._connection() as conn:
+            rows = await (await conn.execute(query, args)).fetchall()
+        return [row_message(row) for row in reversed(rows)]
+
+    async def prune(self, older_than: float) -> int:
+        """Delete conversations not updated for ``older_than`` seconds; return how many."""
+        async with self._connection() as conn:
+            return (await conn.execute(PRUNE, (time.time() - older_than,))).rowcount
+
+    async def export(self, conversation_id: str) -> dict[str, Any] | None:
+        conv = await self.get(conversation_id)
+        if conv is None:
+            return None
+        return export_document(conv, await self.history(conversation_id, -1))
+
+
+async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Bring the database to :data:`SCHEMA_VERSION`, one gateway at a time."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
+        encoding = await (await conn.execute("SELECT current_setting('server_encoding')")).fetchone()
+        if encoding is None or encoding[0] != "UTF8":
+            raise StoreUnusable(f"the database's encoding is {encoding[0] if encoding else '?'}; it must be UTF8")
+        exists = await (await conn.execute("SELECT to_regclass('gateway_schema')")).fetchone()
+        if exists is None or exists[0] is None:
+            await conn.execute("CREATE TABLE gateway_schema (version integer NOT NULL)")
+            await conn.execute("INSERT INTO gateway_schema VALUES (0)")
+        row = await (await conn.execute("SELECT version FROM gateway_schema")).fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StoreTooNew(
+                f"the database is at schema version {version}; this gateway knows up to {SCHEMA_VERSION}"
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[number - 1]:
+                await conn.execute(statement)
+            await conn.execute("UPDATE gateway_schema SET version = %s", (number,))
+
+
+def _connection_kwargs(password: str, connect_timeout: float, statement_timeout: float, pgbouncer: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "connect_timeout": max(2, round(connect_timeout)),
+        "application_name": "llm-ws-gateway",
+    }
+    if password:
+        kwargs["password"] = password
+    if pgbouncer:  # transaction pooling: no prepared statements, no session settings
+        kwargs["prepare_threshold"] = None
+    elif statement_timeout:
+        kwargs["options"] = f"-c statement_timeout={round(statement_timeout * 1000)}"
+    return kwargs
+
+
+def _reason(exc: psycopg.OperationalError) -> str:
+    """What went wrong, in one line; libpq's messages name the host, never the password."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"PostgreSQL: {text}"[:300]

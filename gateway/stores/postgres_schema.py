@@ -1,0 +1,181 @@
+"""The PostgreSQL store's schema: its tables, their migrations, and its statements (pure).
+
+The schema version is the one row of ``gateway_schema``; :data:`MIGRATIONS` are
+applied in order, all in one transaction taken under an advisory lock, so gateways
+starting at once against an empty database apply them once. Times are
+``timestamptz`` (readable by people and by ``psql``), exchanged as epoch seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .base import StoredMessage, StoreUnusable, title_of
+
+__all__ = [
+    "CREATE",
+    "DELETE",
+    "GET",
+    "INSERT",
+    "LOCK",
+    "MIGRATIONS",
+    "PRUNE",
+    "RECOVER",
+    "SCHEMA_VERSION",
+    "UPSERT",
+    "StoreTooNew",
+    "history_query",
+    "message_params",
+    "row_message",
+]
+
+# Any constant that is the same for every gateway: the key of the migration lock.
+LOCK = 0x6761_7465_7761_79  # "gateway"
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: conversations and their messages, in insertion order (pos), as in SQLite's
+    # schema 3: the text of a reply, how it ended, its usage and its model.
+    (
+        """
+        CREATE TABLE conversations (
+            id text PRIMARY KEY,
+            title text NOT NULL DEFAULT '',
+            created_at timestamptz NOT NULL,
+            updated_at timestamptz NOT NULL
+        )
+        """,
+        "CREATE INDEX conversations_by_age ON conversations (updated_at)",
+        """
+        CREATE TABLE messages (
+            pos bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            conversation_id text NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            id text NOT NULL,
+            role text NOT NULL CHECK (role IN ('user', 'assistant')),
+            content text NOT NULL,
+            finish_reason text,
+            usage jsonb,
+            model text,
+            created_at timestamptz NOT NULL,
+            updated_at timestamptz NOT NULL,
+            UNIQUE (conversation_id, id)
+        )
+        """,
+        "CREATE INDEX messages_by_conversation ON messages (conversation_id, pos)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLUMNS = "id, role, content, extract(epoch FROM created_at)::float8, finish_reason, usage, model"
+
+CREATE = """
+WITH made AS (
+    INSERT INTO conversations (id, title, created_at, updated_at)
+    VALUES (%(id)s, '', to_timestamp(%(now)s), to_timestamp(%(now)s))
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, title, created_at, updated_at
+)
+SELECT id, title, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8 FROM made
+UNION ALL
+SELECT id, title, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8
+FROM conversations WHERE id = %(id)s
+LIMIT 1
+"""
+
+GET = (
+    "SELECT id, title, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8"
+    " FROM conversations WHERE id = %s"
+)
+
+_NEW_ROW = """
+    SELECT %(cid)s, %(id)s, %(role)s, %(content)s, to_timestamp(%(created_at)s), %(finish_reason)s,
+           %(usage)s, %(model)s, to_timestamp(%(now)s)
+    WHERE EXISTS (SELECT 1 FROM conversations WHERE id = %(cid)s)
+"""
+_INSERT_INTO = (
+    "INSERT INTO messages (conversation_id, id, role, content, created_at, finish_reason, usage, model, updated_at)"
+)
+_TOUCH = """
+    UPDATE conversations
+    SET updated_at = to_timestamp(%(now)s), title = CASE WHEN title = '' THEN %(title)s ELSE title END
+    WHERE id = %(cid)s
+"""
+
+# A new message; nothing written (not even the conversation touched) if its id is taken.
+# Answers (conversation exists, message added).
+INSERT = f"""
+WITH added AS ({_INSERT_INTO} {_NEW_ROW} ON CONFLICT (conversation_id, id) DO NOTHING RETURNING 1),
+touched AS ({_TOUCH} AND EXISTS (SELECT 1 FROM added) RETURNING 1)
+SELECT EXISTS (SELECT 1 FROM conversations WHERE id = %(cid)s), EXISTS (SELECT 1 FROM added)
+"""
+
+# A message inserted or replaced. A reply's writes are ordered: a final text (one with a
+# finish_reason) is never replaced, and a checkpoint never replaces a longer text.
+# Answers (conversation exists, message written).
+UPSERT = f"""
+WITH written AS (
+    {_INSERT_INTO} {_NEW_ROW}
+    ON CONFLICT (conversation_id, id) DO UPDATE SET
+        content = excluded.content, finish_reason = excluded.finish_reason, usage = excluded.usage,
+        model = excluded.model, updated_at = excluded.updated_at
+    WHERE messages.role = 'user' OR (
+        messages.finish_reason IS NULL AND (
+            excluded.finish_reason IS NOT NULL OR char_length(excluded.content) >= char_length(messages.content)))
+    RETURNING 1
+),
+touched AS ({_TOUCH} RETURNING 1)
+SELECT EXISTS (SELECT 1 FROM touched), EXISTS (SELECT 1 FROM written)
+"""
+
+DELETE = "DELETE FROM messages WHERE conversation_id = %s AND id = %s"
+PRUNE = "DELETE FROM conversations WHERE updated_at < to_timestamp(%s)"
+RECOVER = "UPDATE messages SET finish_reason = 'error' WHERE role = 'assistant' AND finish_reason IS NULL"
+
+
+class StoreTooNew(StoreUnusable):
+    """The database's schema is newer than this code."""
+
+
+def history_query(
+    conversation_id: str, limit: int, before: str | None, max_bytes: int | None
+) -> tuple[str, dict[str, Any]]:
+    """The newest ``limit`` messages (all if negative) before message ``before``, newest
+    first; with ``max_bytes``, only those :func:`~gateway.stores.base.newest_within` would
+    keep (counted in the database: the rest never leaves it)."""
+    args: dict[str, Any] = {"cid": conversation_id, "limit": limit if limit >= 0 else None}
+    where = "conversation_id = %(cid)s"
+    if before is not None:
+        where += " AND pos < (SELECT pos FROM messages WHERE conversation_id = %(cid)s AND id = %(before)s)"
+        args["before"] = before
+    page = f"SELECT pos, {_COLUMNS}, octet_length(content) AS size FROM messages WHERE {where}" \
+        " ORDER BY pos DESC LIMIT %(limit)s"
+    if max_bytes is None:
+        return f"SELECT * FROM ({page}) page ORDER BY pos DESC", args
+    # A message is kept while the text of those before it, but the one just before, fits.
+    args["max_bytes"] = max_bytes
+    return f"""
+        SELECT * FROM (
+            SELECT *, coalesce(sum(size) OVER (ORDER BY pos DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 2 PRECEDING), 0)
+                AS before_last
+            FROM ({page}) page
+        ) counted
+        WHERE before_last <= %(max_bytes)s
+        ORDER BY pos DESC
+    """, args
+
+
+def message_params(conversation_id: str, m: StoredMessage, now: float, usage: Any) -> dict[str, Any]:
+    """The parameters of :data:`INSERT` and :data:`UPSERT` for ``m`` (``usage`` adapted)."""
+    return {
+        "cid": conversation_id, "id": m.id, "role": m.role, "content": m.content, "created_at": m.created_at,
+        "finish_reason": m.finish_reason, "usage": usage, "model": m.model, "now": now,
+        "title": title_of(m.content) if m.role == "user" else "",
+    }
+
+
+def row_message(row: Any) -> StoredMessage:
+    """The message of a :func:`history_query` row."""
+    _pos, msg_id, role, content, created_at, finish_reason, usage, model = row[:8]
+    parsed: Mapping[str, int] | None = dict(usage) if usage else None
+    return StoredMessage(msg_id, role, content, created_at, finish_reason, parsed, model)
+

@@ -1,0 +1,123 @@
+"""The PostgreSQL store's specifics, on a real server: migrations under a lock, a newer
+schema refused, connection failures reported without the password, a server restart
+survived. The contract itself is tested with the other stores in test_stores.py."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import psycopg
+import pytest
+from pgserver import PASSWORD, PgServer
+
+from gateway.stores import StoredMessage, StoreUnavailable, StoreUnusable
+from gateway.stores.postgres import PostgresStore
+from gateway.stores.postgres_schema import SCHEMA_VERSION
+
+
+def tables(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def schema_version(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT version FROM gateway_schema").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_gateways_starting_at_once_migrate_an_empty_database_once(pg_url: str) -> None:
+    stores = [PostgresStore(pg_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        conv = await stores[0].create()
+        assert await stores[3].get(conv.id) == conv
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+    assert tables(pg_url) == ["conversations", "gateway_schema", "messages"]
+    assert schema_version(pg_url) == SCHEMA_VERSION
+
+
+async def test_a_newer_schema_is_refused_and_left_alone(pg_url: str) -> None:
+    first = PostgresStore(pg_url)
+    await first.open()
+    conv = await first.create()
+    await first.close()
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("UPDATE gateway_schema SET version = 99")
+    with pytest.raises(StoreUnusable) as info:
+        await PostgresStore(pg_url).open()
+    assert str(info.value) == f"the database is at schema version 99; this gateway knows up to {SCHEMA_VERSION}"
+    assert schema_version(pg_url) == 99
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT id FROM conversations").fetchall() == [(conv.id,)]
+
+
+async def test_a_password_from_a_file_is_used_and_never_shown(pg_server: PgServer) -> None:
+    url = pg_server.url(pg_server.create_database(), password=False)
+    store = PostgresStore(url, password=PASSWORD)
+    await store.open()
+    await store.close()
+    wrong = PostgresStore(url, password="not-the-password-42", connect_timeout=2)
+    with pytest.raises(StoreUnavailable) as info:
+        await wrong.open()
+    text = f"{info.value} {info.value.__cause__!r}"
+    assert "not-the-password-42" not in str(info.value)
+    assert PASSWORD not in text
+
+
+async def test_an_unreachable_server_is_unavailable_not_a_crash() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    store = PostgresStore(f"postgresql://gateway:secret-pw-xyz@127.0.0.1:{port}/gateway", connect_timeout=2)
+    with pytest.raises(StoreUnavailable) as info:
+        await store.open()
+    assert "secret-pw-xyz" not in str(info.value)
+
+
+async def test_the_store_works_again_after_postgres_restarts(pg_server: PgServer, pg_url: str) -> None:
+    store = PostgresStore(pg_url, min_size=2, max_size=4)
+    await store.open()
+    try:
+        conv = await store.create()
+        await store.add(conv.id, StoredMessage("u1", "user", "before"))
+        await asyncio.to_thread(pg_server.pg_ctl, "restart")
+        # The pooled connections died with the server: each is checked before use and replaced.
+        assert await store.add(conv.id, StoredMessage("u2", "user", "after")) is True
+        assert [m.content for m in await store.history(conv.id, 10)] == ["before", "after"]
+    finally:
+        await store.close()
+
+
+async def test_a_down_server_makes_operations_unavailable_then_they_recover(pg_server: PgServer, pg_url: str) -> None:
+    store = PostgresStore(pg_url, connect_timeout=2)
+    await store.open()
+    try:
+        conv = await store.create()
+        await asyncio.to_thread(pg_server.pg_ctl, "stop")
+        try:
+            with pytest.raises(StoreUnavailable):
+                await store.add(conv.id, StoredMessage("u1", "user", "while down"))
+        finally:
+            await asyncio.to_thread(pg_server.pg_ctl, "start")
+        assert await store.add(conv.id, StoredMessage("u1", "user", "back")) is True
+        assert [m.content for m in await store.history(conv.id, 10)] == ["back"]
+    finally:
+        await store.close()
+
+
+async def test_statements_run_under_the_configured_timeout(pg_url: str) -> None:
+    store = PostgresStore(pg_url, statement_timeout=1.5)
+    await store.open()
+    try:
+        async with store._connection() as conn:
+            row = await (await conn.execute("SHOW statement_timeout")).fetchone()
+        assert row == ("1500ms",)
+    finally:
+        await store.close()

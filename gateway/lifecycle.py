@@ -51,6 +51,13 @@ class Lifecycle:
     def closed(self) -> None:
         self.phase = Phase.CLOSED
 
+    async def stopped_within(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a stop to be asked for; whether it was."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.stopping.wait()
+        return self.stopping.is_set()
+
     def not_serving(self) -> str:
         """Why the gateway is not serving ("starting", "draining"), or "" while it is."""
         if self.stopping.is_set() or self.phase in (Phase.DRAINING, Phase.CLOSED):

@@ -25,18 +25,17 @@ class Listeners:
         self._ws: Server | None = None
         self._http: web.AppRunner | None = None
 
-    async def open(
-        self,
-        cfg: Config,
-        hub: Hub,
-        web_state: WebState,
-        origins: Callable[[], tuple[str, ...]],
-        inherited: Mapping[str, socket],
-    ) -> None:
-        self._ws = await ChatListener(hub, origins).listen(inherited.get("ws"))
+    async def open_http(self, cfg: Config, web_state: WebState, inherited: Mapping[str, socket]) -> None:
+        """The page, health and readiness: first, so that ``/readyz`` can say "starting"."""
         self._http = await start_http(
             web_state, cfg.server.http_addr, inherited.get("http"), cfg.server.http_idle_timeout
         )
+
+    async def open_chat(
+        self, hub: Hub, origins: Callable[[], tuple[str, ...]], inherited: Mapping[str, socket]
+    ) -> None:
+        """``/chat``: last, once conversations can be stored."""
+        self._ws = await ChatListener(hub, origins).listen(inherited.get("ws"))
 
     @property
     def ws_port(self) -> int:

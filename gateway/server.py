@@ -10,6 +10,7 @@ partial, and closes sockets with 1001 once what was queued for them is sent.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +28,7 @@ from .metrics import Metrics, TimedStore
 from .reloader import Reloader
 from .replies import ReplyRegistry
 from .runtime import Runtime
-from .stores import ConversationStore, StoreUnavailable, StoreUnusable, make_store
+from .stores import ConversationStore, OpenReport, StoreUnavailable, StoreUnusable, make_store
 from .supervisor import Supervisor, prune_forever, status_line
 from .systemd import Notifier, listen_sockets
 from .tasks import TaskSet
@@ -37,6 +38,7 @@ from .web import WebState
 __all__ = ["Gateway"]
 
 _log: Any = structlog.get_logger("gateway.server")
+STORE_RETRY_MAX = 30.0  # seconds between attempts to reach the store, at most
 
 
 class Gateway:
@@ -90,11 +92,9 @@ class Gateway:
     # start
 
     async def start(self) -> None:
-        """Open the store, the HTTP client session and both listeners."""
+        """Open the HTTP listener (``/readyz`` answers 503 meanwhile), the store (waiting for
+        it while it cannot be reached), then ``/chat``. A stop asked for meanwhile ends it."""
         cfg = self.config
-        report = await self.store.open()
-        if report.recovered:
-            _log.warning("interrupted_replies_recovered", count=report.recovered)
         self._session = client_session()
         self.runtime = runtime = Runtime.of(cfg, make_provider(cfg.provider, self._session))
         current = self._current
@@ -102,7 +102,14 @@ class Gateway:
         inherited = listen_sockets(self._env)
         metrics = self.metrics.render if cfg.server.metrics else None
         self._web_state = WebState(cfg.server.static_dir, lambda: self.ws_port, current, metrics, self._origins)
-        await self.listeners.open(cfg, self.hub, self._web_state, self._origins, inherited)
+        await self.listeners.open_http(cfg, self._web_state, inherited)
+        report = await self._open_store()
+        if report is None:
+            return
+        if report.recovered:
+            _log.warning("interrupted_replies_recovered", count=report.recovered)
+        await self.listeners.open_chat(self.hub, self._origins, inherited)
+        self._web_state.ready = True
         supervisor = Supervisor(
             self._notifier, self._env, self._status, lambda: self.hub.cut_off if self.hub else 0
         )
@@ -112,6 +119,23 @@ class Gateway:
         _log_started(self.listeners, runtime, socket_activated=bool(inherited))
         self.lifecycle.serving()
         self._notifier.notify("READY=1", f"STATUS={self._status()}", f"MAINPID={os.getpid()}")
+
+    async def _open_store(self) -> OpenReport | None:
+        """Open the store; while it cannot be reached, try again (1 s, doubling to 30 s),
+        saying why each time. None if a stop was asked for meanwhile."""
+        for attempt in itertools.count(1):
+            try:
+                return await self.store.open()
+            except StoreUnavailable as exc:
+                delay = min(STORE_RETRY_MAX, 2.0 ** (attempt - 1))
+                _log.warning("store_unavailable", attempt=attempt, retry_in_s=delay, error=str(exc))
+                self._notifier.notify(
+                    f"STATUS=waiting for the conversation store (attempt {attempt}): {exc}"[:250],
+                    f"EXTEND_TIMEOUT_USEC={round((delay + STORE_RETRY_MAX) * 1_000_000)}",
+                )
+                if await self.lifecycle.stopped_within(delay):
+                    return None
+        raise AssertionError("unreachable")
 
     def _current(self) -> Runtime:
         assert self.runtime is not None

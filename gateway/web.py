@@ -55,6 +55,7 @@ class WebState:
         self.static_dir = static_dir.resolve()
         self.ws_port = ws_port
         self.runtime = runtime
+        self.ready = False  # set once the store is open and /chat listens
         self.draining = False
 
 
@@ -148,8 +149,10 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    if request.app[STATE].draining:
-        return web.json_response({"status": "draining"}, status=503, headers={"Cache-Control": "no-store"})
+    state = request.app[STATE]
+    if state.draining or not state.ready:
+        status = "draining" if state.draining else "starting"
+        return web.json_response({"status": status}, status=503, headers={"Cache-Control": "no-store"})
     return web.json_response({"status": "ready"}, headers={"Cache-Control": "no-store"})
 
 
@@ -160,6 +163,8 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _config(request: web.Request) -> web.Response:
+    if not request.app[STATE].ready:
+        return web.json_response({"status": "starting"}, status=503, headers={"Cache-Control": "no-store"})
     provider = request.app[STATE].runtime().provider
     body: dict[str, Any] = {"ws_url": _ws_url(request), "model": provider.model, "provider": provider.name}
     return web.json_response(body, headers={"Cache-Control": "no-cache"})

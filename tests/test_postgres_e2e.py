@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 from pgserver import PASSWORD, PgServer
 from test_durability_e2e import _open_chat
@@ -56,10 +59,101 @@ async def test_the_password_never_shows(
     shown = run_cli("check-config", env=env)
     assert shown.returncode == 0 and 'backend = "postgres"' in shown.stdout
     password_file.write_text("a-wrong-password-123\n")
-    failed = await spawn(env, wait_ready=False)
-    assert await failed.finish() == 3  # may pass by itself: systemd tries again
-    stopped = next(line for line in failed.lines if line["event"] == "startup_failed")
-    assert "password authentication failed" in stopped["error"]
+    failed = await spawn(env, wait_ready=False)  # waits, saying why, until someone fixes it
+    refused = await failed.wait_for_event("store_unavailable")
+    assert "password authentication failed" in refused["error"]
+    failed.proc.send_signal(signal.SIGTERM)
+    assert await failed.finish() == 0
     everything = "\n".join(orjson.dumps(line).decode() for line in (*proc.lines, *failed.lines))
     for output in (everything, shown.stdout, shown.stderr):
         assert PASSWORD not in output and "a-wrong-password-123" not in output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _get(url: str) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_a_gateway_waits_for_postgres_then_serves(
+    spawn: Spawn, pg_server: PgServer, pg_url: str
+) -> None:
+    """Started while the database is down: /readyz says 503 and the log says why, once per
+    attempt (never the password); when the database is back it serves by itself."""
+    http_port = _free_port()
+    env = {**_env(pg_url), "GATEWAY_HTTP_ADDR": f"127.0.0.1:{http_port}", "GATEWAY_PROVIDER": "demo"}
+    await asyncio.to_thread(pg_server.pg_ctl, "stop")
+    try:
+        proc = await spawn(env, wait_ready=False)
+        first = await proc.wait_for_event("store_unavailable")
+        assert first["attempt"] == 1 and first["retry_in_s"] == 1.0
+        assert "Connection refused" in first["error"] or "connection failed" in first["error"]
+        assert await _get(f"http://127.0.0.1:{http_port}/readyz") == (503, {"status": "starting"})
+        assert (await _get(f"http://127.0.0.1:{http_port}/healthz"))[0] == 200
+    finally:
+        await asyncio.to_thread(pg_server.pg_ctl, "start")
+    started = await proc.wait_for_event("gateway_started")
+    assert await _get(f"http://127.0.0.1:{http_port}/readyz") == (200, {"status": "ready"})
+    ws, chat = await _open_chat(started["ws_url"])
+    await chat.hello()
+    text, _ = await chat.ask("are you there?", "u1")
+    await ws.close()
+    assert text
+    proc.proc.send_signal(signal.SIGTERM)
+    assert await proc.finish() == 0
+    assert PASSWORD not in "\n".join(orjson.dumps(line).decode() for line in proc.lines)
+
+
+async def test_sigterm_while_waiting_for_postgres_stops_cleanly(spawn: Spawn) -> None:
+    url = f"postgresql://gateway@127.0.0.1:{_free_port()}/gateway"  # nothing listens there
+    proc = await spawn({**_env(url), "GATEWAY_PROVIDER": "demo"}, wait_ready=False)
+    await proc.wait_for_event("store_unavailable")
+    proc.proc.send_signal(signal.SIGTERM)
+    assert await proc.finish() == 0
+    assert not any(line["event"] in ("gateway_started", "startup_failed") for line in proc.lines)
+
+
+async def test_chats_go_on_across_a_postgres_restart(
+    spawn: Spawn, pg_server: PgServer, pg_url: str
+) -> None:
+    """Nothing accepted is lost: every message acknowledged (reply.start) before, during
+    and after the restart is in the history, with its reply, in order."""
+    proc = await spawn({**_env(pg_url), "GATEWAY_PROVIDER": "demo"}, "--config", "/dev/null")
+    ws, chat = await _open_chat(proc.ws_url)
+    conversation_id = (await chat.hello())["conversation_id"]
+    accepted: list[tuple[str, str]] = []
+
+    async def ask(msg_id: str, content: str) -> bool:
+        """Send until accepted: an error (the database away) is retried after retry_after."""
+        await chat.send(type="message", id=msg_id, content=content)
+        event = await chat.recv()
+        if event["type"] == "error":
+            assert event["code"] == "overloaded" and event["retry_after"] > 0, event
+            return False
+        assert event["type"] == "reply.start", event
+        text, _ = await chat.until_done()
+        accepted.append((content, text))
+        return True
+
+    assert await ask("m1", "before the restart")
+    await asyncio.to_thread(pg_server.pg_ctl, "restart")
+    for attempt in range(20):  # bounded; the gateway's pool reconnects by itself
+        if await ask(f"m2-{attempt}", "after the restart"):
+            break
+    else:
+        raise AssertionError("the gateway never stored a message after the restart")
+    assert await ask("m3", "and once more")
+    await ws.close()
+    ws, chat = await _open_chat(proc.ws_url)
+    history = (await chat.hello(conversation_id))["history"]
+    await ws.close()
+    expected = [item for content, text in accepted for item in (("user", content), ("assistant", text))]
+    assert [(m["role"], m["content"]) for m in history] == expected
+    assert all(m.get("finish_reason") == "stop" for m in history if m["role"] == "assistant")
+    proc.proc.send_signal(signal.SIGTERM)
+    assert await proc.finish() == 0

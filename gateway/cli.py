@@ -41,6 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     export = conv_sub.add_parser("export", help="print one conversation as JSON")
     export.add_argument("conversation_id", metavar="ID")
     _config_arg(export)
+    store = sub.add_parser("store", help="move conversations between stores", description="move conversations between stores")
+    store_sub = store.add_subparsers(dest="action", metavar="ACTION", required=True)
+    copy = store_sub.add_parser(
+        "copy", help="copy every conversation into another store, then verify (safe to run again)",
+        description="copy every conversation into another store, then verify (safe to run again); "
+        "a PostgreSQL password comes from [store] password_file or $CREDENTIALS_DIRECTORY/database_password",
+    )
+    copy.add_argument("--from", dest="source", required=True, metavar="LOCATION", help="e.g. sqlite:///var/lib/gateway/conversations.db")
+    copy.add_argument("--to", dest="target", required=True, metavar="LOCATION", help="e.g. postgresql://gateway@127.0.0.1/gateway")
+    _config_arg(copy)
     return parser
 
 
@@ -60,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     if args.command == "conversations":
         return _conversations(cfg, args)
+    if args.command == "store":
+        from .store_copy import run
+
+        return run(args.source, args.target, password=cfg.store.password)
     if args.command == "check-config":
         sys.stdout.write(config.render(cfg))
         for name in cfg.unknown_env:

@@ -255,10 +255,9 @@ def load(
 
 
 def _check_database(store: dict[str, Any], env: Mapping[str, str]) -> None:
-    """PostgreSQL needs a URL; its password comes from a file, never from the URL if avoidable."""
-    if store["backend"] != "postgres":
-        return
-    if not store["url"]:
+    """PostgreSQL needs a URL; its password comes from a file (read whatever the backend:
+    ``gateway store copy`` reaches PostgreSQL from a SQLite configuration too)."""
+    if store["backend"] == "postgres" and not store["url"]:
         raise ConfigError("store.url", "the postgres backend needs a URL (GATEWAY_DATABASE_URL)")
     if store["pool_min_size"] > store["pool_max_size"]:
         raise ConfigError("store.pool_min_size", "must not be larger than pool_max_size")

@@ -15,6 +15,10 @@ import orjson
 from pgserver import PASSWORD, PgServer
 from test_durability_e2e import _open_chat
 
+from gateway.stores import StoredMessage
+from gateway.stores.postgres import PostgresStore
+from gateway.stores.sqlite import SQLiteStore
+
 Spawn = Callable[..., Any]
 
 
@@ -157,3 +161,81 @@ async def test_chats_go_on_across_a_postgres_restart(
     assert all(m.get("finish_reason") == "stop" for m in history if m["role"] == "assistant")
     proc.proc.send_signal(signal.SIGTERM)
     assert await proc.finish() == 0
+
+
+def _same_document(a: Any, b: Any, key: str = "") -> bool:
+    """Equal, times to the microsecond PostgreSQL keeps (SQLite keeps a double)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_document(a[k], b[k], k) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_document(x, y) for x, y in zip(a, b))
+    if key.endswith("_at"):
+        return abs(a - b) < 2e-6
+    return bool(a == b)
+
+
+async def _fill_sqlite(path: Path, count: int) -> None:
+    """A real SQLite store with ``count`` conversations, as a gateway would have left it."""
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        for i in range(count):
+            conv = await store.create()
+            await store.add(conv.id, StoredMessage(f"u{i}", "user", f"question {i} — 你好 🙂", 1_700_000_000 + i * 0.123457))
+            finish = None if i % 50 == 7 else "stop"  # a few were still streaming
+            usage = {"prompt_tokens": i, "completion_tokens": 2 * i} if i % 3 else None
+            await store.save(conv.id, StoredMessage(f"a{i}", "assistant", f"answer {i}\n```py\nx = {i}\n```",
+                                                    1_700_000_001 + i, finish, usage, "gpt-test" if i % 2 else None))
+            if i % 4 == 0:
+                await store.add(conv.id, StoredMessage(f"v{i}", "user", "and then?", 1_700_000_002 + i))
+    finally:
+        await store.close()
+
+
+async def test_store_copy_moves_every_conversation_from_sqlite_and_can_run_again(
+    run_cli: Callable[..., Any], pg_server: PgServer, tmp_path: Path
+) -> None:
+    db = tmp_path / "old" / "conversations.db"
+    await _fill_sqlite(db, 300)
+    url = pg_server.url(pg_server.create_database(), password=False)
+    password_file = tmp_path / "pw"
+    password_file.write_text(PASSWORD)
+    env = {"GATEWAY_DATABASE_PASSWORD_FILE": str(password_file)}
+
+    first = run_cli("store", "copy", "--from", f"sqlite://{db}", "--to", url, env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [
+        "copied 300 conversation(s), 675 message(s)",
+        "0 conversation(s) already there, left alone",
+        "verified 300 conversation(s)",
+    ]
+    again = run_cli("store", "copy", "--from", f"sqlite://{db}", "--to", url, env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == [
+        "copied 0 conversation(s), 0 message(s)",
+        "300 conversation(s) already there, left alone",
+        "verified 300 conversation(s)",
+    ]
+    for output in (first.stdout, first.stderr, again.stdout, again.stderr):
+        assert PASSWORD not in output
+
+    source, target = SQLiteStore(db), PostgresStore(url, password=PASSWORD)
+    await source.open(recover=False)
+    await target.open(recover=False)
+    try:
+        ids = await source.ids(None, 1000)
+        assert ids == await target.ids(None, 1000) and len(ids) == 300
+        for conversation_id in ids[::37]:
+            copied, original = await target.export(conversation_id), await source.export(conversation_id)
+            assert _same_document(copied, original), (copied, original)
+    finally:
+        await source.close()
+        await target.close()
+
+
+def test_store_copy_refuses_unknown_locations_and_a_missing_file(run_cli: Callable[..., Any], tmp_path: Path) -> None:
+    bad = run_cli("store", "copy", "--from", "mysql://x/y", "--to", "sqlite:///tmp/x.db")
+    assert bad.returncode == 2 and "expected sqlite:///path or postgresql://" in bad.stderr
+    missing = run_cli("store", "copy", "--from", f"sqlite://{tmp_path}/nothing.db", "--to", f"sqlite://{tmp_path}/b.db")
+    assert missing.returncode == 2 and "no conversation store at" in missing.stderr
+    assert not (tmp_path / "nothing.db").exists()

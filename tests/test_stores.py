@@ -25,6 +25,7 @@ import psycopg
 import pytest
 
 from gateway.stores import Conversation, ConversationNotFound, ConversationStore, OpenReport, StoredMessage, title_of
+from gateway.store_copy import copy
 from gateway.stores.memory import MemoryStore
 from gateway.stores.postgres import PostgresStore
 from gateway.stores.sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, StoreCorrupt
@@ -760,3 +761,43 @@ async def test_migration_3_adds_the_model_and_keeps_the_rest(tmp_path: Path) -> 
             assert "model" in [row[1] for row in conn.execute("PRAGMA table_info(messages)")]
     finally:
         await store.close()
+
+
+# -- copies between stores (gateway store copy) ------------------------------------
+
+
+async def test_restore_writes_a_conversation_as_given_once(store: ConversationStore) -> None:
+    conv = Conversation("c" * 32, "an old chat", 1000.5, 2000.25)
+    messages = [user("u1", "old question", 1000.5), assistant("a1", "old answer", usage=USAGE, created_at=1001.5),
+                assistant("a2", "cut", finish_reason=None, created_at=1002.5)]
+    assert await store.restore(conv, messages) is True
+    assert await store.get(conv.id) == conv
+    assert await store.history(conv.id, -1) == messages
+    assert await store.restore(Conversation(conv.id, "other", 1.0, 2.0), [user("x")]) is False
+    assert await store.get(conv.id) == conv and await store.history(conv.id, -1) == messages
+
+
+async def test_ids_page_through_every_conversation_in_order(store: ConversationStore) -> None:
+    made = sorted([(await store.create()).id for _ in range(7)])
+    pages, after = [], None
+    while page := await store.ids(after, 3):
+        pages.append(page)
+        after = page[-1]
+    assert pages == [made[0:3], made[3:6], made[6:7]]
+
+
+async def test_copy_between_stores_is_complete_and_idempotent(store: ConversationStore) -> None:
+    source = MemoryStore(max_conversations=100, max_messages=1000)
+    for i in range(5):
+        conv = await source.create()
+        await source.add(conv.id, user(f"u{i}", f"question {i}"))
+        await source.save(conv.id, assistant(f"a{i}", f"answer {i}", usage=USAGE))
+    quiet: list[str] = []
+    first = await copy(source, store, quiet.append)
+    assert (first.conversations, first.messages, first.present, first.verified, first.mismatched) == (5, 10, 0, 5, [])
+    second = await copy(source, store, quiet.append)
+    assert (second.conversations, second.present, second.verified, second.mismatched) == (0, 5, 5, [])
+    changed = (await source.ids(None, 1))[0]
+    await source.save(changed, assistant("late", "written after the copy"))
+    third = await copy(source, store, quiet.append)
+    assert third.mismatched == [changed], "a difference is reported, never silently overwritten"

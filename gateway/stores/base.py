@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -125,6 +125,14 @@ class ConversationStore(Protocol):
 
     async def export(self, conversation_id: str) -> dict[str, Any] | None:
         """A conversation with all its messages as plain data, or None."""
+
+    async def ids(self, after: str | None, limit: int) -> list[str]:
+        """Up to ``limit`` conversation ids greater than ``after``, in order (for copies)."""
+
+    async def restore(self, conversation: Conversation, messages: Sequence[StoredMessage]) -> bool:
+        """Write ``conversation`` (its times and title as given) and its ``messages``, in
+        order, as one atomic step; False, and nothing written, if a conversation with its
+        id exists already (so a copy can be run again)."""
 
     async def close(self) -> None: ...
 

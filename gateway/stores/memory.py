@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -106,6 +107,18 @@ class MemoryStore:
     async def export(self, conversation_id: str) -> dict[str, Any] | None:
         entry = self._entries.get(conversation_id)
         return export_document(entry.conversation, list(entry.messages.values())) if entry else None
+
+    async def ids(self, after: str | None, limit: int) -> list[str]:
+        return sorted(cid for cid in self._entries if after is None or cid > after)[:limit]
+
+    async def restore(self, conversation: Conversation, messages: Sequence[StoredMessage]) -> bool:
+        if conversation.id in self._entries:
+            return False
+        if len(self._entries) >= self._max_conversations:
+            raise StoreFull(f"{self._max_conversations} conversations")
+        kept = list(messages)[-self._max_messages :]
+        self._entries[conversation.id] = _Entry(conversation, OrderedDict((m.id, m) for m in kept))
+        return True
 
     async def close(self) -> None:
         self._entries.clear()

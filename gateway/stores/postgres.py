@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
@@ -34,11 +34,14 @@ from .postgres_schema import (
     CREATE,
     DELETE,
     GET,
+    IDS,
     INSERT,
     LOCK,
     MIGRATIONS,
     PRUNE,
     RECOVER,
+    RESTORE_CONVERSATION,
+    RESTORE_MESSAGE,
     SCHEMA_VERSION,
     UPSERT,
     StoreTooNew,
@@ -154,6 +157,23 @@ class PostgresStore:
         async with self._connection() as conn:
             return (await conn.execute(PRUNE, (time.time() - older_than,))).rowcount
 
+    async def ids(self, after: str | None, limit: int) -> list[str]:
+        async with self._connection() as conn:
+            rows = await (await conn.execute(IDS, (after or "", limit))).fetchall()
+        return [row[0] for row in rows]
+
+    async def restore(self, conversation: Conversation, messages: Sequence[StoredMessage]) -> bool:
+        conv = conversation
+        async with self._connection() as conn, conn.transaction():
+            created = await (await conn.execute(
+                RESTORE_CONVERSATION, (conv.id, conv.title, conv.created_at, conv.updated_at)
+            )).fetchone()
+            if created is None:
+                return False
+            async with conn.cursor() as cursor:
+                await cursor.executemany(RESTORE_MESSAGE, [_restored(conv, m) for m in messages])
+        return True
+
     async def export(self, conversation_id: str) -> dict[str, Any] | None:
         conv = await self.get(conversation_id)
         if conv is None:
@@ -182,6 +202,11 @@ async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
             for statement in MIGRATIONS[number - 1]:
                 await conn.execute(statement)
             await conn.execute("UPDATE gateway_schema SET version = %s", (number,))
+
+
+def _restored(conv: Conversation, m: StoredMessage) -> tuple[Any, ...]:
+    usage = Jsonb(dict(m.usage)) if m.usage else None
+    return (conv.id, m.id, m.role, m.content, m.created_at, m.finish_reason, usage, m.model, conv.updated_at)
 
 
 def _connection_kwargs(password: str, connect_timeout: float, statement_timeout: float, pgbouncer: bool) -> dict[str, Any]:

@@ -17,11 +17,14 @@ __all__ = [
     "CREATE",
     "DELETE",
     "GET",
+    "IDS",
     "INSERT",
     "LOCK",
     "MIGRATIONS",
     "PRUNE",
     "RECOVER",
+    "RESTORE_CONVERSATION",
+    "RESTORE_MESSAGE",
     "SCHEMA_VERSION",
     "UPSERT",
     "StoreTooNew",
@@ -128,6 +131,12 @@ SELECT EXISTS (SELECT 1 FROM touched), EXISTS (SELECT 1 FROM written)
 """
 
 DELETE = "DELETE FROM messages WHERE conversation_id = %s AND id = %s"
+IDS = "SELECT id FROM conversations WHERE id > %s ORDER BY id LIMIT %s"
+RESTORE_CONVERSATION = """
+INSERT INTO conversations (id, title, created_at, updated_at) VALUES (%s, %s, to_timestamp(%s), to_timestamp(%s))
+ON CONFLICT (id) DO NOTHING RETURNING 1
+"""
+RESTORE_MESSAGE = f"{_INSERT_INTO} VALUES (%s, %s, %s, %s, to_timestamp(%s), %s, %s, %s, to_timestamp(%s))"
 PRUNE = "DELETE FROM conversations WHERE updated_at < to_timestamp(%s)"
 RECOVER = "UPDATE messages SET finish_reason = 'error' WHERE role = 'assistant' AND finish_reason IS NULL"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -181,6 +181,33 @@ class SQLiteStore:
         if conv is None:
             return None
         return export_document(conv, await self.history(conversation_id, -1))
+
+    async def ids(self, after: str | None, limit: int) -> list[str]:
+        rows = await self._run(
+            lambda: self.conn.execute(
+                "SELECT id FROM conversations WHERE id > ? ORDER BY id LIMIT ?", (after or "", limit)
+            ).fetchall()
+        )
+        return [row[0] for row in rows]
+
+    async def restore(self, conversation: Conversation, messages: Sequence[StoredMessage]) -> bool:
+        return await self._run(self._restore, conversation, list(messages))
+
+    def _restore(self, conv: Conversation, messages: list[StoredMessage]) -> bool:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            created = conn.execute(
+                "INSERT OR IGNORE INTO conversations (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                (conv.id, conv.title, conv.created_at, conv.updated_at),
+            ).rowcount == 1
+            if created:
+                conn.executemany(INSERT_MESSAGE, [(conv.id, *message_row(m), conv.updated_at) for m in messages])
+            conn.execute("COMMIT" if created else "ROLLBACK")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return created
 
     async def integrity_check(self) -> str:
         row = await self._run(lambda: self.conn.execute("PRAGMA integrity_check").fetchone())

@@ -7,6 +7,9 @@ generator and the fake upstream are pinned to CPU 1):
 * ``seed``             the stack the gateway replaces: FastAPI + uvicorn + httpx (bench/seed_app.py)
 * ``gateway-memory``   ``python -m gateway serve``, in-memory store
 * ``gateway-sqlite``   the same with the SQLite store (the production default)
+* ``gateway-postgres`` the same with the PostgreSQL store: a temporary cluster on this machine
+                       (tests/pgserver.py), its processes pinned with the load to CPU 1, a
+                       new database per round; its CPU is not in the gateway's figures
 * ``gateway-uvloop``   gateway-memory on uvloop (bench/gateway_launch.py --uvloop)
 * ``gateway-deflate`` permessage-deflate on (``[server] compression = true``) at several
   settings (bench/gateway_launch.py --deflate)
@@ -58,6 +61,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
+from pgserver import PgServer, find_bindir  # noqa: E402  (the tests' temporary PostgreSQL)
 from common import (  # noqa: E402
     BENCH, LOAD_CPU, ROOT, TARGET_CPU, CountingClient, FakeUpstream, ServerProc, abort_all, cpu_busy_seconds, cpu_seconds,
     floor_argv,
@@ -91,6 +96,8 @@ CHAT_ROWS = [
     ("gateway-memory plain", "gateway-memory", "plain"),
     ("gateway-sqlite json", "gateway-sqlite", "json"),
     ("gateway-sqlite plain", "gateway-sqlite", "plain"),
+    ("gateway-postgres json", "gateway-postgres", "json"),
+    ("gateway-postgres plain", "gateway-postgres", "plain"),
     ("gateway-uvloop json", "gateway-uvloop", "json"),
     ("gateway-uvloop plain", "gateway-uvloop", "plain"),
 ]
@@ -126,6 +133,7 @@ class Bench:
         self.args, self.sizes, self.up, self.tmp = args, sizes, upstream, tmp
         self.configs: dict[str, Path] = {}
         self._n = 0
+        self.pg: PgServer | None = None  # started on first use, stopped by close()
         self.deadline = time.perf_counter() + args.budget
         self.phases: list[str] = []  # the phases still to run, this one first
         self.skipped: list[str] = []
@@ -171,9 +179,11 @@ class Bench:
         elif server == "seed":
             argv = seed_argv(up)
         elif server.startswith("gateway"):
-            store = "sqlite" if server == "gateway-sqlite" else "memory"
+            store = {"gateway-sqlite": "sqlite", "gateway-postgres": "postgres"}.get(server, "memory")
             argv = gateway_argv(uvloop=server == "gateway-uvloop", deflate=deflate, config=config)
             env = gateway_env(up, state, store)
+            if store == "postgres":
+                env["GATEWAY_DATABASE_URL"] = self.database()
         else:
             raise ValueError(server)
         proc = ServerProc(server, argv, env)
@@ -401,6 +411,23 @@ class Bench:
                 f"TTFT p99 {chat['ttft_ms_p99']:.1f} ms, gap p99 {chat['gap_ms_p99']:.1f} ms, errors {chat['errors']}")
         return out
 
+    def database(self) -> str:
+        """The URL of a new database on this run's PostgreSQL (started on first use)."""
+        if self.pg is None:
+            bindir = find_bindir()
+            if bindir is None:
+                raise SystemExit("gateway-postgres needs PostgreSQL (apt-get install postgresql)")
+            self.pg = PgServer(bindir)
+            self.pg.start()
+            postmaster = int((self.pg.data / "postmaster.pid").read_text().split()[0])
+            with contextlib.suppress(OSError):  # its backends, forked later, inherit it
+                os.sched_setaffinity(postmaster, {LOAD_CPU})
+        return self.pg.url(self.pg.create_database())
+
+    def close(self) -> None:
+        if self.pg is not None:
+            self.pg.stop()
+
     def selected(self, server: str) -> bool:
         only = self.args.only
         return not only or server in only or any(server.startswith(o) for o in only)
@@ -515,7 +542,7 @@ def report(results: dict[str, Any]) -> str:
 
 
 GATEWAY_ROWS = ("gateway-sqlite json", "gateway-sqlite plain", "gateway-memory json", "gateway-memory plain",
-                "gateway-uvloop json", "gateway-uvloop plain")
+                "gateway-postgres json", "gateway-postgres plain", "gateway-uvloop json", "gateway-uvloop plain")
 
 
 def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -610,7 +637,8 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one round, smaller scenarios (about 2 minutes)")
     parser.add_argument("--rounds", type=int, help="rounds of throughput + paced (default 3, quick 1)")
     parser.add_argument("--only", type=lambda s: [x for x in s.split(",") if x],
-                        help="servers to run: floor, seed, gateway-memory, gateway-sqlite, gateway-uvloop, gateway-deflate "
+                        help="servers to run: floor, seed, gateway-memory, gateway-sqlite, gateway-postgres, gateway-uvloop, "
+                             "gateway-deflate "
                              "(a prefix works: gateway)")
     parser.add_argument("--skip", type=lambda s: [x for x in s.split(",") if x], default=[],
                         help="phases to skip: chat, idle, deflate, scale")
@@ -645,9 +673,12 @@ async def main() -> None:
         async with FakeUpstream() as upstream:
             bench = Bench(args, sizes, upstream, Path(tmp))
             bench.phases = [p for p in ("chat", "idle", "deflate", "scale") if p not in args.skip]
-            for phase in list(bench.phases):
-                log(f"phase {phase}")
-                results[phase] = await getattr(bench, "chat_rounds" if phase == "chat" else phase)()
+            try:
+                for phase in list(bench.phases):
+                    log(f"phase {phase}")
+                    results[phase] = await getattr(bench, "chat_rounds" if phase == "chat" else phase)()
+            finally:
+                bench.close()
             results["skipped"] = bench.skipped
     results["duration_s"] = time.perf_counter() - t0
     results["targets"] = check_targets(results)

@@ -13,7 +13,7 @@ import structlog
 from .errors import ErrorCode, GatewayError
 from .providers import ChatMessage
 from .reply import Reply, StopReason
-from .stores import ConversationStore
+from .stores import ConversationStore, StoreUnavailable
 
 __all__ = ["Producer"]
 
@@ -33,8 +33,10 @@ class Producer:
         max_seconds: float,
         checkpoint_interval: float,
         on_end: Callable[[Reply], None],
+        save_retry_delays: Sequence[float] = (),
     ) -> None:
         self.reply, self.store, self.messages = reply, store, messages
+        self.save_retry_delays = save_retry_delays
         self.max_seconds, self.checkpoint_interval, self.on_end = max_seconds, checkpoint_interval, on_end
         self._checkpointed_at = reply.started_at
         self._timer: asyncio.TimerHandle | None = None
@@ -46,11 +48,31 @@ class Producer:
         reply.finish(self._stopped() if reply.stop_reason else await self._stream())
         try:
             await self._stop_checkpoints()
-            await self.store.save(reply.conversation_id, reply.stored())
+            await self._save_final()
         except Exception:
             _log.exception("store_failed", conversation_id=reply.conversation_id, reply_id=reply.id)
         finally:
             self.on_end(reply)
+
+    async def _save_final(self) -> None:
+        """Save the end; while the store cannot be reached, try again after each of
+        ``save_retry_delays``, then give up and tell the followers it is not stored."""
+        reply = self.reply
+        for delay in (*self.save_retry_delays, None):
+            try:
+                await self.store.save(reply.conversation_id, reply.stored())
+                return
+            except StoreUnavailable as exc:
+                if delay is None:
+                    _log.error("reply_not_stored", conversation_id=reply.conversation_id, reply_id=reply.id,
+                               error=str(exc))
+                    reply.error = reply.error or GatewayError(
+                        ErrorCode.INTERNAL, "this reply could not be stored: it will be missing from the history",
+                        retryable=False,
+                    )
+                    return
+                _log.warning("reply_save_retried", reply_id=reply.id, retry_in_s=delay, error=str(exc))
+                await asyncio.sleep(delay)
 
     async def _stream(self) -> str:
         """The finish reason; a failure is set as the reply's ``error``."""
@@ -113,6 +135,8 @@ class Producer:
         seq = reply.log.seq
         try:
             await self.store.save(reply.conversation_id, reply.stored())
+        except StoreUnavailable as exc:  # the next checkpoint, or the final save, tries again
+            _log.warning("checkpoint_failed", reply_id=reply.id, error=str(exc))
         except Exception:
             _log.exception("checkpoint_failed", reply_id=reply.id)
         self._checkpointed_at = time.monotonic()

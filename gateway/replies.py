@@ -176,6 +176,7 @@ class ReplyRegistry:
         producer = Producer(
             reply, self.store, messages, max_seconds=limits.max_reply_seconds,
             checkpoint_interval=limits.checkpoint_interval, on_end=self._end,
+            save_retry_delays=limits.save_retry_delays,
         )
         reply.task = asyncio.create_task(producer.run(), name=f"reply-{reply.id}")
 

@@ -29,6 +29,7 @@ class RegistryLimits:
     system_prompt: str
     context_max_messages: int
     context_max_chars: int
+    save_retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)  # a reply's final save, store away
 
 
 @dataclass(frozen=True, slots=True)

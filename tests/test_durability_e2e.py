@@ -61,6 +61,7 @@ class Backend:
     name: str
     env: dict[str, str]
     stored_text: Callable[[str], Awaitable[str | None]]
+    age: Callable[[str, float], None]  # make a conversation idle for that many seconds more
 
     async def until_stored(self, reply_id: str, text: str) -> None:
         """Wait (bounded) until the gateway has checkpointed ``text`` for the reply."""
@@ -73,10 +74,22 @@ class Backend:
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite":
-        return Backend("sqlite", {}, lambda reply_id: _stored_text(_db(tmp_path), reply_id))
+
+        def age_sqlite(conversation_id: str, seconds: float) -> None:
+            with sqlite3.connect(_db(tmp_path)) as conn:
+                conn.execute("UPDATE conversations SET updated_at = updated_at - ? WHERE id = ?",
+                             (seconds, conversation_id))
+
+        return Backend("sqlite", {}, lambda reply_id: _stored_text(_db(tmp_path), reply_id), age_sqlite)
     url = request.getfixturevalue("pg_url")
+
+    def age_postgres(conversation_id: str, seconds: float) -> None:
+        with psycopg.connect(url) as conn:
+            conn.execute("UPDATE conversations SET updated_at = updated_at - make_interval(secs => %s) WHERE id = %s",
+                         (seconds, conversation_id))
+
     env = {"GATEWAY_STORE": "postgres", "GATEWAY_DATABASE_URL": url}
-    return Backend("postgres", env, lambda reply_id: _pg_stored_text(url, reply_id))
+    return Backend("postgres", env, lambda reply_id: _pg_stored_text(url, reply_id), age_postgres)
 
 
 async def _open_chat(url: str) -> tuple[Any, Chat]:
@@ -237,7 +250,7 @@ async def test_resume_after_grace_period_is_unavailable(start_gateway: StartGate
     ],
 )
 async def test_context_window_trims_oldest_turns(
-    start_gateway: StartGateway, upstream: FakeUpstream, limits: str, expected: list[str]
+    start_gateway: StartGateway, upstream: FakeUpstream, limits: str, expected: list[str], backend: Backend
 ) -> None:
     def pad(label: str) -> str:
         return label + "." * 38
@@ -247,7 +260,7 @@ async def test_context_window_trims_oldest_turns(
 
     upstream.set_default(answer)
     toml = f'[provider]\nsystem_prompt = "sys"\n[limits]\n{limits}\n'
-    gw = await start_gateway(openai_env(upstream), toml=toml)
+    gw = await start_gateway({**openai_env(upstream), **backend.env}, toml=toml)
     async with gw.chat() as chat:
         await chat.hello()
         for i in range(1, 5):
@@ -257,11 +270,11 @@ async def test_context_window_trims_oldest_turns(
 
 
 async def test_export_and_prune_commands(
-    spawn: Spawn, run_cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
+    spawn: Spawn, run_cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, backend: Backend
 ) -> None:
     toml = tmp_path / "gateway.toml"
     toml.write_text("[provider]\ndemo_delay_ms = 0\n")
-    proc = await spawn({}, "--config", str(toml))
+    proc = await spawn(backend.env, "--config", str(toml))
     ids = []
     for question in ("keep me", "old one"):
         ws, chat = await _open_chat(proc.ws_url)
@@ -270,10 +283,9 @@ async def test_export_and_prune_commands(
         await ws.close()
     proc.proc.send_signal(signal.SIGTERM)
     assert await proc.finish() == 0
-    with sqlite3.connect(_db(tmp_path)) as conn:
-        conn.execute("UPDATE conversations SET updated_at = updated_at - 40 * 86400 WHERE id = ?", (ids[1],))
+    backend.age(ids[1], 40 * 86400)
 
-    env = {"GATEWAY_STATE_DIR": str(tmp_path / "state")}
+    env = {"GATEWAY_STATE_DIR": str(tmp_path / "state"), **backend.env}
     exported = run_cli("conversations", "export", ids[0], env=env)
     assert exported.returncode == 0, exported.stderr
     doc = orjson.loads(exported.stdout)

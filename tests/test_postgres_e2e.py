@@ -1,5 +1,6 @@
-"""A real gateway process on a real PostgreSQL: the CLI, and a password that never shows.
-(Restarts and a crash mid-reply run on both durable stores in test_durability_e2e.py.)"""
+"""A real gateway process on a real PostgreSQL: waiting for it, its restarts, two gateways
+sharing it, `store copy`, and a password that never shows. (Restarts, a crash mid-reply,
+the context window, export and prune run on both durable stores in test_durability_e2e.py.)"""
 
 from __future__ import annotations
 
@@ -24,26 +25,6 @@ Spawn = Callable[..., Any]
 
 def _env(url: str, **extra: str) -> dict[str, str]:
     return {"GATEWAY_STORE": "postgres", "GATEWAY_DATABASE_URL": url, **extra}
-
-
-async def test_export_and_prune_work_on_postgres(
-    spawn: Spawn, run_cli: Callable[..., Any], pg_url: str
-) -> None:
-    proc = await spawn({**_env(pg_url), "GATEWAY_PROVIDER": "demo"}, "--config", "/dev/null")
-    ws, chat = await _open_chat(proc.ws_url)
-    conversation_id = (await chat.hello())["conversation_id"]
-    await chat.send(type="message", id="u1", content="hello there")
-    await chat.until_done()
-    await ws.close()
-    exported = run_cli("conversations", "export", conversation_id, env=_env(pg_url))
-    assert exported.returncode == 0, exported.stderr
-    document = orjson.loads(exported.stdout)
-    assert [m["role"] for m in document["messages"]] == ["user", "assistant"]
-    assert document["messages"][0]["content"] == "hello there"
-    pruned = run_cli("conversations", "prune", "--older-than", "1d", env=_env(pg_url))
-    assert (pruned.returncode, pruned.stdout.strip()) == (0, "deleted 0 conversation(s) idle for more than 1d")
-    proc.proc.send_signal(signal.SIGTERM)
-    assert await proc.finish() == 0
 
 
 async def test_the_password_never_shows(
@@ -239,3 +220,19 @@ def test_store_copy_refuses_unknown_locations_and_a_missing_file(run_cli: Callab
     missing = run_cli("store", "copy", "--from", f"sqlite://{tmp_path}/nothing.db", "--to", f"sqlite://{tmp_path}/b.db")
     assert missing.returncode == 2 and "no conversation store at" in missing.stderr
     assert not (tmp_path / "nothing.db").exists()
+
+
+async def test_two_gateways_starting_at_once_share_an_empty_database(spawn: Spawn, pg_url: str) -> None:
+    env = {**_env(pg_url), "GATEWAY_PROVIDER": "demo"}
+    first, second = await asyncio.gather(spawn(env, "--config", "/dev/null"), spawn(env, "--config", "/dev/null"))
+    ws, chat = await _open_chat(first.ws_url)
+    conversation_id = (await chat.hello())["conversation_id"]
+    text, _ = await chat.ask("written through the first", "u1")
+    await ws.close()
+    ws, chat = await _open_chat(second.ws_url)  # the same conversation, read through the other
+    history = (await chat.hello(conversation_id))["history"]
+    await ws.close()
+    assert [(m["role"], m["content"]) for m in history] == [("user", "written through the first"), ("assistant", text)]
+    for proc in (first, second):
+        proc.proc.send_signal(signal.SIGTERM)
+        assert await proc.finish() == 0

@@ -15,7 +15,7 @@ from gateway.providers import ChatMessage, Chunk, Provider, Usage
 from gateway.replies import RegistryLimits, Reply, ReplyRegistry
 from gateway.slots import Slots
 from gateway.reply import ReplyState, StopReason
-from gateway.stores import StoredMessage
+from gateway.stores import StoredMessage, StoreUnavailable
 from gateway.stores.memory import MemoryStore
 
 LIMITS = RegistryLimits(
@@ -302,3 +302,41 @@ class Gauge:
 
     def dec(self) -> None:
         self.value -= 1
+
+
+class Away(MemoryStore):
+    """A store that cannot be reached for its next ``failures`` saves (a database restarting)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(max_conversations=10, max_messages=100)
+        self.failures = failures
+
+    async def save(self, conversation_id: str, message: StoredMessage) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreUnavailable("PostgreSQL: connection refused")
+        await super().save(conversation_id, message)
+
+
+@pytest.mark.parametrize(("failures", "stored"), [(2, True), (5, False)])
+async def test_a_final_save_is_retried_while_the_store_is_away(failures: int, stored: bool) -> None:
+    """Bounded: three tries here. Stored on the third, the reply ends as usual; never
+    stored, its followers are told (and the history keeps the truth: no final text)."""
+    store = Away(0)
+    limits = dataclasses.replace(LIMITS, save_retry_delays=(0, 0))
+    registry = ReplyRegistry(lambda: Terms(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop")), limits), store)
+    watcher = Watcher()
+    reply_id = await registry.start("c1", StoredMessage("u1", "user", "hello"), watcher, new=True)
+    store.failures = failures
+    reply = _reply(registry, reply_id)
+    await asyncio.wait_for(reply.ended.wait(), 5)
+    assert (reply.finish_reason, watcher.ended, registry.in_flight) == ("stop", 1, 0)
+    history = await store.history("c1", 10)
+    if stored:
+        assert reply.error is None and [(m.content, m.finish_reason) for m in history] == [
+            ("hello", None), ("hi", "stop"),
+        ]
+    else:
+        assert reply.error is not None and reply.error.code is ErrorCode.INTERNAL
+        assert [m.content for m in history] == ["hello"]
+    await registry.close()

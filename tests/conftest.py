@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -14,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from fakeupstream import FakeUpstream
-from pgserver import PgServer, find_bindir
+from pgserver import PgBouncer, PgServer, find_bindir
 from websockets.asyncio.client import ClientConnection, connect
 
 from gateway import config
@@ -128,6 +129,19 @@ def pg_server() -> Iterator[PgServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_bouncer(pg_server: PgServer) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction mode in front of the session's PostgreSQL."""
+    if shutil.which("pgbouncer") is None:
+        pytest.skip("PgBouncer is not installed (apt-get install pgbouncer)")
+    bouncer = PgBouncer(pg_server)
+    try:
+        bouncer.start()
+        yield bouncer
+    finally:
+        bouncer.stop()
 
 
 @pytest.fixture

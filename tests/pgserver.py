@@ -4,7 +4,8 @@ PostgreSQL refuses to run as root, so the cluster belongs to the ``postgres`` us
 (created by the package) when the tests run as root, and to the current user
 otherwise. One server per test session, on a free port, password authentication
 (scram-sha-256) for role ``gateway``; each test gets a database of its own. The
-server is stopped by its PID file's process at the end of the session.
+server is stopped by its PID file's process at the end of the session. :class:`PgBouncer`
+puts Debian's PgBouncer in transaction mode in front of it.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
 
-__all__ = ["PASSWORD", "PgServer", "find_bindir"]
+__all__ = ["PASSWORD", "PgBouncer", "PgServer", "find_bindir"]
 
 PASSWORD = "pg-test-password-7f3a9c"
 ROLE = "gateway"
@@ -93,4 +95,49 @@ class PgServer:
     def stop(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             self.pg_ctl("stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PgBouncer:
+    """PgBouncer in transaction mode in front of ``server``, on a free port, for role ``gateway``."""
+
+    def __init__(self, server: PgServer) -> None:
+        self.server = server
+        self.root = Path(tempfile.mkdtemp(prefix="gateway-pgbouncer-"))
+        self.port = _free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        (self.root / "users").write_text(f'"{ROLE}" "{PASSWORD}"\n')
+        (self.root / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host=127.0.0.1 port={self.server.port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = scram-sha-256\nauth_file = {self.root / 'users'}\n"
+            "pool_mode = transaction\ndefault_pool_size = 4\nmax_client_conn = 200\n"
+            f"logfile = {self.root / 'log'}\n"
+        )
+        shutil.chown(self.root, self.server._owner)
+        for name in ("users", "pgbouncer.ini"):
+            shutil.chown(self.root / name, self.server._owner)
+        command = ["pgbouncer", str(self.root / "pgbouncer.ini")]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", self.server._owner, "--", *command]
+        self._proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:  # until it accepts connections (it has no readiness signal of its own)
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"pgbouncer did not start: {(self.root / 'log').read_text(errors='replace')}")
+            time.sleep(0.05)
+
+    def url(self, database: str) -> str:
+        return f"postgresql://{ROLE}:{PASSWORD}@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(timeout=30)
         shutil.rmtree(self.root, ignore_errors=True)

@@ -9,7 +9,7 @@ import socket
 
 import psycopg
 import pytest
-from pgserver import PASSWORD, PgServer
+from pgserver import PASSWORD, PgBouncer, PgServer
 
 from gateway.stores import StoredMessage, StoreUnavailable, StoreUnusable
 from gateway.stores.postgres import PostgresStore
@@ -119,5 +119,26 @@ async def test_statements_run_under_the_configured_timeout(pg_url: str) -> None:
         async with store._connection() as conn:
             row = await (await conn.execute("SHOW statement_timeout")).fetchone()
         assert row == ("1500ms",)
+    finally:
+        await store.close()
+
+
+async def test_behind_pgbouncer_in_transaction_mode(pg_server: PgServer, pg_bouncer: PgBouncer) -> None:
+    """With ``pgbouncer = true``: no prepared statements, no session settings, and every
+    statement works however PgBouncer shares its server connections; without it PgBouncer
+    refuses the session setting, and the error says so."""
+    url = pg_bouncer.url(pg_server.create_database())
+    refused = PostgresStore(url, connect_timeout=2)
+    with pytest.raises(StoreUnavailable) as info:
+        await refused.open()
+    assert "unsupported startup parameter" in str(info.value) and PASSWORD not in str(info.value)
+    store = PostgresStore(url, pgbouncer=True, max_size=8)
+    await store.open()
+    try:
+        conv = await store.create()
+        for i in range(10):  # the same statements, far past psycopg's prepare threshold
+            await store.add(conv.id, StoredMessage(f"u{i}", "user", f"m{i}"))
+        pages = await asyncio.gather(*(store.history(conv.id, 5) for _ in range(40)))
+        assert all([m.content for m in page] == [f"m{i}" for i in range(5, 10)] for page in pages)
     finally:
         await store.close()

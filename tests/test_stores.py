@@ -36,14 +36,18 @@ USAGE = {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}
 # -- helpers ------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "memory", "postgres"])
+@pytest.fixture(params=["sqlite", "memory", "postgres", "pgbouncer"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ConversationStore]:
-    """A fresh, opened store of each kind (PostgreSQL: a new database); closed at teardown."""
+    """A fresh, opened store of each kind (PostgreSQL: a new database, reached directly or
+    through PgBouncer in transaction mode); closed at teardown."""
     s: ConversationStore
     if request.param == "sqlite":
         s = SQLiteStore(tmp_path / "c.db")
     elif request.param == "postgres":
         s = PostgresStore(request.getfixturevalue("pg_url"))
+    elif request.param == "pgbouncer":
+        server, bouncer = request.getfixturevalue("pg_server"), request.getfixturevalue("pg_bouncer")
+        s = PostgresStore(bouncer.url(server.create_database()), pgbouncer=True, max_size=8)
     else:
         s = MemoryStore(max_conversations=100, max_messages=1000)
     await s.open()
@@ -385,7 +389,7 @@ async def test_export_of_an_empty_conversation(store: ConversationStore) -> None
 
 
 @pytest.mark.parametrize("op", ["add", "save"])
-@pytest.mark.parametrize("store", ["sqlite", "memory", "postgres"], indirect=True)
+@pytest.mark.parametrize("store", ["sqlite", "memory", "postgres", "pgbouncer"], indirect=True)
 async def test_write_to_unknown_conversation_raises_not_found(store: ConversationStore, op: str) -> None:
     with pytest.raises(ConversationNotFound):
         await getattr(store, op)("0" * 32, user("m1"))
@@ -420,7 +424,7 @@ async def test_unicode_and_usage_round_trip(store: ConversationStore) -> None:
     assert await store.history(conv.id, 10, before="回答🙂") == [question]
 
 
-@pytest.mark.parametrize("store", ["sqlite", "memory", "postgres"], indirect=True)
+@pytest.mark.parametrize("store", ["sqlite", "memory", "postgres", "pgbouncer"], indirect=True)
 async def test_concurrent_saves_all_land(store: ConversationStore) -> None:
     convs = [await store.create() for _ in range(10)]
     await asyncio.gather(*(

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import psycopg
 from pgserver import PASSWORD, PgServer
 from test_durability_e2e import _open_chat
 
@@ -236,3 +237,53 @@ async def test_two_gateways_starting_at_once_share_an_empty_database(spawn: Spaw
     for proc in (first, second):
         proc.proc.send_signal(signal.SIGTERM)
         assert await proc.finish() == 0
+
+
+async def test_a_message_sent_while_postgres_is_down_is_refused_whole_then_accepted(
+    spawn: Spawn, pg_server: PgServer, pg_url: str
+) -> None:
+    proc = await spawn({**_env(pg_url), "GATEWAY_PROVIDER": "demo"}, "--config", "/dev/null")
+    ws, chat = await _open_chat(proc.ws_url)
+    conversation_id = (await chat.hello())["conversation_id"]
+    first, _ = await chat.ask("stored before", "u1")
+    await asyncio.to_thread(pg_server.pg_ctl, "stop")
+    try:
+        await chat.send(type="message", id="u2", content="sent while the database is down")
+        refused = await chat.expect("error")
+        assert (refused["code"], refused["id"]) == ("overloaded", "u2")
+        assert refused["retry_after"] == 5 and refused["retryable"] is True
+    finally:
+        await asyncio.to_thread(pg_server.pg_ctl, "start")
+    for _ in range(20):  # the same message again, as the page does after the countdown (bounded)
+        await chat.send(type="message", id="u2", content="sent while the database is down")
+        event = await chat.recv()
+        if event["type"] == "reply.start":
+            break
+        assert event["code"] == "overloaded", event
+    else:
+        raise AssertionError("the message was never accepted once the database was back")
+    second, _ = await chat.until_done()
+    await ws.close()
+    ws, chat = await _open_chat(proc.ws_url)
+    history = (await chat.hello(conversation_id))["history"]
+    await ws.close()
+    assert [(m["role"], m["content"]) for m in history] == [
+        ("user", "stored before"), ("assistant", first),
+        ("user", "sent while the database is down"), ("assistant", second),
+    ], "nothing half-stored, nothing twice"
+    proc.proc.send_signal(signal.SIGTERM)
+    assert await proc.finish() == 0
+    unavailable = [line for line in proc.lines if line["event"] == "store_unavailable"]
+    assert unavailable and all(PASSWORD not in line["error"] for line in unavailable)
+
+
+async def test_a_database_newer_than_the_gateway_stops_it_with_exit_2(spawn: Spawn, pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    await store.close()
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("UPDATE gateway_schema SET version = 42")
+    proc = await spawn(_env(pg_url), wait_ready=False)
+    assert await proc.finish() == 2  # systemd does not retry it (RestartPreventExitStatus=2)
+    failed = next(line for line in proc.lines if line["event"] == "startup_failed")
+    assert failed["error"].startswith("the database is at schema version 42;")

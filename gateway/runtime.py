@@ -8,10 +8,11 @@ one gets the new provider, and nothing holds a copy that a reload must patch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .auth import Authenticator, make_authenticator
-from .config import Config
+from .config import Config, ProviderConfig
 from .providers import Provider
 
 __all__ = ["RegistryLimits", "Runtime"]
@@ -53,3 +54,9 @@ class Runtime:
             context_max_chars=config.limits.context_max_chars,
         )
         return cls(config, provider, make_authenticator(config), limits)
+
+    def reloaded(self, config: Config, make_provider: Callable[[ProviderConfig], Provider]) -> Runtime:
+        """The runtime of ``config`` after a reload: the provider is rebuilt only if its
+        settings changed (replies in flight keep the one they started with anyway)."""
+        same = config.provider == self.config.provider
+        return Runtime.of(config, self.provider if same else make_provider(config.provider))

@@ -10,7 +10,6 @@ partial, and closes sockets with 1001 once what was queued for them is sent.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -28,8 +27,8 @@ from .metrics import Metrics, TimedStore
 from .reloader import Reloader
 from .replies import ReplyRegistry
 from .runtime import Runtime
-from .stores import ConversationStore, OpenReport, StoreUnavailable, StoreUnusable, make_store
-from .supervisor import Supervisor, prune_forever, status_line
+from .stores import ConversationStore, StoreUnavailable, StoreUnusable, make_store
+from .supervisor import Supervisor, open_store, prune_forever, status_line
 from .systemd import Notifier, listen_sockets
 from .tasks import TaskSet
 from .upstream import client_session, make_provider
@@ -38,7 +37,6 @@ from .web import WebState
 __all__ = ["Gateway"]
 
 _log: Any = structlog.get_logger("gateway.server")
-STORE_RETRY_MAX = 30.0  # seconds between attempts to reach the store, at most
 
 
 class Gateway:
@@ -103,7 +101,7 @@ class Gateway:
         metrics = self.metrics.render if cfg.server.metrics else None
         self._web_state = WebState(cfg.server.static_dir, lambda: self.ws_port, current, metrics, self._origins)
         await self.listeners.open_http(cfg, self._web_state, inherited)
-        report = await self._open_store()
+        report = await open_store(self.store, self._notifier, self.lifecycle.stopped_within)
         if report is None:
             return
         if report.recovered:
@@ -119,23 +117,6 @@ class Gateway:
         _log_started(self.listeners, runtime, socket_activated=bool(inherited))
         self.lifecycle.serving()
         self._notifier.notify("READY=1", f"STATUS={self._status()}", f"MAINPID={os.getpid()}")
-
-    async def _open_store(self) -> OpenReport | None:
-        """Open the store; while it cannot be reached, try again (1 s, doubling to 30 s),
-        saying why each time. None if a stop was asked for meanwhile."""
-        for attempt in itertools.count(1):
-            try:
-                return await self.store.open()
-            except StoreUnavailable as exc:
-                delay = min(STORE_RETRY_MAX, 2.0 ** (attempt - 1))
-                _log.warning("store_unavailable", attempt=attempt, retry_in_s=delay, error=str(exc))
-                self._notifier.notify(
-                    f"STATUS=waiting for the conversation store (attempt {attempt}): {exc}"[:250],
-                    f"EXTEND_TIMEOUT_USEC={round((delay + STORE_RETRY_MAX) * 1_000_000)}",
-                )
-                if await self.lifecycle.stopped_within(delay):
-                    return None
-        raise AssertionError("unreachable")
 
     def _current(self) -> Runtime:
         assert self.runtime is not None
@@ -181,12 +162,10 @@ class Gateway:
             self._reloader.reload(self.config, self._status)
 
     def _swap(self, cfg: Config) -> Runtime:
-        """Make ``cfg`` the configuration in force; the provider is rebuilt only if its
-        settings changed (replies in flight keep the one they started with)."""
-        old = self._current()
-        assert self._session is not None
-        provider = old.provider if cfg.provider == old.config.provider else make_provider(cfg.provider, self._session)
-        self.runtime = Runtime.of(cfg, provider)
+        """Make ``cfg`` the configuration in force (one assignment)."""
+        session = self._session
+        assert session is not None
+        self.runtime = self._current().reloaded(cfg, lambda upstream: make_provider(upstream, session))
         return self.runtime
 
     # drain and close

@@ -1,5 +1,5 @@
-"""Telling systemd the gateway is alive and what it does, handing memory back, and
-deleting conversations past their retention.
+"""Telling systemd the gateway is alive and what it does, waiting for the store at
+start, handing memory back, and deleting conversations past their retention.
 
 Every ``WATCHDOG_USEC``/2 (at most every 5 s) the supervisor sends ``WATCHDOG=1``
 from the event loop, so a stuck loop gets the process restarted; every 5 s it
@@ -10,19 +10,21 @@ memory their output held to the system (:mod:`.heap`), every 15 s at most.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import itertools
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
 
 from . import heap
-from .stores import ConversationStore
+from .stores import ConversationStore, OpenReport, StoreUnavailable
 from .systemd import Notifier, watchdog_interval
 
-__all__ = ["PRUNE_EVERY", "STATUS_EVERY", "Supervisor", "prune_forever", "status_line"]
+__all__ = ["PRUNE_EVERY", "STATUS_EVERY", "Supervisor", "open_store", "prune_forever", "status_line"]
 
 _log: Any = structlog.get_logger("gateway.server")
 PRUNE_EVERY = 3600.0
+STORE_RETRY_MAX = 30.0  # seconds between attempts to reach the store, at most
 STATUS_EVERY = 5.0
 TRIM_FOR = 60.0
 TRIM_EVERY = 15.0
@@ -80,3 +82,24 @@ async def prune_forever(store: ConversationStore, older_than: float) -> None:
         except Exception:
             _log.exception("prune_failed")
         await asyncio.sleep(PRUNE_EVERY)
+
+
+async def open_store(
+    store: ConversationStore, notifier: Notifier, stopped_within: Callable[[float], Awaitable[bool]]
+) -> OpenReport | None:
+    """Open ``store``; while it cannot be reached, try again (1 s, doubling to 30 s), saying
+    why each time in the log and to systemd (whose start timeout is extended meanwhile).
+    None if a stop was asked for meanwhile."""
+    for attempt in itertools.count(1):
+        try:
+            return await store.open()
+        except StoreUnavailable as exc:
+            delay = min(STORE_RETRY_MAX, 2.0 ** (attempt - 1))
+            _log.warning("store_unavailable", attempt=attempt, retry_in_s=delay, error=str(exc))
+            notifier.notify(
+                f"STATUS=waiting for the conversation store (attempt {attempt}): {exc}"[:250],
+                f"EXTEND_TIMEOUT_USEC={round((delay + STORE_RETRY_MAX) * 1_000_000)}",
+            )
+            if await stopped_within(delay):
+                return None
+    raise AssertionError("unreachable")

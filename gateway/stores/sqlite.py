@@ -40,6 +40,7 @@ from .sqlite_schema import (
     history_query,
     message_row,
     migrate,
+    restore,
     row_message,
 )
 
@@ -191,23 +192,7 @@ class SQLiteStore:
         return [row[0] for row in rows]
 
     async def restore(self, conversation: Conversation, messages: Sequence[StoredMessage]) -> bool:
-        return await self._run(self._restore, conversation, list(messages))
-
-    def _restore(self, conv: Conversation, messages: list[StoredMessage]) -> bool:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            created = conn.execute(
-                "INSERT OR IGNORE INTO conversations (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                (conv.id, conv.title, conv.created_at, conv.updated_at),
-            ).rowcount == 1
-            if created:
-                conn.executemany(INSERT_MESSAGE, [(conv.id, *message_row(m), conv.updated_at) for m in messages])
-            conn.execute("COMMIT" if created else "ROLLBACK")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return created
+        return await self._run(restore, self.conn, conversation, list(messages))
 
     async def integrity_check(self) -> str:
         row = await self._run(lambda: self.conn.execute("PRAGMA integrity_check").fetchone())

@@ -5,7 +5,8 @@ The schema is versioned with ``PRAGMA user_version``: :func:`migrate` applies
 than this code. :data:`INSERT_MESSAGE` and :data:`UPSERT_MESSAGE` take the
 conversation id, :func:`message_row` and the write time; the rows of
 :func:`history_query` (or any selected with :data:`COLUMNS`) read back with
-:func:`row_message`. :func:`end_interrupted` ends the replies a crash left streaming.
+:func:`row_message`. :func:`end_interrupted` ends the replies a crash left streaming;
+:func:`restore` writes a copied conversation.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .base import StoredMessage, StoreUnusable
+from .base import Conversation, StoredMessage, StoreUnusable
 
 __all__ = [
     "COLUMNS",
@@ -29,6 +30,7 @@ __all__ = [
     "history_query",
     "message_row",
     "migrate",
+    "restore",
     "row_message",
 ]
 
@@ -111,6 +113,23 @@ def end_interrupted(conn: sqlite3.Connection) -> int:
         "UPDATE messages SET finish_reason = 'error' WHERE role = 'assistant' AND finish_reason IS NULL"
     )
     return cursor.rowcount
+
+
+def restore(conn: sqlite3.Connection, conv: Conversation, messages: list[StoredMessage]) -> bool:
+    """Write ``conv`` as given and its messages in one transaction, unless its id is taken."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        created = conn.execute(
+            "INSERT OR IGNORE INTO conversations (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
+            (conv.id, conv.title, conv.created_at, conv.updated_at),
+        ).rowcount == 1
+        if created:
+            conn.executemany(INSERT_MESSAGE, [(conv.id, *message_row(m), conv.updated_at) for m in messages])
+        conn.execute("COMMIT" if created else "ROLLBACK")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return created
 
 
 def history_query(conversation_id: str, limit: int, before: str | None) -> tuple[str, tuple[Any, ...]]:

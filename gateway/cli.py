@@ -153,7 +153,8 @@ def _serve(cfg: config.Config, reload: Callable[[], config.Config]) -> int:
     journal = _on_journal()
 
     def configure_logs(cfg: config.Config) -> None:
-        logs.configure(cfg.log.level, cfg.log.format, secrets=(cfg.provider.api_key,), journal=journal)
+        secrets = (cfg.provider.api_key, cfg.store.password)
+        logs.configure(cfg.log.level, cfg.log.format, secrets=secrets, journal=journal)
 
     configure_logs(cfg)
     log: Any = structlog.get_logger("gateway.cli")

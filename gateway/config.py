@@ -105,7 +105,7 @@ class StoreConfig:
     pool_min_size: int = key(v.integer(0, 1000), 1, None, "postgres: connections kept open")
     pool_max_size: int = key(v.integer(1, 1000), 10, None,
         "postgres: most connections at once (the database's max_connections bounds the sum over instances)")
-    connect_timeout: float = key(v.number(0.5, 600), 5.0, None, "postgres: seconds to connect")
+    connect_timeout: float = key(v.number(2, 600), 5.0, None, "postgres: seconds to connect (libpq waits 2 at least)")
     statement_timeout: float = key(v.number(0, 3600), 10.0, None,
         "postgres: seconds one statement may run (0: no limit); with pgbouncer, set it on the role instead")
     pgbouncer: bool = key(v.boolean, False, None,

@@ -8,6 +8,7 @@ message that says what was expected; :mod:`gateway.settings` adds the key's name
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -186,6 +187,8 @@ def database_url(value: Any) -> str:
     text = string(value).strip()
     if text and not text.startswith(("postgresql://", "postgres://")):
         raise ValueError("expected a URL like postgresql://gateway@127.0.0.1:5432/gateway")
+    if re.search(r"%(?![0-9A-Fa-f]{2})", text):  # libpq refuses it, quoting the URL: never shown
+        raise ValueError("the URL has a '%' not followed by two hex digits (percent-encode '%' as %25)")
     return text
 
 

@@ -13,6 +13,7 @@ from . import wire
 from .connection import CLOSE_POLICY, Connection, Hub
 from .errors import ErrorCode, GatewayError, ProtocolError
 from .events import ReplyEnded, ReplyStarted, Streaming
+from .intake import store_errors
 from .outbox import Close
 from .paging import page, read_bound, without
 from .runtime import Runtime
@@ -86,10 +87,12 @@ class JsonConnection(Connection):
         so hellos alone create nothing. A new one is open to other connections (tabs) while
         a connection holds it."""
         runtime = self.hub.runtime
-        conv = await self.hub.store.get(conversation_id) if conversation_id else None
+        with store_errors(conversation_id or ""):
+            conv = await self.hub.store.get(conversation_id) if conversation_id else None
+            if conv is not None:
+                history, _, active = await _read_page(self.hub, conv.id, runtime.config.limits.history_limit)
         if conv is not None:
             conv_id, title = conv.id, conv.title
-            history, _, active = await _read_page(self.hub, conv_id, runtime.config.limits.history_limit)
         elif conversation_id and not await self.hub.bus.watched(conversation_id):
             raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
         else:
@@ -139,7 +142,8 @@ class JsonConnection(Connection):
     async def _history(self, msg: wire.History) -> None:
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first")
-        messages, has_more, _ = await _read_page(self.hub, self.conversation_id, msg.limit, msg.before)
+        with store_errors(self.conversation_id):
+            messages, has_more, _ = await _read_page(self.hub, self.conversation_id, msg.limit, msg.before)
         self.outbox.put(
             wire.encode(
                 "history",

@@ -34,6 +34,8 @@ class PlainConnection(Connection):
                 self.outbox.put("Error: binary frames are not supported; send text")
             elif not frame.strip():
                 self.outbox.put("Error: the message is empty")
+            elif "\x00" in frame:
+                self.outbox.put("Error: the message contains a NUL character")
             elif len(frame) > (limit := self.hub.runtime.config.limits.max_content_chars):
                 self.outbox.put(f"Error: the message is longer than {limit} characters")
             else:

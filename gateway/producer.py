@@ -34,9 +34,10 @@ class Producer:
         checkpoint_interval: float,
         on_end: Callable[[Reply], None],
         save_retry_delays: Sequence[float] = (),
+        save_deadline: float = 10.0,
     ) -> None:
         self.reply, self.store, self.messages = reply, store, messages
-        self.save_retry_delays = save_retry_delays
+        self.save_retry_delays, self.save_deadline = save_retry_delays, save_deadline
         self.max_seconds, self.checkpoint_interval, self.on_end = max_seconds, checkpoint_interval, on_end
         self._checkpointed_at = reply.started_at
         self._timer: asyncio.TimerHandle | None = None
@@ -56,23 +57,27 @@ class Producer:
 
     async def _save_final(self) -> None:
         """Save the end; while the store cannot be reached, try again after each of
-        ``save_retry_delays``, then give up and tell the followers it is not stored."""
+        ``save_retry_delays``, all within ``save_deadline`` seconds; else give up and tell
+        the followers it is not stored (the next start marks its checkpoint ``error``)."""
         reply = self.reply
-        for delay in (*self.save_retry_delays, None):
-            try:
-                await self.store.save(reply.conversation_id, reply.stored())
-                return
-            except StoreUnavailable as exc:
-                if delay is None:
-                    _log.error("reply_not_stored", conversation_id=reply.conversation_id, reply_id=reply.id,
-                               error=str(exc))
-                    reply.error = reply.error or GatewayError(
-                        ErrorCode.INTERNAL, "this reply could not be stored: it will be missing from the history",
-                        retryable=False,
-                    )
-                    return
-                _log.warning("reply_save_retried", reply_id=reply.id, retry_in_s=delay, error=str(exc))
-                await asyncio.sleep(delay)
+        try:
+            async with asyncio.timeout(self.save_deadline):
+                for delay in (*self.save_retry_delays, None):
+                    try:
+                        await self.store.save(reply.conversation_id, reply.stored())
+                        return
+                    except StoreUnavailable as exc:
+                        if delay is None:
+                            raise
+                        _log.warning("reply_save_retried", reply_id=reply.id, retry_in_s=delay, error=str(exc))
+                        await asyncio.sleep(delay)
+        except Exception as exc:  # the store still away, past the deadline, or refusing the text
+            _log.error("reply_not_stored", conversation_id=reply.conversation_id, reply_id=reply.id,
+                       error=str(exc) or type(exc).__name__)
+            reply.error = reply.error or GatewayError(
+                ErrorCode.INTERNAL, "this reply could not be stored: it will be missing from the history",
+                retryable=False,
+            )
 
     async def _stream(self) -> str:
         """The finish reason; a failure is set as the reply's ``error``."""
@@ -108,6 +113,8 @@ class Producer:
         async with contextlib.aclosing(reply.provider.stream(self.messages)) as stream:
             async for chunks in stream:
                 text = "".join([c.text for c in chunks]) if len(chunks) > 1 else chunks[0].text
+                if "\x00" in text:  # kept by no store: shown and stored as U+FFFD alike
+                    text = text.replace("\x00", "\ufffd")
                 for chunk in chunks:
                     reply.reasoning_chars += len(chunk.reasoning)
                     reply.usage = chunk.usage or reply.usage

@@ -31,6 +31,7 @@ class RegistryLimits:
     context_max_messages: int
     context_max_chars: int
     save_retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)  # a reply's final save, store away
+    save_deadline: float = 10.0  # ... all of its tries: a drain plus this fits systemd's stop timeout
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,6 +120,8 @@ def _field(obj: Mapping[str, Any], name: str, kind: type, *, required: bool = Tr
     limit = {"content": None, "token": MAX_TOKEN_CHARS}.get(name, MAX_ID_CHARS)
     if isinstance(value, str) and limit is not None and len(value) > limit:
         raise _bad(f"field {name!r} is longer than {limit} characters")
+    if isinstance(value, str) and "\x00" in value:  # no store keeps it (PostgreSQL text refuses it)
+        raise _bad(f"field {name!r} contains a NUL character")
     return value
 
 

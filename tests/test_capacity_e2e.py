@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from conftest import StartGateway, openai_env
 from fakeupstream import FakeUpstream, Pause, Script, openai_sse
 
-from gateway.stores import StoredMessage
+from gateway.stores import Conversation, StoredMessage, StoreUnavailable
 from gateway.stores.memory import MemoryStore
 
 
@@ -49,3 +50,27 @@ async def test_store_failure_is_internal_and_connection_stays(start_gateway: Sta
         await chat.expect("pong")
         await chat.send(type="message", id="m2", content="again")
         assert (await chat.expect("error"))["code"] == "internal", "no reply slot leaked: not busy"
+
+
+class AwayStore(MemoryStore):
+    """A store that cannot be reached (a database restarting), for reads as for writes."""
+
+    async def get(self, conversation_id: str) -> Conversation | None:
+        raise StoreUnavailable("PostgreSQL: connection refused")
+
+    async def history(self, *args: Any, **kwargs: Any) -> list[StoredMessage]:
+        raise StoreUnavailable("PostgreSQL: connection refused")
+
+
+async def test_hello_and_history_while_the_store_is_away_are_overloaded(start_gateway: StartGateway) -> None:
+    """Reads fail like writes: `overloaded` with retry_after, the connection stays, no traceback."""
+    gw = await start_gateway(toml="[provider]\ndemo_delay_ms = 0\n", store=AwayStore(max_conversations=10, max_messages=10))
+    async with gw.chat() as chat:
+        await chat.send(type="hello", conversation_id="a" * 32)
+        error = await chat.expect("error")
+        assert (error["code"], error["retry_after"], error["retryable"]) == ("overloaded", 5, True)
+        await chat.send(type="message", id="m1", content="hi", conversation_id="b" * 32)
+        error = await chat.expect("error")
+        assert (error["code"], error["id"], error["retry_after"]) == ("overloaded", "m1", 5)
+        await chat.send(type="ping")
+        await chat.expect("pong")

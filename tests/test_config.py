@@ -693,3 +693,9 @@ def test_the_pool_may_not_be_smaller_than_its_minimum(tmp_path: Path) -> None:
         tmp_path, '[store]\nbackend = "postgres"\nurl = "postgresql://g@h/db"\npool_min_size = 5\npool_max_size = 2\n'
     ))
     assert exc.key == "store.pool_min_size"
+
+
+def test_a_database_url_libpq_would_quote_is_refused_without_quoting_it() -> None:
+    url = "postgresql://gateway:s3cr%zzet@127.0.0.1/gateway"
+    exc = config_error(lambda: load(None, {"GATEWAY_STORE": "postgres", "GATEWAY_DATABASE_URL": url}))
+    assert exc.key == "GATEWAY_DATABASE_URL" and "%25" in exc.message and "s3cr" not in exc.message

@@ -142,3 +142,42 @@ async def test_behind_pgbouncer_in_transaction_mode(pg_server: PgServer, pg_boun
         assert all([m.content for m in page] == [f"m{i}" for i in range(5, 10)] for page in pages)
     finally:
         await store.close()
+
+
+async def test_a_url_libpq_refuses_is_unusable_and_never_quoted(pg_server: PgServer) -> None:
+    url = pg_server.url("postgres") + "?no_such_parameter=1"
+    with pytest.raises(StoreUnusable) as info:
+        await PostgresStore(url).open()
+    assert "libpq" in str(info.value) and PASSWORD not in str(info.value) and "no_such" not in str(info.value)
+
+
+async def test_a_schema_set_up_the_server_refuses_is_unusable_with_its_reason(pg_url: str) -> None:
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("CREATE TABLE conversations (something_else int)")  # not ours
+    with pytest.raises(StoreUnusable) as info:
+        await PostgresStore(pg_url).open()
+    assert "already exists" in str(info.value) and "SQLSTATE 42P07" in str(info.value)
+
+
+async def test_create_returns_the_row_a_concurrent_creator_commits(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        with psycopg.connect(pg_url) as other:
+            other.execute("INSERT INTO conversations VALUES ('x', 'theirs', now(), now())")  # not committed
+            creating = asyncio.create_task(store.create("x"))
+            with psycopg.connect(pg_url, autocommit=True) as watch:
+                for _ in range(500):  # until our INSERT waits on their row lock (bounded)
+                    row = watch.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    ).fetchone()
+                    if row and row[0]:
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    raise AssertionError("the create never waited for the other transaction")
+            other.commit()
+        conv = await creating
+        assert (conv.id, conv.title) == ("x", "theirs")
+    finally:
+        await store.close()

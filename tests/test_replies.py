@@ -340,3 +340,39 @@ async def test_a_final_save_is_retried_while_the_store_is_away(failures: int, st
         assert reply.error is not None and reply.error.code is ErrorCode.INTERNAL
         assert [m.content for m in history] == ["hello"]
     await registry.close()
+
+
+class Hangs(MemoryStore):
+    """A store whose writes never answer (a frozen database) once ``frozen`` is set."""
+
+    frozen = False
+
+    async def save(self, conversation_id: str, message: StoredMessage) -> None:
+        if self.frozen:
+            await asyncio.Event().wait()
+        await super().save(conversation_id, message)
+
+
+async def test_a_final_save_that_never_answers_gives_up_at_its_deadline() -> None:
+    store = Hangs(max_conversations=10, max_messages=100)
+    limits = dataclasses.replace(LIMITS, save_deadline=0.05)
+    registry = ReplyRegistry(lambda: Terms(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop")), limits), store)
+    watcher = Watcher()
+    reply_id = await registry.start("c1", StoredMessage("u1", "user", "hello"), watcher, new=True)
+    store.frozen = True
+    reply = _reply(registry, reply_id)
+    await asyncio.wait_for(reply.ended.wait(), 5)
+    assert reply.error is not None and "could not be stored" in reply.error.message
+    assert (watcher.ended, registry.in_flight) == (1, 0), "the chat is told, the slot freed"
+    await registry.close()
+
+
+async def test_nul_from_the_upstream_is_stored_and_shown_as_a_replacement_character() -> None:
+    store = MemoryStore(max_conversations=10, max_messages=100)
+    registry = ReplyRegistry(terms(Scripted(Chunk(text="a\x00b"), Chunk(finish_reason="stop"))), store)
+    watcher = Watcher()
+    reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "hello"), watcher, new=True))
+    await asyncio.wait_for(reply.ended.wait(), 5)
+    assert watcher.text == "a\ufffdb"
+    assert (await store.history("c1", 1))[0].content == "a\ufffdb"
+    await registry.close()

@@ -100,6 +100,8 @@ BAD: list[Any] = [
     pytest.param('{"type":"history","limit":"5"}', None, id="history_str"),
     pytest.param('{"type":"history","before":5}', None, id="history_int_before"),
     pytest.param('{"type":"message","id":"m1","content":"\\ud800"}', None, id="lone_surrogate"),
+    pytest.param('{"type":"message","id":"m1","content":"a\\u0000b"}', "m1", id="nul_in_content"),
+    pytest.param('{"type":"hello","conversation_id":"c\\u0000"}', None, id="nul_in_conversation_id"),
 ]
 
 

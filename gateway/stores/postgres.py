@@ -11,6 +11,7 @@ ever put in an error or a log line.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -71,6 +72,9 @@ class PostgresStore:
         self._sizes = (min_size, max_size)
         self._connect_timeout = connect_timeout
         self._kwargs = _connection_kwargs(password, connect_timeout, statement_timeout, pgbouncer)
+        # The most one operation may take, seen from here: a frozen server or a silent
+        # network must not hold a chat, a reply's end or the drain for minutes.
+        self._bound = connect_timeout + (statement_timeout or 60.0) + 1.0
         self._pool: AsyncConnectionPool | None = None
 
     async def open(self, *, recover: bool = True) -> OpenReport:
@@ -79,11 +83,17 @@ class PostgresStore:
         if self._pool is not None:
             return OpenReport()
         try:
-            async with await psycopg.AsyncConnection.connect(self._url, **self._kwargs) as conn:
-                await _migrate(conn)
-                recovered = (await conn.execute(RECOVER)).rowcount if recover else 0
+            async with asyncio.timeout(self._bound):
+                conn = await self._connect()
+                async with conn:
+                    await _migrate(conn)
+                    recovered = (await conn.execute(RECOVER)).rowcount if recover else 0
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"PostgreSQL did not answer within {self._bound:g} s") from exc
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(_reason(exc)) from exc
+        except psycopg.Error as exc:  # the set-up refused: permissions, a clashing table, a standby
+            raise StoreUnusable(f"PostgreSQL refused the schema set-up: {_server_reason(exc)}") from exc
         self._pool = AsyncConnectionPool(
             self._url, min_size=self._sizes[0], max_size=self._sizes[1], kwargs=self._kwargs, open=False,
             timeout=self._connect_timeout, name="gateway-store", check=AsyncConnectionPool.check_connection,
@@ -91,16 +101,24 @@ class PostgresStore:
         await self._pool.open(wait=False)
         return OpenReport(recovered=recovered)
 
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        try:
+            return await psycopg.AsyncConnection.connect(self._url, **self._kwargs)
+        except psycopg.ProgrammingError:  # libpq's words would quote the URL
+            raise StoreUnusable("the database URL is not one libpq accepts (its syntax or a parameter)") from None
+
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         if self._pool is None:
             raise RuntimeError("the store is not open")
         try:
-            async with self._pool.connection() as conn:
+            async with asyncio.timeout(self._bound), self._pool.connection() as conn:
                 yield conn
         except PoolTimeout as exc:
             raise StoreUnavailable(f"no PostgreSQL connection within {self._connect_timeout:g} s") from exc
-        except psycopg.OperationalError as exc:
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"PostgreSQL did not answer within {self._bound:g} s") from exc
+        except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:  # down, or a standby
             raise StoreUnavailable(_reason(exc)) from exc
 
     async def close(self) -> None:
@@ -214,6 +232,8 @@ def _connection_kwargs(password: str, connect_timeout: float, statement_timeout:
         "autocommit": True,
         "connect_timeout": max(2, round(connect_timeout)),
         "application_name": "llm-ws-gateway",
+        # A peer gone without a word (a crash, a cut network) is noticed in about 30 s.
+        "keepalives": 1, "keepalives_idle": 15, "keepalives_interval": 5, "keepalives_count": 3,
     }
     if password:
         kwargs["password"] = password
@@ -224,7 +244,13 @@ def _connection_kwargs(password: str, connect_timeout: float, statement_timeout:
     return kwargs
 
 
-def _reason(exc: psycopg.OperationalError) -> str:
+def _server_reason(exc: psycopg.Error) -> str:
+    """The server's own words (never the URL) and the SQLSTATE."""
+    primary = exc.diag.message_primary if exc.diag is not None else None
+    return f"{primary or type(exc).__name__} (SQLSTATE {exc.sqlstate or '?'})"[:300]
+
+
+def _reason(exc: psycopg.Error) -> str:
     """What went wrong, in one line; libpq's messages name the host, never the password."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"PostgreSQL: {text}"[:300]

@@ -71,18 +71,14 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = "id, role, content, extract(epoch FROM created_at)::float8, finish_reason, usage, model"
 
+# The conversation, created if absent. DO UPDATE (a no-op) rather than DO NOTHING: it waits
+# for a concurrent creator to commit and then returns that row, which a second SELECT in the
+# same statement could not see (its snapshot is older).
 CREATE = """
-WITH made AS (
-    INSERT INTO conversations (id, title, created_at, updated_at)
-    VALUES (%(id)s, '', to_timestamp(%(now)s), to_timestamp(%(now)s))
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id, title, created_at, updated_at
-)
-SELECT id, title, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8 FROM made
-UNION ALL
-SELECT id, title, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8
-FROM conversations WHERE id = %(id)s
-LIMIT 1
+INSERT INTO conversations (id, title, created_at, updated_at)
+VALUES (%(id)s, '', to_timestamp(%(now)s), to_timestamp(%(now)s))
+ON CONFLICT (id) DO UPDATE SET id = excluded.id
+RETURNING id, title, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8
 """
 
 GET = (

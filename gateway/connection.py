@@ -37,8 +37,8 @@ class Hub:
     """What connections share: the runtime in force, the reply bus, the store and the
     output budget."""
 
-    def __init__(self, runtime: Callable[[], Runtime], registry: ReplyRegistry, store: ConversationStore) -> None:
-        self._runtime = runtime
+    def __init__(self, runtime: Runtime, registry: ReplyRegistry, store: ConversationStore) -> None:
+        self.runtime = runtime  # the one place the runtime in force lives: a reload replaces it
         self.metrics = registry.metrics
         self.registry = registry
         self.bus: ReplyBus = registry
@@ -47,11 +47,6 @@ class Hub:
         self.cut_off = 0  # connections closed for not reading, ever
         self.metrics.queued_bytes.set_function(lambda: self.budget.total)
         self.connections: set[Connection] = set()
-
-    @property
-    def runtime(self) -> Runtime:
-        """The configuration in force and what is built from it (a reload swaps it)."""
-        return self._runtime()
 
     async def watch(self, conn: Connection, conversation_id: str) -> None:
         """Make ``conn`` the watcher of ``conversation_id`` (and of nothing else)."""

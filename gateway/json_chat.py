@@ -87,17 +87,16 @@ class JsonConnection(Connection):
         so hellos alone create nothing. A new one is open to other connections (tabs) while
         a connection holds it."""
         runtime = self.hub.runtime
-        with store_errors(conversation_id or ""):
+        with store_errors(conversation_id or ""):  # a protocol error passes through as it is
             conv = await self.hub.store.get(conversation_id) if conversation_id else None
             if conv is not None:
-                history, _, active = await _read_page(self.hub, conv.id, runtime.config.limits.history_limit)
-        if conv is not None:
-            conv_id, title = conv.id, conv.title
-        elif conversation_id and not await self.hub.bus.watched(conversation_id):
-            raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
-        else:
-            conv_id, title, active, history = conversation_id or new_id(), "", None, []
-            self.unsaved = conv_id
+                conv_id, title = conv.id, conv.title
+                history, _, active = await _read_page(self.hub, conv_id, runtime.config.limits.history_limit)
+            elif conversation_id and not await self.hub.bus.watched(conversation_id):
+                raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
+            else:
+                conv_id, title, active, history = conversation_id or new_id(), "", None, []
+                self.unsaved = conv_id
         await self.hub.watch(self, conv_id)
         self.outbox.put(_ready(self.session_id, conv_id, title, history, runtime, active))
 

@@ -56,7 +56,6 @@ class Gateway:
         configure_logs: Callable[[Config], None] | None = None,
     ) -> None:
         self._config = config
-        self.runtime: Runtime | None = None  # built from the config by start(), swapped by a reload
         self.metrics = Metrics()
         self.store: ConversationStore = TimedStore(store or make_store(config), self.metrics)
         self.lifecycle = Lifecycle()
@@ -70,9 +69,14 @@ class Gateway:
         self._tasks = TaskSet()  # the supervisor and the pruner
 
     @property
+    def runtime(self) -> Runtime | None:
+        """The configuration in force and what is built from it (from start() on)."""
+        return self.hub.runtime if self.hub is not None else None
+
+    @property
     def config(self) -> Config:
         """The configuration in force."""
-        return self.runtime.config if self.runtime is not None else self._config
+        return self.hub.runtime.config if self.hub is not None else self._config
 
     @property
     def closed(self) -> bool:
@@ -94,12 +98,14 @@ class Gateway:
         it while it cannot be reached), then ``/chat``. A stop asked for meanwhile ends it."""
         cfg = self.config
         self._session = client_session()
-        self.runtime = runtime = Runtime.of(cfg, make_provider(cfg.provider, self._session))
-        current = self._current
-        self.hub = Hub(current, ReplyRegistry(current, self.store, self.metrics), self.store)
+        runtime = Runtime.of(cfg, make_provider(cfg.provider, self._session))
+        registry = ReplyRegistry(lambda: hub.runtime, self.store, self.metrics)
+        self.hub = hub = Hub(runtime, registry, self.store)
         inherited = listen_sockets(self._env)
         metrics = self.metrics.render if cfg.server.metrics else None
-        self._web_state = WebState(cfg.server.static_dir, lambda: self.ws_port, current, metrics, self._origins)
+        self._web_state = WebState(
+            cfg.server.static_dir, lambda: self.ws_port, lambda: hub.runtime, metrics, self._origins
+        )
         await self.listeners.open_http(cfg, self._web_state, inherited)
         report = await open_store(self.store, self._notifier, self.lifecycle.stopped_within)
         if report is None:
@@ -118,13 +124,9 @@ class Gateway:
         self.lifecycle.serving()
         self._notifier.notify("READY=1", f"STATUS={self._status()}", f"MAINPID={os.getpid()}")
 
-    def _current(self) -> Runtime:
-        assert self.runtime is not None
-        return self.runtime
-
     def _origins(self) -> tuple[str, ...]:
         """The browser origins allowed now: configured, or those of the gateway's own page."""
-        server = self._current().config.server
+        server = self.config.server
         return server.allowed_origins or own_origins(server.http_addr.host, self.http_port)
 
     # serve
@@ -163,10 +165,10 @@ class Gateway:
 
     def _swap(self, cfg: Config) -> Runtime:
         """Make ``cfg`` the configuration in force (one assignment)."""
-        session = self._session
-        assert session is not None
-        self.runtime = self._current().reloaded(cfg, lambda upstream: make_provider(upstream, session))
-        return self.runtime
+        hub, session = self.hub, self._session
+        assert hub is not None and session is not None
+        hub.runtime = hub.runtime.reloaded(cfg, lambda upstream: make_provider(upstream, session))
+        return hub.runtime
 
     # drain and close
 

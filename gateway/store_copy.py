@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import EXIT_CONFIG, EXIT_STARTUP
@@ -21,7 +21,6 @@ from .stores.sqlite import SQLiteStore
 __all__ = ["CopyReport", "copy", "open_location", "run"]
 
 PAGE = 200  # conversation ids read at a time
-
 _TIME_TOLERANCE = 1e-5  # seconds: PostgreSQL keeps microseconds, SQLite a double
 
 
@@ -31,7 +30,7 @@ class CopyReport:
     messages: int = 0  # copied now
     present: int = 0  # already in the target, left alone
     verified: int = 0  # conversations of the source found equal in the target
-    mismatched: list[str] | None = None
+    mismatched: list[str] = field(default_factory=list)  # conversations that differ in the target
 
     def lines(self) -> list[str]:
         lines = [
@@ -95,7 +94,7 @@ async def _copy_between(source: ConversationStore, target: ConversationStore) ->
 
 async def copy(source: ConversationStore, target: ConversationStore, progress: Callable[[str], None]) -> CopyReport:
     """Copy every conversation of ``source`` missing from ``target``, then verify them all."""
-    report = CopyReport(mismatched=[])
+    report = CopyReport()
     async for conversation_id in _all_ids(source):
         conv = await source.get(conversation_id)
         if conv is None:  # deleted meanwhile (a gateway still running on the source)
@@ -112,7 +111,6 @@ async def copy(source: ConversationStore, target: ConversationStore, progress: C
         if await _same(source, target, conversation_id):
             report.verified += 1
         else:
-            assert report.mismatched is not None
             report.mismatched.append(conversation_id)
     return report
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psycopg
 
-__all__ = ["PASSWORD", "PgBouncer", "PgServer", "find_bindir"]
+__all__ = ["PASSWORD", "PgBouncer", "PgServer", "find_bindir", "free_port"]
 
 PASSWORD = "pg-test-password-7f3a9c"
 ROLE = "gateway"
@@ -36,7 +36,8 @@ def find_bindir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nothing listens on (once the probe socket is closed)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -49,7 +50,7 @@ class PgServer:
         self.bindir = bindir
         self.root = Path(tempfile.mkdtemp(prefix="gateway-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._owner = "postgres" if os.geteuid() == 0 else getpass.getuser()
         self._names = itertools.count(1)
 
@@ -104,7 +105,7 @@ class PgBouncer:
     def __init__(self, server: PgServer) -> None:
         self.server = server
         self.root = Path(tempfile.mkdtemp(prefix="gateway-pgbouncer-"))
-        self.port = _free_port()
+        self.port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

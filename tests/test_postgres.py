@@ -5,11 +5,10 @@ survived. The contract itself is tested with the other stores in test_stores.py.
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import psycopg
 import pytest
-from pgserver import PASSWORD, PgBouncer, PgServer
+from pgserver import PASSWORD, PgBouncer, PgServer, free_port
 
 from gateway.stores import StoredMessage, StoreUnavailable, StoreUnusable
 from gateway.stores.postgres import PostgresStore
@@ -72,10 +71,7 @@ async def test_a_password_from_a_file_is_used_and_never_shown(pg_server: PgServe
 
 
 async def test_an_unreachable_server_is_unavailable_not_a_crash() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens there once closed
-    store = PostgresStore(f"postgresql://gateway:secret-pw-xyz@127.0.0.1:{port}/gateway", connect_timeout=2)
+    store = PostgresStore(f"postgresql://gateway:secret-pw-xyz@127.0.0.1:{free_port()}/gateway", connect_timeout=2)
     with pytest.raises(StoreUnavailable) as info:
         await store.open()
     assert "secret-pw-xyz" not in str(info.value)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 import psycopg
-from pgserver import PASSWORD, PgServer
+from pgserver import PASSWORD, PgServer, free_port
 from test_durability_e2e import _open_chat
 
 from gateway.stores import StoredMessage
@@ -55,12 +54,6 @@ async def test_the_password_never_shows(
         assert PASSWORD not in output and "a-wrong-password-123" not in output
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _get(url: str) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as http, http.get(url) as resp:
         return resp.status, await resp.json()
@@ -71,7 +64,7 @@ async def test_a_gateway_waits_for_postgres_then_serves(
 ) -> None:
     """Started while the database is down: /readyz says 503 and the log says why, once per
     attempt (never the password); when the database is back it serves by itself."""
-    http_port = _free_port()
+    http_port = free_port()
     env = {**_env(pg_url), "GATEWAY_HTTP_ADDR": f"127.0.0.1:{http_port}", "GATEWAY_PROVIDER": "demo"}
     await asyncio.to_thread(pg_server.pg_ctl, "stop")
     try:
@@ -96,7 +89,7 @@ async def test_a_gateway_waits_for_postgres_then_serves(
 
 
 async def test_sigterm_while_waiting_for_postgres_stops_cleanly(spawn: Spawn) -> None:
-    url = f"postgresql://gateway@127.0.0.1:{_free_port()}/gateway"  # nothing listens there
+    url = f"postgresql://gateway@127.0.0.1:{free_port()}/gateway"  # nothing listens there
     proc = await spawn({**_env(url), "GATEWAY_PROVIDER": "demo"}, wait_ready=False)
     await proc.wait_for_event("store_unavailable")
     proc.proc.send_signal(signal.SIGTERM)

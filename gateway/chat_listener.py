@@ -24,6 +24,7 @@ from .plain_chat import PlainConnection
 __all__ = ["ChatListener"]
 
 _log: Any = structlog.get_logger("gateway.server")
+READY_PATH = "/readyz"  # as on the HTTP listener: Caddy checks each upstream where it proxies to
 
 # permessage-deflate with a small window: measured (docs/performance.md) to compress
 # token streams as well as the library's default for 46 KiB per connection instead of 54.
@@ -58,6 +59,9 @@ class ChatListener:
         )
 
     def _check_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        if request.path == READY_PATH:  # a load balancer's health check of this listener
+            ready = self.hub.registry.accepting
+            return conn.respond(200 if ready else 503, "ready\n" if ready else "draining\n")
         refusal = admit(request.path, request.headers, self.hub.runtime.authenticator, self._origins())
         if refusal is None:
             return None

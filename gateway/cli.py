@@ -51,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     copy.add_argument("--from", dest="source", required=True, metavar="LOCATION", help="e.g. sqlite:///var/lib/gateway/conversations.db")
     copy.add_argument("--to", dest="target", required=True, metavar="LOCATION", help="e.g. postgresql://gateway@127.0.0.1/gateway")
     _config_arg(copy)
+    rollout = sub.add_parser(
+        "rollout", help="restart the gateway@N instances one at a time, each once the previous one is ready",
+        description="restart the gateway@N instances (systemd/gateway@.service) one at a time: each with "
+        "systemctl restart, then only once its /readyz answers 200 the next; stop at the first that does not "
+        "come back",
+    )
+    rollout.add_argument("units", nargs="*", metavar="UNIT", help="default: every active gateway@N unit")
+    rollout.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                         help="for each instance to stop and be ready again (default 120)")
     return parser
 
 
@@ -63,6 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         _parser().print_help()
         return EXIT_CONFIG
+    if args.command == "rollout":  # systemd's business: no configuration needed
+        from . import rollout
+
+        units = args.units or rollout.active_instances()
+        return 0 if rollout.rollout(units, timeout=args.timeout, say=lambda line: print(line, flush=True)) else 1
     try:
         cfg = config.load(args.config, isatty=sys.stdout.isatty())
     except ConfigError as exc:  # logging is not set up yet: said on stderr

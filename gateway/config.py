@@ -27,6 +27,7 @@ from .settings import Setting, key, read, section, sections, settings
 
 __all__ = [
     "AuthConfig",
+    "ClusterConfig",
     "Config",
     "HostPort",
     "LimitsConfig",
@@ -116,6 +117,27 @@ class StoreConfig:
         "delete conversations idle this long, e.g. 30d or 12h (checked hourly); empty: keep forever",
         show=lambda seconds: f"{seconds:g}s" if seconds else "")
     password: str = dataclasses.field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """``[cluster]``: several instances sharing live replies through Redis (or Valkey); off
+    while ``redis_url`` is empty. Needs the postgres store."""
+
+    redis_url: str = key(v.redis_url, "", "GATEWAY_REDIS_URL",
+        "Redis URL, e.g. redis://127.0.0.1:6379/0 (no password in it: see password_file); "
+        "empty: one instance alone", show=v.masked_url)
+    password_file: str = key(v.path, "", "GATEWAY_REDIS_PASSWORD_FILE",
+        "file holding the Redis password; default $CREDENTIALS_DIRECTORY/redis_password if present")
+    lease_timeout: float = key(v.number(1, 600), 15.0, None,
+        "seconds after which another instance ends the replies of an instance that stopped renewing its lease")
+    socket_timeout: float = key(v.number(0.1, 60), 2.0, None,
+        "seconds to connect to Redis or wait for one answer; past it Redis counts as down")
+    password: str = dataclasses.field(default="", repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +234,7 @@ class Config:
 
     server: ServerConfig = section(ServerConfig)
     store: StoreConfig = section(StoreConfig)
+    cluster: ClusterConfig = section(ClusterConfig)
     limits: LimitsConfig = section(LimitsConfig)
     provider: ProviderConfig = section(ProviderConfig)
     auth: AuthConfig = section(AuthConfig)
@@ -245,6 +268,7 @@ def load(
     return Config(
         server=ServerConfig(**server),
         store=StoreConfig(**store),
+        cluster=_cluster(values["cluster"], store["backend"], env),
         limits=LimitsConfig(**values["limits"]),
         provider=_provider(values["provider"], env),
         auth=AuthConfig(**values["auth"], tokens=_auth_tokens(values["auth"]["tokens_file"], env)),
@@ -267,6 +291,19 @@ def _check_database(store: dict[str, Any], env: Mapping[str, str]) -> None:
             store["password"] = Path(password_file).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError("store.password_file", f"cannot read {password_file}: {exc}") from None
+
+
+def _cluster(values: dict[str, Any], backend: str, env: Mapping[str, str]) -> ClusterConfig:
+    """Cluster mode shares conversations too: only the postgres store is shared."""
+    if values["redis_url"] and backend != "postgres":
+        raise ConfigError("cluster.redis_url", f"several instances need the postgres store (store.backend is {backend})")
+    password_file = values["password_file"] or _credential(env, "redis_password")
+    if password_file and values["redis_url"]:
+        try:
+            values["password"] = Path(password_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("cluster.password_file", f"cannot read {password_file}: {exc}") from None
+    return ClusterConfig(**values)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ __all__ = [
     "params",
     "parse_duration",
     "path",
+    "redis_url",
     "string",
     "toml_value",
 ]
@@ -189,6 +190,14 @@ def database_url(value: Any) -> str:
         raise ValueError("expected a URL like postgresql://gateway@127.0.0.1:5432/gateway")
     if re.search(r"%(?![0-9A-Fa-f]{2})", text):  # libpq refuses it, quoting the URL: never shown
         raise ValueError("the URL has a '%' not followed by two hex digits (percent-encode '%' as %25)")
+    return text
+
+
+def redis_url(value: Any) -> str:
+    """A Redis URL (``redis://host:port/db``, ``rediss://`` for TLS, ``unix://path``), or ""."""
+    text = string(value).strip()
+    if text and not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected a URL like redis://127.0.0.1:6379/0")
     return text
 
 

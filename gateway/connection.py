@@ -23,10 +23,11 @@ from .replies import ReplyRegistry
 from .runtime import Runtime
 from .stores import ConversationStore, StoredMessage
 
-__all__ = ["CLOSE_GOING_AWAY", "CLOSE_OVERLOADED", "CLOSE_POLICY", "Connection", "Hub"]
+__all__ = ["CLOSE_GOING_AWAY", "CLOSE_OVERLOADED", "CLOSE_POLICY", "CLOSE_SERVICE_RESTART", "Connection", "Hub"]
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_OVERLOADED = 1013
 CLOSE_TIMEOUT = 10.0
 
@@ -59,12 +60,12 @@ class Hub:
         if conn.conversation_id is not None:
             self.bus.unwatch(conn.conversation_id, conn)
 
-    async def close_all(self, timeout: float = 5.0) -> None:
-        """Close every socket with 1001 once what is queued for it is written; after
+    async def close_all(self, timeout: float = 5.0, code: int = CLOSE_GOING_AWAY) -> None:
+        """Close every socket with ``code`` once what is queued for it is written; after
         ``timeout`` seconds stop waiting (each connection bounds its own close)."""
         connections = list(self.connections)
         for conn in connections:
-            conn.shutdown()
+            conn.shutdown(code)
         if not connections:
             return
         waiters = [asyncio.ensure_future(c.ws.wait_closed()) for c in connections]
@@ -151,13 +152,13 @@ class Connection:
         except ConnectionClosed:
             pass
 
-    def shutdown(self) -> None:
-        """Close with 1001 once every frame already queued is written."""
+    def shutdown(self, code: int = CLOSE_GOING_AWAY) -> None:
+        """Close with ``code`` (1001, or 1012 in a cluster) once every frame already queued is written."""
         reason = "server restarting; reconnect and resume"
         if self._writer is None:
-            self.close(CLOSE_GOING_AWAY, reason)
+            self.close(code, reason)
         else:
-            self.outbox.put(Close(CLOSE_GOING_AWAY, reason))
+            self.outbox.put(Close(code, reason))
 
     def _overflowed(self) -> None:
         budget = self.hub.budget

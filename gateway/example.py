@@ -26,6 +26,7 @@ _HEADER = """\
 _SECTIONS = {
     "server": "Listeners, browser origins, shutdown.",
     "store": "Where conversations are kept.",
+    "cluster": "Several instances sharing live replies through Redis (needs the postgres store).",
     "limits": "Bounds on connections, frames, queues and history.",
     "provider": "The LLM upstream: demo (built in), openai (any OpenAI-compatible API) or dashscope.",
     "auth": "Client authentication (off unless a token file is configured).",

@@ -7,6 +7,14 @@ scripts. Bounded by count and by ``--duration``; stops by itself.
 
 Plain-text mode has no end-of-reply marker (as the seed backend had none): a reply
 is taken as finished after ``--plain-idle`` seconds without a frame.
+
+In JSON mode a connection closed by a restarting gateway (1001, or 1012 from an
+instance of a cluster) is opened again and the reply in progress resumed from its
+last ``seq``, as the chat page does: a rolling restart shows in ``resumes``, and a
+delta received twice or out of order in ``integrity.repeated_deltas``. With a
+deterministic upstream (the demo provider), the replies to the n-th prompt of every
+connection have the same text: ``integrity.distinct_texts`` (the most different texts
+for one prompt) above 1 means text was lost or changed.
 """
 
 from __future__ import annotations
@@ -43,6 +51,20 @@ class Stats:
     ttft: list[float] = field(default_factory=list)
     gaps: list[float] = field(default_factory=list)
     closes: Counter[int] = field(default_factory=Counter)
+    resumes: int = 0
+    retried: Counter[str] = field(default_factory=Counter)
+    messages: dict[str, str] = field(default_factory=dict)  # the first message of each error code
+    repeated: int = 0
+    texts: dict[int, Counter[str]] = field(default_factory=dict)  # by prompt: its reply texts
+
+
+    def error(self, code: str, message: Any) -> None:
+        self.errors[code] += 1
+        self.messages.setdefault(code, str(message)[:200])
+
+
+RESTART_CODES = (1001, 1012)  # the gateway restarts: connect again and resume
+MAX_RECONNECTS = 20  # per connection
 
 
 class Unreachable(Exception):
@@ -135,13 +157,13 @@ def _connect(args: argparse.Namespace) -> Any:
 async def _client(args: argparse.Namespace, stats: Stats, delay: float) -> None:
     await asyncio.sleep(delay)
     try:
-        async with _connect(args) as ws:
-            stats.opened += 1
-            if args.protocol == "json" and args.token:
-                await ws.send(orjson.dumps({"type": "hello", "token": args.token}).decode())
-            for i in range(args.messages):
-                reply = _json_reply if args.protocol == "json" else _plain_reply
-                await asyncio.wait_for(reply(ws, args, stats, i), args.reply_timeout)
+        if args.protocol == "json":
+            await _Session(args, stats).run()
+        else:
+            async with _connect(args) as ws:
+                stats.opened += 1
+                for i in range(args.messages):
+                    await asyncio.wait_for(_plain_reply(ws, args, stats, i), args.reply_timeout)
     except TimeoutError:
         stats.errors["reply_timeout"] += 1
     except ConnectionClosed as exc:
@@ -152,21 +174,126 @@ async def _client(args: argparse.Namespace, stats: Stats, delay: float) -> None:
         stats.failed_connects += 1
 
 
-async def _json_reply(ws: ClientConnection, args: argparse.Namespace, stats: Stats, i: int) -> None:
-    sent = time.perf_counter()
-    await ws.send(orjson.dumps({"type": "message", "id": f"lt{i}", "content": args.prompt}).decode())
-    last = None
-    while True:
-        event = orjson.loads(await ws.recv())
-        kind = event.get("type")
-        if kind == "reply.delta":
-            last = _delta(stats, sent, last, len(event["text"]))
-        elif kind == "error":
-            stats.errors[event.get("code", "error")] += 1
-        elif kind == "reply.done":
-            stats.replies += 1
-            stats.tokens += (event.get("usage") or {}).get("completion_tokens", 0)
-            return
+@dataclass
+class _Reply:
+    """One prompt's reply, as far as it came (it survives reconnections)."""
+
+    msg_id: str
+    sent: float
+    reply_id: str | None = None
+    seq: int = 0
+    text: str = ""
+    last: float | None = None
+
+
+class _Session:
+    """One simulated user in JSON mode: a conversation, its prompts in turn, and a new
+    connection (resuming the reply in progress) whenever the gateway restarts."""
+
+    def __init__(self, args: argparse.Namespace, stats: Stats) -> None:
+        self.args, self.stats = args, stats
+        self.conversation_id: str | None = None
+        self.done = 0
+        self.reply: _Reply | None = None
+
+    async def run(self) -> None:
+        for attempt in itertools.count():
+            try:
+                async with _connect(self.args) as ws:
+                    self.stats.opened += attempt == 0
+                    await self._serve(ws)
+                    return
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else 1006
+                if code not in RESTART_CODES or attempt >= MAX_RECONNECTS:
+                    raise
+                self.stats.closes[code] += 1
+            except (OSError, InvalidHandshake):  # the instance went away: behind Caddy, another answers
+                if attempt == 0 or attempt >= MAX_RECONNECTS:
+                    raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        hello: dict[str, Any] = {"type": "hello", "conversation_id": self.conversation_id}
+        if self.args.token:
+            hello["token"] = self.args.token
+        await ws.send(orjson.dumps(hello).decode())
+        while (ready := orjson.loads(await ws.recv())).get("type") != "ready":
+            pass
+        self.conversation_id = ready["conversation_id"]
+        if self.reply is not None and self._adopt(ready):
+            self.stats.resumes += 1
+            resume = {"type": "resume", "reply_id": self.reply.reply_id, "after_seq": self.reply.seq}
+            await ws.send(orjson.dumps(resume).decode())
+            await asyncio.wait_for(self._read_reply(ws), self.args.reply_timeout)
+        while self.done < self.args.messages:
+            if self.reply is None:
+                self.reply = _Reply(f"lt{self.done}-{time.monotonic_ns()}", time.perf_counter())
+            message = {"type": "message", "id": self.reply.msg_id, "content": self.args.prompt}
+            await ws.send(orjson.dumps(message).decode())
+            await asyncio.wait_for(self._read_reply(ws), self.args.reply_timeout)
+
+    def _adopt(self, ready: dict[str, Any]) -> bool:
+        """After a reconnect: whether the reply of the prompt in progress is to be resumed.
+        A message whose ``reply.start`` was lost with the connection was taken if it is in
+        the history: its reply is the one streaming now (resumed from 0), or it ended."""
+        reply = self.reply
+        assert reply is not None
+        if reply.reply_id is not None:
+            return True
+        history = ready.get("history") or []
+        ids = [m.get("id") for m in history]
+        if reply.msg_id not in ids:
+            return False  # not taken: send it (again)
+        streaming = ready.get("streaming")
+        if streaming:
+            reply.reply_id = streaming["reply_id"]
+            return True
+        answer = history[ids.index(reply.msg_id) + 1:]
+        if answer:
+            reply.reply_id = answer[0].get("id")
+            return True  # ended meanwhile: resumable within the gateway's resume grace
+        self.reply = None  # taken but never answered (the reply could not start): the next prompt
+        self.done += 1
+        return False
+
+    async def _read_reply(self, ws: ClientConnection) -> None:
+        reply, stats = self.reply, self.stats
+        assert reply is not None
+        while True:
+            event = orjson.loads(await ws.recv())
+            kind = event.get("type")
+            if kind == "reply.start" and event.get("id") == reply.msg_id:
+                reply.reply_id = event["reply_id"]
+            elif kind == "reply.delta" and event.get("reply_id") == reply.reply_id:
+                if event["seq"] <= reply.seq:
+                    stats.repeated += 1
+                    continue
+                reply.seq, reply.text = event["seq"], reply.text + event["text"]
+                reply.last = _delta(stats, reply.sent, reply.last, len(event["text"]))
+            elif kind == "error" and event.get("id") == reply.msg_id and reply.reply_id is None:
+                code = event.get("code", "error")
+                if code == "overloaded" and event.get("retryable"):  # a restart: send it again, as the page does
+                    stats.retried[code] += 1
+                    reply.msg_id = f"{reply.msg_id}r"
+                    await asyncio.sleep(min(5.0, float(event.get("retry_after") or 1)))
+                    return
+                stats.error(code, event.get("message"))
+                self._next()  # refused (busy, too_large...): counted, not sent again
+                return
+            elif kind == "error":
+                stats.error(event.get("code", "error"), event.get("message"))
+            elif kind == "reply.done" and event.get("reply_id") == reply.reply_id:
+                stats.replies += 1
+                stats.tokens += (event.get("usage") or {}).get("completion_tokens", 0)
+                if event.get("finish_reason") == "stop":
+                    stats.texts.setdefault(self.done, Counter())[reply.text] += 1
+                self._next()
+                return
+
+    def _next(self) -> None:
+        self.done += 1
+        self.reply = None
 
 
 async def _plain_reply(ws: ClientConnection, args: argparse.Namespace, stats: Stats, i: int) -> None:
@@ -229,6 +356,7 @@ def _report(args: argparse.Namespace, stats: Stats, wall: float) -> dict[str, An
         "connections": {"requested": args.connections, "opened": stats.opened, "failed": stats.failed_connects},
         "replies": {"requested": args.connections * args.messages, "completed": stats.replies},
         "errors": dict(stats.errors),
+        "error_messages": stats.messages,
         "close_codes": {str(k): v for k, v in stats.closes.items()},
         "wall_s": round(wall, 3),
         "ttft_ms": _ms(stats.ttft),
@@ -240,6 +368,12 @@ def _report(args: argparse.Namespace, stats: Stats, wall: float) -> dict[str, An
             "tokens_per_s": round(stats.tokens / wall, 1) if wall and stats.tokens else None,
         },
         "totals": {"deltas": stats.deltas, "chars": stats.chars, "tokens": stats.tokens},
+        "resumes": stats.resumes,
+        "retried": dict(stats.retried),
+        "integrity": {
+            "repeated_deltas": stats.repeated,
+            "distinct_texts": max((len(texts) for texts in stats.texts.values()), default=0),
+        },
     }
 
 
@@ -261,6 +395,8 @@ def _table(r: dict[str, Any]) -> str:
         row("", r["throughput"]),
         "",
         f"errors: {r['errors'] or 'none'}; failed connections: {r['connections']['failed']}",
+        f"resumed after a restart: {r['resumes']}; repeated deltas: {r['integrity']['repeated_deltas']}; "
+        f"distinct reply texts: {r['integrity']['distinct_texts']}",
         "",
     ]
     return "\n".join(lines)

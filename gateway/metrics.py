@@ -42,6 +42,14 @@ class Metrics:
             "gateway_output_queued_bytes", "Bytes queued or being written for all clients (limits.max_total_pending_bytes)",
             registry=r,
         )
+        self.redis_up = Gauge("gateway_redis_up", "1 while Redis answers (cluster mode), else 0", registry=r)
+        self.redis_outages = Counter("gateway_redis_outages", "Times Redis stopped answering (cluster mode)", registry=r)
+        self.redis_data_lost = Counter(
+            "gateway_redis_data_lost", "Times Redis was found to have lost the cluster's data (cluster mode)", registry=r
+        )
+        self.takeovers = Counter(
+            "gateway_replies_taken_over", "Replies ended here after their owner's lease expired", registry=r
+        )
         self.store_latency = Histogram(
             "gateway_store_seconds", "Conversation store operation latency", ["op"], buckets=_STORE, registry=r
         )

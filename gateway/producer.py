@@ -49,7 +49,8 @@ class Producer:
         reply.finish(self._stopped() if reply.stop_reason else await self._stream())
         try:
             await self._stop_checkpoints()
-            await self._save_final()
+            if reply.stop_reason is not StopReason.FENCED:  # the instance that took it over stores it
+                await self._save_final()
         except Exception:
             _log.exception("store_failed", conversation_id=reply.conversation_id, reply_id=reply.id)
         finally:
@@ -103,6 +104,11 @@ class Producer:
         """The finish reason of a reply stopped by a client (cancel) or by the drain."""
         if self.reply.stop_reason is StopReason.CANCELLED:
             return "cancelled"
+        if self.reply.stop_reason is StopReason.FENCED:
+            self.reply.error = GatewayError(
+                ErrorCode.INTERNAL, "another instance ended this reply while this one could not reach Redis",
+            )
+            return "error"
         self.reply.error = GatewayError(
             ErrorCode.OVERLOADED, "the server restarted before this reply finished", retry_after=1
         )

@@ -27,6 +27,7 @@ from .reply import Reply, StopReason
 from .reply_index import ReplyIndex
 from .replystats import ReplyStats
 from .runtime import RegistryLimits
+from .sharing import Alone, Sharing
 from .slots import Slots
 from .stores import ConversationStore, StoredMessage
 from .watchers import Watchers
@@ -61,6 +62,7 @@ class ReplyRegistry:
         self._replies = ReplyIndex()
         self._slots = Slots(self.metrics.replies_in_flight)
         self._watchers = Watchers()
+        self.sharing: Sharing = Alone()
 
     @property
     def in_flight(self) -> int:
@@ -82,6 +84,10 @@ class ReplyRegistry:
 
     async def watched(self, conversation_id: str) -> bool:
         return conversation_id in self._watchers
+
+    def watchers(self, conversation_id: str) -> tuple[Subscriber, ...]:
+        """Who watches the conversation here (a snapshot)."""
+        return self._watchers.of(conversation_id)
 
     async def streaming(self, conversation_id: str) -> Streaming | None:
         """The reply streaming in ``conversation_id`` now, if any."""
@@ -130,6 +136,7 @@ class ReplyRegistry:
         terms = self._terms()
         reply = self._reserve(conversation_id, message.id, terms)
         with self._preparing(reply):
+            await self.sharing.claim(reply)
             history = await add_message(
                 self.store, conversation_id, message, new=new, context_messages=terms.limits.context_max_messages
             )
@@ -141,6 +148,7 @@ class ReplyRegistry:
         terms = self._terms()
         reply = self._reserve(conversation_id, request_id, terms)
         with self._preparing(reply):
+            await self.sharing.claim(reply)
             history, reply.replaces = await take_back_reply(
                 self.store, conversation_id, terms.limits.context_max_messages
             )
@@ -160,6 +168,7 @@ class ReplyRegistry:
                 yield
         except BaseException:
             self._slots.free(reply)
+            self.sharing.release(reply)
             raise
 
     def _launch(
@@ -173,6 +182,7 @@ class ReplyRegistry:
         self._replies.add(reply)
         self.stats.started()
         reply.begin(subscriber, self._watchers.of(reply.conversation_id), content)
+        self.sharing.started(reply, content)
         producer = Producer(
             reply, self.store, messages, max_seconds=limits.max_reply_seconds,
             checkpoint_interval=limits.checkpoint_interval, on_end=self._end,
@@ -186,6 +196,10 @@ class ReplyRegistry:
         self._slots.free(reply)
         self._replies.ended(reply, self._terms().limits.resume_grace)
         subscribers = reply.close()
+        try:
+            self.sharing.ended(reply)
+        except Exception:
+            _log.exception("reply_share_failed", reply_id=reply.id)
         event = reply.ended_event()
         for subscriber in subscribers:
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .errors import GatewayError
 from .events import ReplyDelta, ReplyEnded, ReplyStarted, Subscriber
@@ -25,6 +25,7 @@ class ReplyState(enum.Enum):
 class StopReason(enum.Enum):
     CANCELLED = "cancelled"
     SHUTDOWN = "shutdown"
+    FENCED = "fenced"  # another instance took it over (its owner's lease had expired)
 
 
 class Reply:
@@ -51,6 +52,7 @@ class Reply:
         self.replaces: str | None = None
         self.task: asyncio.Task[None] | None = None
         self.producing = False  # set by its producer's first step
+        self.shared: Callable[[Reply], None] | None = None  # told of each new delta (cluster mode)
 
     @property
     def done(self) -> bool:
@@ -89,11 +91,12 @@ class Reply:
 
     def stop(self, reason: StopReason) -> None:
         """Ask the producer to stop; the upstream request is aborted at once. A producer
-        not running yet is not cancelled (its task would end without ever running, and
-        the reply never end): it sees ``stop_reason`` when it starts."""
-        if self.task is not None and not self.done:
+        not running yet (or a reply still being prepared) is not cancelled (its task would
+        end without ever running, and the reply never end): it sees ``stop_reason`` when
+        it starts."""
+        if not self.done:
             self.stop_reason = self.stop_reason or reason
-            if self.producing:
+            if self.task is not None and self.producing:
                 self.task.cancel()
 
     def publish(self, text: str) -> bool:
@@ -105,6 +108,8 @@ class Reply:
         event = ReplyDelta(self.id, self.log.seq, text)
         for subscriber in tuple(self.subscribers):
             subscriber.reply_event(event)
+        if self.shared is not None:
+            self.shared(self)
         return True
 
     def finish(self, finish_reason: str) -> None:

@@ -61,6 +61,18 @@ class ReplyLog:
         start = self._ends[after_seq - 1] if after_seq else 0
         return self.text[start:]
 
+    def deltas(self, after_seq: int) -> list[str]:
+        """The deltas numbered above ``after_seq``, one string each (recent ones are
+        cheap: they are still apart)."""
+        if not 0 <= after_seq <= self.seq:
+            raise ValueError(f"after_seq {after_seq} is outside 0..{self.seq}")
+        first_apart = self.seq - len(self._tail)  # the deltas after this one are still apart
+        if after_seq >= first_apart:
+            return self._tail[after_seq - first_apart:]
+        text, ends = self.text, self._ends
+        starts = [ends[i - 1] if i else 0 for i in range(after_seq, self.seq)]
+        return [text[start:end] for start, end in zip(starts, ends[after_seq:], strict=True)]
+
     def _compact(self) -> None:
         self._pieces.append("".join(self._tail))
         self._tail = []

@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
 
 from . import __version__
 from .config import Config, own_origins
-from .connection import Hub
+from .connection import CLOSE_SERVICE_RESTART, Hub
 from .errors import StartupError
 from .lifecycle import Lifecycle, Phase
 from .listeners import Listeners
@@ -34,9 +34,13 @@ from .tasks import TaskSet
 from .upstream import client_session, make_provider
 from .web import WebState
 
+if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
+
 __all__ = ["Gateway"]
 
 _log: Any = structlog.get_logger("gateway.server")
+SHIP_TIMEOUT = 5.0  # seconds, after the drain, for Redis to take the last replies' text
 
 
 class Gateway:
@@ -67,6 +71,7 @@ class Gateway:
         self.listeners = Listeners()
         self._web_state: WebState | None = None
         self._tasks = TaskSet()  # the supervisor and the pruner
+        self.cluster: ClusterNode | None = None  # with [cluster] redis_url
 
     @property
     def runtime(self) -> Runtime | None:
@@ -101,17 +106,26 @@ class Gateway:
         runtime = Runtime.of(cfg, make_provider(cfg.provider, self._session))
         registry = ReplyRegistry(lambda: hub.runtime, self.store, self.metrics)
         self.hub = hub = Hub(runtime, registry, self.store)
+        if cfg.cluster.enabled:
+            from .cluster.node import ClusterNode  # Redis's client is loaded in cluster mode only
+
+            self.cluster = ClusterNode(cfg.cluster, registry, self.store, self.metrics, lambda: hub.runtime.limits)
+            hub.bus = self.cluster.bus
         inherited = listen_sockets(self._env)
         metrics = self.metrics.render if cfg.server.metrics else None
         self._web_state = WebState(
-            cfg.server.static_dir, lambda: self.ws_port, lambda: hub.runtime, metrics, self._origins
+            cfg.server.static_dir, lambda: self.ws_port, lambda: hub.runtime, metrics, self._origins,
+            redis=self.cluster.redis_state_now if self.cluster else None,
         )
         await self.listeners.open_http(cfg, self._web_state, inherited)
-        report = await open_store(self.store, self._notifier, self.lifecycle.stopped_within)
+        # In a cluster, the replies a crash left streaming are ended by the instance that takes them over.
+        report = await open_store(self.store, self._notifier, self.lifecycle.stopped_within, recover=not self.cluster)
         if report is None:
             return
         if report.recovered:
             _log.warning("interrupted_replies_recovered", count=report.recovered)
+        if self.cluster is not None:
+            await self.cluster.open()
         await self.listeners.open_chat(self.hub, self._origins, inherited)
         self._web_state.ready = True
         supervisor = Supervisor(
@@ -186,10 +200,14 @@ class Gateway:
         if self.hub is not None and self.listeners.stop_accepting():
             timeout = self.config.server.drain_timeout
             _log.info("drain_started", replies_in_flight=in_flight, timeout_s=timeout)
+            if self.cluster is not None:  # clients resume on another instance; replies stream on into Redis
+                await self.hub.close_all(code=CLOSE_SERVICE_RESTART)
             await self.hub.registry.drain(timeout, self.lifecycle.hurry)
             await self.hub.close_all()
             await self.listeners.close_chat()
             await self.hub.registry.close()
+        if self.cluster is not None:
+            await self.cluster.close(SHIP_TIMEOUT)
         await self._tasks.cancel()
         await self.listeners.close_http()
         if self._session is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import Protocol
 
 from .errors import ErrorCode, GatewayError, ProtocolError
 from .reply import Reply, StopReason
@@ -25,6 +25,8 @@ class Slots:
     def __init__(self, gauge: _Gauge) -> None:
         self._by_conversation: dict[str, Reply] = {}
         self._gauge = gauge
+        self._none = asyncio.Event()  # set while no slot is taken
+        self._none.set()
         self.accepting = True
 
     def __len__(self) -> int:
@@ -42,37 +44,33 @@ class Slots:
         if len(self._by_conversation) >= max_replies:
             raise GatewayError(ErrorCode.OVERLOADED, "the server is busy; try again shortly", retry_after=2)
         self._by_conversation[reply.conversation_id] = reply
+        self._none.clear()
         self._gauge.inc()
 
     def free(self, reply: Reply) -> None:
         if self._by_conversation.get(reply.conversation_id) is reply:
             del self._by_conversation[reply.conversation_id]
             self._gauge.dec()
+            if not self._by_conversation:
+                self._none.set()
 
     async def drain(self, timeout: float, hurry: asyncio.Event) -> None:
-        """Give no more slots; give the replies streaming ``timeout`` seconds (less if
-        ``hurry`` is set meanwhile), then stop them: each stores what it streamed."""
+        """Give no more slots; give the replies streaming, and those still being prepared
+        (their message being stored), ``timeout`` seconds (less if ``hurry`` is set
+        meanwhile), then stop them: each stores what it streamed."""
         self.accepting = False
-        tasks = [r.task for r in self._by_conversation.values() if r.task is not None]
-        if tasks:
-            await _wait_all(tasks, timeout, hurry)
+        await _first(self._none, hurry, timeout)
         for reply in list(self._by_conversation.values()):
             reply.stop(StopReason.SHUTDOWN)
-        if tasks:
-            await asyncio.wait(tasks)
+        await _first(self._none, asyncio.Event(), None)
 
 
-async def _wait_all(tasks: list[asyncio.Task[None]], timeout: float, hurry: asyncio.Event) -> None:
-    """Wait until every task is done, ``timeout`` passed or ``hurry`` is set."""
-    hurried = asyncio.ensure_future(hurry.wait())
-    pending: set[asyncio.Future[Any]] = set(tasks)
+async def _first(one: asyncio.Event, other: asyncio.Event, timeout: float | None) -> None:
+    """Wait until ``one`` or ``other`` is set, or ``timeout`` seconds passed."""
+    waiters = [asyncio.ensure_future(one.wait()), asyncio.ensure_future(other.wait())]
     try:
-        async with asyncio.timeout(timeout):
-            while pending and not hurried.done():
-                _, pending = await asyncio.wait(pending | {hurried}, return_when=asyncio.FIRST_COMPLETED)
-                pending.discard(hurried)
-    except TimeoutError:
-        pass
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        hurried.cancel()
-        await asyncio.gather(hurried, return_exceptions=True)
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)

@@ -85,14 +85,18 @@ async def prune_forever(store: ConversationStore, older_than: float) -> None:
 
 
 async def open_store(
-    store: ConversationStore, notifier: Notifier, stopped_within: Callable[[float], Awaitable[bool]]
+    store: ConversationStore,
+    notifier: Notifier,
+    stopped_within: Callable[[float], Awaitable[bool]],
+    *,
+    recover: bool = True,
 ) -> OpenReport | None:
-    """Open ``store``; while it cannot be reached, try again (1 s, doubling to 30 s), saying
+    """Open ``store`` (ending the replies a crash left streaming if ``recover``); while it cannot be reached, try again (1 s, doubling to 30 s), saying
     why each time in the log and to systemd (whose start timeout is extended meanwhile).
     None if a stop was asked for meanwhile."""
     for attempt in itertools.count(1):
         try:
-            return await store.open()
+            return await store.open(recover=recover)
         except StoreUnavailable as exc:
             delay = min(STORE_RETRY_MAX, 2.0 ** (attempt - 1))
             _log.warning("store_unavailable", attempt=attempt, retry_in_s=delay, error=str(exc))

@@ -49,8 +49,11 @@ class WebState:
         runtime: Callable[[], Runtime],
         metrics: Callable[[], bytes] | None = None,
         origins: Callable[[], tuple[str, ...]] = lambda: (),
+        *,
+        redis: Callable[[], str] | None = None,
     ) -> None:
         self.metrics = metrics
+        self.redis = redis  # cluster mode: "up" or "down"
         self.origins = origins
         self.static_dir = static_dir.resolve()
         self.ws_port = ws_port
@@ -145,7 +148,13 @@ def _page_host(request: web.Request, state: WebState) -> str:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+    """Alive. In a cluster, also whether Redis answers: without it the instance still
+    serves, alone (so this stays 200)."""
+    body = {"status": "ok"}
+    redis = request.app[STATE].redis
+    if redis is not None:
+        body["redis"] = redis()
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
 async def _readyz(request: web.Request) -> web.Response:

@@ -11,7 +11,8 @@
 #   /opt/gateway/current                symlink to the release in use (the units run it)
 #   /etc/gateway/gateway.toml           configuration: written once from gateway.example.toml, never overwritten
 #   /etc/gateway/api_key                the provider's API key, mode 0600, empty until you fill it in
-#   /etc/systemd/system/gateway.service, gateway-ws.socket, gateway-http.socket
+#   /etc/systemd/system/gateway.service, gateway-ws.socket, gateway-http.socket,
+#                                       gateway@.service (instances of a cluster)
 #   /var/lib/gateway/                   state (conversations.db), made by systemd (StateDirectory=)
 #
 # Environment:
@@ -33,7 +34,7 @@ DESTDIR=${DESTDIR%/}
 PREFIX=/opt/gateway
 ETC=/etc/gateway
 UNITDIR=/etc/systemd/system
-UNITS=(gateway.service gateway-ws.socket gateway-http.socket)
+UNITS=(gateway.service gateway-ws.socket gateway-http.socket gateway@.service)
 PY=${INSTALL_PYTHON:-/usr/bin/python3}
 KEEP=${KEEP_RELEASES:-3}
 PACKAGE=llm-ws-gateway

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from fakeupstream import FakeUpstream
 from pgserver import PgBouncer, PgServer, find_bindir
+from redisserver import RedisServer, find_redis
 from websockets.asyncio.client import ClientConnection, connect
 
 from gateway import config
@@ -148,6 +149,29 @@ def pg_bouncer(pg_server: PgServer) -> Iterator[PgBouncer]:
 def pg_url(pg_server: PgServer) -> str:
     """The URL of a new, empty database (with the password in it)."""
     return pg_server.url(pg_server.create_database())
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real Redis for the whole session (started on first use); tests may stop or restart it."""
+    binary = find_redis()
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(binary)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def redis_env(redis_server: RedisServer) -> dict[str, str]:
+    """Gateway settings for the session's Redis, running again (if a test stopped it) and empty."""
+    if not redis_server.running:
+        redis_server.start()
+    redis_server.flushall()
+    return {"GATEWAY_REDIS_URL": redis_server.url, "GATEWAY_REDIS_PASSWORD_FILE": str(redis_server.password_file)}
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from gateway import config
 
 SYSTEMD = ROOT / "systemd"
 SERVICE = SYSTEMD / "gateway.service"
+TEMPLATE = SYSTEMD / "gateway@.service"
 SOCKETS = {"ws": SYSTEMD / "gateway-ws.socket", "http": SYSTEMD / "gateway-http.socket"}
 CADDYFILE = ROOT / "Caddyfile"
 INSTALL = SYSTEMD / "install.sh"
@@ -55,13 +56,19 @@ def seconds(value: str) -> float:
 # systemd units
 
 
-@needs_analyze
-def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
-    # verify checks that ExecStart exists: point it at a stand-in with the same layout.
+def fake_release(tmp_path: Path) -> Path:
+    """``systemd-analyze verify`` checks that ExecStart exists: a stand-in with the layout
+    of /opt/gateway/current."""
     fake = tmp_path / "opt"
     (fake / "bin").mkdir(parents=True)
     (fake / "bin" / "gateway").write_text("#!/bin/sh\n")
     (fake / "bin" / "gateway").chmod(0o755)
+    return fake
+
+
+@needs_analyze
+def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
+    fake = fake_release(tmp_path)
     for unit in (SERVICE, *SOCKETS.values()):
         (tmp_path / unit.name).write_text(unit.read_text().replace("/opt/gateway/current", str(fake)))
     result = subprocess.run(
@@ -80,6 +87,33 @@ def test_exposure_score_at_most_1_2() -> None:
     assert result.returncode == 0, result.stdout[-1500:]
     score = re.search(r"Overall exposure level for gateway\.service: (\d+\.\d)", result.stdout)
     assert score and float(score.group(1)) <= 1.2, result.stdout[-300:]
+
+
+@needs_analyze
+def test_the_instance_template_verifies_and_is_as_confined(tmp_path: Path) -> None:
+    fake = fake_release(tmp_path)
+    instance = tmp_path / "gateway@2.service"  # %i = 2
+    instance.write_text(TEMPLATE.read_text().replace("/opt/gateway/current", str(fake)))
+    result = subprocess.run(["systemd-analyze", "verify", str(instance)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--threshold=12", "--no-pager", str(instance)],
+        capture_output=True, text=True, timeout=60,
+    )
+    score = re.search(r"Overall exposure level for gateway@2\.service: (\d+\.\d)", result.stdout)
+    assert score and float(score.group(1)) <= 1.2, result.stdout[-300:]
+
+
+def test_the_template_is_the_service_with_its_own_ports_and_no_sockets() -> None:
+    service, template = directives(SERVICE), directives(TEMPLATE)
+    assert "Requires" not in template and "Also" not in template
+    assert template["Environment"][-1] == "GATEWAY_WS_ADDR=127.0.0.1:871%i GATEWAY_HTTP_ADDR=127.0.0.1:881%i"
+    assert template["StateDirectory"] == ["gateway-%i"], "not under gateway.service's (another dynamic user's) directory"
+    assert seconds(template["TimeoutStopSec"][0]) >= DEFAULTS["server.drain_timeout"] + 15
+    different = {"Description", "After", "Environment", "StateDirectory", "WorkingDirectory", "Requires", "Also"}
+    for key in set(service) | set(template):
+        if key not in different:
+            assert service.get(key) == template.get(key), key
 
 
 def test_service_is_notify_supervised_and_drains_within_the_stop_timeout() -> None:
@@ -240,7 +274,7 @@ def test_install_upgrade_rollback_uninstall(destdir: Path, wheelhouse: Path) -> 
     assert key.stat().st_mode & 0o777 == 0o600 and key.read_text() == ""
     assert 'allowed_origins = ["https://chat.example.org"]' in toml.read_text()
     assert (ROOT / "gateway.example.toml").read_text().splitlines()[-1] in toml.read_text()
-    for unit in ("gateway.service", "gateway-ws.socket", "gateway-http.socket"):
+    for unit in ("gateway.service", "gateway-ws.socket", "gateway-http.socket", "gateway@.service"):
         assert (destdir / "etc/systemd/system" / unit).read_text() == (SYSTEMD / unit).read_text()
     current = destdir / "opt/gateway/current"
     assert current.is_symlink() and os.readlink(current).startswith("releases/")

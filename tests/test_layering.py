@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-IO_LIBRARIES = ("asyncio", "aiohttp", "websockets", "structlog")
+IO_LIBRARIES = ("asyncio", "aiohttp", "websockets", "structlog", "redis", "psycopg")
 PURE = (
     "gateway.sse",
     "gateway.inflate",
@@ -38,6 +38,9 @@ PURE = (
     "gateway.providers.base",
     "gateway.providers.openai",
     "gateway.providers.dashscope",
+    "gateway.cluster.names",
+    "gateway.cluster.mirror",
+    "gateway.cluster.scripts",
 )
 
 # Imports `module` in a fresh interpreter and prints the I/O libraries that got

@@ -453,6 +453,47 @@ async def test_stop_drains_and_exits_0_and_the_socket_starts_it_again(system: sy
     assert active(system) == "inactive" and active(system, "gateway-ws.socket") == "inactive"
 
 
+def logged_at(box: sysroot.Sysroot, unit: str, event: str, pid: str) -> int:
+    """When process ``pid`` of ``unit`` logged ``event`` (the journal's microseconds)."""
+    for entry in box.journal(unit):
+        message = entry.get("MESSAGE")
+        if entry.get("_PID") == pid and isinstance(message, str) and f'"event":"{event}"' in message.replace(" ", ""):
+            return int(entry["__REALTIME_TIMESTAMP"])
+    raise AssertionError(f"{unit} pid {pid} never logged {event}")
+
+
+def test_rollout_restarts_the_instances_one_at_a_time(system: sysroot.Sysroot) -> None:
+    # The instance template, each with its own port pair and state; alone here (no Redis
+    # in this namespace): what is tested is the rollout's order and readiness checks.
+    instances = ["gateway@1.service", "gateway@2.service"]
+    system.systemctl("start", *instances)
+    before = {unit: system.show(unit, "MainPID") for unit in instances}
+    assert system.http_get(8811, "/readyz")[0] == 200 and system.http_get(8812, "/readyz")[0] == 200
+    out = system.run("/opt/gateway/current/bin/gateway", "rollout", timeout=120).stdout
+    lines = out.splitlines()
+    assert lines == [
+        "gateway@1.service: restarting (its clients resume on the other instances)",
+        lines[1],
+        "gateway@2.service: restarting (its clients resume on the other instances)",
+        lines[3],
+        "rolled out 2 instance(s)",
+    ], out
+    assert lines[1].startswith("gateway@1.service: ready again after ") and lines[3].startswith("gateway@2.service")
+    after = {unit: system.show(unit, "MainPID") for unit in instances}
+    assert all(after[u] not in ("0", before[u]) for u in instances), (before, after)
+    # The second was asked to stop only once the first had started again.
+    started_1 = logged_at(system, "gateway@1.service", "gateway_started", after["gateway@1.service"])
+    stopping_2 = logged_at(system, "gateway@2.service", "shutdown_requested", before["gateway@2.service"])
+    assert started_1 < stopping_2
+    failed = system.run(
+        "/opt/gateway/current/bin/gateway", "rollout", "nothing@1.service", "gateway@1.service", check=False, timeout=60
+    )
+    assert failed.returncode == 1 and "nothing@1.service: restart failed" in failed.stdout, failed.stdout
+    assert "gateway@1.service" not in failed.stdout, "a rollout stops at the first instance that fails"
+    assert system.show("gateway@1.service", "MainPID") == after["gateway@1.service"]
+    system.systemctl("stop", *instances)
+
+
 def test_uninstall_keeps_config_and_state(system: sysroot.Sysroot) -> None:
     out = system.run("bash", str(ROOT / "systemd" / "install.sh"), "uninstall").stdout
     assert "Kept: /etc/gateway/" in out

@@ -673,7 +673,7 @@ function onClose({ code, reason, fatal, delay, failures }) {
   if (code === 1013) banner(`${reason || "The gateway is busy"}. Reconnecting in ${secs} s…`, null, "conn");
   else if (code === 1009) banner("The last message was too large for the gateway. Reconnecting…", null, "conn");
   else if (code === 1011) banner("The gateway hit an internal error. Reconnecting…", null, "conn");
-  else if (code !== 1001 && failures >= CONN_BANNER_AFTER) {
+  else if (code !== 1001 && code !== 1012 && failures >= CONN_BANNER_AFTER) {
     banner(`Cannot reach the gateway. Retrying in ${secs} s.`, { label: "Retry now", run: reconnectNow }, "conn");
   }
   syncUI();

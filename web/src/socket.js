@@ -6,7 +6,7 @@ const PING_MS = 25_000;
 const SILENCE_MS = 2 * PING_MS + 10_000; // no frame at all for this long: the link is dead
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 20_000;
-const RESTART_DELAY_MS = 300; // after close 1001 the server is restarting: try soon
+const RESTART_DELAY_MS = 300; // after close 1001 or 1012 the server is restarting: try soon
 
 export class Socket {
   /**
@@ -111,7 +111,7 @@ export class Socket {
     this.detach();
     const fatal = code === 1008; // refused by policy (auth): retrying cannot help
     if (fatal) this.stopped = true;
-    const restart = code === 1001;
+    const restart = code === 1001 || code === 1012; // going away, service restart (another instance takes over)
     const delay = fatal ? 0 : this.schedule(restart);
     this.on.close({ gen, code, reason: reason || "", fatal, delay, failures: this.failures });
   }

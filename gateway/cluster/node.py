@@ -1,0 +1,92 @@
+"""This instance as a member of a cluster: its link to Redis and what runs on it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from ..config import ClusterConfig
+from ..metrics import Metrics
+from ..replies import ReplyRegistry
+from ..runtime import RegistryLimits
+from ..stores import ConversationStore, new_id
+from ..tasks import TaskSet
+from .bus import ClusterBus
+from .lease import Lease
+from .link import Link, LinkDown
+from .shipper import Shipper
+from .successor import Successor
+
+__all__ = ["ClusterNode"]
+
+_log: Any = structlog.get_logger("gateway.cluster")
+TTL_MARGIN = 60.0  # seconds a streaming reply's keys outlive its longest possible life
+
+
+class ClusterNode:
+    """Owns the link, the bus, the shipper and the lease, and their tasks."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        registry: ReplyRegistry,
+        store: ConversationStore,
+        metrics: Metrics,
+        limits: Callable[[], RegistryLimits],
+    ) -> None:
+        self.instance_id = new_id()
+        self.link = Link(
+            config.redis_url, password=config.password, socket_timeout=config.socket_timeout,
+            instance_id=self.instance_id, metrics=metrics, on_message=self._message, on_up=self._up,
+        )
+        self.bus = ClusterBus(registry, self.link, patience=config.lease_timeout)
+        self.shipper = Shipper(
+            self.link,
+            ttl=lambda: limits().max_reply_seconds + 2 * config.lease_timeout + TTL_MARGIN,
+            grace=lambda: limits().resume_grace,
+        )
+        registry.sharing = self.shipper
+        grace_ms = lambda: max(1000, round(limits().resume_grace * 1000))  # noqa: E731
+        self.lease = Lease(self.link, config.lease_timeout, metrics, Successor(self.link, store, metrics, grace_ms).end)
+        self.poll_every = min(5.0, max(0.5, config.lease_timeout / 5))
+        self._tasks = TaskSet()
+
+    def redis_state_now(self) -> str:
+        return "up" if self.link.up else "down"
+
+    async def open(self) -> None:
+        """Connect (or keep trying in the background: the instance serves alone meanwhile)."""
+        await self.link.open()
+        self._tasks.spawn(self.lease.run(), "redis-lease")
+        self._tasks.spawn(self._poll(), "redis-poll")
+        _log.info("cluster_joined", instance=self.instance_id[:12], redis=self.redis_state_now())
+
+    async def close(self, timeout: float) -> None:
+        """After the drain: ship what waits (up to ``timeout`` s), give the lease back, disconnect."""
+        if not await self.shipper.wait_shipped(timeout):
+            _log.warning("redis_not_shipped", reason="Redis did not take the last replies' text in time")
+        await self.lease.release()
+        await self._tasks.cancel()
+        await self.bus.close()
+        await self.shipper.close()
+        await self.link.close()
+
+    def _message(self, channel: str, data: bytes) -> None:
+        self.bus.message(channel, data)
+
+    async def _up(self) -> None:
+        try:
+            await self.lease.renew()
+        except LinkDown:
+            return
+        self.shipper.recheck()
+        self.bus.repair_all()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_every)
+            if self.link.up:
+                self.bus.poll()

@@ -44,6 +44,9 @@ class Metrics:
         )
         self.redis_up = Gauge("gateway_redis_up", "1 while Redis answers (cluster mode), else 0", registry=r)
         self.redis_outages = Counter("gateway_redis_outages", "Times Redis stopped answering (cluster mode)", registry=r)
+        self.redis_refusals = Counter(
+            "gateway_redis_refusals", "Commands Redis refused (out of memory, read-only...) (cluster mode)", registry=r
+        )
         self.redis_data_lost = Counter(
             "gateway_redis_data_lost", "Times Redis was found to have lost the cluster's data (cluster mode)", registry=r
         )

@@ -200,9 +200,13 @@ class Gateway:
         if self.hub is not None and self.listeners.stop_accepting():
             timeout = self.config.server.drain_timeout
             _log.info("drain_started", replies_in_flight=in_flight, timeout_s=timeout)
-            if self.cluster is not None:  # clients resume on another instance; replies stream on into Redis
-                await self.hub.close_all(code=CLOSE_SERVICE_RESTART)
+            moving = None
+            if self.cluster is not None and self.cluster.link.up:
+                # Clients resume on another instance at once; the replies stream on into Redis meanwhile.
+                moving = asyncio.ensure_future(self.hub.close_all(code=CLOSE_SERVICE_RESTART))
             await self.hub.registry.drain(timeout, self.lifecycle.hurry)
+            if moving is not None:
+                await moving
             await self.hub.close_all()
             await self.listeners.close_chat()
             await self.hub.registry.close()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Any, Protocol
+
+import structlog
 
 from .errors import ErrorCode, GatewayError, ProtocolError
 from .reply import Reply, StopReason
 
 __all__ = ["Slots"]
+
+_log: Any = structlog.get_logger("gateway.replies")
+STOP_WAIT = 15.0  # seconds stopped replies get to store what they streamed (a final save may retry for 10)
 
 
 class _Gauge(Protocol):
@@ -62,7 +67,9 @@ class Slots:
         await _first(self._none, hurry, timeout)
         for reply in list(self._by_conversation.values()):
             reply.stop(StopReason.SHUTDOWN)
-        await _first(self._none, asyncio.Event(), None)
+        await _first(self._none, asyncio.Event(), STOP_WAIT)
+        if self._by_conversation:
+            _log.error("replies_not_stopped", count=len(self._by_conversation), waited_s=STOP_WAIT)
 
 
 async def _first(one: asyncio.Event, other: asyncio.Event, timeout: float | None) -> None:

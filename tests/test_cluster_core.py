@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 from conftest import make_config
+from redisserver import RedisServer
 
-from gateway.cluster import names
+from gateway.cluster import names, scripts
 from gateway.cluster.mirror import Mirror
 from gateway.errors import ConfigError, ErrorCode, GatewayError
 from gateway.events import ReplyDelta, ReplyEnded, ReplyEvent, ReplyStarted
@@ -132,3 +133,31 @@ def test_the_redis_password_comes_from_a_file_and_is_never_shown(tmp_path: Path)
     with pytest.raises(ConfigError) as refused:
         make_config(tmp_path, missing)
     assert refused.value.key == "cluster.password_file"
+
+
+def test_a_follower_added_twice_keeps_its_position() -> None:
+    mirror, a = Mirror("r1", "c1", "m1"), Tab()
+    assert mirror.add(a, 3)
+    assert not mirror.add(a, 0)  # a start heard twice must not replay the text
+    assert mirror.positions[a] == 3
+
+
+def test_shipping_twice_is_harmless(redis_server: RedisServer) -> None:
+    """A batch whose answer was lost (a timeout after Redis ran it) is sent again: the
+    registration, the deltas and the end are applied once."""
+    redis_server.flushall()
+    with redis_server.client() as client:
+        ship = client.register_script(scripts.SHIP)
+        batch = [60_000, 60_000, "me",
+                 "R", "r1", "c1", "m1", "me", 1, 0, "model",
+                 "A", "r1", 1, 0, 9, 2, "one ", "two's",
+                 "E", "r1", 1, 2, b'{"seq":2}', "c1", 0]
+        assert ship(args=batch) == [b"ok", b"ok", b"ok"]
+        assert ship(args=batch) == [b"ok", b"fenced", b"fenced"]  # ended: nothing more is written
+        entries = client.xrange(names.log("r1"))
+        assert [(i, f[b"t"]) for i, f in entries] == [(b"1-0", b"one "), (b"2-0", "two's".encode())]
+        assert client.hget(names.reply("r1"), "state") == b"ended"
+        again = [60_000, 60_000, "me", "R", "r2", "c2", "m2", "me", 1, 0, "model", "A", "r2", 1, 0, 3, 1, "abc"]
+        assert ship(args=again) == [b"ok", b"ok"]
+        assert ship(args=again) == [b"ok", b"ok"]  # registered once: the retry does not reset it
+        assert client.hget(names.reply("r2"), "seq") == b"1" and client.xlen(names.log("r2")) == 1

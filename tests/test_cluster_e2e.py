@@ -334,3 +334,61 @@ async def test_redis_down_then_back(
 async def get_text(url: str) -> str:
     async with aiohttp.ClientSession() as http, http.get(url) as resp:
         return await resp.text()
+
+
+async def test_a_pause_past_the_lease_takes_over_nothing(
+    instances: Callable[..., Awaitable[list[Process]]], upstream: FakeUpstream, cluster_env: dict[str, str],
+) -> None:
+    """Every instance stops (a host paused, a long GC) past its lease: once they run
+    again, each renews its own lease before any may sweep another; no reply is taken
+    over, none is cut."""
+    gate = asyncio.Event()
+    upstream.enqueue(Script([*pieces(["paused "]), Pause(gate), *pieces(["then ", "resumed"]), ending()]))
+    first, second = await instances(2)
+    async with chat(first) as a, chat(second) as b:
+        start, seen, seq = await follow_from_second(first, second, a, b, "pause everyone", "paused ")
+        for proc in (first, second):
+            proc.proc.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(LEASE_TIMEOUT * 1.5)  # the fault itself: it lasts past every lease
+            second.proc.send_signal(signal.SIGCONT)
+            await second.wait_for_event("instance_lease_lapsed")  # it renewed; the owner's lease is still gone
+        finally:
+            for proc in (first, second):
+                proc.proc.send_signal(signal.SIGCONT)
+        await first.wait_for_event("instance_lease_lapsed")
+        gate.set()
+        assert (await a.until_done())[0] == "then resumed"
+        rest, events = await rest_of_reply(b, seq)
+        assert (seen + rest, events[-1]["finish_reason"]) == ("paused then resumed", "stop")
+    assert await stored(cluster_env["GATEWAY_DATABASE_URL"], start["reply_id"]) == ("paused then resumed", "stop")
+    for proc in (first, second):
+        assert not [line for line in proc.lines if line.get("event") in ("reply_taken_over", "reply_fenced")]
+
+
+async def test_redis_refusing_writes_leaves_each_instance_serving_alone(
+    instances: Callable[..., Awaitable[list[Process]]], upstream: FakeUpstream, redis_server: RedisServer
+) -> None:
+    first, second = await instances(2)
+    with redis_server.client() as client:
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)  # every write is refused: OOM
+        try:
+            async with chat(first) as a, chat(first) as a2:
+                conv = (await a.hello())["conversation_id"]  # no internal error: served alone
+                await a2.hello(conv)
+                upstream.enqueue(Script([openai_sse(["still ", "served"])]))
+                await start_reply(a, "is redis full?")
+                assert (await a2.expect("reply.start"))["content"] == "is redis full?"
+                assert (await a.until_done())[0] == (await a2.until_done())[0] == "still served"
+            await first.wait_for_event("redis_refused")
+            assert "gateway_redis_up 1.0" in await get_text(first.http_url + "metrics")
+        finally:
+            client.config_set("maxmemory", 0)
+    upstream.enqueue(Script([*pieces(["shared ", "again"]), ending()]))
+    async with chat(first) as a, chat(second) as b:
+        conv = (await a.hello())["conversation_id"]
+        await b.hello(conv)
+        await start_reply(a, "and now?")
+        assert (await b.expect("reply.start"))["content"] == "and now?"
+        assert (await b.until_done())[0] == "shared again"

@@ -194,10 +194,12 @@ class ClusterBus:
             self._tasks.spawn(self._follow_started(event.reply_id, conversation_id, event, watchers), "redis-follow")
 
     async def _follow_started(self, reply_id: str, conversation_id: str, event: Any, watchers: Any) -> None:
+        mirror = self._mirrors.get(reply_id)
+        if mirror is not None:  # a start heard twice: only new watchers are told
+            watchers = [w for w in watchers if w not in mirror.positions]
         for watcher in watchers:
             watcher.reply_event(event)
         try:
-            mirror = self._mirrors.get(reply_id)
             if mirror is None:
                 mirror = await self._mirror(reply_id, conversation_id, [(w, 0) for w in watchers])
             else:

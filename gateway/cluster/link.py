@@ -3,7 +3,9 @@ whether Redis answers.
 
 Any command that fails for want of Redis (refused, reset, timed out) marks the link
 down: :class:`LinkDown` is raised to the caller, who falls back to this instance
-alone, and a recovery task tries Redis again (0.5 s, doubling to 5 s). When Redis
+alone, and a recovery task tries Redis again (0.5 s, doubling to 5 s). A command
+Redis refuses (out of memory, read-only replica, no permission) raises LinkDown too,
+logged, without marking the link down. When Redis
 answers again the link is up and ``on_up`` runs (register the instance again, ship
 what waited, repair what was followed). The pub/sub reader dispatches every message
 to ``on_message``; when its connection breaks while commands still work (a killed
@@ -22,6 +24,7 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..metrics import Metrics
@@ -34,6 +37,7 @@ _log: Any = structlog.get_logger("gateway.cluster")
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 RETRY_MIN, RETRY_MAX = 0.5, 5.0
 READ_EVERY = 1.0  # the pub/sub reader wakes at least this often (health checks ride on it)
+REFUSED_LOG_EVERY = 10.0  # seconds between two redis_refused lines
 
 
 class LinkDown(Exception):
@@ -68,6 +72,7 @@ class Link:
         self._wanted: set[str] = set()
         self._tasks = TaskSet()
         self._recovering = False
+        self._refused_at = -REFUSED_LOG_EVERY
 
     async def open(self) -> None:
         """Connect and start reading pub/sub; if Redis does not answer, keep trying in the
@@ -76,7 +81,7 @@ class Link:
         self._tasks.spawn(self._read_forever(), "redis-pubsub")
         try:
             await self._connected()
-        except _DOWN as exc:
+        except (*_DOWN, RedisError) as exc:
             self._down(exc)
 
     async def close(self) -> None:
@@ -96,6 +101,9 @@ class Link:
             yield self.redis
         except _DOWN as exc:
             self._down(exc)
+            raise LinkDown(str(exc) or type(exc).__name__) from None
+        except RedisError as exc:  # refused: out of memory, MISCONF, READONLY, NOPERM...
+            self._refused(exc)
             raise LinkDown(str(exc) or type(exc).__name__) from None
 
     async def subscribe(self, channel: str) -> None:
@@ -133,6 +141,13 @@ class Link:
         self._metrics.redis_up.set(1)
         self._tasks.spawn(self._on_up(), "redis-up")
 
+    def _refused(self, exc: RedisError) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._refused_at >= REFUSED_LOG_EVERY:
+            self._refused_at = now
+            _log.warning("redis_refused", error=str(exc)[:300] or type(exc).__name__)
+        self._metrics.redis_refusals.inc()
+
     def _down(self, exc: BaseException) -> None:
         if self.up:
             _log.warning("redis_down", error=str(exc) or type(exc).__name__)
@@ -156,7 +171,9 @@ class Link:
                 await asyncio.sleep(delay)
                 try:
                     await self._connected()
-                except _DOWN:
+                except (*_DOWN, RedisError) as exc:
+                    if not isinstance(exc, _DOWN):
+                        self._refused(exc)
                     delay = min(RETRY_MAX, delay * 2)
                     continue
                 _log.info("redis_up")
@@ -174,6 +191,10 @@ class Link:
             except _DOWN as exc:
                 await self._reconnect(exc)
                 continue
+            except Exception:  # a protocol surprise: reconnect rather than read on, or stop reading
+                _log.exception("redis_pubsub_failed")
+                await self._reconnect(ConnectionError("pub/sub reader failed"))
+                continue
             if message is not None:
                 self._dispatch(message)
 
@@ -183,8 +204,10 @@ class Link:
         _log.warning("redis_pubsub_lost", error=str(exc) or type(exc).__name__)
         self._confirmed.clear()
         try:
+            if self._pubsub.connection is not None:
+                await self._pubsub.connection.disconnect()
             await self._connected()
-        except _DOWN as again:
+        except (*_DOWN, RedisError) as again:
             self._down(again)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
@@ -200,3 +223,5 @@ class Link:
             for waiter in self._waiting.pop(channel, ()):
                 if not waiter.done():
                     waiter.set_result(None)
+            if channel not in self._wanted and channel != names.instance_channel(self.instance_id):
+                self._tasks.spawn(self._unsubscribe(channel), "redis-unsubscribe")  # resubscribed after a reconnect

@@ -41,8 +41,12 @@ class Mirror:
         """Nobody follows it any more (the last follower left, or was sent the end)."""
         return not self.positions
 
-    def add(self, subscriber: Subscriber, seq: int) -> None:
+    def add(self, subscriber: Subscriber, seq: int) -> bool:
+        """Follow from ``seq``; False (and its position kept) if it follows already."""
+        if subscriber in self.positions:
+            return False
         self.positions[subscriber] = seq
+        return True
 
     def discard(self, subscriber: Subscriber) -> None:
         self.positions.pop(subscriber, None)

@@ -43,14 +43,12 @@ class ClusterNode:
             instance_id=self.instance_id, metrics=metrics, on_message=self._message, on_up=self._up,
         )
         self.bus = ClusterBus(registry, self.link, patience=config.lease_timeout)
-        self.shipper = Shipper(
-            self.link,
-            ttl=lambda: limits().max_reply_seconds + 2 * config.lease_timeout + TTL_MARGIN,
-            grace=lambda: limits().resume_grace,
-        )
-        registry.sharing = self.shipper
+        ttl = lambda: limits().max_reply_seconds + 2 * config.lease_timeout + TTL_MARGIN  # noqa: E731
         grace_ms = lambda: max(1000, round(limits().resume_grace * 1000))  # noqa: E731
-        self.lease = Lease(self.link, config.lease_timeout, metrics, Successor(self.link, store, metrics, grace_ms).end)
+        self.successor = Successor(self.link, store, metrics, grace_ms)
+        self.lease = Lease(self.link, config.lease_timeout, metrics, owned_ttl=ttl, on_taken=self.successor.take)
+        self.shipper = Shipper(self.link, ttl=ttl, grace=lambda: limits().resume_grace, token=lambda: self.lease.token)
+        registry.sharing = self.shipper
         self.poll_every = min(5.0, max(0.5, config.lease_timeout / 5))
         self._tasks = TaskSet()
 
@@ -68,8 +66,9 @@ class ClusterNode:
         """After the drain: ship what waits (up to ``timeout`` s), give the lease back, disconnect."""
         if not await self.shipper.wait_shipped(timeout):
             _log.warning("redis_not_shipped", reason="Redis did not take the last replies' text in time")
+        await self._tasks.cancel()  # no renewal may follow the release
         await self.lease.release()
-        await self._tasks.cancel()
+        await self.successor.close()
         await self.bus.close()
         await self.shipper.close()
         await self.link.close()
@@ -90,3 +89,4 @@ class ClusterNode:
             await asyncio.sleep(self.poll_every)
             if self.link.up:
                 self.bus.poll()
+                self.successor.kick()

@@ -29,10 +29,12 @@ return false
 """
 
 # What an owner ships in one step, as records (one status each, in order):
-#   R id conversation message owner epoch created model   register again (Redis lost it)
+#   R id conversation message owner epoch created model   register (claimed while Redis was
+#                                           away, or Redis lost it); nothing if it is known
 #   S id conversation payload               announce the start to the conversation
 #   A id epoch base chars count text...     deltas base+1 .. base+count (copies skipped)
-#   E id epoch seq payload conversation     the end, once the log holds seq
+#   E id epoch seq payload conversation forced   the end, once the log holds seq (forced:
+#                                           at once, what is missing is gone for good)
 # Statuses: ok, cancel (a stop was asked for), fenced (another instance took it over),
 # gone (Redis lost it), behind (the end came before its deltas). ARGV[1]: ttl of a
 # streaming reply (ms), ARGV[2]: how long an ended one stays (ms), ARGV[3]: owner.
@@ -49,11 +51,14 @@ while i <= #ARGV do
   local kind, id = ARGV[i], ARGV[i + 1]
   local meta = 'gateway:reply:' .. id
   if kind == 'R' then
-    redis.call('HSET', meta, 'conv', ARGV[i + 2], 'msg', ARGV[i + 3], 'owner', ARGV[i + 4], 'epoch', ARGV[i + 5],
-      'seq', '0', 'chars', '0', 'state', 'streaming', 'created', ARGV[i + 6], 'model', ARGV[i + 7])
-    redis.call('PEXPIRE', meta, ttl)
-    redis.call('SET', 'gateway:slot:' .. ARGV[i + 2], id, 'PX', ttl, 'NX')
-    redis.call('SADD', 'gateway:owned:' .. me, id)
+    if redis.call('EXISTS', meta) == 0 then  -- once (a retry must not reset it), never an ended one
+      redis.call('DEL', 'gateway:log:' .. id)
+      redis.call('HSET', meta, 'conv', ARGV[i + 2], 'msg', ARGV[i + 3], 'owner', ARGV[i + 4], 'epoch', ARGV[i + 5],
+        'seq', '0', 'chars', '0', 'state', 'streaming', 'created', ARGV[i + 6], 'model', ARGV[i + 7])
+      redis.call('PEXPIRE', meta, ttl)
+      redis.call('SET', 'gateway:slot:' .. ARGV[i + 2], id, 'PX', ttl, 'NX')
+      redis.call('SADD', 'gateway:owned:' .. me, id)
+    end
     out[#out + 1] = 'ok'
     i = i + 8
   elseif kind == 'S' then
@@ -88,7 +93,7 @@ while i <= #ARGV do
   elseif kind == 'E' then
     local status, cur = state(id, ARGV[i + 2])
     if status == 'ok' then
-      if tonumber(cur[2]) < tonumber(ARGV[i + 3]) then
+      if tonumber(cur[2]) < tonumber(ARGV[i + 3]) and ARGV[i + 6] ~= '1' then
         status = 'behind'
       else
         redis.call('HSET', meta, 'state', 'ended', 'end', ARGV[i + 4])
@@ -101,7 +106,7 @@ while i <= #ARGV do
       end
     end
     out[#out + 1] = status
-    i = i + 6
+    i = i + 7
   else
     return redis.error_reply('unknown record ' .. tostring(kind))
   end

@@ -1,8 +1,15 @@
-"""Ending the replies taken over from an instance that died: from their log in Redis."""
+"""Ending the replies taken over from an instance that died: from their log in Redis.
+
+Taken replies wait in :attr:`Successor.pending` (by id, with their new epoch) and are
+ended by one task of their own, outside the lease's loop (a slow database must not
+keep the lease from being renewed); one that cannot be ended now (Redis or the store
+away) stays pending and is tried again at the next sweep.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -12,25 +19,51 @@ from ..events import ReplyEnded
 from ..metrics import Metrics
 from ..stores import ConversationStore, StoredMessage, StoreUnavailable
 from . import names, scripts
-from .link import Link
+from .link import Link, LinkDown
 
 __all__ = ["Successor"]
 
 _log: Any = structlog.get_logger("gateway.cluster")
-SAVE_TRIES = (0.5, 1.0, 2.0)
+LOOKBACK = 8  # messages read back to find what the dead owner checkpointed of the reply
 
 
 class Successor:
-    """Ends taken-over replies: stores what reached their log as final (``error``), then
-    ships their end, which every follower on every instance gets."""
+    """Ends taken-over replies: stores the longest text known of each (what reached its
+    log, or the owner's last checkpoint if longer) as final with ``error``, then ships
+    its end, which every follower on every instance gets."""
 
-    def __init__(self, link: Link, store: ConversationStore, metrics: Metrics, grace_ms: Any) -> None:
+    def __init__(self, link: Link, store: ConversationStore, metrics: Metrics, grace_ms: Callable[[], int]) -> None:
         self._link, self._store, self._metrics, self._grace_ms = link, store, metrics, grace_ms
         self._ship = link.redis.register_script(scripts.SHIP)
+        self.pending: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
 
-    async def end(self, taken: list[tuple[str, int]]) -> None:
-        for reply_id, epoch in taken:
-            await self._end_one(reply_id, epoch)
+    def take(self, taken: list[tuple[str, int]]) -> None:
+        """Replies just taken over: end them soon."""
+        self.pending.update(taken)
+        self.kick()
+
+    def kick(self) -> None:
+        if self.pending and self._task is None:
+            self._task = asyncio.create_task(self._end_pending(), name="redis-successor")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _end_pending(self) -> None:
+        try:
+            for reply_id, epoch in list(self.pending.items()):
+                try:
+                    await self._end_one(reply_id, epoch)
+                except (LinkDown, StoreUnavailable):
+                    return  # tried again at the next sweep
+                except Exception:
+                    _log.exception("takeover_failed", reply_id=reply_id)
+                self.pending.pop(reply_id, None)
+        finally:
+            self._task = None
 
     async def _end_one(self, reply_id: str, epoch: int) -> None:
         async with self._link.using() as redis:
@@ -39,11 +72,11 @@ class Successor:
                 pipe.xrange(names.log(reply_id), "-", "+")
                 meta, entries = await pipe.execute()
         if meta[0] is None:
-            return
+            return  # Redis lost it meanwhile: its owner's checkpoint is what is left
         conv, message_id, model = meta[0].decode(), meta[1].decode(), (meta[4] or b"").decode() or None
         seq = int(meta[2])
-        text = "".join(fields[b"t"].decode() for _, fields in entries)
-        await self._store_final(conv, StoredMessage(
+        text = await self._longest(conv, reply_id, "".join(fields[b"t"].decode() for _, fields in entries))
+        await self._store.save(conv, StoredMessage(
             reply_id, "assistant", text, created_at=float(meta[3] or 0), finish_reason="error", model=model,
         ))
         error = GatewayError(
@@ -53,20 +86,14 @@ class Successor:
         end = names.encode_end(seq, ReplyEnded(reply_id, message_id, "error", None, error))
         async with self._link.using():
             await self._ship(args=[self._grace_ms(), self._grace_ms(), self._link.instance_id,
-                                   "E", reply_id, epoch, seq, end, conv])
+                                   "E", reply_id, epoch, seq, end, conv, 0])
         self._metrics.takeovers.inc()
         _log.warning("reply_taken_over", reply_id=reply_id, conversation_id=conv, seq=seq, chars=len(text))
 
-    async def _store_final(self, conversation_id: str, message: StoredMessage) -> None:
-        for delay in (*SAVE_TRIES, None):
-            try:
-                await self._store.save(conversation_id, message)
-                return
-            except StoreUnavailable as exc:
-                if delay is None:
-                    _log.error("reply_not_stored", reply_id=message.id, error=str(exc))
-                    return
-                await asyncio.sleep(delay)
-            except Exception:
-                _log.exception("reply_not_stored", reply_id=message.id)
-                return
+    async def _longest(self, conversation_id: str, reply_id: str, logged: str) -> str:
+        """What reached the log, or the owner's checkpoint if it had more (it went on
+        alone while Redis was unreachable)."""
+        for message in await self._store.history(conversation_id, LOOKBACK):
+            if message.id == reply_id and len(message.content) > len(logged) and message.content.startswith(logged):
+                return message.content
+        return logged

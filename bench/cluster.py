@@ -45,6 +45,7 @@ from pgserver import PgServer, find_bindir, free_port  # noqa: E402
 from redisserver import RedisServer, find_redis  # noqa: E402
 from common import (  # noqa: E402
     LOAD_CPU, PY, ROOT, FakeUpstream, ServerProc, cpu_seconds, gateway_argv, gateway_env, median, pct, run_chat,
+    self_cpu_seconds,
 )
 
 PACE_MS = 20.0
@@ -87,7 +88,7 @@ def _need(found: Any, what: str) -> Any:
 
 async def measure(urls: Sequence[str], pids: Sequence[int], conns: int, msgs: int, pace: float) -> dict[str, Any]:
     """``conns`` clients split over ``urls``; CPU of ``pids`` and wall time between ready and done."""
-    marks: dict[str, tuple[float, float]] = {}
+    marks: dict[str, tuple[float, float, float]] = {}
     share = [conns // len(urls) + (1 if i < conns % len(urls) else 0) for i in range(len(urls))]
     ready = done = 0
 
@@ -95,26 +96,28 @@ async def measure(urls: Sequence[str], pids: Sequence[int], conns: int, msgs: in
         nonlocal ready
         ready += 1
         if ready == len(urls):
-            marks["a"] = (time.perf_counter(), sum(cpu_seconds(p) for p in pids))
+            marks["a"] = (time.perf_counter(), sum(cpu_seconds(p) for p in pids), self_cpu_seconds())
 
     def on_done() -> None:
         nonlocal done
         done += 1
         if done == len(urls):
-            marks["b"] = (time.perf_counter(), sum(cpu_seconds(p) for p in pids))
+            marks["b"] = (time.perf_counter(), sum(cpu_seconds(p) for p in pids), self_cpu_seconds())
 
     gc.collect()
     results = await asyncio.gather(*(
         run_chat(url, "json", n, msgs, TOKENS, pace, timeout=300, on_ready=on_ready, on_done=on_done)
         for url, n in zip(urls, share, strict=True)
     ))
-    (t0, c0), (t1, c1) = marks["a"], marks["b"]
+    (t0, c0, l0), (t1, c1, l1) = marks["a"], marks["b"]
     tokens = sum(r.tokens for r in results)
     errors = [s for r in results for s in r.error_samples]
     return {
         "tokens": tokens, "errors": sum(r.errors for r in results), "error_samples": errors[:3],
         "wall_s": t1 - t0, "cpu_s": c1 - c0, "us_per_token": (c1 - c0) / max(tokens, 1) * 1e6,
         "tokens_per_s": tokens / (t1 - t0) if t1 > t0 else 0.0,
+        "gateway_cpu_per_instance": (c1 - c0) / (t1 - t0) / len(pids) if t1 > t0 else 0.0,
+        "load_cpu": (l1 - l0) / (t1 - t0) if t1 > t0 else 0.0,
         "ttft_ms_p99": pct([x for r in results for x in r.ttft], 99) * 1e3,
     }
 
@@ -214,9 +217,12 @@ async def throughput(bench: Bench, up: FakeUpstream, rounds: int) -> dict[str, A
                 for via, urls in (("caddy", [caddy.url]), ("direct", [g.url for g in gws])):
                     fig = await measure(urls, [g.pid for g in gws], conns, msgs, 0.0)
                     out.setdefault(f"{count} {via}", []).append(fig)
-                    print(f"round {r + 1} {count} instance(s) {via:6}: {fig['tokens_per_s']:8.0f} tokens/s "
+                    print(f"round {r + 1} {count} instance(s) {via:6}: {fig['tokens_per_s']:8.0f} tokens/s, CPU per "
+                          f"instance {fig['gateway_cpu_per_instance']:.2f}, load {fig['load_cpu']:.2f}, "
                           f"errors {fig['errors']} {fig['error_samples'][:1]}", file=sys.stderr)
-    summary = {k: {"tokens_per_s": median([f["tokens_per_s"] for f in v]), "errors": sum(f["errors"] for f in v)}
+    summary = {k: {"tokens_per_s": median([f["tokens_per_s"] for f in v]), "errors": sum(f["errors"] for f in v),
+                   "gateway_cpu_per_instance": median([f["gateway_cpu_per_instance"] for f in v]),
+                   "load_cpu": median([f["load_cpu"] for f in v])}
                for k, v in out.items()}
     for via in ("caddy", "direct"):
         summary[f"ratio {via}"] = {"two_over_one": summary[f"2 {via}"]["tokens_per_s"] / summary[f"1 {via}"]["tokens_per_s"]}
@@ -273,9 +279,12 @@ def render(results: dict[str, Any]) -> str:
     lines += ["", f"cluster / single: paced **{cpu['ratio paced']['cluster_over_single']:.2f}×**, unpaced "
               f"**{cpu['ratio unpaced']['cluster_over_single']:.2f}×** (goal ≤ 1.3× paced)", "",
               "## Throughput, unpaced (tokens/s delivered)", "",
-              "| instances | via Caddy | direct |", "|---|---|---|"]
+              "| instances | via Caddy | CPU per instance | load CPU | direct | CPU per instance | load CPU |",
+              "|---|---|---|---|---|---|---|"]
     for count in (1, 2):
-        lines.append(f"| {count} | {tp[f'{count} caddy']['tokens_per_s']:.0f} | {tp[f'{count} direct']['tokens_per_s']:.0f} |")
+        c, d = tp[f"{count} caddy"], tp[f"{count} direct"]
+        lines.append(f"| {count} | {c['tokens_per_s']:.0f} | {c['gateway_cpu_per_instance']:.2f} | {c['load_cpu']:.2f} | "
+                     f"{d['tokens_per_s']:.0f} | {d['gateway_cpu_per_instance']:.2f} | {d['load_cpu']:.2f} |")
     lines += ["", f"two / one: via Caddy **{tp['ratio caddy']['two_over_one']:.2f}×**, direct "
               f"**{tp['ratio direct']['two_over_one']:.2f}×** (goal ≥ 1.7×)", "",
               "## Rolling restart under load (3 instances behind Caddy, 50 users × 8 prompts)", "",

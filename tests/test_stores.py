@@ -317,6 +317,21 @@ async def test_history_before_unknown_is_empty(store: ConversationStore) -> None
     assert await store.history(conv.id, 10, before="elsewhere") == []  # another conversation's id
 
 
+async def test_end_stale_ends_only_replies_started_long_ago(store: ConversationStore) -> None:
+    conv, now = await store.create(), time.time()
+    await store.add(conv.id, user("u1", created_at=now - 7200))
+    await store.save(conv.id, assistant("orphan", "half a reply", None, created_at=now - 3600))  # its owner died
+    await store.add(conv.id, user("u2", created_at=now - 3500))
+    await store.save(conv.id, assistant("done", "whole", "stop", created_at=now - 3400))
+    await store.add(conv.id, user("u3", created_at=now - 20))
+    await store.save(conv.id, assistant("live", "streaming now", None, created_at=now - 10))
+    assert await store.end_stale(600) == 1
+    assert await store.end_stale(600) == 0
+    ended = {m.id: (m.content, m.finish_reason) for m in await store.history(conv.id, 10)}
+    assert ended["orphan"] == ("half a reply", "error")
+    assert ended["done"] == ("whole", "stop") and ended["live"] == ("streaming now", None)
+
+
 async def test_prune_deletes_only_idle_conversations(store: ConversationStore) -> None:
     def age(conversation_id: str, seconds: float) -> None:
         if isinstance(store, SQLiteStore):

@@ -24,6 +24,7 @@ __all__ = ["ClusterNode"]
 
 _log: Any = structlog.get_logger("gateway.cluster")
 TTL_MARGIN = 60.0  # seconds a streaming reply's keys outlive its longest possible life
+STALE_EVERY = 300.0  # seconds between two looks for replies nobody is left to end
 
 
 class ClusterNode:
@@ -46,6 +47,11 @@ class ClusterNode:
         ttl = lambda: limits().max_reply_seconds + 2 * config.lease_timeout + TTL_MARGIN  # noqa: E731
         grace_ms = lambda: max(1000, round(limits().resume_grace * 1000))  # noqa: E731
         self.successor = Successor(self.link, store, metrics, grace_ms)
+        self._store = store
+        # A reply started longer ago than this cannot be live (its producer, final save included, is over).
+        self._stale: Callable[[], float] = (
+            lambda: limits().max_reply_seconds + limits().save_deadline + config.lease_timeout
+        )
         self.lease = Lease(self.link, config.lease_timeout, metrics, owned_ttl=ttl, on_taken=self.successor.take)
         self.shipper = Shipper(self.link, ttl=ttl, grace=lambda: limits().resume_grace, token=lambda: self.lease.token)
         registry.sharing = self.shipper
@@ -60,6 +66,7 @@ class ClusterNode:
         await self.link.open()
         self._tasks.spawn(self.lease.run(), "redis-lease")
         self._tasks.spawn(self._poll(), "redis-poll")
+        self._tasks.spawn(self._end_stale_forever(), "stale-replies")
         _log.info("cluster_joined", instance=self.instance_id[:12], redis=self.redis_state_now())
 
     async def close(self, timeout: float) -> None:
@@ -83,6 +90,19 @@ class ClusterNode:
             return
         self.shipper.recheck()
         self.bus.repair_all()
+
+    async def _end_stale_forever(self) -> None:
+        """End the replies nobody is left to end: their owner died when Redis could not
+        tell the others (down, or restarted empty), or its successor could not store them.
+        A starting instance does not end unfinished replies as a lone gateway does: they
+        may be another instance's, live."""
+        while True:
+            try:
+                if ended := await self._store.end_stale(self._stale()):
+                    _log.warning("stale_replies_ended", count=ended)
+            except Exception as exc:  # the store away: next time
+                _log.warning("stale_replies_not_ended", error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(STALE_EVERY)
 
     async def _poll(self) -> None:
         while True:

@@ -123,6 +123,12 @@ class ConversationStore(Protocol):
     async def prune(self, older_than: float) -> int:
         """Delete conversations idle for ``older_than`` seconds; return how many."""
 
+    async def end_stale(self, older_than: float) -> int:
+        """End the replies still unfinished that started more than ``older_than`` seconds
+        ago (``finish_reason`` error, their text kept); return how many. Safe beside live
+        gateways when ``older_than`` is longer than any reply may last (cluster mode, where
+        a starting instance must not end the others' live replies as ``open`` does)."""
+
     async def export(self, conversation_id: str) -> dict[str, Any] | None:
         """A conversation with all its messages as plain data, or None."""
 

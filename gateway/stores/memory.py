@@ -104,6 +104,15 @@ class MemoryStore:
             del self._entries[cid]
         return len(old)
 
+    async def end_stale(self, older_than: float) -> int:
+        cutoff, ended = time.time() - older_than, 0
+        for entry in self._entries.values():
+            for mid, m in list(entry.messages.items()):
+                if m.role == "assistant" and m.finish_reason is None and m.created_at < cutoff:
+                    entry.messages[mid] = replace(m, finish_reason="error")
+                    ended += 1
+        return ended
+
     async def export(self, conversation_id: str) -> dict[str, Any] | None:
         entry = self._entries.get(conversation_id)
         return export_document(entry.conversation, list(entry.messages.values())) if entry else None

@@ -40,6 +40,7 @@ from .postgres_schema import (
     LOCK,
     MIGRATIONS,
     PRUNE,
+    END_STALE,
     RECOVER,
     RESTORE_CONVERSATION,
     RESTORE_MESSAGE,
@@ -174,6 +175,10 @@ class PostgresStore:
         """Delete conversations not updated for ``older_than`` seconds; return how many."""
         async with self._connection() as conn:
             return (await conn.execute(PRUNE, (time.time() - older_than,))).rowcount
+
+    async def end_stale(self, older_than: float) -> int:
+        async with self._connection() as conn:
+            return (await conn.execute(END_STALE, (time.time() - older_than,))).rowcount
 
     async def ids(self, after: str | None, limit: int) -> list[str]:
         async with self._connection() as conn:

@@ -22,6 +22,7 @@ __all__ = [
     "LOCK",
     "MIGRATIONS",
     "PRUNE",
+    "END_STALE",
     "RECOVER",
     "RESTORE_CONVERSATION",
     "RESTORE_MESSAGE",
@@ -135,6 +136,7 @@ ON CONFLICT (id) DO NOTHING RETURNING 1
 RESTORE_MESSAGE = f"{_INSERT_INTO} VALUES (%s, %s, %s, %s, to_timestamp(%s), %s, %s, %s, to_timestamp(%s))"
 PRUNE = "DELETE FROM conversations WHERE updated_at < to_timestamp(%s)"
 RECOVER = "UPDATE messages SET finish_reason = 'error' WHERE role = 'assistant' AND finish_reason IS NULL"
+END_STALE = RECOVER + " AND created_at < to_timestamp(%s)"
 
 
 class StoreTooNew(StoreUnusable):

@@ -176,6 +176,15 @@ class SQLiteStore:
         )
         return int(cursor.rowcount)
 
+    async def end_stale(self, older_than: float) -> int:
+        cursor = await self._run(
+            self.conn.execute,
+            "UPDATE messages SET finish_reason = 'error'"
+            " WHERE role = 'assistant' AND finish_reason IS NULL AND created_at < ?",
+            (time.time() - older_than,),
+        )
+        return int(cursor.rowcount)
+
     async def export(self, conversation_id: str) -> dict[str, Any] | None:
         """A conversation and all its messages, as plain data."""
         conv = await self.get(conversation_id)

@@ -5,6 +5,8 @@ generator and the fake upstream are pinned to CPU 1):
 
 * ``floor``            the thinnest relay: websockets + one aiohttp session (bench/floor_app.py)
 * ``seed``             the stack the gateway replaces: FastAPI + uvicorn + httpx (bench/seed_app.py)
+* ``peer``             the cheapest stack a user could pick instead: Starlette + uvicorn + one
+                       aiohttp session (bench/peer_app.py)
 * ``gateway-memory``   ``python -m gateway serve``, in-memory store
 * ``gateway-sqlite``   the same with the SQLite store (the production default)
 * ``gateway-postgres`` the same with the PostgreSQL store: a temporary cluster on this machine
@@ -92,6 +94,7 @@ QUICK = Sizes(1, (50, 2, 200), (50, 1, 100, 20.0), 1000, 1000, (50, 1, 50, 20.0)
 CHAT_ROWS = [
     ("floor", "floor", "plain"),
     ("seed", "seed", "plain"),
+    ("peer", "peer", "plain"),
     ("gateway-memory json", "gateway-memory", "json"),
     ("gateway-memory plain", "gateway-memory", "plain"),
     ("gateway-sqlite json", "gateway-sqlite", "json"),
@@ -178,6 +181,8 @@ class Bench:
             argv = floor_argv(up)
         elif server == "seed":
             argv = seed_argv(up)
+        elif server == "peer":
+            argv = [sys.executable, str(Path(__file__).resolve().parent / "peer_app.py"), "--upstream", up]
         elif server.startswith("gateway"):
             store = {"gateway-sqlite": "sqlite", "gateway-postgres": "postgres"}.get(server, "memory")
             argv = gateway_argv(uvloop=server == "gateway-uvloop", deflate=deflate, config=config)
@@ -289,7 +294,7 @@ class Bench:
             }
         # Ratios to the floor and the seed: the median of each round's ratio (the two measured
         # minutes apart in the same round), which cancels the machine's slow drifts.
-        for ref in ("floor", "seed"):
+        for ref in ("floor", "seed", "peer"):
             if ref not in summary:
                 continue
             base = summary[ref]
@@ -455,26 +460,27 @@ def report(results: dict[str, Any]) -> str:
     chat = results.get("chat")
     sizes = results["sizes"]
     if chat:
-        floor, seed = chat.get("floor"), chat.get("seed")
         c, m, t = sizes["thr"]
         pc, pm, pt, pace = sizes["paced"]
         add(f"### Throughput ({c} connections × {m} messages × {t} unpaced tokens) and paced "
             f"({pc} × {pm} × {pt} tokens, {pace:g} ms apart)")
         add("")
         add(f"CPU is the server's CPU time (all threads, from /proc) per delivered token: the median of "
-            f"{sizes['rounds']} alternating rounds, a fresh process each; × floor and × seed are the medians of each "
-            "round's ratio. Latency percentiles are over all rounds' samples.")
+            f"{sizes['rounds']} alternating rounds, a fresh process each; × floor, × seed and × peer are the medians "
+            "of each round's ratio. Latency percentiles are over all rounds' samples.")
         add("")
-        add("| target | protocol | CPU µs/token | × floor | × seed | tokens/s | tokens/frame | wire B/token | "
-            "paced CPU µs/token | paced TTFT p50 / p99 ms | paced gap p50 / p99 ms | errors |")
-        add("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        add("| target | protocol | CPU µs/token | × floor | × seed | × peer | tokens/s | tokens/frame | wire B/token | "
+            "paced CPU µs/token | paced × floor | paced × peer | paced TTFT p50 / p99 ms | paced gap p50 / p99 ms | errors |")
+        add("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        nan = float("nan")
         for name, row in chat.items():
             label, _, protocol = name.partition(" ")
-            vs_floor = row.get("us_per_token_vs_floor", float("nan"))
-            vs_seed = row.get("us_per_token_vs_seed", float("nan"))
-            add(f"| {label} | {protocol or 'plain'} | {_f(row['us_per_token'], 2)} | {_f(vs_floor, 2)} | "
-                f"{_f(vs_seed, 2)} | {row['tokens_per_s']:.0f} | {_f(row['tokens_per_frame'])} | "
-                f"{_f(row['wire_bytes_per_token'])} | {_f(row['paced_us_per_token'])} | {_f(row['paced_ttft_ms_p50'])} / {_f(row['paced_ttft_ms_p99'])} | "
+            add(f"| {label} | {protocol or 'plain'} | {_f(row['us_per_token'], 2)} | "
+                f"{_f(row.get('us_per_token_vs_floor', nan), 2)} | {_f(row.get('us_per_token_vs_seed', nan), 2)} | "
+                f"{_f(row.get('us_per_token_vs_peer', nan), 2)} | {row['tokens_per_s']:.0f} | "
+                f"{_f(row['tokens_per_frame'])} | {_f(row['wire_bytes_per_token'])} | {_f(row['paced_us_per_token'])} | "
+                f"{_f(row.get('paced_us_per_token_vs_floor', nan), 2)} | {_f(row.get('paced_us_per_token_vs_peer', nan), 2)} | "
+                f"{_f(row['paced_ttft_ms_p50'])} / {_f(row['paced_ttft_ms_p99'])} | "
                 f"{_f(row['paced_gap_ms_p50'])} / {_f(row['paced_gap_ms_p99'])} | {row['errors']} |")
         add("")
         bg = [x[k]["background_cpu_util"] for row in chat.values() for x in row["rounds"] for k in ("throughput", "paced")]

@@ -22,14 +22,12 @@ Prints ``{"event": "bench_ready", "ws_url": …}`` once listening; stops on SIGT
 
 from __future__ import annotations
 
-import argparse
 import json
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-import uvicorn
+from asgi_serve import arguments, serve
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 UPSTREAM = ""
@@ -97,23 +95,9 @@ async def chat(websocket: WebSocket) -> None:
 
 def main() -> None:
     global UPSTREAM
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--upstream", required=True, help="base URL, …/v1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop", "auto"])
-    args = parser.parse_args()
+    args = arguments(__doc__, ("asyncio", "uvloop", "auto"))
     UPSTREAM = args.upstream.rstrip("/")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", args.port))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, loop=args.loop, log_level="info")
-    server = uvicorn.Server(config)
-    # The socket is bound; uvicorn listens on it once started. Clients that connect
-    # meanwhile wait in the backlog.
-    sock.listen(2048)
-    print(json.dumps({"event": "bench_ready", "ws_url": f"ws://127.0.0.1:{port}/chat"}), flush=True)
-    server.run(sockets=[sock])
+    serve(app, args.port, loop=args.loop, log_level="info")
 
 
 if __name__ == "__main__":

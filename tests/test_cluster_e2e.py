@@ -52,16 +52,24 @@ LEASE_TIMEOUT = 2  # seconds: a dead owner's replies end within about this
 @pytest.fixture
 async def instances(
     spawn: Spawn, cluster_env: dict[str, str], tmp_path: Path
-) -> Callable[..., Awaitable[list[Process]]]:
+) -> AsyncIterator[Callable[..., Awaitable[list[Process]]]]:
     """Start ``count`` gateway processes of one cluster (``toml``: more settings)."""
+
+    started: list[Process] = []
 
     async def start(count: int = 2, toml: str = "", **extra: str) -> list[Process]:
         config = tmp_path / f"cluster-{next(_names)}.toml"
         config.write_text(f"[cluster]\nlease_timeout = {LEASE_TIMEOUT}\n{toml}")
         env = {**cluster_env, "GATEWAY_CONFIG": str(config), **extra}
-        return list(await asyncio.gather(*(spawn(env) for _ in range(count))))
+        procs = list(await asyncio.gather(*(spawn(env) for _ in range(count))))
+        started.extend(procs)
+        return procs
 
-    return start
+    yield start
+    for n, proc in enumerate(started):  # shown when the test fails: what went wrong inside
+        for line in proc.lines:
+            if "exception" in line or line.get("level") in ("error", "critical"):
+                print(f"instance {n}:", line)
 
 
 _names = itertools.count()

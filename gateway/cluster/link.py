@@ -116,10 +116,20 @@ class Link:
             raise LinkDown("Redis is down")
         waiter = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(channel, []).append(waiter)
-        async with self.using():
-            await self._pubsub.subscribe(channel)
-            async with asyncio.timeout(self.timeout):
-                await waiter
+        try:
+            async with self.using():
+                await self._pubsub.subscribe(channel)
+                async with asyncio.timeout(self.timeout):
+                    await waiter
+        except LinkDown:
+            raise
+        except Exception as exc:  # the pub/sub connection caught mid-reconnect: not this caller's to fail
+            _log.warning("redis_subscribe_failed", error=str(exc) or type(exc).__name__)
+            raise LinkDown(str(exc) or type(exc).__name__) from None
+        finally:
+            waiters = self._waiting.get(channel)
+            if waiters is not None and waiter in waiters and not waiter.done():
+                waiters.remove(waiter)
 
     def unsubscribe(self, channel: str) -> None:
         """Stop receiving ``channel`` (soon; a subscribe meanwhile keeps it)."""

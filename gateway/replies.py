@@ -32,9 +32,17 @@ from .slots import Slots
 from .stores import ConversationStore, StoredMessage
 from .watchers import Watchers
 
-__all__ = ["RegistryLimits", "Reply", "ReplyRegistry", "ReplyTerms", "StopReason"]
+__all__ = ["RegistryLimits", "Reply", "ReplyRegistry", "ReplyTerms", "StopReason", "resume_unavailable"]
 
 _log: Any = structlog.get_logger("gateway.replies")
+
+
+def resume_unavailable() -> GatewayError:
+    """What a ``resume`` of a reply that cannot be followed (any more) gets."""
+    return GatewayError(
+        ErrorCode.RESUME_UNAVAILABLE, "this reply can no longer be resumed; its stored text is in the history",
+        retryable=False,
+    )
 
 
 class ReplyTerms(Protocol):
@@ -101,11 +109,7 @@ class ReplyRegistry:
         then the rest of it (``resume``)."""
         reply = self._replies.find(reply_id, conversation_id)
         if reply is None:
-            raise GatewayError(
-                ErrorCode.RESUME_UNAVAILABLE,
-                "this reply can no longer be resumed; its stored text is in the history",
-                retryable=False,
-            )
+            raise resume_unavailable()
         if after_seq > reply.log.seq:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"after_seq is past the reply's last seq ({reply.log.seq})")
         reply.subscribe(subscriber, after_seq)

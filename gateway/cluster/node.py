@@ -89,7 +89,7 @@ class ClusterNode:
         except LinkDown:
             return
         self.shipper.recheck()
-        self.bus.repair_all()
+        self.bus.remote.repair_all()
 
     async def _end_stale_forever(self) -> None:
         """End the replies nobody is left to end: their owner died when Redis could not
@@ -108,5 +108,5 @@ class ClusterNode:
         while True:
             await asyncio.sleep(self.poll_every)
             if self.link.up:
-                self.bus.poll()
+                self.bus.remote.poll()
                 self.successor.kick()

@@ -136,7 +136,7 @@ redis.call('SREM', KEYS[1], ARGV[1])
 return taken
 """
 
-# Ask a reply's owner to stop it. KEYS: reply. ARGV: conversation.
+# Ask a reply's owner to stop it. KEYS: reply. ARGV: conversation, reply id.
 # Returns the owner, or gone / ended / other (another conversation's).
 CANCEL = """
 local cur = redis.call('HMGET', KEYS[1], 'conv', 'state', 'owner')
@@ -144,6 +144,6 @@ if not cur[1] then return 'gone' end
 if cur[1] ~= ARGV[1] then return 'other' end
 if cur[2] ~= 'streaming' then return 'ended' end
 redis.call('HSET', KEYS[1], 'cancel', '1')
-redis.call('PUBLISH', 'gateway:i:' .. cur[3], 'C' .. string.sub(KEYS[1], 15))
+redis.call('PUBLISH', 'gateway:i:' .. cur[3], 'C' .. ARGV[2])
 return cur[3]
 """

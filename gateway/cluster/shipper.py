@@ -77,9 +77,6 @@ class Shipper:
     def me(self) -> str:
         return self._link.instance_id
 
-    def owns(self, reply_id: str) -> bool:
-        return reply_id in self._shipments
-
     async def claim(self, reply: Reply) -> None:
         conv = reply.conversation_id
         try:

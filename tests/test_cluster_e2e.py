@@ -17,8 +17,8 @@ import psycopg
 import pytest
 from conftest import TIMEOUT, Chat, Process, openai_env
 from fakeupstream import FakeUpstream, Pause, Script, Stall, openai_sse
-from pgserver import PgServer
-from redisserver import RedisServer
+from pgserver import PASSWORD, PgServer
+from redisserver import REDIS_PASSWORD, RedisServer
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -70,6 +70,8 @@ async def instances(
         for line in proc.lines:
             if "exception" in line or line.get("level") in ("error", "critical"):
                 print(f"instance {n}:", line)
+    logged = "\n".join(str(line) for proc in started for line in proc.lines)
+    assert REDIS_PASSWORD not in logged and PASSWORD not in logged, "a password reached the logs"
 
 
 _names = itertools.count()

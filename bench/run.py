@@ -22,6 +22,8 @@ info as JSON to a pipe this process drains, in both protocols (``json`` = chat.v
 
 * throughput  100 connections x 5 messages x 200 unpaced tokens
 * paced       100 connections x 2 messages x 100 tokens, 20 ms apart (below saturation)
+* burst       100 connections send one message at the same instant (10 tokens, 20 ms apart):
+              time to first token while the messages queue up to be stored
 * idle        5,000 idle connections: RSS and CPU per connection, the client offering
               permessage-deflate or not
 * deflate     the compression settings: 2,000 idle connections' RSS, then 100 x 1 x 100
@@ -80,6 +82,7 @@ class Sizes:
     rounds: int
     thr: tuple[int, int, int]  # connections, messages, tokens (unpaced)
     paced: tuple[int, int, int, float]  # connections, messages, tokens, pace_ms
+    burst: tuple[int, int, int, float]  # the same, every first message sent at once
     idle: int
     deflate_idle: int
     deflate_chat: tuple[int, int, int, float]  # paced: one token per frame, as real streams
@@ -87,8 +90,8 @@ class Sizes:
     scale_stream: tuple[int, int, int, float]
 
 
-FULL = Sizes(3, (100, 5, 200), (100, 2, 100, 20.0), 5000, 2000, (100, 1, 100, 20.0), 10_000, (1000, 1, 60, 100.0))
-QUICK = Sizes(1, (50, 2, 200), (50, 1, 100, 20.0), 1000, 1000, (50, 1, 50, 20.0), 2000, (200, 1, 40, 100.0))
+FULL = Sizes(3, (100, 5, 200), (100, 2, 100, 20.0), (100, 1, 10, 20.0), 5000, 2000, (100, 1, 100, 20.0), 10_000, (1000, 1, 60, 100.0))
+QUICK = Sizes(1, (50, 2, 200), (50, 1, 100, 20.0), (100, 1, 10, 20.0), 1000, 1000, (50, 1, 50, 20.0), 2000, (200, 1, 40, 100.0))
 
 # (row name, server, protocol)
 CHAT_ROWS = [
@@ -245,7 +248,8 @@ class Bench:
     async def chat_rounds(self) -> dict[str, Any]:
         s = self.sizes
         rows = [r for r in CHAT_ROWS if self.selected(r[1])]
-        out: dict[str, Any] = {name: {"rounds": [], "ttft_thr": [], "ttft": [], "gaps": []} for name, _, _ in rows}
+        out: dict[str, Any] = {name: {"rounds": [], "ttft_thr": [], "ttft": [], "gaps": [], "burst": []}
+                               for name, _, _ in rows}
         last = 0.0
         for rnd in range(s.rounds):
             if rnd and not self.fits("chat", last):
@@ -259,7 +263,9 @@ class Bench:
                     thr, rt = await self.measure(srv, protocol, *s.thr)
                     c, m, t, pace = s.paced
                     paced, rp = await self.measure(srv, protocol, c, m, t, pace, spread=1.0)
+                    _, rb = await self.measure(srv, protocol, *s.burst)
                 out[name]["rounds"].append({"throughput": thr, "paced": paced})
+                out[name]["burst"] += rb.ttft
                 out[name]["ttft_thr"] += rt.ttft
                 out[name]["ttft"] += rp.ttft
                 out[name]["gaps"] += rp.gaps
@@ -289,6 +295,8 @@ class Bench:
                 "paced_ttft_ms_p99": pct(data["ttft"], 99) * 1e3,
                 "paced_gap_ms_p50": pct(data["gaps"], 50) * 1e3,
                 "paced_gap_ms_p99": pct(data["gaps"], 99) * 1e3,
+                "burst_ttft_ms_p50": pct(data["burst"], 50) * 1e3,
+                "burst_ttft_ms_p99": pct(data["burst"], 99) * 1e3,
                 "errors": sum(x["throughput"]["errors"] + x["paced"]["errors"] for x in rounds),
                 "rounds": rounds,
             }
@@ -462,16 +470,18 @@ def report(results: dict[str, Any]) -> str:
     if chat:
         c, m, t = sizes["thr"]
         pc, pm, pt, pace = sizes["paced"]
-        add(f"### Throughput ({c} connections × {m} messages × {t} unpaced tokens) and paced "
-            f"({pc} × {pm} × {pt} tokens, {pace:g} ms apart)")
+        bc = sizes["burst"][0]
+        add(f"### Throughput ({c} connections × {m} messages × {t} unpaced tokens), paced "
+            f"({pc} × {pm} × {pt} tokens, {pace:g} ms apart) and burst ({bc} messages sent at once)")
         add("")
         add(f"CPU is the server's CPU time (all threads, from /proc) per delivered token: the median of "
             f"{sizes['rounds']} alternating rounds, a fresh process each; × floor, × seed and × peer are the medians "
             "of each round's ratio. Latency percentiles are over all rounds' samples.")
         add("")
         add("| target | protocol | CPU µs/token | × floor | × seed | × peer | tokens/s | tokens/frame | wire B/token | "
-            "paced CPU µs/token | paced × floor | paced × peer | paced TTFT p50 / p99 ms | paced gap p50 / p99 ms | errors |")
-        add("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            "paced CPU µs/token | paced × floor | paced × peer | paced TTFT p50 / p99 ms | paced gap p50 / p99 ms | "
+            "burst TTFT p50 / p99 ms | errors |")
+        add("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         nan = float("nan")
         for name, row in chat.items():
             label, _, protocol = name.partition(" ")
@@ -481,7 +491,8 @@ def report(results: dict[str, Any]) -> str:
                 f"{_f(row['tokens_per_frame'])} | {_f(row['wire_bytes_per_token'])} | {_f(row['paced_us_per_token'])} | "
                 f"{_f(row.get('paced_us_per_token_vs_floor', nan), 2)} | {_f(row.get('paced_us_per_token_vs_peer', nan), 2)} | "
                 f"{_f(row['paced_ttft_ms_p50'])} / {_f(row['paced_ttft_ms_p99'])} | "
-                f"{_f(row['paced_gap_ms_p50'])} / {_f(row['paced_gap_ms_p99'])} | {row['errors']} |")
+                f"{_f(row['paced_gap_ms_p50'])} / {_f(row['paced_gap_ms_p99'])} | "
+                f"{_f(row['burst_ttft_ms_p50'])} / {_f(row['burst_ttft_ms_p99'])} | {row['errors']} |")
         add("")
         bg = [x[k]["background_cpu_util"] for row in chat.values() for x in row["rounds"] for k in ("throughput", "paced")]
         add(f"Other processes' load on CPU {TARGET_CPU} during these measurements: median {median(bg) * 100:.0f} %, "
@@ -540,7 +551,7 @@ def report(results: dict[str, Any]) -> str:
         add("")
     targets = results.get("targets")
     if targets:
-        add("### Targets (issue 6): ratios from this run")
+        add("### Targets: ratios from this run")
         add("")
         lines += targets_table(targets, results)
         add("")
@@ -552,10 +563,10 @@ GATEWAY_ROWS = ("gateway-sqlite json", "gateway-sqlite plain", "gateway-memory j
 
 
 def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 6's targets, per gateway variant, from this run's medians."""
+    """The performance goals (issues 6 and 12), per gateway variant, from this run's medians."""
     out: list[dict[str, Any]] = []
     chat = results.get("chat") or {}
-    floor, seed = chat.get("floor"), chat.get("seed")
+    floor, seed, peer = chat.get("floor"), chat.get("seed"), chat.get("peer")
 
     def add(goal: str, name: str, ratio: float, measured: str, met: bool | None) -> None:
         out.append({"goal": goal, "row": name, "ratio": ratio, "measured": measured, "met": met})
@@ -564,23 +575,29 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         row = chat.get(name)
         if not row:
             continue
+        if peer:
+            r = row["paced_us_per_token_vs_peer"]
+            add("paced CPU/token ≤ 1.0× peer", name, r, f"{r:.2f}×", r <= 1.0)
         if floor:
+            r = row["paced_us_per_token_vs_floor"]
+            add("paced CPU/token ≤ 0.9× floor", name, r, f"{r:.2f}×", r <= 0.9)
+            r = row["burst_ttft_ms_p99"] / floor["burst_ttft_ms_p99"]
+            add("burst TTFT p99 ≤ 1.2× floor", name, r, f"{r:.2f}× ({row['burst_ttft_ms_p99']:.1f} ms)", r <= 1.2)
             r = row["us_per_token_vs_floor"]
             add("throughput CPU/token ≤ 1.0× floor", name, r, f"{r:.2f}×", r <= 1.0)
+            r = row["paced_gap_ms_p99"] / floor["paced_gap_ms_p99"]
+            add("paced gap p99 ≤ 1.2× floor", name, r, f"{r:.2f}× ({row['paced_gap_ms_p99']:.1f} ms)", r <= 1.2)
+            r = row["paced_ttft_ms_p99"] / floor["paced_ttft_ms_p99"]
+            add("paced TTFT p99 ≤ 1.2× floor (issue 6)", name, r, f"{r:.2f}× ({row['paced_ttft_ms_p99']:.1f} ms)",
+                r <= 1.2)
         if seed:
             r = 1 / row["us_per_token_vs_seed"]
-            add("throughput CPU/token ≥ 4× cheaper than seed", name, r, f"{r:.2f}× cheaper", r >= 4.0)
-        if floor:
-            for key, label in (("paced_ttft_ms_p99", "paced TTFT p99 ≤ 1.2× floor"),
-                               ("paced_gap_ms_p99", "paced gap p99 ≤ 1.2× floor")):
-                r = row[key] / floor[key]
-                add(label, name, r, f"{r:.2f}× ({row[key]:.1f} ms)", r <= 1.2)
-            r = row["paced_us_per_token_vs_floor"]
-            add("paced CPU/token vs floor (no goal set)", name, r, f"{r:.2f}×", None)
-    for row in results.get("idle") or []:
-        if row["name"] in GATEWAY_ROWS and not row["offered"]:
-            kib = row["kib_per_conn"]
-            add("idle ≤ 18 KiB/connection, no compression", row["name"], kib / 18.0, f"{kib:.1f} KiB", kib <= 18.0)
+            add("throughput CPU/token ≥ 4× cheaper than seed (issue 6)", name, r, f"{r:.2f}× cheaper", r >= 4.0)
+    idle = {r["name"]: r for r in results.get("idle") or [] if not r["offered"]}
+    for name, row in idle.items():
+        if name in GATEWAY_ROWS and "floor" in idle:
+            kib, ref = row["kib_per_conn"], idle["floor"]["kib_per_conn"]
+            add("idle KiB/connection ≤ floor's, no compression", name, kib / ref, f"{kib:.1f} KiB", kib <= ref)
     return out
 
 
@@ -588,7 +605,7 @@ def targets_table(targets: list[dict[str, Any]], results: dict[str, Any]) -> lis
     rows = [name for name in GATEWAY_ROWS if any(t["row"] == name for t in targets)]
     goals = list(dict.fromkeys(t["goal"] for t in targets))
     chat = results.get("chat") or {}
-    ref = {"floor": chat.get("floor"), "seed": chat.get("seed")}
+    ref = {"floor": chat.get("floor"), "seed": chat.get("seed"), "peer": chat.get("peer")}
     lines = ["| goal | " + " | ".join(rows) + " |", "|---|" + "---:|" * len(rows)]
     for goal in goals:
         cells = []
@@ -604,8 +621,11 @@ def targets_table(targets: list[dict[str, Any]], results: dict[str, Any]) -> lis
     notes = []
     if ref["floor"]:
         f = ref["floor"]
-        notes.append(f"floor: {f['us_per_token']:.2f} µs/token, paced TTFT p99 {f['paced_ttft_ms_p99']:.1f} ms, "
-                     f"gap p99 {f['paced_gap_ms_p99']:.1f} ms, paced {f['paced_us_per_token']:.1f} µs/token")
+        notes.append(f"floor: {f['us_per_token']:.2f} µs/token, paced {f['paced_us_per_token']:.1f} µs/token, "
+                     f"paced TTFT p99 {f['paced_ttft_ms_p99']:.1f} ms, gap p99 {f['paced_gap_ms_p99']:.1f} ms, "
+                     f"burst TTFT p99 {f['burst_ttft_ms_p99']:.1f} ms")
+    if ref["peer"]:
+        notes.append(f"peer: paced {ref['peer']['paced_us_per_token']:.1f} µs/token")
     if ref["seed"]:
         notes.append(f"seed: {ref['seed']['us_per_token']:.2f} µs/token")
     idle = {r["name"]: r for r in results.get("idle") or [] if not r["offered"]}

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.protocol import State
 from websockets.exceptions import ConnectionClosed
 
 from .auth import Principal
@@ -91,7 +92,7 @@ class Connection:
         self.replies: set[str] = set()  # ids of the replies this connection follows
         self.outbox = Outbox(
             hub.runtime.config.limits.max_pending_bytes, encode_delta, self._overflowed, hub.metrics.frames.inc,
-            hub.budget,
+            hub.budget, self._write_now,
         )
         self._closer: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -151,6 +152,15 @@ class Connection:
                     await send(frame, text=True)
         except ConnectionClosed:
             pass
+
+    def _write_now(self, frame: Frame) -> bool:
+        """Write ``frame`` without waiting, if the socket is open and has nothing left to
+        send (so it never holds more than this one frame beyond what the outbox counts)."""
+        ws = self.ws
+        if ws.state is not State.OPEN or ws.transport.get_write_buffer_size():
+            return False
+        broadcast((ws,), frame, text=True)  # type: ignore[arg-type]
+        return True
 
     def shutdown(self, code: int = CLOSE_GOING_AWAY) -> None:
         """Close with ``code`` (1001, or 1012 in a cluster) once every frame already queued is written."""

@@ -45,6 +45,7 @@ class Inflater:
         self._wbits = _WBITS.get(encoding, 32 + zlib.MAX_WBITS)  # deflate: +32, a zlib or a gzip header
         if encoding != "identity":
             self._zlib = zlib.decompressobj(self._wbits)
+        self.plain = self._zlib is None  # the body is passed through as it comes
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         """The decoded bytes of ``data``, in pieces of at most :data:`PIECE` bytes."""

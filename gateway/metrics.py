@@ -2,22 +2,44 @@
 
 Label values are bounded enums (protocol, reason, finish reason, error code,
 store operation): never ids, origins or addresses. On the per-delta path there
-are only counter increments.
+is one increment of a :class:`Tally`, a plain integer.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
-__all__ = ["CONTENT_TYPE", "Metrics", "TimedStore"]
+__all__ = ["CONTENT_TYPE", "Metrics", "Tally", "TimedStore"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 _STORE = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+
+
+class Tally:
+    """A counter for the per-delta path: a plain integer, without prometheus_client's
+    lock (only the event loop's thread adds to it), exposed as a counter."""
+
+    __slots__ = ("name", "documentation", "value")
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.value = name, documentation, 0
+        registry.register(self)
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.value)
 
 
 class Metrics:
@@ -32,7 +54,7 @@ class Metrics:
         self.replies = Counter("gateway_replies", "Replies ended", ["finish_reason"], registry=r)
         self.replies_in_flight = Gauge("gateway_replies_in_flight", "Replies streaming now", registry=r)
         self.deltas = Counter("gateway_deltas", "Deltas produced (one per upstream read with text)", registry=r)
-        self.frames = Counter("gateway_delta_frames", "reply.delta frames written (deltas merge when behind)", registry=r)
+        self.frames = Tally("gateway_delta_frames", "reply.delta frames written (deltas merge when behind)", r)
         self.tokens = Counter("gateway_completion_tokens", "Completion tokens reported by providers", registry=r)
         self.ttft = Histogram("gateway_time_to_first_token_seconds", "Time to first delta", buckets=_LATENCY, registry=r)
         self.duration = Histogram("gateway_reply_duration_seconds", "Reply duration", buckets=_LATENCY, registry=r)

@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterator
 
 from .outbox_queue import Close, DeltaEncoder, Frame, FrameQueue
 
-__all__ = ["Close", "Frame", "Outbox", "OutputBudget"]
+__all__ = ["DIRECT_MAX", "Close", "Frame", "Outbox", "OutputBudget"]
+
+DIRECT_MAX = 16 * 1024  # larger frames always go through the queue, where they count
 
 
 class OutputBudget:
@@ -114,11 +116,16 @@ class Outbox:
     admitted when nothing else is held (a large ``ready``, a resume's catch-up) does
     not count against ``max_pending`` while it is held, so what may be held is
     ``max_pending`` plus that one frame.
+
+    ``write_now``, if given, writes a frame at once and says whether it did (it
+    declines while the socket still has bytes to send). A small frame put while the
+    writer waits with nothing queued or being sent is offered to it first: the common
+    case, a client keeping up, then costs no wake-up of the writer.
     """
 
     __slots__ = (
         "_items", "_held", "_max_pending", "_budget", "_encode_delta", "_on_overflow", "_count", "_waiter", "_together",
-        "overflowed",
+        "_write_now", "overflowed",
     )
 
     def __init__(
@@ -128,6 +135,7 @@ class Outbox:
         on_overflow: Callable[[], None],
         count_deltas: Callable[[int], None] = lambda n: None,
         budget: OutputBudget | None = None,
+        write_now: Callable[[Frame], bool] | None = None,
     ) -> None:
         self._items: FrameQueue | None = None  # made on first use: idle sockets are many
         self._held = _Held()
@@ -138,6 +146,7 @@ class Outbox:
         self._count = count_deltas
         self._waiter: asyncio.Future[None] | None = None
         self._together: int | None = None
+        self._write_now = write_now
         self.overflowed = False
 
     @property
@@ -152,12 +161,21 @@ class Outbox:
 
     def put(self, frame: Frame) -> None:
         """Queue an encoded frame."""
+        write_now = self._write_now
+        if write_now is not None and type(frame) is not Close and len(frame) <= DIRECT_MAX and self._idle():
+            if write_now(frame):
+                return
         if self._admit(len(frame)):
             self._queue().append(frame)
             self._wake()
 
     def put_delta(self, reply_id: str, seq: int, text: str) -> None:
         """Queue reply text, merged into the last waiting delta of the same reply."""
+        write_now = self._write_now
+        if write_now is not None and len(text) <= DIRECT_MAX // 4 and self._idle():
+            if write_now(self._encode_delta(reply_id, seq, text)):
+                self._count(1)
+                return
         if self._admit(len(text) if text.isascii() else len(text.encode())):
             if self._queue().put_delta(reply_id, seq, text):
                 self._wake()
@@ -236,6 +254,11 @@ class Outbox:
             return False
         self._held.add(size, alone=not before)
         return True
+
+    def _idle(self) -> bool:
+        """Whether the writer waits, with nothing queued or being sent."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._items and not self.overflowed
 
     def _queue(self) -> FrameQueue:
         if self._items is None:

@@ -18,22 +18,19 @@ class ReplyLog:
     ``max_chars``; :meth:`append` reports whether the text still fits.
     """
 
-    __slots__ = ("_pieces", "_tail", "_ends", "max_chars")
+    __slots__ = ("_pieces", "_tail", "_ends", "chars", "max_chars")
 
     def __init__(self, max_chars: int) -> None:
         self._pieces: list[str] = []
         self._tail: list[str] = []
         self._ends = array("Q")
+        self.chars = 0  # the text's length so far
         self.max_chars = max_chars
 
     @property
     def seq(self) -> int:
         """The number of the last delta (0 before the first)."""
         return len(self._ends)
-
-    @property
-    def chars(self) -> int:
-        return self._ends[-1] if self._ends else 0
 
     @property
     def text(self) -> str:
@@ -50,6 +47,7 @@ class ReplyLog:
             return False
         self._tail.append(text)
         self._ends.append(end)
+        self.chars = end
         if len(self._tail) >= _COMPACT_EVERY:
             self._compact()
         return True

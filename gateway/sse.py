@@ -23,7 +23,7 @@ Differences from a browser ``EventSource`` that callers should know:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["SSEDecoder", "SSEEvent", "SSEError"]
 
@@ -32,8 +32,7 @@ _CR = 0x0D
 _LF = 0x0A
 
 
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
+class SSEEvent(NamedTuple):
     """One dispatched server-sent event.
 
     Attributes:
@@ -66,6 +65,11 @@ class _LineSplitter:
     """
 
     __slots__ = ("_limit", "_buf", "_skip_lf", "_bom_done")
+
+    @property
+    def clean(self) -> bool:
+        """Whether the next byte starts a line (nothing held, the BOM dealt with)."""
+        return self._bom_done and not self._buf and not self._skip_lf
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -153,6 +157,7 @@ class SSEDecoder:
         "_event",
         "_id",
         "_retry",
+        "_fields",
     )
 
     def __init__(self, max_event_bytes: int = 1 << 20) -> None:
@@ -165,6 +170,7 @@ class SSEDecoder:
         self._event = ""
         self._id: str | None = None
         self._retry: int | None = None
+        self._fields = False  # whether the event being built has any field yet
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         """Consume the next bytes of the stream.
@@ -178,6 +184,10 @@ class SSEDecoder:
         Raises:
             SSEError: If a line or an event's data exceeds the limit.
         """
+        if data[-2:] == b"\n\n" and data[:6] == b"data: " and not self._fields and self._lines.clean:
+            # The usual read, one event of one data line: "data: …\n\n".
+            if data.find(b"\n") == len(data) - 2 and b"\r" not in data and len(data) - 2 <= self._max:
+                return [SSEEvent(data[6:-2].decode("utf-8", "replace"))]
         try:
             return self._process(self._lines.feed(data))
         except SSEError:
@@ -222,6 +232,7 @@ class SSEDecoder:
                 continue
             if value[:1] == b" ":
                 value = value[1:]
+            self._fields = True
             if name == b"data":
                 self._data_size += len(value) + 1
                 if self._data_size > limit + 1:
@@ -246,12 +257,7 @@ class SSEDecoder:
 
     def _dispatch(self) -> SSEEvent:
         """Build the pending event and start a new one."""
-        event = SSEEvent(
-            data=b"\n".join(self._data).decode("utf-8", "replace"),
-            event=self._event or "message",
-            id=self._id,
-            retry=self._retry,
-        )
+        event = SSEEvent(b"\n".join(self._data).decode("utf-8", "replace"), self._event or "message", self._id, self._retry)
         self._clear_event()
         return event
 
@@ -262,6 +268,7 @@ class SSEDecoder:
         self._event = ""
         self._id = None
         self._retry = None
+        self._fields = False
 
     def _reset(self) -> None:
         """Return to the state of a fresh decoder."""

@@ -6,7 +6,7 @@ import asyncio
 import email.utils
 import math
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -15,7 +15,7 @@ import structlog
 
 from .config import ProviderConfig
 from .errors import ErrorCode, UpstreamError
-from .inflate import BodyError, BodyTooLarge, Inflater
+from .inflate import PIECE, BodyError, BodyTooLarge, Inflater
 from .sse import SSEDecoder, SSEError, SSEEvent
 from .providers import ChatMessage, Chunk, Provider, dashscope, openai
 from .providers.demo import DemoProvider
@@ -63,8 +63,24 @@ async def stream_sse(
             idle.touch()
             if resp.status != 200:
                 raise await _status_error(resp, error_from_body)
-            async for chunks in _read(resp, _inflater(resp, max_bytes), decoder, idle):
+            reader = _Body(_inflater(resp, max_bytes), decoder)
+            async for data in resp.content.iter_any():
+                idle.touch()
+                # The usual read is one piece as it came; a compressed one may inflate to many.
+                pieces = (data,) if reader.plain and len(data) <= PIECE else reader.pieces(data)
+                for n, piece in enumerate(pieces):
+                    if n:
+                        await asyncio.sleep(0)  # let others run between the pieces of one read
+                    chunks = reader.decode(piece)
+                    if chunks:
+                        yield chunks
+                    if reader.over:
+                        reader.check()
+                        return
+            chunks = reader.end()
+            if chunks:
                 yield chunks
+            reader.check()
     except asyncio.CancelledError:
         if not idle.fired:
             raise
@@ -130,40 +146,75 @@ def _inflater(resp: aiohttp.ClientResponse, max_bytes: int) -> Inflater:
         raise UpstreamError(ErrorCode.UPSTREAM_ERROR, f"the provider's answer is unreadable: {exc}") from None
 
 
-async def _read(
-    resp: aiohttp.ClientResponse, inflater: Inflater, decoder: Decoder, idle: _Inactivity
-) -> AsyncGenerator[list[Chunk], None]:
-    sse = SSEDecoder()
-    try:
-        async for data in resp.content.iter_any():
-            idle.touch()
-            for n, piece in enumerate(inflater.feed(data)):
-                if n:
-                    await asyncio.sleep(0)  # a compressed read inflates to many pieces: let others run
-                chunks, error = _decode(sse.feed(piece), decoder)
-                if chunks:
-                    yield chunks
-                if error is not None:
-                    raise error
-                if decoder.done:
-                    return
-        chunks, error = _decode(sse.feed(inflater.close()) + sse.close(), decoder)
-    except SSEError as exc:
-        raise UpstreamError(ErrorCode.UPSTREAM_ERROR, f"the provider's stream is malformed: {exc}", retryable=True) from None
-    except BodyTooLarge:
-        raise UpstreamError(
+class _Body:
+    """A response body's bytes, inflated, cut into SSE events and decoded into chunks.
+
+    A failure, an error event or the end of the body before the reply's end is kept
+    as :attr:`error` (an :class:`UpstreamError`): the chunks decoded before it are
+    returned first, and :meth:`check` raises it.
+    """
+
+    __slots__ = ("plain", "error", "_inflater", "_decoder", "_sse")
+
+    def __init__(self, inflater: Inflater, decoder: Decoder) -> None:
+        self.plain = inflater.plain
+        self.error: UpstreamError | None = None
+        self._inflater, self._decoder, self._sse = inflater, decoder, SSEDecoder()
+
+    @property
+    def over(self) -> bool:
+        """Whether the reply is complete or failed: nothing more is to be read."""
+        return self.error is not None or self._decoder.done
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        """``data`` decoded, in bounded pieces (see :mod:`.inflate`)."""
+        try:
+            yield from self._inflater.feed(data)
+        except BodyError as exc:
+            raise _body_error(exc, self._inflater) from None
+
+    def decode(self, piece: bytes) -> list[Chunk]:
+        """The chunks a decoded piece completes."""
+        try:
+            events = self._sse.feed(piece)
+        except SSEError as exc:
+            self.error = _sse_error(exc)
+            return []
+        chunks, self.error = _decode(events, self._decoder)
+        return chunks
+
+    def end(self) -> list[Chunk]:
+        """The body ended: the chunks it still held (and an error if the reply had not ended)."""
+        try:
+            events = self._sse.feed(self._inflater.close()) + self._sse.close()
+        except SSEError as exc:
+            self.error = _sse_error(exc)
+            return []
+        except BodyError as exc:
+            self.error = _body_error(exc, self._inflater)
+            return []
+        chunks, self.error = _decode(events, self._decoder)
+        if self.error is None and not (self._decoder.done or self._decoder.finished):
+            self.error = UpstreamError(
+                ErrorCode.UPSTREAM_ERROR, "the provider ended the stream before the reply finished", retryable=True
+            )
+        return chunks
+
+
+def _sse_error(exc: SSEError) -> UpstreamError:
+    return UpstreamError(ErrorCode.UPSTREAM_ERROR, f"the provider's stream is malformed: {exc}", retryable=True)
+
+
+def _body_error(exc: BodyError, inflater: Inflater) -> UpstreamError:
+    if isinstance(exc, BodyTooLarge):
+        return UpstreamError(
             ErrorCode.UPSTREAM_ERROR, f"the provider's answer is larger than {inflater.max_bytes} bytes", retryable=False
-        ) from None
-    except BodyError as exc:
-        raise UpstreamError(ErrorCode.UPSTREAM_ERROR, f"the provider's answer is unreadable: {exc}", retryable=True) from None
-    if chunks:
-        yield chunks
-    if error is not None:
-        raise error
-    if not (decoder.done or decoder.finished):
-        raise UpstreamError(
-            ErrorCode.UPSTREAM_ERROR, "the provider ended the stream before the reply finished", retryable=True
         )
+    return UpstreamError(ErrorCode.UPSTREAM_ERROR, f"the provider's answer is unreadable: {exc}", retryable=True)
 
 
 def _decode(events: list[SSEEvent], decoder: Decoder) -> tuple[list[Chunk], UpstreamError | None]:

@@ -150,6 +150,35 @@ def test_events_arrive_as_soon_as_complete() -> None:
     assert decoder.close() == []
 
 
+@pytest.mark.parametrize(("before", "read", "expected"), [
+    ([], b"data: x\n\n", [E("x")]),
+    ([b"event: delta\n"], b"data: x\n\n", [E("x", "delta")]),
+    ([b"data: a\n"], b"data: x\n\n", [E("a\nx")]),
+    ([b"id: 7\nretry: 5\n"], b"data: x\n\n", [E("x", id="7", retry=5)]),
+    ([b"da"], b"data: x\n\n", []),  # the line "dadata: x" is an unknown field
+    ([b"data: a\r"], b"data: x\n\n", [E("a\nx")]),
+    ([b": comment\n"], b"data: x\n\n", [E("x")]),
+    ([b"\xef\xbb"], b"\xbfdata: x\n\n", [E("x")]),
+    ([], b"data: x\n\ndata: y\n\n", [E("x"), E("y")]),
+    ([], b"data: x\r\n\n", [E("x")]),
+    ([], b"data: \xe4\xb8\n\n", [E("\ufffd")]),
+])
+def test_one_event_per_read(before: list[bytes], read: bytes, expected: list[SSEEvent]) -> None:
+    """The usual read (one whole event, one data line) decodes as any other: what came
+    before it in the stream still counts."""
+    decoder = SSEDecoder()
+    for chunk in before:
+        decoder.feed(chunk)
+    assert decoder.feed(read) == expected
+
+
+def test_one_event_per_read_over_the_limit_raises() -> None:
+    decoder = SSEDecoder(max_event_bytes=10)
+    assert decoder.feed(b"data: 1234\n\n") == [E("1234")]
+    with pytest.raises(SSEError):
+        decoder.feed(b"data: 12345678901\n\n")
+
+
 def test_cr_lf_across_feeds_is_one_line_end() -> None:
     decoder = SSEDecoder()
     assert decoder.feed(b"data: a\r") == []

@@ -438,3 +438,58 @@ async def test_an_evicted_outbox_counts_what_it_sends_until_it_closes() -> None:
     assert budget.total <= 1000
     hog.close()
     assert budget.total == other.held
+
+
+class Socket:
+    """What ``write_now`` writes to: frames taken at once while ``ready``."""
+
+    def __init__(self) -> None:
+        self.ready = True
+        self.written: list[Frame] = []
+
+    def __call__(self, frame: Frame) -> bool:
+        if self.ready:
+            self.written.append(frame)
+        return self.ready
+
+
+def direct(max_pending: int = 1 << 20) -> tuple[Outbox, Socket, list[int]]:
+    socket, counted = Socket(), []
+    box = Outbox(max_pending, encode_delta, Overflows(), counted.append, OutputBudget(1 << 30), socket)
+    return box, socket, counted
+
+
+async def test_a_frame_put_while_the_writer_waits_idle_is_written_at_once() -> None:
+    box, socket, counted = direct()
+    box.put(b"early")  # no writer waiting yet: queued
+    assert await box.get() == [b"early"]
+    writer = await blocked_get(box)
+    box.put_delta("r1", 1, "a")
+    box.put(b"frame")
+    assert socket.written == [delta("r1", 1, "a"), b"frame"]
+    assert counted == [1] and box.held == 0 and not writer.done()
+    box.put(Close(1000, "bye"))  # a close always goes through the writer
+    (closing,) = await writer
+    assert isinstance(closing, Close) and closing.code == 1000
+    assert socket.written == [delta("r1", 1, "a"), b"frame"]
+
+
+async def test_a_socket_with_bytes_left_to_send_gets_its_frames_through_the_queue() -> None:
+    box, socket, counted = direct()
+    writer = await blocked_get(box)
+    socket.ready = False  # the last write is not all sent
+    box.put_delta("r1", 1, "a")
+    socket.ready = True
+    box.put_delta("r1", 2, "b")  # behind a queued frame: queued too, in order
+    box.put(b"frame")
+    assert await writer == [delta("r1", 2, "ab"), b"frame"]
+    assert socket.written == [] and counted == [1]
+
+
+async def test_large_frames_always_go_through_the_queue() -> None:
+    box, socket, _ = direct()
+    writer = await blocked_get(box)
+    big = b"x" * (64 * 1024)
+    box.put(big)
+    assert await writer == [big]
+    assert socket.written == []

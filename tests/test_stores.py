@@ -165,6 +165,30 @@ async def test_add_refuses_a_duplicate_id_and_keeps_the_first(store: Conversatio
     assert message_rows(store, conv.id) in (1, None)
 
 
+async def test_writes_arriving_together_each_get_their_own_outcome(store: ConversationStore) -> None:
+    """A burst of concurrent writes (SQLite commits them together): a duplicate id and a
+    missing conversation fail alone, every other write stands."""
+    convs = [await store.create() for _ in range(20)]
+    await store.add(convs[0].id, user("taken", "first"))
+    before = await store.get(convs[0].id)
+    outcomes = await asyncio.gather(
+        *(store.add(c.id, user(f"m{n}", f"hello {n}")) for n, c in enumerate(convs)),
+        store.add(convs[0].id, user("taken", "second")),
+        store.add("no-such-conversation", user("x", "lost")),
+        *(store.create(f"new{n:02d}") for n in range(5)),
+        return_exceptions=True,
+    )
+    assert outcomes[:20] == [True] * 20
+    assert outcomes[20] is False
+    assert isinstance(outcomes[21], ConversationNotFound)
+    assert [c.id for c in outcomes[22:]] == [f"new{n:02d}" for n in range(5)]  # type: ignore[union-attr]
+    for n, c in enumerate(convs):
+        expected = [user("taken", "first")] if n == 0 else []
+        assert await store.history(c.id, 10) == [*expected, user(f"m{n}", f"hello {n}")]
+    assert (await store.get(convs[0].id)).updated_at >= before.updated_at  # type: ignore[union-attr]
+    assert [await store.get(f"new{n:02d}") for n in range(5)] == list(outcomes[22:])
+
+
 async def test_same_message_id_in_two_conversations_is_two_messages(store: ConversationStore) -> None:
     a, b = await store.create(), await store.create()
     assert await store.add(a.id, user("m1", "in a")) is True

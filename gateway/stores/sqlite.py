@@ -1,7 +1,9 @@
 """Conversations in a SQLite file (WAL mode), on one dedicated thread.
 
-Each store operation is one function run on that thread, as one transaction:
-one hop off the event loop per operation, never a blocked loop.
+Each store operation is one function run on that thread, never on the event loop.
+Operations that arrive together share a hop off the loop, and the writes among
+them (new conversations, messages, checkpoints) share one transaction: a burst of
+messages is one commit (:mod:`.sqlite_batch`).
 
 The schema is versioned with ``PRAGMA user_version``: :data:`MIGRATIONS` are
 applied in order at :meth:`SQLiteStore.open`, each in one transaction (the
@@ -12,11 +14,9 @@ text stays, marked ``finish_reason = "error"``.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ from .base import (
     newest_within,
     title_of,
 )
+from .sqlite_batch import Batcher, Undo
 from .sqlite_schema import (
     INSERT_MESSAGE,
     MIGRATIONS,
@@ -55,15 +56,15 @@ class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
-        self._thread: ThreadPoolExecutor | None = None
+        self._batcher: Batcher | None = None
 
     async def open(self, *, recover: bool = True) -> OpenReport:
         """Open (creating the file and its directory), migrate, and with ``recover``
         mark replies a crash left streaming as ended. Tools that run beside a live
         gateway (export, prune) open with ``recover=False``."""
-        if self._thread is not None:
+        if self._batcher is not None:
             return OpenReport()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._batcher = Batcher(lambda: self.conn)
         try:
             return OpenReport(recovered=await self._run(self._open, recover))
         except sqlite3.DatabaseError as exc:  # not a database, unreadable, locked for good
@@ -80,10 +81,10 @@ class SQLiteStore:
         migrate(conn)
         return end_interrupted(conn) if recover else 0
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._thread is None:
+    async def _run(self, fn: Callable[..., T], *args: Any, grouped: bool = False) -> T:
+        if self._batcher is None:
             raise RuntimeError("the store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        return await self._batcher.run(fn, *args, grouped=grouped)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -92,16 +93,17 @@ class SQLiteStore:
         return self._conn
 
     async def close(self) -> None:
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        if self._conn is not None:
-            await asyncio.get_running_loop().run_in_executor(thread, self._conn.close)
-            self._conn = None
-        thread.shutdown(wait=True)
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            await batcher.close(self._close_connection)
+
+    def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     async def create(self, conversation_id: str | None = None) -> Conversation:
-        return await self._run(self._create, conversation_id or new_id())
+        return await self._run(self._create, conversation_id or new_id(), grouped=True)
 
     def _create(self, conversation_id: str) -> Conversation:
         now = time.time()
@@ -123,30 +125,27 @@ class SQLiteStore:
         return Conversation(*row) if row else None
 
     async def add(self, conversation_id: str, message: StoredMessage) -> bool:
-        return await self._run(self._write, conversation_id, message, False)
+        return await self._run(self._write, conversation_id, message, False, grouped=True)
 
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
-        await self._run(self._write, conversation_id, message, True)
+        await self._run(self._write, conversation_id, message, True, grouped=True)
 
     def _write(self, conversation_id: str, message: StoredMessage, upsert: bool) -> bool:
-        """Insert (or with ``upsert`` replace) a message and touch its conversation, atomically."""
+        """Insert (or with ``upsert`` replace) a message and touch its conversation, in the
+        batch's transaction; a message not added (its id taken) leaves nothing changed."""
         conn = self.conn
         now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            title = title_of(message.content) if message.role == "user" else ""
-            touched = conn.execute(
-                "UPDATE conversations SET updated_at = ?, title = CASE WHEN title = '' THEN ? ELSE title END WHERE id = ?",
-                (now, title, conversation_id),
-            ).rowcount
-            if touched != 1:
-                raise ConversationNotFound(conversation_id)
-            insert = UPSERT_MESSAGE if upsert else INSERT_MESSAGE
-            added = conn.execute(insert, (conversation_id, *message_row(message), now)).rowcount == 1
-            conn.execute("COMMIT" if added or upsert else "ROLLBACK")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        title = title_of(message.content) if message.role == "user" else ""
+        touched = conn.execute(
+            "UPDATE conversations SET updated_at = ?, title = CASE WHEN title = '' THEN ? ELSE title END WHERE id = ?",
+            (now, title, conversation_id),
+        ).rowcount
+        if touched != 1:
+            raise ConversationNotFound(conversation_id)
+        insert = UPSERT_MESSAGE if upsert else INSERT_MESSAGE
+        added = conn.execute(insert, (conversation_id, *message_row(message), now)).rowcount == 1
+        if not (added or upsert):
+            raise Undo(False)
         return added
 
     async def delete(self, conversation_id: str, message_id: str) -> bool:

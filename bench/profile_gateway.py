@@ -12,7 +12,7 @@ Two profilers, each on its own gateway process (pinned to CPU 0, load on CPU 1):
   call (it slows small functions down; read its times as relative).
 
     .venv/bin/python bench/profile_gateway.py [--store sqlite|memory] [--protocol json|plain]
-        [--scenario throughput|paced] [--repeat 2] [--top 25] [--uvloop] [--no-cprofile]
+        [--scenario throughput|paced|burst] [--repeat 2] [--top 25] [--uvloop] [--no-cprofile]
 
 Writes the raw outputs (py-spy collapsed stacks, the cProfile stats) to bench/results/.
 """
@@ -40,7 +40,10 @@ from common import (  # noqa: E402
     open_idle, pin_load, raise_nofile, rss_bytes, run_chat, seed_argv,
 )
 
-SCENARIOS = {"throughput": (100, 5, 200, 0.0), "paced": (100, 2, 100, 20.0)}
+# connections, messages, tokens, pace (ms), spread of the first messages (s)
+SCENARIOS = {
+    "throughput": (100, 5, 200, 0.0, 0.0), "paced": (100, 2, 100, 20.0, 1.0), "burst": (100, 1, 10, 20.0, 0.0),
+}
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 # Where a sample's time goes: walking out from the innermost frame, the first frame in
 # one of these places names the bucket; asyncio, selectors and contextlib internals are
@@ -120,10 +123,10 @@ def _bucket(frames: list[tuple[str, str, str]]) -> str:
 
 
 async def load(url: str, protocol: str, scenario: str, repeat: int) -> int:
-    c, m, t, pace = SCENARIOS[scenario]
+    c, m, t, pace, spread = SCENARIOS[scenario]
     tokens = 0
     for _ in range(repeat):
-        r = await run_chat(url, protocol, c, m, t, pace, spread=1.0 if pace else 0.0, timeout=300)
+        r = await run_chat(url, protocol, c, m, t, pace, spread=spread, timeout=300)
         if r.errors:
             raise SystemExit(f"load failed: {r.error_samples}")
         tokens += r.tokens

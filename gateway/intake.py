@@ -52,11 +52,10 @@ async def add_message(
 ) -> list[StoredMessage]:
     """Store the user's ``message`` (creating the conversation first if ``new``) and
     return the history the reply answers, newest last."""
-    if new:
-        await store.create(conversation_id)
-    if not await store.add(conversation_id, message):
+    history = await store.append(conversation_id, message, create=new, history=context_messages)
+    if history is None:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a message with this id is already in the conversation")
-    return list(await store.history(conversation_id, context_messages))
+    return history
 
 
 async def take_back_reply(

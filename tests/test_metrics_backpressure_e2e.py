@@ -21,7 +21,7 @@ LABELS = {
     "protocol": {"json", "plain"},
     "reason": {"path", "origin", "unauthorized", "max_connections"},
     "finish_reason": {"stop", "length", "cancelled", "error"},
-    "op": {"open", "create", "get", "add", "save", "delete", "history", "prune", "export", "close"},
+    "op": {"open", "create", "get", "add", "append", "save", "delete", "history", "prune", "export", "close"},
 }
 
 
@@ -63,7 +63,7 @@ async def test_metrics_count_what_happened(start_gateway: StartGateway, upstream
     assert after["gateway_completion_tokens_total"] == 3
     assert after["gateway_time_to_first_token_seconds_count"] == 1
     assert after["gateway_reply_duration_seconds_count"] == 2
-    assert after['gateway_store_seconds_count{op="add"}'] == 2
+    assert after['gateway_store_seconds_count{op="append"}'] == 2  # each message stored, its history read: one step
     for name in after:
         for label, value in re.findall(r'(\w+)="([^"]*)"', name):
             if label in LABELS:

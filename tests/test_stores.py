@@ -165,6 +165,35 @@ async def test_add_refuses_a_duplicate_id_and_keeps_the_first(store: Conversatio
     assert message_rows(store, conv.id) in (1, None)
 
 
+async def test_append_stores_the_message_and_returns_the_history_in_one_step(store: ConversationStore) -> None:
+    assert await store.append("fresh", user("u1", "Hello there"), create=True, history=10) == [user("u1", "Hello there")]
+    conv = await store.get("fresh")
+    assert conv is not None and conv.title == "Hello there"
+    await store.save("fresh", assistant("a1"))
+    for n in range(2, 5):
+        assert await store.append("fresh", user(f"u{n}", f"q{n}", created_at=1000.0 + n), create=False, history=3) == (
+            await store.history("fresh", 3)
+        )
+    assert [m.id for m in await store.append("fresh", user("u5", created_at=1005.0), create=False, history=3)] == [
+        "u3", "u4", "u5",
+    ]
+    assert len(await store.append("fresh", user("u6", created_at=1006.0), create=False, history=-1)) == 7
+
+
+async def test_append_of_a_taken_id_writes_nothing(store: ConversationStore) -> None:
+    await store.append("c", user("u1", "first"), create=True, history=10)
+    before = await store.get("c")
+    assert await store.append("c", user("u1", "second"), create=True, history=10) is None
+    assert await store.history("c", 10) == [user("u1", "first")]
+    assert await store.get("c") == before
+
+
+async def test_append_to_a_missing_conversation(store: ConversationStore) -> None:
+    with pytest.raises(ConversationNotFound):
+        await store.append("nowhere", user("u1"), create=False, history=10)
+    assert await store.get("nowhere") is None
+
+
 async def test_writes_arriving_together_each_get_their_own_outcome(store: ConversationStore) -> None:
     """A burst of concurrent writes (SQLite commits them together): a duplicate id and a
     missing conversation fail alone, every other write stands."""
@@ -176,8 +205,11 @@ async def test_writes_arriving_together_each_get_their_own_outcome(store: Conver
         store.add(convs[0].id, user("taken", "second")),
         store.add("no-such-conversation", user("x", "lost")),
         *(store.create(f"new{n:02d}") for n in range(5)),
+        *(store.append(f"app{n}", user("u", f"burst {n}"), create=True, history=5) for n in range(5)),
         return_exceptions=True,
     )
+    assert outcomes[27:] == [[user("u", f"burst {n}")] for n in range(5)]
+    outcomes = outcomes[:27]
     assert outcomes[:20] == [True] * 20
     assert outcomes[20] is False
     assert isinstance(outcomes[21], ConversationNotFound)

@@ -100,6 +100,14 @@ class ConversationStore(Protocol):
         """Insert a new message; False (and nothing written) if its id is taken.
         ConversationNotFound if the conversation does not exist."""
 
+    async def append(
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int
+    ) -> list[StoredMessage] | None:
+        """A user's message, in one step: :meth:`add` it (after creating the conversation
+        with this id, if ``create``), then return the last ``history`` messages (all if
+        negative), ``message`` included, oldest first. None (and nothing written) if its
+        id is taken. ConversationNotFound if the conversation does not exist."""
+
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
         """Insert ``message``, or replace the one with the same id (checkpoints, final text).
         A reply's writes are ordered: a final one (with a ``finish_reason``) is never

@@ -62,6 +62,15 @@ class MemoryStore:
         await self.save(conversation_id, message)
         return True
 
+    async def append(
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int
+    ) -> list[StoredMessage] | None:
+        if create:
+            await self.create(conversation_id)
+        if not await self.add(conversation_id, message):
+            return None
+        return await self.history(conversation_id, history)
+
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
         entry = self._entries.get(conversation_id)
         if entry is None:

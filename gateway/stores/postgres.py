@@ -142,6 +142,27 @@ class PostgresStore:
     async def add(self, conversation_id: str, message: StoredMessage) -> bool:
         return await self._write(INSERT, conversation_id, message)
 
+    async def append(
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int
+    ) -> list[StoredMessage] | None:
+        """One connection, one transaction, for the three steps."""
+        params = message_params(conversation_id, message, time.time(), Jsonb(dict(message.usage)) if message.usage else None)
+        query, args = history_query(conversation_id, history, None, None)
+        try:
+            async with self._connection() as conn, conn.transaction():
+                if create:
+                    await conn.execute(CREATE, {"id": conversation_id, "now": params["now"]})
+                row = await (await conn.execute(INSERT, params)).fetchone()
+                assert row is not None
+                if not row[0]:
+                    raise ConversationNotFound(conversation_id)
+                if not row[1]:
+                    return None
+                rows = await (await conn.execute(query, args)).fetchall()
+        except psycopg.errors.ForeignKeyViolation:  # the conversation was deleted meanwhile
+            raise ConversationNotFound(conversation_id) from None
+        return [row_message(r) for r in reversed(rows)]
+
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
         await self._write(UPSERT, conversation_id, message)
 

@@ -127,6 +127,20 @@ class SQLiteStore:
     async def add(self, conversation_id: str, message: StoredMessage) -> bool:
         return await self._run(self._write, conversation_id, message, False, grouped=True)
 
+    async def append(
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int
+    ) -> list[StoredMessage] | None:
+        return await self._run(self._append, conversation_id, message, create, history, grouped=True)
+
+    def _append(self, conversation_id: str, message: StoredMessage, create: bool, limit: int) -> list[StoredMessage]:
+        if create:
+            self._create(conversation_id)
+        try:
+            self._write(conversation_id, message, False)
+        except Undo:
+            raise Undo(None) from None
+        return self._history(conversation_id, limit, None, None)
+
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
         await self._run(self._write, conversation_id, message, True, grouped=True)
 

@@ -46,10 +46,11 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,uvloop,bench]'
 	@touch $@
 
-# Not part of `make test`: about 7 minutes on 2 cores, loopback only, stops by itself
-# (bench/run.py --help; docs/performance.md).
+# Not part of `make test`: about 15 minutes on 2 cores, loopback only, stops by itself
+# (bench/run.py --help, bench/cluster.py --help; docs/performance.md).
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/cluster.py --only cpu
 
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)

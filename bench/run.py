@@ -39,7 +39,7 @@ latency percentiles over the samples of all rounds.
 
 Prints Markdown tables and the raw JSON, also written to bench/results/.
 Everything is on 127.0.0.1, bounded in count and time, and stops by itself; a time
-budget (540 s by default) skips the rounds and rows that would not fit, and says so.
+budget (780 s by default) skips the rounds and rows that would not fit, and says so.
 docs/performance.md explains the figures.
 """
 
@@ -669,14 +669,14 @@ async def main() -> None:
     parser.add_argument("--skip", type=lambda s: [x for x in s.split(",") if x], default=[],
                         help="phases to skip: chat, idle, deflate, scale")
     parser.add_argument("--out", type=Path, default=BENCH / "results", help="directory for the JSON results")
-    parser.add_argument("--budget", type=float, help="seconds the whole run may take (default 540, quick 240); "
+    parser.add_argument("--budget", type=float, help="seconds the whole run may take (default 780, quick 240); "
                         "rounds and rows that would not fit are skipped and reported")
     parser.add_argument("--priority", action="store_true",
                         help="run this load, the fake upstream and every target at nice -10, ahead of whatever else "
                              "the machine runs (needs CAP_SYS_NICE, e.g. root; for shared machines)")
     args = parser.parse_args()
     if args.budget is None:
-        args.budget = 240.0 if args.quick else 540.0
+        args.budget = 240.0 if args.quick else 780.0
     if args.priority:
         try:
             os.setpriority(os.PRIO_PROCESS, 0, -10)  # inherited by every process started from here

@@ -76,9 +76,9 @@ class ServerConfig:
         "seconds between WebSocket pings (0 disables)")
     compression: bool = key(v.boolean, False, None,
         "negotiate permessage-deflate (10 window bits, memLevel 4) when a client offers it")
-    event_loop: str = key(v.choice("asyncio", "uvloop", "auto"), "asyncio", "GATEWAY_EVENT_LOOP",
-        "asyncio, uvloop (pip install 'llm-ws-gateway[uvloop]'; see docs/performance.md) "
-        "or auto (uvloop when installed)")
+    event_loop: str = key(v.choice("asyncio", "uvloop", "auto"), "auto", "GATEWAY_EVENT_LOOP",
+        "auto (uvloop when installed: pip install 'llm-ws-gateway[uvloop]'; see docs/performance.md), "
+        "uvloop, or asyncio")
     metrics: bool = key(v.boolean, True, None,
         "serve Prometheus metrics at GET /metrics on the HTTP listener (keep it private)")
     trusted_proxies: Networks = key(v.networks, ["127.0.0.1/8", "::1/128"], "GATEWAY_TRUSTED_PROXIES",

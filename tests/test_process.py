@@ -183,5 +183,9 @@ async def test_uvloop_can_be_chosen(spawn: Callable[..., Any]) -> None:
     assert "on uvloop" in text
     proc.proc.send_signal(signal.SIGTERM)
     assert await proc.finish() == 0
-    default = await spawn()
-    assert (await default.wait_for_event("gateway_started"))["event_loop"] == "asyncio"
+    default = await spawn()  # auto: uvloop, installed with the test extras
+    assert (await default.wait_for_event("gateway_started"))["event_loop"] == "uvloop"
+    default.proc.send_signal(signal.SIGTERM)
+    assert await default.finish() == 0
+    plain = await spawn({"GATEWAY_EVENT_LOOP": "asyncio"})
+    assert (await plain.wait_for_event("gateway_started"))["event_loop"] == "asyncio"

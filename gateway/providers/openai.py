@@ -62,28 +62,27 @@ class OpenAIDecoder:
         return self._chunk(obj)
 
     def _chunk(self, obj: dict[str, Any]) -> Chunk | None:
-        usage = usage_of(obj.get("usage"), "prompt_tokens", "completion_tokens")
+        raw_usage = obj.get("usage")
+        usage = usage_of(raw_usage, "prompt_tokens", "completion_tokens") if raw_usage is not None else None
         choices = obj.get("choices") or []
-        if not isinstance(choices, list):
+        if type(choices) is not list:
             raise UpstreamError(
                 ErrorCode.UPSTREAM_ERROR, "the provider sent a malformed chunk ('choices' is not a list)", retryable=True
             )
-        choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+        choice = choices[0] if choices and type(choices[0]) is dict else {}
         delta = choice.get("delta") or {}
-        if not isinstance(delta, dict):
+        if type(delta) is not dict:
             delta = {}
         text = delta.get("content") or ""
         reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
-        finish = finish_reason(choice.get("finish_reason"))
+        raw_finish = choice.get("finish_reason")
+        finish = finish_reason(raw_finish) if raw_finish is not None else None
         if finish:
             self.finished = True
         if not (text or reasoning or finish or usage):
             return None
         return Chunk(
-            text=text if isinstance(text, str) else "",
-            reasoning=reasoning if isinstance(reasoning, str) else "",
-            finish_reason=finish,
-            usage=usage,
+            text if type(text) is str else "", reasoning if type(reasoning) is str else "", finish, usage,
         )
 
 

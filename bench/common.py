@@ -208,6 +208,9 @@ def gateway_env(upstream_url: str, state_dir: Path, store: str = "memory", **ext
         "GATEWAY_LOG_LEVEL": "info",
         "GATEWAY_LOG_FORMAT": "json",
         "GATEWAY_STATE_DIR": str(state_dir),
+        # asyncio's own loop, as the floor, the seed and the peer use, unless asked otherwise
+        # (the product's default is uvloop when installed: bench/run.py's gateway-uvloop row)
+        "GATEWAY_EVENT_LOOP": "asyncio",
         **extra,
     }
 

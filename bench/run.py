@@ -12,7 +12,8 @@ generator and the fake upstream are pinned to CPU 1):
 * ``gateway-postgres`` the same with the PostgreSQL store: a temporary cluster on this machine
                        (tests/pgserver.py), its processes pinned with the load to CPU 1, a
                        new database per round; its CPU is not in the gateway's figures
-* ``gateway-uvloop``   gateway-memory on uvloop (bench/gateway_launch.py --uvloop)
+* ``gateway-uvloop``   gateway-sqlite on uvloop: the product's default when uvloop is installed
+                       (the other gateway rows run on asyncio's loop, as floor, seed and peer do)
 * ``gateway-deflate`` permessage-deflate on (``[server] compression = true``) at several
   settings (bench/gateway_launch.py --deflate)
 
@@ -187,9 +188,11 @@ class Bench:
         elif server == "peer":
             argv = [sys.executable, str(Path(__file__).resolve().parent / "peer_app.py"), "--upstream", up]
         elif server.startswith("gateway"):
-            store = {"gateway-sqlite": "sqlite", "gateway-postgres": "postgres"}.get(server, "memory")
-            argv = gateway_argv(uvloop=server == "gateway-uvloop", deflate=deflate, config=config)
+            store = {"gateway-sqlite": "sqlite", "gateway-postgres": "postgres", "gateway-uvloop": "sqlite"}.get(
+                server, "memory")
+            argv = gateway_argv(deflate=deflate, config=config)
             env = gateway_env(up, state, store)
+            env["GATEWAY_EVENT_LOOP"] = "uvloop" if server == "gateway-uvloop" else "asyncio"
             if store == "postgres":
                 env["GATEWAY_DATABASE_URL"] = self.database()
         else:

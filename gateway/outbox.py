@@ -19,7 +19,7 @@ from .outbox_queue import Close, DeltaEncoder, Frame, FrameQueue
 
 __all__ = ["DIRECT_MAX", "Close", "Frame", "Outbox", "OutputBudget"]
 
-DIRECT_MAX = 16 * 1024  # larger frames always go through the queue, where they count
+DIRECT_MAX = 16 * 1024  # longer frames (bytes, or characters) always go through the queue, where they count
 
 
 class OutputBudget:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,7 +39,6 @@ class Producer:
         self.reply, self.store, self.messages = reply, store, messages
         self.save_retry_delays, self.save_deadline = save_retry_delays, save_deadline
         self.max_seconds, self.checkpoint_interval, self.on_end = max_seconds, checkpoint_interval, on_end
-        self._checkpointed_at = reply.started_at
         self._timer: asyncio.TimerHandle | None = None
         self._checkpoint: asyncio.Task[None] | None = None
 
@@ -132,10 +131,16 @@ class Producer:
         return finish
 
     def _schedule_checkpoint(self) -> None:
-        """Save new text at most ``checkpoint_interval`` after it arrived, off the producer's path."""
+        """Save new text at most ``checkpoint_interval`` after it arrived, off the producer's path.
+
+        Every reply checkpoints on the same ticks of the loop's clock (the multiples of the
+        interval), so the checkpoints of all the replies streaming at once reach the store
+        together: SQLite writes them in one transaction. A reply checkpoints once per tick at most.
+        """
         if self._timer is None and self._checkpoint is None:
-            delay = max(0.0, self._checkpointed_at + self.checkpoint_interval - time.monotonic())
-            self._timer = asyncio.get_running_loop().call_later(delay, self._start_checkpoint)
+            loop, interval = asyncio.get_running_loop(), self.checkpoint_interval
+            tick = math.ceil(loop.time() / interval) * interval
+            self._timer = loop.call_at(tick, self._start_checkpoint)
 
     def _start_checkpoint(self) -> None:
         self._timer = None
@@ -152,7 +157,6 @@ class Producer:
             _log.warning("checkpoint_failed", reply_id=reply.id, error=str(exc))
         except Exception:
             _log.exception("checkpoint_failed", reply_id=reply.id)
-        self._checkpointed_at = time.monotonic()
         self._checkpoint = None
         if reply.log.seq > seq and not reply.done:
             self._schedule_checkpoint()

@@ -175,6 +175,7 @@ def test_missing_config_file_exits_2(run_cli: Callable[..., subprocess.Completed
 
 
 async def test_uvloop_can_be_chosen(spawn: Callable[..., Any]) -> None:
+    pytest.importorskip("uvloop", reason="uvloop is not installed (the test extras install it)")
     proc = await spawn({"GATEWAY_EVENT_LOOP": "uvloop"})
     started = await proc.wait_for_event("gateway_started")
     assert started["event_loop"] == "uvloop"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -60,6 +61,28 @@ async def test_a_failing_write_is_undone_alone(table: tuple[Batcher, sqlite3.Con
     assert await batcher.run(keys, conn) == ["a", "d"]
 
 
+async def test_a_write_that_ends_the_whole_transaction_fails_the_batch_with_its_error(
+    table: tuple[Batcher, sqlite3.Connection, Path],
+) -> None:
+    """SQLite rolls the whole transaction back on some errors (disk full, I/O): then no
+    write of the batch stands, and each is told that error."""
+    batcher, conn, _ = table
+
+    def disk_full() -> None:
+        conn.execute("ROLLBACK")  # what SQLite does itself on SQLITE_FULL
+        raise sqlite3.OperationalError("database or disk is full")
+
+    outcomes = await asyncio.gather(
+        batcher.run(insert, conn, "a", grouped=True),
+        batcher.run(disk_full, grouped=True),
+        batcher.run(insert, conn, "b", grouped=True),
+        return_exceptions=True,
+    )
+    assert [str(o) for o in outcomes] == ["database or disk is full"] * 3
+    assert not conn.in_transaction
+    assert await batcher.run(keys, conn) == []
+
+
 async def test_a_failed_transaction_fails_every_write_in_it(table: tuple[Batcher, sqlite3.Connection, Path]) -> None:
     batcher, conn, path = table
     other = sqlite3.connect(path, isolation_level=None)
@@ -78,6 +101,30 @@ async def test_a_failed_transaction_fails_every_write_in_it(table: tuple[Batcher
     assert not conn.in_transaction
     assert await asyncio.gather(*(batcher.run(insert, conn, k, grouped=True) for k in "xyz")) == ["x", "y", "z"]
     assert await batcher.run(keys, conn) == ["x", "y", "z"]
+
+
+async def test_a_job_cancelled_before_its_batch_leaves_is_not_run(
+    table: tuple[Batcher, sqlite3.Connection, Path],
+) -> None:
+    batcher, conn, _ = table
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> str:
+        started.set()
+        release.wait(30)
+        return "held"
+
+    holding = asyncio.create_task(batcher.run(hold))
+    await asyncio.to_thread(started.wait, 30)  # the thread is busy with the first batch
+    queued = asyncio.create_task(batcher.run(insert, conn, "x", grouped=True))
+    await asyncio.to_thread(lambda: None)  # let it queue its job behind that batch
+    queued.cancel()
+    release.set()
+    assert await holding == "held"
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert await batcher.run(keys, conn) == []  # the cancelled insert never ran
+    assert batcher.batches == 2  # the holding batch, then the read: no batch for the cancelled job
 
 
 async def test_close_runs_what_was_submitted(tmp_path: Path) -> None:

@@ -198,11 +198,12 @@ async def test_writes_arriving_together_each_get_their_own_outcome(store: Conver
     """A burst of concurrent writes (SQLite commits them together): a duplicate id and a
     missing conversation fail alone, every other write stands."""
     convs = [await store.create() for _ in range(20)]
-    await store.add(convs[0].id, user("taken", "first"))
-    before = await store.get(convs[0].id)
+    taken = await store.create()
+    await store.add(taken.id, user("taken", "first"))
+    before = await store.get(taken.id)
     outcomes = await asyncio.gather(
         *(store.add(c.id, user(f"m{n}", f"hello {n}")) for n, c in enumerate(convs)),
-        store.add(convs[0].id, user("taken", "second")),
+        store.add(taken.id, user("taken", "second")),
         store.add("no-such-conversation", user("x", "lost")),
         *(store.create(f"new{n:02d}") for n in range(5)),
         *(store.append(f"app{n}", user("u", f"burst {n}"), create=True, history=5) for n in range(5)),
@@ -215,9 +216,9 @@ async def test_writes_arriving_together_each_get_their_own_outcome(store: Conver
     assert isinstance(outcomes[21], ConversationNotFound)
     assert [c.id for c in outcomes[22:]] == [f"new{n:02d}" for n in range(5)]  # type: ignore[union-attr]
     for n, c in enumerate(convs):
-        expected = [user("taken", "first")] if n == 0 else []
-        assert await store.history(c.id, 10) == [*expected, user(f"m{n}", f"hello {n}")]
-    assert (await store.get(convs[0].id)).updated_at >= before.updated_at  # type: ignore[union-attr]
+        assert await store.history(c.id, 10) == [user(f"m{n}", f"hello {n}")]
+    assert await store.history(taken.id, 10) == [user("taken", "first")]
+    assert await store.get(taken.id) == before  # the refused write changed nothing
     assert [await store.get(f"new{n:02d}") for n in range(5)] == list(outcomes[22:])
 
 

@@ -65,9 +65,9 @@ class Batcher:
     async def close(self, last: Callable[[], None]) -> None:
         """Run the jobs already submitted, then ``last`` on the thread; stop the thread."""
         self._closed = True
-        if self._flusher is not None:
-            await self._flusher
         try:
+            if self._flusher is not None:  # shielded: cancelling close() must not drop a batch
+                await asyncio.shield(self._flusher)
             await asyncio.get_running_loop().run_in_executor(self._thread, last)
         finally:
             self._thread.shutdown(wait=True)
@@ -76,7 +76,11 @@ class Batcher:
         loop = asyncio.get_running_loop()
         try:
             while self._jobs:
-                jobs, self._jobs = self._jobs, []
+                # A job whose caller was cancelled before its batch left is not run (as
+                # run_in_executor does not run a cancelled call that has not started).
+                jobs, self._jobs = [job for job in self._jobs if not job.future.done()], []
+                if not jobs:
+                    continue
                 self.batches += 1
                 try:
                     outcomes = await loop.run_in_executor(self._thread, self._run_batch, jobs)
@@ -107,16 +111,21 @@ class Batcher:
             conn.execute("BEGIN IMMEDIATE")
             for n, job in jobs:
                 conn.execute("SAVEPOINT job")
-                outcome = _call(job)
-                if not outcome[0]:
+                ok, value = outcomes[n] = _call(job)
+                if not ok and not conn.in_transaction:  # SQLite rolled it all back (disk full, I/O)
+                    raise value
+                if not ok:
                     conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
-                outcomes[n] = outcome
             conn.execute("COMMIT")
         except Exception as exc:  # the transaction as a whole failed: none of its writes stands
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             return {n: (False, exc) for n, _ in jobs}
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         return {n: (True, o[1].value) if isinstance(o[1], Undo) else o for n, o in outcomes.items()}
 
 

@@ -242,7 +242,10 @@ async def test_caddy_reload_closes_websockets_with_1001_and_clients_resume(front
         await asyncio.to_thread(front.caddy.reload)
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(chat.ws.recv(), TIMEOUT)
-        assert chat.ws.close_code == 1001
+        # Caddy writes its own close frame (1001) into the stream without stopping the copy
+        # first (writeCloseControl in its reverseproxy, "TODO: ensure we are the exclusive
+        # writer"): landing inside a frame it is relaying (a ping), it reads as 1002.
+        assert chat.ws.close_code in (1001, 1002)
     async with front.chat(origin=front.url) as chat:
         ready = await chat.hello(conversation_id)
         assert any("before the reload" in m.get("content", "") for m in ready["history"])

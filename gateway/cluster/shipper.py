@@ -2,7 +2,8 @@
 
 Deltas are delivered to this instance's followers at once (:meth:`Reply.publish`) and
 shipped behind them: one script call at a time carries everything new of every reply
-(registration, start, deltas, end), so a busy instance makes few, large calls.
+(registration, start, deltas, end), and calls start :data:`LINGER` apart at least, so a
+busy instance makes few, large calls (an idle one ships a lone delta at once).
 What cannot be shipped while Redis is down or refusing waits (a reply's text is kept
 whole by its log anyway) and is shipped when Redis is back; a reply claimed meanwhile
 is registered then. An end that waited longer than :data:`STALE_AFTER` is shipped
@@ -31,6 +32,7 @@ __all__ = ["Shipper"]
 _log: Any = structlog.get_logger("gateway.cluster")
 STALE_AFTER = 60.0  # seconds an end may wait for Redis with its text; then it goes without
 RETRY_AFTER = 1.0  # seconds before shipping again after Redis refused a batch
+LINGER = 0.005  # seconds at least between the starts of two script calls: what one call gathers
 
 
 class _Shipment:
@@ -69,6 +71,7 @@ class Shipper:
         self._dirty: dict[str, _Shipment] = {}
         self._ended: dict[str, str] = {}  # conversation → its reply that ended here, end not shipped yet
         self._flushing: asyncio.Task[None] | None = None
+        self._shipped_at = 0.0  # when the last script call started (the loop's clock)
         self._retry: asyncio.TimerHandle | None = None
         self.idle = asyncio.Event()
         self.idle.set()
@@ -156,8 +159,13 @@ class Shipper:
 
     async def _flush(self) -> None:
         batch: dict[str, _Shipment] = {}
+        loop = asyncio.get_running_loop()
         try:
             while self._dirty and self._link.up:
+                if (wait := self._shipped_at + LINGER - loop.time()) > 0:
+                    await asyncio.sleep(wait)  # under load: let more of every reply gather
+                    continue
+                self._shipped_at = loop.time()
                 batch, self._dirty = self._dirty, {}
                 records, args = self._records(batch.values())
                 async with self._link.using() as redis:

@@ -266,8 +266,8 @@ class Bench:
                     thr, rt = await self.measure(srv, protocol, *s.thr)
                     c, m, t, pace = s.paced
                     paced, rp = await self.measure(srv, protocol, c, m, t, pace, spread=1.0)
-                    _, rb = await self.measure(srv, protocol, *s.burst)
-                out[name]["rounds"].append({"throughput": thr, "paced": paced})
+                    burst, rb = await self.measure(srv, protocol, *s.burst)
+                out[name]["rounds"].append({"throughput": thr, "paced": paced, "burst": burst})
                 out[name]["burst"] += rb.ttft
                 out[name]["ttft_thr"] += rt.ttft
                 out[name]["ttft"] += rp.ttft
@@ -300,6 +300,8 @@ class Bench:
                 "paced_gap_ms_p99": pct(data["gaps"], 99) * 1e3,
                 "burst_ttft_ms_p50": pct(data["burst"], 50) * 1e3,
                 "burst_ttft_ms_p99": pct(data["burst"], 99) * 1e3,
+                # busy all along (near 1.0): the burst is CPU-bound here; low: it waited on something else
+                "burst_server_cpu_util": median([x["burst"]["server_cpu_util"] for x in rounds]),
                 "errors": sum(x["throughput"]["errors"] + x["paced"]["errors"] for x in rounds),
                 "rounds": rounds,
             }

@@ -32,6 +32,7 @@ from .base import (
     new_id,
 )
 from .postgres_schema import (
+    APPEND,
     CREATE,
     DELETE,
     GET,
@@ -145,23 +146,23 @@ class PostgresStore:
     async def append(
         self, conversation_id: str, message: StoredMessage, *, create: bool, history: int
     ) -> list[StoredMessage] | None:
-        """One connection, one transaction, for the three steps."""
-        params = message_params(conversation_id, message, time.time(), Jsonb(dict(message.usage)) if message.usage else None)
-        query, args = history_query(conversation_id, history, None, None)
+        """One statement (two for a new conversation): the message added and its history read."""
+        now = time.time()
+        params = message_params(conversation_id, message, now, Jsonb(dict(message.usage)) if message.usage else None)
+        params["earlier"] = history - 1 if history > 0 else None
         try:
-            async with self._connection() as conn, conn.transaction():
+            async with self._connection() as conn:
                 if create:
-                    await conn.execute(CREATE, {"id": conversation_id, "now": params["now"]})
-                row = await (await conn.execute(INSERT, params)).fetchone()
-                assert row is not None
-                if not row[0]:
-                    raise ConversationNotFound(conversation_id)
-                if not row[1]:
-                    return None
-                rows = await (await conn.execute(query, args)).fetchall()
+                    await conn.execute(CREATE, {"id": conversation_id, "now": now})
+                rows = await (await conn.execute(APPEND, params)).fetchall()
         except psycopg.errors.ForeignKeyViolation:  # the conversation was deleted meanwhile
             raise ConversationNotFound(conversation_id) from None
-        return [row_message(r) for r in reversed(rows)]
+        found, added = rows[0][:2]
+        if not found:
+            raise ConversationNotFound(conversation_id)
+        if not added:
+            return None
+        return [row_message(row[2:]) for row in reversed(rows)] if history else []
 
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
         await self._write(UPSERT, conversation_id, message)

@@ -109,6 +109,27 @@ touched AS ({_TOUCH} AND EXISTS (SELECT 1 FROM added) RETURNING 1)
 SELECT EXISTS (SELECT 1 FROM conversations WHERE id = %(cid)s), EXISTS (SELECT 1 FROM added)
 """
 
+# A user's message added, and (if it was) the history it ends, in one statement: rows of
+# (conversation exists, message added, then a history_query row or NULLs), newest first.
+# The earlier messages are read in the statement's snapshot, without the new one, which
+# comes from the insert itself. %(earlier)s: how many earlier messages (NULL: all).
+APPEND = f"""
+WITH added AS (
+    {_INSERT_INTO} {_NEW_ROW} ON CONFLICT (conversation_id, id) DO NOTHING
+    RETURNING pos, {_COLUMNS}
+),
+touched AS ({_TOUCH} AND EXISTS (SELECT 1 FROM added) RETURNING 1),
+flags AS (
+    SELECT EXISTS (SELECT 1 FROM conversations WHERE id = %(cid)s) AS found, EXISTS (SELECT 1 FROM added) AS added
+)
+SELECT flags.found, flags.added, m.* FROM flags LEFT JOIN (
+    SELECT * FROM added
+    UNION ALL
+    (SELECT pos, {_COLUMNS} FROM messages WHERE conversation_id = %(cid)s ORDER BY pos DESC LIMIT %(earlier)s)
+) m ON flags.added
+ORDER BY m.pos DESC NULLS LAST
+"""
+
 # A message inserted or replaced. A reply's writes are ordered: a final text (one with a
 # finish_reason) is never replaced, and a checkpoint never replaces a longer text.
 # Answers (conversation exists, message written).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,12 +34,16 @@ class Producer:
         max_seconds: float,
         checkpoint_interval: float,
         on_end: Callable[[Reply], None],
+        shared_ticks: bool = False,
         save_retry_delays: Sequence[float] = (),
         save_deadline: float = 10.0,
     ) -> None:
         self.reply, self.store, self.messages = reply, store, messages
         self.save_retry_delays, self.save_deadline = save_retry_delays, save_deadline
         self.max_seconds, self.checkpoint_interval, self.on_end = max_seconds, checkpoint_interval, on_end
+        self.shared_ticks = shared_ticks
+        self._checkpointed_at = reply.started_at
+        self._tick = 0  # the last shared tick used (a multiple of the interval on the loop's clock)
         self._timer: asyncio.TimerHandle | None = None
         self._checkpoint: asyncio.Task[None] | None = None
 
@@ -133,14 +138,19 @@ class Producer:
     def _schedule_checkpoint(self) -> None:
         """Save new text at most ``checkpoint_interval`` after it arrived, off the producer's path.
 
-        Every reply checkpoints on the same ticks of the loop's clock (the multiples of the
-        interval), so the checkpoints of all the replies streaming at once reach the store
-        together: SQLite writes them in one transaction. A reply checkpoints once per tick at most.
+        With ``shared_ticks`` every reply checkpoints on the same ticks of the loop's clock
+        (the multiples of the interval), so the checkpoints of all the replies streaming at
+        once reach the store together (SQLite writes them in one transaction); a reply uses
+        each tick once at most (uvloop's clock moves by whole milliseconds).
         """
         if self._timer is None and self._checkpoint is None:
             loop, interval = asyncio.get_running_loop(), self.checkpoint_interval
-            tick = math.ceil(loop.time() / interval) * interval
-            self._timer = loop.call_at(tick, self._start_checkpoint)
+            if self.shared_ticks:
+                self._tick = max(math.ceil(loop.time() / interval), self._tick + 1)
+                self._timer = loop.call_at(self._tick * interval, self._start_checkpoint)
+            else:
+                delay = max(0.0, self._checkpointed_at + interval - time.monotonic())
+                self._timer = loop.call_later(delay, self._start_checkpoint)
 
     def _start_checkpoint(self) -> None:
         self._timer = None
@@ -157,6 +167,7 @@ class Producer:
             _log.warning("checkpoint_failed", reply_id=reply.id, error=str(exc))
         except Exception:
             _log.exception("checkpoint_failed", reply_id=reply.id)
+        self._checkpointed_at = time.monotonic()
         self._checkpoint = None
         if reply.log.seq > seq and not reply.done:
             self._schedule_checkpoint()

@@ -189,7 +189,7 @@ class ReplyRegistry:
         self.sharing.started(reply, content)
         producer = Producer(
             reply, self.store, messages, max_seconds=limits.max_reply_seconds,
-            checkpoint_interval=limits.checkpoint_interval, on_end=self._end,
+            checkpoint_interval=limits.checkpoint_interval, shared_ticks=limits.checkpoint_ticks, on_end=self._end,
             save_retry_delays=limits.save_retry_delays, save_deadline=limits.save_deadline,
         )
         reply.task = asyncio.create_task(producer.run(), name=f"reply-{reply.id}")

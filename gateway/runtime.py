@@ -30,6 +30,9 @@ class RegistryLimits:
     system_prompt: str
     context_max_messages: int
     context_max_chars: int
+    # All replies checkpoint on the same ticks, so that their writes arrive together: for a
+    # store that commits what arrives together at once (SQLite); others spread them out.
+    checkpoint_ticks: bool = False
     save_retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)  # a reply's final save, store away
     save_deadline: float = 10.0  # ... all of its tries: a drain plus this fits systemd's stop timeout
 
@@ -50,6 +53,7 @@ class Runtime:
             max_reply_seconds=config.provider.max_reply_seconds,
             resume_grace=config.server.resume_grace,
             checkpoint_interval=config.store.checkpoint_interval,
+            checkpoint_ticks=config.store.backend == "sqlite",
             system_prompt=config.provider.system_prompt,
             context_max_messages=config.limits.context_max_messages,
             context_max_chars=config.limits.context_max_chars,

@@ -162,9 +162,10 @@ class Shipper:
         loop = asyncio.get_running_loop()
         try:
             while self._dirty and self._link.up:
-                if (wait := self._shipped_at + LINGER - loop.time()) > 0:
+                if (wait := self._shipped_at + LINGER - loop.time()) > 0.0005:
                     await asyncio.sleep(wait)  # under load: let more of every reply gather
-                    continue
+                    if not (self._dirty and self._link.up):
+                        break
                 self._shipped_at = loop.time()
                 batch, self._dirty = self._dirty, {}
                 records, args = self._records(batch.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import dataclasses
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import pytest
 
 from gateway.errors import ErrorCode, GatewayError, ProtocolError
 from gateway.events import ReplyDelta, ReplyEnded, ReplyEvent
+from gateway.producer import Producer
 from gateway.providers import ChatMessage, Chunk, Provider, Usage
 from gateway.replies import RegistryLimits, Reply, ReplyRegistry
 from gateway.slots import Slots
@@ -376,3 +378,29 @@ async def test_nul_from_the_upstream_is_stored_and_shown_as_a_replacement_charac
     assert watcher.text == "a\ufffdb"
     assert (await store.history("c1", 1))[0].content == "a\ufffdb"
     await registry.close()
+
+
+@pytest.mark.parametrize("shared_ticks", [True, False])
+async def test_a_reply_checkpoints_once_per_interval_at_most(shared_ticks: bool) -> None:
+    """Scheduling again at once (a save that returned within the same millisecond, as
+    uvloop's clock allows) never reuses a tick: the next checkpoint is an interval later."""
+    reply = Reply("c1", "u1", 1000, Scripted())
+    producer = Producer(
+        reply, MemoryStore(max_conversations=1, max_messages=10), [], max_seconds=10,
+        checkpoint_interval=0.5, on_end=lambda r: None, shared_ticks=shared_ticks,
+    )
+    loop = asyncio.get_running_loop()
+    whens = []
+    for _ in range(3):
+        producer._schedule_checkpoint()
+        timer = producer._timer
+        assert timer is not None
+        whens.append(timer.when())
+        timer.cancel()
+        producer._timer = None
+        producer._checkpointed_at = time.monotonic()  # as after a save
+    if shared_ticks:
+        assert [round(w / 0.5, 6) % 1 for w in whens] == [0, 0, 0], "on the shared ticks"
+        assert whens[1] - whens[0] == pytest.approx(0.5) and whens[2] - whens[1] == pytest.approx(0.5)
+    else:
+        assert all(w >= loop.time() + 0.4 for w in whens), "an interval after the last save"

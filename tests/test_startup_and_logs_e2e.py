@@ -66,6 +66,19 @@ async def test_uvloop_asked_for_but_missing_exits_2(spawn: Spawn, tmp_path: Path
     assert "uvloop" in failed["error"]
 
 
+async def test_the_default_loop_falls_back_to_asyncio_without_uvloop(spawn: Spawn, tmp_path: Path) -> None:
+    """``event_loop = "auto"`` (the default) on an installation without the uvloop extra."""
+    shadow = tmp_path / "shadow" / "uvloop"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("uvloop is not here")\n')
+    path = os.pathsep.join(p for p in (str(shadow.parent), os.environ.get("PYTHONPATH", "")) if p)
+    proc = await spawn({"GATEWAY_LOG_FORMAT": "json", "PYTHONPATH": path})
+    assert (await proc.wait_for_event("gateway_started"))["event_loop"] == "asyncio"
+    async with connect(proc.ws_url, subprotocols=["chat.v1"], open_timeout=TIMEOUT) as ws:
+        text, _ = await Chat(ws).ask("on asyncio")
+    assert "on asyncio" in text
+
+
 async def test_connection_closed_names_the_conversation_and_who_closed(spawn: Spawn) -> None:
     proc = await spawn({"GATEWAY_LOG_FORMAT": "json", "GATEWAY_MAX_MESSAGE_BYTES": "1024"})
     async with connect(proc.ws_url, subprotocols=["chat.v1"], open_timeout=TIMEOUT) as ws:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 from .outbox_queue import Close, DeltaEncoder, Frame, FrameQueue
 
-__all__ = ["DIRECT_MAX", "Close", "Frame", "Outbox", "OutputBudget"]
+__all__ = ["Close", "Frame", "Outbox", "OutputBudget"]
 
 DIRECT_MAX = 16 * 1024  # longer frames (bytes, or characters) always go through the queue, where they count
 

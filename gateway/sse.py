@@ -157,7 +157,6 @@ class SSEDecoder:
         "_event",
         "_id",
         "_retry",
-        "_fields",
     )
 
     def __init__(self, max_event_bytes: int = 1 << 20) -> None:
@@ -170,7 +169,6 @@ class SSEDecoder:
         self._event = ""
         self._id: str | None = None
         self._retry: int | None = None
-        self._fields = False  # whether the event being built has any field yet
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         """Consume the next bytes of the stream.
@@ -184,7 +182,7 @@ class SSEDecoder:
         Raises:
             SSEError: If a line or an event's data exceeds the limit.
         """
-        if data[-2:] == b"\n\n" and data[:6] == b"data: " and not self._fields and self._lines.clean:
+        if data[-2:] == b"\n\n" and data[:6] == b"data: " and self._lines.clean and not self._pending:
             # The usual read, one event of one data line: "data: …\n\n".
             if data.find(b"\n") == len(data) - 2 and b"\r" not in data and len(data) - 2 <= self._max:
                 return [SSEEvent(data[6:-2].decode("utf-8", "replace"))]
@@ -232,7 +230,6 @@ class SSEDecoder:
                 continue
             if value[:1] == b" ":
                 value = value[1:]
-            self._fields = True
             if name == b"data":
                 self._data_size += len(value) + 1
                 if self._data_size > limit + 1:
@@ -241,6 +238,11 @@ class SSEDecoder:
             else:
                 self._set_field(name, value)
         return events
+
+    @property
+    def _pending(self) -> bool:
+        """Whether the event being built has a field already."""
+        return bool(self._data or self._event) or self._id is not None or self._retry is not None
 
     def _set_field(self, name: bytes, value: bytes) -> None:
         """Apply a non-``data`` field; unknown fields are ignored."""
@@ -268,7 +270,6 @@ class SSEDecoder:
         self._event = ""
         self._id = None
         self._retry = None
-        self._fields = False
 
     def _reset(self) -> None:
         """Return to the state of a fresh decoder."""

@@ -148,8 +148,8 @@ class PostgresStore:
     ) -> list[StoredMessage] | None:
         """One statement (two for a new conversation): the message added and its history read."""
         now = time.time()
-        params = message_params(conversation_id, message, now, Jsonb(dict(message.usage)) if message.usage else None)
-        params["earlier"] = history - 1 if history > 0 else None
+        params = _params(conversation_id, message, now)
+        params["earlier"] = history - 1 if history > 0 else (0 if history == 0 else None)  # None: all
         try:
             async with self._connection() as conn:
                 if create:
@@ -168,8 +168,7 @@ class PostgresStore:
         await self._write(UPSERT, conversation_id, message)
 
     async def _write(self, statement: str, conversation_id: str, message: StoredMessage) -> bool:
-        usage = Jsonb(dict(message.usage)) if message.usage else None
-        params = message_params(conversation_id, message, time.time(), usage)
+        params = _params(conversation_id, message, time.time())
         try:
             async with self._connection() as conn:
                 row = await (await conn.execute(statement, params)).fetchone()
@@ -247,6 +246,11 @@ async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
             for statement in MIGRATIONS[number - 1]:
                 await conn.execute(statement)
             await conn.execute("UPDATE gateway_schema SET version = %s", (number,))
+
+
+def _params(conversation_id: str, message: StoredMessage, now: float) -> dict[str, Any]:
+    """The statement parameters of a message write, its usage adapted to JSONB."""
+    return message_params(conversation_id, message, now, Jsonb(dict(message.usage)) if message.usage else None)
 
 
 def _restored(conv: Conversation, m: StoredMessage) -> tuple[Any, ...]:

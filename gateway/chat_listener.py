@@ -4,6 +4,7 @@ with its metrics and its opened/closed log lines."""
 from __future__ import annotations
 
 import socket
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,9 +16,10 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from . import __version__, wire
+from .auth import AuthRefused, Principal, fingerprint
 from .clientip import client_ip
 from .connection import CLOSE_OVERLOADED, Hub
-from .handshake import admit
+from .handshake import Refusal, admit, authenticates_at_handshake, credentials, is_plain, refused
 from .json_chat import JsonConnection
 from .plain_chat import PlainConnection
 
@@ -39,6 +41,8 @@ class ChatListener:
     def __init__(self, hub: Hub, origins: Callable[[], tuple[str, ...]]) -> None:
         self.hub = hub
         self._origins = origins
+        # Who a handshake proved to be, until its connection starts.
+        self._principals: weakref.WeakKeyDictionary[ServerConnection, Principal] = weakref.WeakKeyDictionary()
 
     async def listen(self, sock: socket.socket | None) -> Server:
         cfg = self.hub.runtime.config
@@ -58,20 +62,43 @@ class ChatListener:
             **where,
         )
 
-    def _check_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    async def _check_request(self, conn: ServerConnection, request: Request) -> Response | None:
         if request.path == READY_PATH:  # a load balancer's health check of this listener
             ready = self.hub.registry.accepting
             return conn.respond(200 if ready else 503, "ready\n" if ready else "draining\n")
-        refusal = admit(request.path, request.headers, self.hub.runtime.authenticator, self._origins())
+        refusal = admit(request.path, request.headers, self._origins())
+        if refusal is None:
+            refusal = await self._authenticate(conn, request)
         if refusal is None:
             return None
         _log.info("handshake_refused", reason=refusal.reason, status=refusal.status, origin=refusal.origin)
         self.hub.metrics.refusals.labels(refusal.reason).inc()
         return conn.respond(refusal.status, refusal.text)
 
+    async def _authenticate(self, conn: ServerConnection, request: Request) -> Refusal | None:
+        """Authenticate what the handshake presents, if it is what decides (else the first frame does)."""
+        runtime = self.hub.runtime
+        authenticator = runtime.authenticator
+        peer = conn.remote_address[0] if conn.remote_address else None
+        user_header = runtime.config.auth.user_header if authenticator.mode == "proxy" else None
+        presented = credentials(request.headers, peer, user_header)
+        if not authenticates_at_handshake(authenticator, presented, plain=is_plain(request.headers)):
+            return None
+        try:
+            self._principals[conn] = await authenticator.authenticate(presented)
+        except AuthRefused as exc:
+            _log.info(
+                "auth_failed", reason=exc.reason, mode=authenticator.mode, at="handshake",
+                credential=fingerprint(presented.token) if presented.token else None,
+            )
+            self.hub.metrics.auth_failures.labels(exc.reason).inc()
+            return refused(str(exc))
+        return None
+
     async def _handle(self, ws: ServerConnection) -> None:
         hub, cfg, metrics = self.hub, self.hub.runtime.config, self.hub.metrics
-        conn = (JsonConnection if ws.subprotocol == wire.SUBPROTOCOL else PlainConnection)(ws, hub)
+        principal = self._principals.pop(ws, None)
+        conn = (JsonConnection if ws.subprotocol == wire.SUBPROTOCOL else PlainConnection)(ws, hub, principal)
         peer = ws.remote_address[0] if ws.remote_address else None
         forwarded = ", ".join(ws.request.headers.get_all("X-Forwarded-For")) if ws.request else None
         conn.client_ip = client_ip(peer, forwarded, cfg.server.trusted_proxies)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-__all__ = ["Networks", "client_ip", "parse_networks"]
+__all__ = ["Networks", "client_ip", "is_trusted", "parse_networks"]
 
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
@@ -55,3 +55,9 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: Networks) ->
             return str(ip)
         last = ip
     return str(last)
+
+
+def is_trusted(peer: str | None, trusted: Networks) -> bool:
+    """Whether the direct peer ``peer`` is one of the ``trusted`` networks."""
+    ip = _address(peer) if peer else None
+    return ip is not None and any(ip in net for net in trusted)

@@ -11,7 +11,6 @@ returns an immutable :class:`Config`; any problem raises
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import config_values as v
+from .auth.tokens import parse_tokens
 from .clientip import Networks
 from .config_values import HostPort, parse_duration, toml_value
 from .errors import ConfigError
@@ -41,7 +41,6 @@ __all__ = [
     "own_origins",
     "parse_duration",
     "render",
-    "token_digest",
 ]
 
 ProviderName = Literal["demo", "openai", "dashscope"]
@@ -208,14 +207,38 @@ class ProviderConfig:
         "demo: milliseconds between tokens")
 
 
+AuthMode = Literal["none", "tokens", "proxy", "jwt"]
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    """``[auth]``: client tokens (their SHA-256 digests, read from ``tokens_file``)."""
+    """``[auth]``: who may chat (docs/security.md). Secrets are read from files: the token
+    file (SHA-256 digests kept) and the JWT secret."""
 
+    mode: AuthMode = key(v.choice("auto", "none", "tokens", "proxy", "jwt"), "auto", "GATEWAY_AUTH_MODE",
+        "none (anyone; each browser keeps its own conversations), tokens, proxy (a trusted "
+        "reverse proxy's user header) or jwt; auto: tokens when a token file is found, else none")
     tokens_file: str = key(v.path, "", "GATEWAY_AUTH_TOKENS_FILE",
-        "file of client tokens, one per line; when set, clients must present one "
-        "(default $CREDENTIALS_DIRECTORY/auth_tokens if present; empty: no auth)")
-    tokens: frozenset[str] = dataclasses.field(default=frozenset(), repr=False)
+        "tokens mode: file of client tokens, one per line as NAME TOKEN or TOKEN "
+        "(default $CREDENTIALS_DIRECTORY/auth_tokens if present)")
+    user_header: str = key(v.header_name, "Remote-User", "GATEWAY_AUTH_USER_HEADER",
+        "proxy mode: the header naming the signed-in user, believed from server.trusted_proxies only")
+    jwt_secret_file: str = key(v.path, "", "GATEWAY_JWT_SECRET_FILE",
+        "jwt mode: file holding the HS256 secret, at least 32 bytes "
+        "(default $CREDENTIALS_DIRECTORY/jwt_secret if present)")
+    jwks_url: str = key(v.string, "", "GATEWAY_JWT_JWKS_URL",
+        "jwt mode: the issuer's JWKS URL (RS/PS/ES/EdDSA keys), instead of a secret")
+    jwt_issuer: str = key(v.string, "", "GATEWAY_JWT_ISSUER", "jwt mode: the required iss claim, if set")
+    jwt_audience: str = key(v.string, "", "GATEWAY_JWT_AUDIENCE", "jwt mode: the required aud claim, if set")
+    jwt_leeway: float = key(v.number(0, 300), 10.0, None, "jwt mode: seconds of clock skew allowed on exp, nbf, iat")
+    token_url: str = key(v.string, "", "GATEWAY_AUTH_TOKEN_URL",
+        "jwt mode: where the page gets a token (GET, with its cookies; JSON {token} or the token as text)")
+    timeout: float = key(v.number(1, 300), 10.0, None,
+        "seconds a socket gets to authenticate (its first frame) before it is closed")
+    expiry_warning: float = key(v.number(0, 3600), 60.0, None,
+        "seconds before a credential expires that the client is told (auth.expiring)")
+    tokens: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)  # digest -> name
+    jwt_secret: str = dataclasses.field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +294,7 @@ def load(
         cluster=_cluster(values["cluster"], store["backend"], env),
         limits=LimitsConfig(**values["limits"]),
         provider=_provider(values["provider"], env),
-        auth=AuthConfig(**values["auth"], tokens=_auth_tokens(values["auth"]["tokens_file"], env)),
+        auth=_auth(values["auth"], env, values["server"]),
         log=LogConfig(**values["log"]),
         unknown_env=tuple(sorted(k for k in env if k.startswith("GATEWAY_") and k not in _KNOWN_ENV)),
         source=str(path) if path else "defaults",
@@ -342,28 +365,53 @@ def _api_key(values: Mapping[str, Any], env: Mapping[str, str]) -> str:
     return str(values["api_key"]).strip() or env.get("API_KEY", "").strip()
 
 
-MIN_TOKEN_CHARS = 16
+def _auth(values: dict[str, Any], env: Mapping[str, str], server: Mapping[str, Any]) -> AuthConfig:
+    """Resolve ``auto``, read the mode's secrets, and refuse settings that cannot work."""
+    tokens_path = values["tokens_file"] or _credential(env, "auth_tokens")
+    if values["mode"] == "auto":
+        values["mode"] = "tokens" if tokens_path else "none"
+    mode = values["mode"]
+    if values["tokens_file"] and mode != "tokens":
+        raise ConfigError("auth.tokens_file", f"is set, but auth.mode is {mode}")
+    if mode == "tokens":
+        if not tokens_path:
+            raise ConfigError("auth.tokens_file", "tokens mode needs a token file (GATEWAY_AUTH_TOKENS_FILE)")
+        try:
+            values["tokens"] = parse_tokens(_read_secret(tokens_path, "auth.tokens_file"))
+        except ValueError as exc:
+            raise ConfigError("auth.tokens_file", f"{tokens_path}: {exc}") from None
+    if mode == "proxy" and not server["trusted_proxies"]:
+        raise ConfigError("server.trusted_proxies", "proxy mode believes the user header only from these: set them")
+    if mode == "jwt":
+        values["jwt_secret"] = _jwt_secret(values, env)
+    elif values["jwks_url"] or values["jwt_secret_file"]:
+        raise ConfigError("auth.jwks_url" if values["jwks_url"] else "auth.jwt_secret_file", f"is set, but auth.mode is {mode}")
+    return AuthConfig(**values)
 
 
-def _auth_tokens(path: str, env: Mapping[str, str]) -> frozenset[str]:
-    """SHA-256 digests of the client tokens in ``path`` (one per line, # comments)."""
-    path = path or _credential(env, "auth_tokens")
-    if not path:
-        return frozenset()
+def _jwt_secret(values: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    """The HS256 secret, or "" with a JWKS URL: exactly one of them."""
+    secret_file = values["jwt_secret_file"] or ("" if values["jwks_url"] else _credential(env, "jwt_secret"))
+    if bool(secret_file) == bool(values["jwks_url"]):
+        raise ConfigError("auth.jwt_secret_file", "jwt mode needs a secret file or a jwks_url (exactly one)")
+    if values["jwks_url"]:
+        if not values["jwks_url"].startswith(("https://", "http://")):
+            raise ConfigError("auth.jwks_url", "expected an http(s) URL")
+        return ""
+    secret = _read_secret(secret_file, "auth.jwt_secret_file")
+    if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+        raise ConfigError("auth.jwt_secret_file", f"an HS256 secret is at least {MIN_JWT_SECRET_BYTES} bytes")
+    return secret
+
+
+MIN_JWT_SECRET_BYTES = 32
+
+
+def _read_secret(path: str, name: str) -> str:
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        return Path(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("auth.tokens_file", f"cannot read {path}: {exc}") from None
-    tokens = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not tokens:
-        raise ConfigError("auth.tokens_file", f"{path} holds no token")
-    if any(len(t) < MIN_TOKEN_CHARS for t in tokens):
-        raise ConfigError("auth.tokens_file", f"tokens must be at least {MIN_TOKEN_CHARS} characters")
-    return frozenset(token_digest(t) for t in tokens)
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+        raise ConfigError(name, f"cannot read {path}: {exc}") from None
 
 
 def _credential(env: Mapping[str, str], name: str) -> str:
@@ -418,9 +466,10 @@ def render(config: Config) -> str:
                 lines.append(f"# {s.key} = {'(set, masked)' if value else '(not set)'}")
             elif s.name == "provider.api_key_file":
                 continue
-            elif s.name == "auth.tokens_file":
-                count = len(config.auth.tokens)
-                lines.append(f"# client auth: {f'on, {count} token(s)' if count else 'off'}")
+            elif s.name == "auth.tokens_file" and config.auth.tokens:
+                lines.append(f"{s.key} = {toml_value(value)}  # {len(config.auth.tokens)} token(s)")
+            elif s.name == "auth.jwt_secret_file" and config.auth.jwt_secret:
+                lines.append(f"{s.key} = {toml_value(value)}  # secret read, masked")
             else:
                 lines.append(f"{s.key} = {toml_value(s.show(value) if s.show else value)}")
     return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ from .clientip import Networks, parse_networks
 __all__ = [
     "HostPort",
     "addr",
+    "header_name",
     "boolean",
     "choice",
     "database_url",
@@ -95,6 +96,17 @@ def string(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
     return value
+
+
+_TCHAR = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+
+
+def header_name(value: Any) -> str:
+    """An HTTP header name (RFC 9110 token)."""
+    name = string(value).strip()
+    if not _TCHAR.fullmatch(name):
+        raise ValueError(f"not an HTTP header name: {name!r}")
+    return name
 
 
 def choice(*choices: str) -> Callable[[Any], str]:

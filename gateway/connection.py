@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from .auth import Principal
 from .bus import ReplyBus
 from .events import ReplyDelta, ReplyEnded, ReplyEvent, ReplyStarted
+from .expiry import CredentialTimers
 from .outbox import Close, Frame, Outbox, OutputBudget
 from .replies import ReplyRegistry
 from .runtime import Runtime
@@ -82,7 +83,13 @@ class Connection:
 
     mode = ""
 
-    def __init__(self, ws: ServerConnection, hub: Hub, encode_delta: Callable[[str, int, str], Frame]) -> None:
+    def __init__(
+        self,
+        ws: ServerConnection,
+        hub: Hub,
+        encode_delta: Callable[[str, int, str], Frame],
+        principal: Principal | None,
+    ) -> None:
         self.ws = ws
         self.hub = hub
         self.session_id = secrets.token_hex(8)
@@ -96,9 +103,12 @@ class Connection:
         )
         self._closer: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
-        # Who the client is: known from the handshake, or (JSON mode) from its first hello.
-        authorization = ws.request.headers.get("Authorization") if ws.request is not None else None
-        self.principal: Principal | None = hub.runtime.authenticator.from_authorization(authorization)
+        self.peer: str | None = ws.remote_address[0] if ws.remote_address else None
+        # Who the client is: known from the handshake, or (JSON mode) from its first frame.
+        self.principal: Principal | None = None
+        self._credential = CredentialTimers(self._credential_expiring, self._credential_expired)
+        if principal is not None:
+            self._identify(principal)
 
     async def run(self) -> None:
         """Serve the socket until it closes; replies it watched go on without it."""
@@ -107,6 +117,7 @@ class Connection:
         except ConnectionClosed:
             pass
         finally:
+            self._credential.cancel()
             if self._writer is not None:
                 self._writer.cancel()
             self.hub.unwatch(self)
@@ -136,6 +147,26 @@ class Connection:
             self.unsaved = None
         return reply_id
 
+    def _identify(self, principal: Principal) -> None:
+        """The client is ``principal`` (again, after a refresh): its logs say so, and its
+        credential's expiry is timed."""
+        self.principal = principal
+        structlog.contextvars.bind_contextvars(subject=principal.subject, credential=principal.credential or None)
+        auth = self.hub.runtime.config.auth
+        self._credential.set(principal.expires_at, warn_before=auth.expiry_warning, leeway=auth.jwt_leeway)
+
+    def _credential_expiring(self, expires_at: float) -> None:
+        """The credential expires soon (JSON mode tells the client, which may refresh it)."""
+
+    def _credential_expired(self) -> None:
+        _log.info("auth_expired", session_id=self.session_id, subject=self.principal and self.principal.subject)
+        self.hub.metrics.auth_expiries.inc()
+        self._expired()
+        self.shutdown(CLOSE_POLICY, "credential expired; sign in again and resume")
+
+    def _expired(self) -> None:
+        """Tell the client its credential expired, before the close (if its mode does)."""
+
     def _start_writer(self) -> None:
         """The writer starts with the client's first frame: an idle socket costs no task."""
         if self._writer is None:
@@ -162,9 +193,8 @@ class Connection:
         broadcast((ws,), frame, text=True)  # type: ignore[arg-type]
         return True
 
-    def shutdown(self, code: int = CLOSE_GOING_AWAY) -> None:
+    def shutdown(self, code: int = CLOSE_GOING_AWAY, reason: str = "server restarting; reconnect and resume") -> None:
         """Close with ``code`` (1001, or 1012 in a cluster) once every frame already queued is written."""
-        reason = "server restarting; reconnect and resume"
         if self._writer is None:
             self.close(code, reason)
         else:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +12,7 @@ import structlog
 from websockets.asyncio.server import ServerConnection
 
 from . import wire
+from .auth import AuthRefused, Credentials, Principal, fingerprint
 from .connection import CLOSE_POLICY, Connection, Hub
 from .errors import ErrorCode, GatewayError, ProtocolError
 from .events import ReplyEnded, ReplyStarted, Streaming
@@ -29,25 +32,26 @@ class JsonConnection(Connection):
 
     mode = "json"
 
-    def __init__(self, ws: ServerConnection, hub: Hub) -> None:
-        super().__init__(ws, hub, wire.encode_delta)
+    def __init__(self, ws: ServerConnection, hub: Hub, principal: Principal | None) -> None:
+        super().__init__(ws, hub, wire.encode_delta, principal)
 
     async def _read(self) -> None:
+        if self.principal is None and not await self._sign_in():
+            return
         async for frame in self.ws:
             self._start_writer()
-            if self.principal is None and not self._authenticate(frame):
-                assert self._writer is not None
-                await self._writer
-                return
-            try:
-                await self._dispatch(wire.parse_client(frame))
-            except ProtocolError as exc:
-                self.outbox.put(wire.encode_error(exc, ref=exc.ref))
-            except GatewayError as exc:
-                self.outbox.put(wire.encode_error(exc))
-            except Exception:
-                _log.exception("frame_failed")
-                self.outbox.put(wire.encode_error(GatewayError(ErrorCode.INTERNAL, "internal error")))
+            await self._answer(frame)
+
+    async def _answer(self, frame: str | bytes) -> None:
+        try:
+            await self._dispatch(wire.parse_client(frame))
+        except ProtocolError as exc:
+            self.outbox.put(wire.encode_error(exc, ref=exc.ref))
+        except GatewayError as exc:
+            self.outbox.put(wire.encode_error(exc))
+        except Exception:
+            _log.exception("frame_failed")
+            self.outbox.put(wire.encode_error(GatewayError(ErrorCode.INTERNAL, "internal error")))
 
     async def _dispatch(self, msg: wire.ClientMessage) -> None:
         match msg:
@@ -65,22 +69,71 @@ class JsonConnection(Connection):
                 await self._history(msg)
             case wire.Regenerate():
                 await self._regenerate(msg)
+            case wire.Refresh():
+                await self._refresh(msg.token)
 
-    def _authenticate(self, frame: str | bytes) -> bool:
-        """With auth on, the first frame must be a ``hello`` with a valid token."""
+    async def _sign_in(self) -> bool:
+        """The first frame says who the client is: a ``hello`` and its token (required,
+        within ``[auth] timeout``, unless the mode is none); then it is answered."""
+        runtime = self.hub.runtime
+        authenticator = runtime.authenticator
+        try:
+            async with asyncio.timeout(runtime.config.auth.timeout if authenticator.required else None):
+                frame = await self.ws.recv()
+        except TimeoutError:
+            return await self._refuse("timeout", "authenticate within the first seconds (hello with a token)")
+        self._start_writer()
         try:
             msg: wire.ClientMessage | None = wire.parse_client(frame)
         except ProtocolError:
             msg = None
-        if isinstance(msg, wire.Hello):
-            self.principal = self.hub.runtime.authenticator.from_token(msg.token)
-        if self.principal is not None:
-            return True
-        _log.info("auth_failed", reason="bad token" if isinstance(msg, wire.Hello) else "no hello")
-        error = GatewayError(ErrorCode.UNAUTHORIZED, "send hello with a valid token first", retryable=False)
-        self.outbox.put(wire.encode_error(error))
+        token = msg.token if isinstance(msg, wire.Hello) else None
+        if authenticator.required and not isinstance(msg, wire.Hello):
+            return await self._refuse("no hello", "send hello with a valid token first")
+        try:
+            self._identify(await authenticator.authenticate(Credentials(token, self.peer)))
+        except AuthRefused as exc:
+            return await self._refuse(exc.reason, str(exc), token)
+        await self._answer(frame)
+        return True
+
+    async def _refuse(self, reason: str, message: str, token: str | None = None) -> bool:
+        """Tell the client it is not let in, close with 1008, and wait until that is written."""
+        mode = self.hub.runtime.authenticator.mode
+        _log.info("auth_failed", reason=reason, mode=mode, at="hello", credential=fingerprint(token) if token else None)
+        self.hub.metrics.auth_failures.labels(reason).inc()
+        self._start_writer()
+        self.outbox.put(wire.encode_error(GatewayError(ErrorCode.UNAUTHORIZED, message, retryable=False)))
         self.outbox.put(Close(CLOSE_POLICY, "unauthorized"))
+        assert self._writer is not None
+        await self._writer
         return False
+
+    async def _refresh(self, token: str) -> None:
+        """A new credential for the same subject, before the one in force expires."""
+        authenticator = self.hub.runtime.authenticator
+        if authenticator.at_handshake:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "sign-in is the proxy's here: nothing to refresh")
+        try:
+            principal = await authenticator.authenticate(Credentials(token, self.peer))
+        except AuthRefused as exc:
+            self.hub.metrics.auth_failures.labels(exc.reason).inc()
+            _log.info("auth_failed", reason=exc.reason, mode=authenticator.mode, at="refresh")
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, str(exc)) from None
+        assert self.principal is not None
+        if principal.subject != self.principal.subject:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "this token is for another subject")
+        self._identify(principal)
+        self.hub.metrics.auth_refreshes.inc()
+        self.outbox.put(wire.encode("auth.refreshed", expires_at=principal.expires_at))
+
+    def _credential_expiring(self, expires_at: float) -> None:
+        expires_in = max(0, round(expires_at - time.time()))
+        self.outbox.put(wire.encode("auth.expiring", expires_at=expires_at, expires_in=expires_in))
+
+    def _expired(self) -> None:
+        error = GatewayError(ErrorCode.UNAUTHORIZED, "the credential expired; sign in again and resume", retryable=False)
+        self.outbox.put(wire.encode_error(error))
 
     async def _hello(self, conversation_id: str | None) -> None:
         """Open a stored conversation, or a new one: that is stored with its first message,
@@ -98,7 +151,8 @@ class JsonConnection(Connection):
                 conv_id, title, active, history = conversation_id or new_id(), "", None, []
                 self.unsaved = conv_id
         await self.hub.watch(self, conv_id)
-        self.outbox.put(_ready(self.session_id, conv_id, title, history, runtime, active))
+        assert self.principal is not None
+        self.outbox.put(_ready(self.session_id, conv_id, title, history, runtime, active, self.principal))
 
     async def _message(self, msg: wire.Message) -> None:
         if len(msg.content) > (limit := self.hub.runtime.config.limits.max_content_chars):
@@ -188,11 +242,15 @@ def _ready(
     history: list[StoredMessage],
     runtime: Runtime,
     active: Streaming | None,
+    principal: Principal,
 ) -> bytes:
     limits = runtime.config.limits
     return wire.encode(
         "ready",
         session_id=session_id,
+        subject=principal.subject,
+        name=principal.name or None,
+        expires_at=principal.expires_at,
         conversation_id=conversation_id,
         title=title,
         history=wire.history_items(history),

@@ -50,6 +50,11 @@ class Metrics:
         self.connections = Gauge("gateway_connections_open", "Open WebSocket connections", ["protocol"], registry=r)
         self.handshakes = Counter("gateway_handshakes", "WebSocket handshakes accepted", ["protocol"], registry=r)
         self.refusals = Counter("gateway_handshakes_refused", "Handshakes or connections refused", ["reason"], registry=r)
+        self.auth_failures = Counter(
+            "gateway_auth_failures", "Credentials that proved nobody, by reason", ["reason"], registry=r
+        )
+        self.auth_refreshes = Counter("gateway_auth_refreshes", "Credentials renewed by a refresh frame", registry=r)
+        self.auth_expiries = Counter("gateway_auth_expired", "Sockets closed when their credential expired", registry=r)
         self.messages = Counter("gateway_messages", "User messages accepted", registry=r)
         self.replies = Counter("gateway_replies", "Replies ended", ["finish_reason"], registry=r)
         self.replies_in_flight = Gauge("gateway_replies_in_flight", "Replies streaming now", registry=r)

@@ -8,6 +8,7 @@ import contextlib
 
 from websockets.asyncio.server import ServerConnection
 
+from .auth import Principal
 from .connection import Connection, Hub
 from .errors import GatewayError, ProtocolError
 from .events import ReplyEnded
@@ -23,8 +24,8 @@ class PlainConnection(Connection):
 
     mode = "plain"
 
-    def __init__(self, ws: ServerConnection, hub: Hub) -> None:
-        super().__init__(ws, hub, _plain_delta)
+    def __init__(self, ws: ServerConnection, hub: Hub, principal: Principal | None) -> None:
+        super().__init__(ws, hub, _plain_delta, principal)
         self._waiting: tuple[str, asyncio.Event] | None = None  # the reply it waits for
 
     async def _read(self) -> None:

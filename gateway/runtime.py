@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .auth import Authenticator, make_authenticator
+from .auth import Authenticator
 from .config import Config, ProviderConfig
 from .providers import Provider
 
@@ -45,7 +45,7 @@ class Runtime:
     limits: RegistryLimits
 
     @classmethod
-    def of(cls, config: Config, provider: Provider) -> Runtime:
+    def of(cls, config: Config, provider: Provider, authenticator: Authenticator) -> Runtime:
         """The runtime of ``config``, whose upstream is ``provider``."""
         limits = RegistryLimits(
             max_replies=config.limits.max_replies,
@@ -58,10 +58,17 @@ class Runtime:
             context_max_messages=config.limits.context_max_messages,
             context_max_chars=config.limits.context_max_chars,
         )
-        return cls(config, provider, make_authenticator(config), limits)
+        return cls(config, provider, authenticator, limits)
 
-    def reloaded(self, config: Config, make_provider: Callable[[ProviderConfig], Provider]) -> Runtime:
-        """The runtime of ``config`` after a reload: the provider is rebuilt only if its
-        settings changed (replies in flight keep the one they started with anyway)."""
-        same = config.provider == self.config.provider
-        return Runtime.of(config, self.provider if same else make_provider(config.provider))
+    def reloaded(
+        self,
+        config: Config,
+        make_provider: Callable[[ProviderConfig], Provider],
+        make_authenticator: Callable[[Config], Authenticator],
+    ) -> Runtime:
+        """The runtime of ``config`` after a reload: the provider and the authenticator are
+        rebuilt only if their settings changed (replies in flight keep the provider they
+        started with anyway; a JWKS cache survives)."""
+        provider = self.provider if config.provider == self.config.provider else make_provider(config.provider)
+        same_auth = config.auth == self.config.auth and config.server.trusted_proxies == self.config.server.trusted_proxies
+        return Runtime.of(config, provider, self.authenticator if same_auth else make_authenticator(config))

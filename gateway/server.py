@@ -10,6 +10,7 @@ partial, and closes sockets with 1001 once what was queued for them is sent.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ import aiohttp
 import structlog
 
 from . import __version__
+from .auth.factory import make_authenticator
 from .config import Config, own_origins
 from .connection import CLOSE_SERVICE_RESTART, Hub
 from .errors import StartupError
@@ -103,7 +105,7 @@ class Gateway:
         it while it cannot be reached), then ``/chat``. A stop asked for meanwhile ends it."""
         cfg = self.config
         self._session = client_session()
-        runtime = Runtime.of(cfg, make_provider(cfg.provider, self._session))
+        runtime = Runtime.of(cfg, make_provider(cfg.provider, self._session), make_authenticator(cfg, self._session))
         registry = ReplyRegistry(lambda: hub.runtime, self.store, self.metrics)
         self.hub = hub = Hub(runtime, registry, self.store)
         if cfg.cluster.enabled:
@@ -135,6 +137,11 @@ class Gateway:
         if cfg.store.retention:
             self._tasks.spawn(prune_forever(self.store, cfg.store.retention), "pruner")
         _log_started(self.listeners, runtime, socket_activated=bool(inherited))
+        if cfg.auth.mode == "none" and not _loopback(cfg.server.ws_addr.host):
+            _log.warning(
+                "auth_off_on_public_address", ws_addr=str(cfg.server.ws_addr),
+                advice="anyone who reaches this address chats on your API key: set [auth] mode (docs/security.md)",
+            )
         self.lifecycle.serving()
         self._notifier.notify("READY=1", f"STATUS={self._status()}", f"MAINPID={os.getpid()}")
 
@@ -181,7 +188,9 @@ class Gateway:
         """Make ``cfg`` the configuration in force (one assignment)."""
         hub, session = self.hub, self._session
         assert hub is not None and session is not None
-        hub.runtime = hub.runtime.reloaded(cfg, lambda upstream: make_provider(upstream, session))
+        hub.runtime = hub.runtime.reloaded(
+            cfg, lambda upstream: make_provider(upstream, session), lambda new: make_authenticator(new, session)
+        )
         return hub.runtime
 
     # drain and close
@@ -233,6 +242,13 @@ async def _starting(start: Any) -> None:
         raise StartupError(str(exc), retry=False) from exc
     except StoreUnavailable as exc:  # the database may come back
         raise StartupError(str(exc), retry=True) from exc
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _log_started(listeners: Listeners, runtime: Runtime, *, socket_activated: bool) -> None:

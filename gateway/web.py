@@ -105,7 +105,7 @@ async def _security_headers(request: web.Request, handler: Handler) -> web.Strea
 
 
 def _csp(request: web.Request) -> str:
-    connect = " ".join(["'self'", *_ws_origins(request)])
+    connect = " ".join(["'self'", *_ws_origins(request), *_token_origin(request)])
     return (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         f"connect-src {connect}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; object-src 'none'"
@@ -118,6 +118,13 @@ def _ws_origins(request: web.Request) -> list[str]:
         return []
     scheme, _, rest = url.partition("://")
     return [f"{scheme}://{rest.split('/', 1)[0]}"]
+
+
+def _token_origin(request: web.Request) -> list[str]:
+    """The origin of ``[auth] token_url`` when it is another site's (the page fetches it)."""
+    url = request.app[STATE].runtime().config.auth.token_url
+    scheme, sep, rest = url.partition("://")
+    return [f"{scheme}://{rest.split('/', 1)[0]}"] if sep and scheme in ("http", "https") else []
 
 
 def _ws_url(request: web.Request) -> str | None:
@@ -174,8 +181,12 @@ async def _metrics(request: web.Request) -> web.Response:
 async def _config(request: web.Request) -> web.Response:
     if not request.app[STATE].ready:
         return web.json_response({"status": "starting"}, status=503, headers={"Cache-Control": "no-store"})
-    provider = request.app[STATE].runtime().provider
-    body: dict[str, Any] = {"ws_url": _ws_url(request), "model": provider.model, "provider": provider.name}
+    runtime = request.app[STATE].runtime()
+    provider, auth = runtime.provider, runtime.config.auth
+    body: dict[str, Any] = {
+        "ws_url": _ws_url(request), "model": provider.model, "provider": provider.name,
+        "auth": {"mode": auth.mode, **({"token_url": auth.token_url} if auth.token_url else {})},
+    }
     return web.json_response(body, headers={"Cache-Control": "no-cache"})
 
 

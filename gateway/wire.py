@@ -23,6 +23,7 @@ __all__ = [
     "History",
     "Message",
     "Ping",
+    "Refresh",
     "Regenerate",
     "Resume",
     "encode",
@@ -81,7 +82,14 @@ class History:
     limit: int = 50
 
 
-ClientMessage = Hello | Message | Cancel | Resume | Ping | History | Regenerate
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """A new credential (a fresh JWT) for the subject already signed in."""
+
+    token: str
+
+
+ClientMessage = Hello | Message | Cancel | Resume | Ping | History | Regenerate | Refresh
 
 
 def parse_client(frame: str | bytes) -> ClientMessage:
@@ -168,6 +176,13 @@ def _regenerate(obj: Mapping[str, Any]) -> Regenerate:
     return Regenerate(_field(obj, "id", str))
 
 
+def _refresh(obj: Mapping[str, Any]) -> Refresh:
+    token = _field(obj, "token", str)
+    if not token:
+        raise _bad("field 'token' is empty")
+    return Refresh(token)
+
+
 _PARSERS: dict[str, Callable[[Mapping[str, Any]], ClientMessage]] = {
     "hello": _hello,
     "message": _message,
@@ -176,6 +191,7 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], ClientMessage]] = {
     "ping": _ping,
     "history": _history,
     "regenerate": _regenerate,
+    "refresh": _refresh,
 }
 
 

@@ -307,3 +307,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _skipped and os.environ.get("GATEWAY_TEST_FORBID_SKIPS") == "1":
         print(f"\n{len(_skipped)} test(s) skipped, which CI forbids: {', '.join(_skipped)}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@contextlib.asynccontextmanager
+async def loopback_app(routes: Mapping[str, Callable[..., Awaitable[Any]]]) -> AsyncIterator[str]:
+    """A small aiohttp server of a test's own (a token issuer, an auth service), on a free
+    loopback port, with GET ``routes``; yields its base URL (``http://127.0.0.1:PORT``)."""
+    from aiohttp import web
+
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

@@ -555,7 +555,7 @@ def test_render_without_key_says_not_set() -> None:
 
 def test_render_lists_every_setting() -> None:
     doc = tomllib.loads(render(load(None, {})))
-    hidden = {"provider.api_key", "provider.api_key_file", "auth.tokens_file"}
+    hidden = {"provider.api_key", "provider.api_key_file"}
     assert {f"{section}.{key}" for section, table in doc.items() for key in table} == {
         s.name for s in config.SETTINGS
     } - hidden
@@ -699,3 +699,63 @@ def test_a_database_url_libpq_would_quote_is_refused_without_quoting_it() -> Non
     url = "postgresql://gateway:s3cr%zzet@127.0.0.1/gateway"
     exc = config_error(lambda: load(None, {"GATEWAY_STORE": "postgres", "GATEWAY_DATABASE_URL": url}))
     assert exc.key == "GATEWAY_DATABASE_URL" and "%25" in exc.message and "s3cr" not in exc.message
+
+
+# [auth]
+
+JWT_SECRET = "j" * 40
+
+
+def test_auth_is_none_by_default_and_tokens_when_a_token_file_is_found(tmp_path: Path) -> None:
+    assert load(None, {}).auth.mode == "none"
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice tok-0123456789abcdef\n")
+    assert load(None, {"GATEWAY_AUTH_TOKENS_FILE": str(tokens)}).auth.mode == "tokens"
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "auth_tokens").write_text("tok-0123456789abcdef\n")
+    found = load(None, {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}).auth
+    assert found.mode == "tokens" and len(found.tokens) == 1
+    rendered = render(load(None, {"GATEWAY_AUTH_TOKENS_FILE": str(tokens)}))
+    assert "1 token(s)" in rendered and "tok-0123456789abcdef" not in rendered
+
+
+def test_jwt_mode_reads_its_secret_and_never_shows_it(tmp_path: Path) -> None:
+    secret = tmp_path / "jwt"
+    secret.write_text(JWT_SECRET + "\n")
+    cfg = load(None, {"GATEWAY_AUTH_MODE": "jwt", "GATEWAY_JWT_SECRET_FILE": str(secret), "GATEWAY_JWT_AUDIENCE": "chat"})
+    assert cfg.auth.jwt_secret == JWT_SECRET and cfg.auth.jwt_audience == "chat"
+    assert JWT_SECRET not in render(cfg) + repr(cfg)
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "jwt_secret").write_text(JWT_SECRET)
+    assert load(None, {"GATEWAY_AUTH_MODE": "jwt", "CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}).auth.jwt_secret
+    jwks = load(None, {"GATEWAY_AUTH_MODE": "jwt", "GATEWAY_JWT_JWKS_URL": "https://idp.example/jwks"}).auth
+    assert jwks.jwks_url and not jwks.jwt_secret
+
+
+@pytest.mark.parametrize(
+    ("env", "key", "message"),
+    [
+        ({"GATEWAY_AUTH_MODE": "tokens"}, "auth.tokens_file", "needs a token file"),
+        ({"GATEWAY_AUTH_MODE": "none", "GATEWAY_AUTH_TOKENS_FILE": "{tokens}"}, "auth.tokens_file", "auth.mode is none"),
+        ({"GATEWAY_AUTH_MODE": "jwt"}, "auth.jwt_secret_file", "exactly one"),
+        ({"GATEWAY_AUTH_MODE": "jwt", "GATEWAY_JWT_SECRET_FILE": "{short}"}, "auth.jwt_secret_file", "at least 32 bytes"),
+        ({"GATEWAY_AUTH_MODE": "jwt", "GATEWAY_JWT_SECRET_FILE": "{secret}", "GATEWAY_JWT_JWKS_URL": "https://x/jwks"},
+         "auth.jwt_secret_file", "exactly one"),
+        ({"GATEWAY_AUTH_MODE": "jwt", "GATEWAY_JWT_JWKS_URL": "file:///etc/jwks"}, "auth.jwks_url", "http(s) URL"),
+        ({"GATEWAY_AUTH_MODE": "jwt", "GATEWAY_JWT_SECRET_FILE": "{missing}"}, "auth.jwt_secret_file", "cannot read"),
+        ({"GATEWAY_JWT_JWKS_URL": "https://x/jwks"}, "auth.jwks_url", "auth.mode is none"),
+        ({"GATEWAY_AUTH_MODE": "proxy", "GATEWAY_TRUSTED_PROXIES": ""}, "server.trusted_proxies", "set them"),
+        ({"GATEWAY_AUTH_MODE": "proxy", "GATEWAY_AUTH_USER_HEADER": "Remote User"}, "GATEWAY_AUTH_USER_HEADER", "header name"),
+        ({"GATEWAY_AUTH_MODE": "ldap"}, "GATEWAY_AUTH_MODE", "must be one of"),
+    ],
+)
+def test_auth_settings_that_cannot_work_are_refused(
+    tmp_path: Path, env: dict[str, str], key: str, message: str
+) -> None:
+    files = {"tokens": "tok-0123456789abcdef", "short": "x" * 31, "secret": JWT_SECRET}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    paths = {name: str(tmp_path / name) for name in (*files, "missing")}
+    with pytest.raises(ConfigError) as info:
+        load(None, {k: v.format(**paths) for k, v in env.items()})
+    assert info.value.key == key and message in str(info.value)

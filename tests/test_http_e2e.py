@@ -78,7 +78,10 @@ async def test_health_ready_and_config(start_gateway: StartGateway) -> None:
     import orjson
 
     cfg = orjson.loads(body)
-    assert cfg == {"ws_url": f"ws://127.0.0.1:{gw.gateway.ws_port}/chat", "model": "demo", "provider": "demo"}
+    assert cfg == {
+        "ws_url": f"ws://127.0.0.1:{gw.gateway.ws_port}/chat", "model": "demo", "provider": "demo",
+        "auth": {"mode": "none"},
+    }
 
 
 async def test_config_behind_a_proxy_says_same_origin(start_gateway: StartGateway) -> None:

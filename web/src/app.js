@@ -7,6 +7,7 @@
 import { Conversations, isConversationId, titleFrom } from "./conversations.js";
 import { icon } from "./icons.js";
 import { MarkdownView } from "./markdown.js";
+import { Credential } from "./signin.js";
 import { Socket } from "./socket.js";
 
 const APP_NAME = "LLM Gateway";
@@ -27,6 +28,11 @@ const ui = {
   convList: $("conversations"),
   convEmpty: $("conversations-empty"),
   modelInfo: $("model-info"),
+  who: $("who"),
+  signin: $("signin"),
+  signinForm: $("signin-form"),
+  signinToken: $("signin-token"),
+  signinError: $("signin-error"),
   title: $("title"),
   status: $("status"),
   statusText: $("status-text"),
@@ -67,6 +73,9 @@ const convs = new Conversations();
 
 const S = {
   socket: null,
+  cred: null, // the Credential of the gateway's auth mode
+  token: null, // what the next connection's first hello carries
+  refusals: 0, // consecutive sign-ins the gateway refused
   status: "",
   live: false, // a `ready` arrived on the current socket
   conv: null, // the conversation shown
@@ -651,19 +660,30 @@ function onOpen() {
   S.live = false;
   S.resuming.clear();
   S.helloFor = S.target;
-  S.socket.send(helloFrame(S.target));
+  const hello = helloFrame(S.target);
+  if (S.token) hello.token = S.token; // the first frame signs in (never the URL)
+  S.socket.send(hello);
 }
 
 function onClose({ code, reason, fatal, delay, failures }) {
   S.live = false;
   for (const r of S.replies.values()) r.stopping = false;
+  if (fatal && code === 1008 && S.cred.mode !== "none" && S.cred.mode !== "proxy" && S.refusals < 2) {
+    // Refused or expired credential: sign in again (ask, or fetch a new JWT), then resume.
+    S.refusals++;
+    S.cred.forget();
+    setStatus("connecting");
+    signIn(S.cred.asks ? "That token was not accepted. Check it and try again." : "").then(() => syncUI());
+    syncUI();
+    return;
+  }
   if (fatal) {
     setStatus("offline");
     const why =
       code === 1008
-        ? `The gateway refused this page${reason ? ` (${reason})` : ""}: client tokens are on, and this page cannot send one.`
+        ? `The gateway refused this page${reason ? ` (${reason})` : ""}. Sign in again, or ask its operator.`
         : `Cannot connect to the gateway${reason ? `: ${reason}` : "."}`;
-    banner(why, { label: "Try again", run: reconnectNow }, "conn");
+    banner(why, { label: S.cred && S.cred.mode !== "none" ? "Sign in" : "Try again", run: () => signIn("") }, "conn");
     syncUI();
     return;
   }
@@ -685,6 +705,49 @@ function reconnectNow() {
   S.socket.connect();
 }
 
+/** Get the credential of the gateway's auth mode (asking the person if it needs one), then connect. */
+async function signIn(error) {
+  S.token = await S.cred.get(error);
+  if (!S.token && S.cred.mode !== "none" && S.cred.mode !== "proxy") {
+    setStatus("offline");
+    const how = S.cred.asks ? "Sign in with your access token to chat." : "Could not get a sign-in token.";
+    banner(how, { label: "Sign in", run: () => signIn("") }, "conn");
+    return;
+  }
+  reconnectNow();
+}
+
+/** The sign-in dialog (tokens mode): resolves with the typed token, or null if dismissed. */
+function askToken(error) {
+  return new Promise((resolve) => {
+    ui.signinError.textContent = error;
+    ui.signinError.hidden = !error;
+    ui.signinToken.value = "";
+    const done = (value) => {
+      ui.signinForm.onsubmit = null;
+      ui.signin.onclose = null;
+      if (ui.signin.open) ui.signin.close();
+      resolve(value);
+    };
+    ui.signinForm.onsubmit = (ev) => {
+      ev.preventDefault();
+      const token = ui.signinToken.value.trim();
+      if (token) done(token);
+    };
+    ui.signin.onclose = () => done(null);
+    ui.signin.showModal();
+    ui.signinToken.focus();
+  });
+}
+
+/** The credential expires soon: renew it on this socket (jwt), without a reconnect. */
+async function onExpiring() {
+  if (S.cred.mode !== "jwt") return;
+  const gen = S.socket.gen;
+  const token = await S.cred.renew();
+  if (token && gen === S.socket.gen) S.socket.send({ type: "refresh", token });
+}
+
 const HANDLERS = {
   ready: onReady,
   "reply.start": onStart,
@@ -692,6 +755,8 @@ const HANDLERS = {
   "reply.done": onDone,
   error: onError,
   history: onHistory,
+  "auth.expiring": onExpiring,
+  "auth.refreshed": () => {},
   pong: () => {},
 };
 
@@ -712,7 +777,9 @@ function onReady(m) {
   const switching = conv !== S.conv && S.conv !== null; // null: the view was carried over (not_found)
   S.helloFor = undefined;
   S.live = true;
+  S.refusals = 0;
   S.socket.healthy();
+  showWho(m);
   S.conv = conv;
   S.target = conv;
   convs.setCurrent(conv);
@@ -1015,6 +1082,7 @@ function onError(m) {
     return;
   }
   if (info.code === "bad_request" && /already receives/.test(info.message)) return;
+  if (info.code === "unauthorized" || info.code === "forbidden") return; // the 1008 close that follows says it
   banner(info.message);
 }
 
@@ -1115,6 +1183,13 @@ function wsUrl(configured) {
   return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/chat`;
 }
 
+/** Who the page is signed in as (not shown for the anonymous modes). */
+function showWho(m) {
+  const named = typeof m.subject === "string" && !/^anon(ymous)?(:|$)/.test(m.subject);
+  ui.who.hidden = !named;
+  ui.who.textContent = named ? `Signed in as ${typeof m.name === "string" && m.name ? m.name : m.subject}` : "";
+}
+
 export async function start() {
   setStatus("connecting");
   syncSidebarMode();
@@ -1140,6 +1215,7 @@ export async function start() {
     close: onClose,
     waiting: () => setStatus("offline"),
   });
-  S.socket.connect();
+  S.cred = new Credential(cfg && typeof cfg === "object" ? cfg.auth : null, askToken);
+  await signIn("");
   if (window.matchMedia("(pointer: fine)").matches) ui.input.focus();
 }

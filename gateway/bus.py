@@ -19,17 +19,20 @@ __all__ = ["ReplyBus"]
 
 
 class ReplyBus(Protocol):
-    async def watch(self, conversation_id: str, subscriber: Subscriber) -> None:
-        """``subscriber`` gets every reply started in the conversation from now on."""
+    async def watch(self, conversation_id: str, subscriber: Subscriber, owner: str) -> None:
+        """``subscriber`` gets every reply started in ``owner``'s conversation from now on."""
 
     def unwatch(self, conversation_id: str, subscriber: Subscriber) -> None: ...
 
-    async def watched(self, conversation_id: str) -> bool:
-        """Whether anyone watches the conversation (a new one is open to them while so)."""
+    async def watched(self, conversation_id: str) -> str | None:
+        """The owner of the conversation if anyone watches it (a new one is open to its
+        owner's other connections while so), else None."""
 
-    async def start(self, conversation_id: str, message: StoredMessage, subscriber: Subscriber, *, new: bool) -> str:
-        """Store ``message`` (creating the conversation if ``new``), claim the conversation
-        and start a reply for ``subscriber`` and the watchers; its id."""
+    async def start(
+        self, conversation_id: str, message: StoredMessage, subscriber: Subscriber, *, new: bool, owner: str
+    ) -> str:
+        """Store ``message`` (creating the conversation for ``owner`` if ``new``), claim the
+        conversation and start a reply for ``subscriber`` and the watchers; its id."""
 
     async def regenerate(self, conversation_id: str, request_id: str, subscriber: Subscriber) -> str:
         """Replace the conversation's last reply with a new one; its id."""

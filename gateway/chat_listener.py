@@ -92,7 +92,7 @@ class ChatListener:
                 credential=fingerprint(presented.token) if presented.token else None,
             )
             self.hub.metrics.auth_failures.labels(exc.reason).inc()
-            return refused(str(exc))
+            return refused("send Authorization: Bearer TOKEN" if exc.reason == "no token" else str(exc))
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:

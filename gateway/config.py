@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,12 +223,13 @@ class AuthConfig:
         "tokens mode: file of client tokens, one per line as NAME TOKEN or TOKEN "
         "(default $CREDENTIALS_DIRECTORY/auth_tokens if present)")
     user_header: str = key(v.header_name, "Remote-User", "GATEWAY_AUTH_USER_HEADER",
-        "proxy mode: the header naming the signed-in user, believed from server.trusted_proxies only")
+        "proxy mode: the header naming the signed-in user, believed from server.trusted_proxies only "
+        "(the shipped Caddyfile sets and strips Remote-User: change both together)")
     jwt_secret_file: str = key(v.path, "", "GATEWAY_JWT_SECRET_FILE",
         "jwt mode: file holding the HS256 secret, at least 32 bytes "
         "(default $CREDENTIALS_DIRECTORY/jwt_secret if present)")
     jwks_url: str = key(v.string, "", "GATEWAY_JWT_JWKS_URL",
-        "jwt mode: the issuer's JWKS URL (RS/PS/ES/EdDSA keys), instead of a secret")
+        "jwt mode: the issuer's JWKS URL (https://, or http:// to localhost; RS/PS/ES/EdDSA keys), instead of a secret")
     jwt_issuer: str = key(v.string, "", "GATEWAY_JWT_ISSUER", "jwt mode: the required iss claim, if set")
     jwt_audience: str = key(v.string, "", "GATEWAY_JWT_AUDIENCE", "jwt mode: the required aud claim, if set")
     jwt_leeway: float = key(v.number(0, 300), 10.0, None, "jwt mode: seconds of clock skew allowed on exp, nbf, iat")
@@ -395,8 +397,7 @@ def _jwt_secret(values: Mapping[str, Any], env: Mapping[str, str]) -> str:
     if bool(secret_file) == bool(values["jwks_url"]):
         raise ConfigError("auth.jwt_secret_file", "jwt mode needs a secret file or a jwks_url (exactly one)")
     if values["jwks_url"]:
-        if not values["jwks_url"].startswith(("https://", "http://")):
-            raise ConfigError("auth.jwks_url", "expected an http(s) URL")
+        _check_jwks_url(values["jwks_url"])
         return ""
     secret = _read_secret(secret_file, "auth.jwt_secret_file")
     if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
@@ -405,6 +406,16 @@ def _jwt_secret(values: Mapping[str, Any], env: Mapping[str, str]) -> str:
 
 
 MIN_JWT_SECRET_BYTES = 32
+
+
+def _check_jwks_url(url: str) -> None:
+    """HTTPS, or HTTP to this host only: whoever can change the keys can sign in as anyone."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "https" and parsed.hostname:
+        return
+    if parsed.scheme == "http" and parsed.hostname in ("localhost", "127.0.0.1", "::1"):
+        return
+    raise ConfigError("auth.jwks_url", "expected an https:// URL (http:// only to localhost)")
 
 
 def _read_secret(path: str, name: str) -> str:

@@ -52,10 +52,20 @@ class Hub:
         self.connections: set[Connection] = set()
 
     async def watch(self, conn: Connection, conversation_id: str) -> None:
-        """Make ``conn`` the watcher of ``conversation_id`` (and of nothing else)."""
+        """Make ``conn`` the watcher of ``conversation_id``, its subject's (and of nothing else)."""
+        assert conn.principal is not None
         self.unwatch(conn)
-        await self.bus.watch(conversation_id, conn)
+        await self.bus.watch(conversation_id, conn, conn.principal.subject)
         conn.conversation_id = conversation_id
+
+    def revoke(self) -> int:
+        """After a reload changed who may chat: sign out every connection whose subject the
+        authenticator in force no longer admits (1008); return how many."""
+        authenticator = self.runtime.authenticator
+        revoked = [c for c in self.connections if c.principal is not None and not authenticator.admits(c.principal)]
+        for conn in revoked:
+            conn.sign_out("sign-in changed; sign in again")
+        return len(revoked)
 
     def unwatch(self, conn: Connection) -> None:
         """``conn`` watches nothing any more (it still knows its last conversation)."""
@@ -105,14 +115,16 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self.peer: str | None = ws.remote_address[0] if ws.remote_address else None
         # Who the client is: known from the handshake, or (JSON mode) from its first frame.
-        self.principal: Principal | None = None
+        self.principal: Principal | None = principal
+        self.signed_out = False  # its credential expired or was revoked: nothing more it sends is read
         self._credential = CredentialTimers(self._credential_expiring, self._credential_expired)
-        if principal is not None:
-            self._identify(principal)
+        self._failed_refreshes = 0
 
     async def run(self) -> None:
         """Serve the socket until it closes; replies it watched go on without it."""
         try:
+            if self.principal is not None:
+                self._identify(self.principal)  # timed from here: a socket refused before never is
             await self._read()
         except ConnectionClosed:
             pass
@@ -142,7 +154,8 @@ class Connection:
         conv_id = self.conversation_id
         assert conv_id is not None
         new = conv_id == self.unsaved
-        reply_id = await self.hub.bus.start(conv_id, message, self, new=new)
+        assert self.principal is not None
+        reply_id = await self.hub.bus.start(conv_id, message, self, new=new, owner=self.principal.subject)
         if new:
             self.unsaved = None
         return reply_id
@@ -162,7 +175,14 @@ class Connection:
         _log.info("auth_expired", session_id=self.session_id, subject=self.principal and self.principal.subject)
         self.hub.metrics.auth_expiries.inc()
         self._expired()
-        self.shutdown(CLOSE_POLICY, "credential expired; sign in again and resume")
+        self.sign_out("credential expired; sign in again and resume")
+
+    def sign_out(self, reason: str) -> None:
+        """End the session: nothing the client sends from now on is read; close with 1008
+        once what is queued is written (bounded like any close)."""
+        self.signed_out = True
+        self._credential.cancel()
+        self.shutdown(CLOSE_POLICY, reason)
 
     def _expired(self) -> None:
         """Tell the client its credential expired, before the close (if its mode does)."""

@@ -1,8 +1,9 @@
 """When a connected client's credential runs out: a warning first, then the end.
 
 Two timers on the event loop (no task): ``warn`` fires ``warn_before`` seconds before
-the credential's ``expires_at`` (at once if that is past), ``expire`` at ``expires_at``
-plus ``leeway``. :meth:`CredentialTimers.set` replaces both (a refresh); :meth:`cancel`
+the credential's ``expires_at``, or halfway through what is left of it if that is
+sooner (so a short-lived credential is not warned about at once, again and again
+as it is renewed), and ``expire`` at ``expires_at`` plus ``leeway``. :meth:`CredentialTimers.set` replaces both (a refresh); :meth:`cancel`
 stops them (the socket closed).
 """
 
@@ -27,9 +28,10 @@ class CredentialTimers:
         if expires_at is None:
             return
         loop = asyncio.get_running_loop()
-        at = loop.time() + (expires_at - time.time())  # the loop's clock, not the wall clock
+        left = expires_at - time.time()
+        at = loop.time() + left  # the loop's clock, not the wall clock
         self._handles = [
-            loop.call_at(at - warn_before, self._warn, expires_at),
+            loop.call_at(at - min(warn_before, max(left, 0.0) / 2), self._warn, expires_at),
             loop.call_at(at + leeway, self._expire),
         ]
 

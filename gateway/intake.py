@@ -48,11 +48,12 @@ def store_errors(conversation_id: str) -> Iterator[None]:
 
 
 async def add_message(
-    store: ConversationStore, conversation_id: str, message: StoredMessage, *, new: bool, context_messages: int
+    store: ConversationStore, conversation_id: str, message: StoredMessage, *, new: bool, owner: str,
+    context_messages: int,
 ) -> list[StoredMessage]:
-    """Store the user's ``message`` (creating the conversation first if ``new``) and
-    return the history the reply answers, newest last."""
-    history = await store.append(conversation_id, message, create=new, history=context_messages)
+    """Store the user's ``message`` (creating the conversation for ``owner`` first if
+    ``new``) and return the history the reply answers, newest last."""
+    history = await store.append(conversation_id, message, create=new, history=context_messages, owner=owner)
     if history is None:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a message with this id is already in the conversation")
     return history

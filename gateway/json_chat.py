@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import replace
 from collections.abc import Iterator
 from typing import Any
 
 import structlog
 from websockets.asyncio.server import ServerConnection
 
-from . import wire
+from . import conversation_list, wire
 from .auth import AuthRefused, Credentials, Principal, fingerprint
 from .connection import CLOSE_POLICY, Connection, Hub
 from .errors import ErrorCode, GatewayError, ProtocolError
@@ -20,9 +21,11 @@ from .intake import store_errors
 from .outbox import Close
 from .paging import page, read_bound, without
 from .runtime import Runtime
-from .stores import StoredMessage, new_id
+from .stores import ANONYMOUS_OWNER, StoredMessage, new_id
 
 __all__ = ["JsonConnection"]
+
+MAX_FAILED_REFRESHES = 3  # refused refresh frames before the socket is closed (1008)
 
 _log: Any = structlog.get_logger("gateway.connection")
 
@@ -40,7 +43,8 @@ class JsonConnection(Connection):
             return
         async for frame in self.ws:
             self._start_writer()
-            await self._answer(frame)
+            if not self.signed_out:
+                await self._answer(frame)
 
     async def _answer(self, frame: str | bytes) -> None:
         try:
@@ -71,17 +75,31 @@ class JsonConnection(Connection):
                 await self._regenerate(msg)
             case wire.Refresh():
                 await self._refresh(msg.token)
+            case wire.Conversations() | wire.Rename() | wire.Delete():
+                await self._listed(msg)
+
+    async def _listed(self, msg: wire.Conversations | wire.Rename | wire.Delete) -> None:
+        """The subject's conversations: a page, a new title, one fewer."""
+        assert self.principal is not None
+        subject, store = self.principal.subject, self.hub.store
+        match msg:
+            case wire.Conversations():
+                self.outbox.put(await conversation_list.page(store, subject, msg))
+            case wire.Rename():
+                self.outbox.put(await conversation_list.rename(store, subject, msg))
+            case wire.Delete():
+                self.outbox.put(await conversation_list.delete(store, self.hub.bus, subject, msg))
 
     async def _sign_in(self) -> bool:
         """The first frame says who the client is: a ``hello`` and its token (required,
         within ``[auth] timeout``, unless the mode is none); then it is answered."""
         runtime = self.hub.runtime
-        authenticator = runtime.authenticator
         try:
-            async with asyncio.timeout(runtime.config.auth.timeout if authenticator.required else None):
+            async with asyncio.timeout(runtime.config.auth.timeout if runtime.authenticator.required else None):
                 frame = await self.ws.recv()
         except TimeoutError:
             return await self._refuse("timeout", "authenticate within the first seconds (hello with a token)")
+        authenticator = self.hub.runtime.authenticator  # the one in force now (a reload may have swapped it)
         self._start_writer()
         try:
             msg: wire.ClientMessage | None = wire.parse_client(frame)
@@ -114,18 +132,24 @@ class JsonConnection(Connection):
         authenticator = self.hub.runtime.authenticator
         if authenticator.at_handshake:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "sign-in is the proxy's here: nothing to refresh")
+        assert self.principal is not None
         try:
             principal = await authenticator.authenticate(Credentials(token, self.peer))
+            if principal.subject != self.principal.subject:
+                raise AuthRefused("another subject", "this token is for another subject")
         except AuthRefused as exc:
             self.hub.metrics.auth_failures.labels(exc.reason).inc()
             _log.info("auth_failed", reason=exc.reason, mode=authenticator.mode, at="refresh")
-            raise ProtocolError(ErrorCode.UNAUTHORIZED, str(exc)) from None
-        assert self.principal is not None
-        if principal.subject != self.principal.subject:
-            raise ProtocolError(ErrorCode.FORBIDDEN, "this token is for another subject")
-        self._identify(principal)
+            self._failed_refreshes += 1
+            if self._failed_refreshes >= MAX_FAILED_REFRESHES:  # guessing tokens on an open socket
+                self.sign_out("too many refused refreshes")
+            code = ErrorCode.FORBIDDEN if exc.reason == "another subject" else ErrorCode.UNAUTHORIZED
+            raise ProtocolError(code, str(exc)) from None
+        old = self.principal.expires_at
+        if old is not None and (principal.expires_at is None or principal.expires_at > old):
+            self._identify(principal)  # a later expiry: timed anew (an earlier or equal one changes nothing)
         self.hub.metrics.auth_refreshes.inc()
-        self.outbox.put(wire.encode("auth.refreshed", expires_at=principal.expires_at))
+        self.outbox.put(wire.encode("auth.refreshed", expires_at=self.principal.expires_at))
 
     def _credential_expiring(self, expires_at: float) -> None:
         expires_in = max(0, round(expires_at - time.time()))
@@ -140,12 +164,17 @@ class JsonConnection(Connection):
         so hellos alone create nothing. A new one is open to other connections (tabs) while
         a connection holds it."""
         runtime = self.hub.runtime
+        assert self.principal is not None
+        subject = self.principal.subject
         with store_errors(conversation_id or ""):  # a protocol error passes through as it is
             conv = await self.hub.store.get(conversation_id) if conversation_id else None
-            if conv is not None:
+            if conv is not None and self._claims(conv.owner) and await self.hub.store.claim(conv.id, subject):
+                conv = replace(conv, owner=subject)
+            if conv is not None and conv.owner == subject:
                 conv_id, title = conv.id, conv.title
                 history, _, active = await _read_page(self.hub, conv_id, runtime.config.limits.history_limit)
-            elif conversation_id and not await self.hub.bus.watched(conversation_id):
+            elif conversation_id and (conv is not None or await self.hub.bus.watched(conversation_id) != subject):
+                # Another subject's conversation is exactly as unknown as one that never was.
                 raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
             else:
                 conv_id, title, active, history = conversation_id or new_id(), "", None, []
@@ -153,6 +182,14 @@ class JsonConnection(Connection):
         await self.hub.watch(self, conv_id)
         assert self.principal is not None
         self.outbox.put(_ready(self.session_id, conv_id, title, history, runtime, active, self.principal))
+
+    def _claims(self, owner: str) -> bool:
+        """In ``none`` mode a browser's key takes over a conversation stored without an
+        owner (before owners existed, or by a keyless client) when it opens it by id:
+        that id was all it took to open it before."""
+        assert self.principal is not None
+        subject = self.principal.subject
+        return owner == ANONYMOUS_OWNER and subject.startswith("anon:") and self.hub.runtime.authenticator.mode == "none"
 
     async def _message(self, msg: wire.Message) -> None:
         if len(msg.content) > (limit := self.hub.runtime.config.limits.max_content_chars):

@@ -95,7 +95,10 @@ class TimedStore:
         self.inner = store
         self._observe = {
             op: metrics.store_latency.labels(op).observe
-            for op in ("open", "create", "get", "add", "append", "save", "delete", "history", "prune", "export", "close")
+            for op in (
+                "open", "create", "get", "add", "append", "save", "delete", "history", "prune", "export", "close",
+                "conversations", "rename", "remove", "claim",
+            )
         }
 
     def __getattr__(self, name: str) -> Any:

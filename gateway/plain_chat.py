@@ -31,6 +31,8 @@ class PlainConnection(Connection):
     async def _read(self) -> None:
         async for frame in self.ws:
             self._start_writer()
+            if self.signed_out:
+                continue
             if not isinstance(frame, str):
                 self.outbox.put("Error: binary frames are not supported; send text")
             elif not frame.strip():

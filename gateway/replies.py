@@ -29,7 +29,7 @@ from .replystats import ReplyStats
 from .runtime import RegistryLimits
 from .sharing import Alone, Sharing
 from .slots import Slots
-from .stores import ConversationStore, StoredMessage
+from .stores import ANONYMOUS_OWNER, ConversationStore, StoredMessage
 from .watchers import Watchers
 
 __all__ = ["RegistryLimits", "Reply", "ReplyRegistry", "ReplyTerms", "StopReason", "resume_unavailable"]
@@ -84,14 +84,14 @@ class ReplyRegistry:
     def get(self, reply_id: str) -> Reply | None:
         return self._replies.get(reply_id)
 
-    async def watch(self, conversation_id: str, subscriber: Subscriber) -> None:
-        self._watchers.add(conversation_id, subscriber)
+    async def watch(self, conversation_id: str, subscriber: Subscriber, owner: str) -> None:
+        self._watchers.add(conversation_id, subscriber, owner)
 
     def unwatch(self, conversation_id: str, subscriber: Subscriber) -> None:
         self._watchers.discard(conversation_id, subscriber)
 
-    async def watched(self, conversation_id: str) -> bool:
-        return conversation_id in self._watchers
+    async def watched(self, conversation_id: str) -> str | None:
+        return self._watchers.owner(conversation_id)
 
     def watchers(self, conversation_id: str) -> tuple[Subscriber, ...]:
         """Who watches the conversation here (a snapshot)."""
@@ -133,16 +133,18 @@ class ReplyRegistry:
         subscriber: Subscriber,
         *,
         new: bool = False,
+        owner: str = ANONYMOUS_OWNER,
     ) -> str:
         """Store the user's message, then start a reply for ``subscriber`` and the
         conversation's watchers (other tabs); return its id. ``new``: the conversation
-        is created first, with this id."""
+        is created first, with this id, for ``owner``."""
         terms = self._terms()
         reply = self._reserve(conversation_id, message.id, terms)
         with self._preparing(reply):
             await self.sharing.claim(reply)
             history = await add_message(
-                self.store, conversation_id, message, new=new, context_messages=terms.limits.context_max_messages
+                self.store, conversation_id, message, new=new, owner=owner,
+                context_messages=terms.limits.context_max_messages,
             )
         self._launch(reply, context_of(history, terms.limits), subscriber, message.content, terms.limits)
         return reply.id

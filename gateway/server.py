@@ -188,9 +188,12 @@ class Gateway:
         """Make ``cfg`` the configuration in force (one assignment)."""
         hub, session = self.hub, self._session
         assert hub is not None and session is not None
+        before = hub.runtime.authenticator
         hub.runtime = hub.runtime.reloaded(
             cfg, lambda upstream: make_provider(upstream, session), lambda new: make_authenticator(new, session)
         )
+        if hub.runtime.authenticator is not before and (revoked := hub.revoke()):
+            _log.info("credentials_revoked", connections=revoked, mode=cfg.auth.mode)
         return hub.runtime
 
     # drain and close

@@ -130,7 +130,9 @@ async def _same(source: ConversationStore, target: ConversationStore, conversati
     a, b = await source.get(conversation_id), await target.get(conversation_id)
     if a is None or b is None:
         return a is None and b is None
-    if (a.title, _close(a.created_at, b.created_at), _close(a.updated_at, b.updated_at)) != (b.title, True, True):
+    if (a.title, a.owner, _close(a.created_at, b.created_at), _close(a.updated_at, b.updated_at)) != (
+        b.title, b.owner, True, True,
+    ):
         return False
     ours, theirs = await source.history(conversation_id, -1), await target.history(conversation_id, -1)
     return len(ours) == len(theirs) and all(_same_message(m, n) for m, n in zip(ours, theirs))

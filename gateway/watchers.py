@@ -12,9 +12,11 @@ class Watchers:
 
     def __init__(self) -> None:
         self._by_conversation: dict[str, set[Subscriber]] = {}
+        self._owners: dict[str, str] = {}  # whose conversation each watched one is
 
-    def add(self, conversation_id: str, subscriber: Subscriber) -> None:
+    def add(self, conversation_id: str, subscriber: Subscriber, owner: str) -> None:
         self._by_conversation.setdefault(conversation_id, set()).add(subscriber)
+        self._owners.setdefault(conversation_id, owner)
 
     def discard(self, conversation_id: str, subscriber: Subscriber) -> None:
         watchers = self._by_conversation.get(conversation_id)
@@ -22,9 +24,14 @@ class Watchers:
             watchers.discard(subscriber)
             if not watchers:
                 del self._by_conversation[conversation_id]
+                del self._owners[conversation_id]
 
     def __contains__(self, conversation_id: str) -> bool:
         return conversation_id in self._by_conversation
+
+    def owner(self, conversation_id: str) -> str | None:
+        """The subject whose conversation it is, if anyone watches it."""
+        return self._owners.get(conversation_id)
 
     def of(self, conversation_id: str) -> tuple[Subscriber, ...]:
         """A snapshot: telling one may make another stop watching."""

@@ -19,12 +19,15 @@ __all__ = [
     "SUBPROTOCOL",
     "Cancel",
     "ClientMessage",
+    "Conversations",
+    "Delete",
     "Hello",
     "History",
     "Message",
     "Ping",
     "Refresh",
     "Regenerate",
+    "Rename",
     "Resume",
     "encode",
     "encode_delta",
@@ -36,6 +39,9 @@ __all__ = [
 SUBPROTOCOL = "chat.v1"
 MAX_ID_CHARS = 128
 MAX_TOKEN_CHARS = 8192
+MAX_QUERY_CHARS = 200
+MAX_TITLE_CHARS = 200
+MAX_CURSOR_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +95,30 @@ class Refresh:
     token: str
 
 
-ClientMessage = Hello | Message | Cancel | Resume | Ping | History | Regenerate | Refresh
+@dataclass(frozen=True, slots=True)
+class Conversations:
+    """A page of the subject's conversations, newest first, after the cursor ``before``
+    (a ``next`` the gateway sent), those matching ``query`` if given."""
+
+    query: str = ""
+    before: str | None = None
+    limit: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Rename:
+    conversation_id: str
+    title: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    conversation_id: str
+
+
+ClientMessage = (
+    Hello | Message | Cancel | Resume | Ping | History | Regenerate | Refresh | Conversations | Rename | Delete
+)
 
 
 def parse_client(frame: str | bytes) -> ClientMessage:
@@ -125,7 +154,9 @@ def _field(obj: Mapping[str, Any], name: str, kind: type, *, required: bool = Tr
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         expected = {str: "a string", int: "an integer"}.get(kind, kind.__name__)
         raise _bad(f"field {name!r} must be {expected}")
-    limit = {"content": None, "token": MAX_TOKEN_CHARS}.get(name, MAX_ID_CHARS)
+    limit = {"content": None, "token": MAX_TOKEN_CHARS, "query": MAX_QUERY_CHARS, "title": MAX_TITLE_CHARS}.get(
+        name, MAX_ID_CHARS
+    )
     if isinstance(value, str) and limit is not None and len(value) > limit:
         raise _bad(f"field {name!r} is longer than {limit} characters")
     if isinstance(value, str) and "\x00" in value:  # no store keeps it (PostgreSQL text refuses it)
@@ -183,6 +214,28 @@ def _refresh(obj: Mapping[str, Any]) -> Refresh:
     return Refresh(token)
 
 
+def _conversations(obj: Mapping[str, Any]) -> Conversations:
+    limit = obj.get("limit", 30)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
+        raise _bad("field 'limit' must be an integer from 1 to 100")
+    before = obj.get("before")
+    if before is not None and (not isinstance(before, str) or not 0 < len(before) <= MAX_CURSOR_CHARS):
+        raise _bad("field 'before' must be a cursor the gateway sent (next)")
+    query = _field(obj, "query", str, required=False) or ""
+    return Conversations(" ".join(query.split()), before, limit)
+
+
+def _rename(obj: Mapping[str, Any]) -> Rename:
+    title = " ".join(_field(obj, "title", str).split())  # one line, as titles are shown
+    if not title or not title.isprintable():
+        raise _bad("field 'title' must be a non-empty line of printable text")
+    return Rename(_field(obj, "conversation_id", str), title)
+
+
+def _delete(obj: Mapping[str, Any]) -> Delete:
+    return Delete(_field(obj, "conversation_id", str))
+
+
 _PARSERS: dict[str, Callable[[Mapping[str, Any]], ClientMessage]] = {
     "hello": _hello,
     "message": _message,
@@ -192,6 +245,9 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], ClientMessage]] = {
     "history": _history,
     "regenerate": _regenerate,
     "refresh": _refresh,
+    "conversations": _conversations,
+    "rename": _rename,
+    "delete": _delete,
 }
 
 

@@ -37,6 +37,7 @@ from gateway.auth import (
 )
 from gateway.auth.jwks import JwksKeys, keys_of
 from gateway.clientip import parse_networks
+from gateway.upstream import client_session
 from gateway.handshake import Refusal, admit, authenticates_at_handshake, credentials, is_plain
 
 TOKEN = "a-client-token-of-some-length"
@@ -220,10 +221,21 @@ class Issuer:
     def __init__(self, *keys: dict[str, Any]) -> None:
         self.keys = list(keys)
         self.fetches = 0
+        self.encodings: list[str] = []
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Like a CDN: gzip when the client accepts it, and the body in two pieces."""
         self.fetches += 1
-        return web.json_response({"keys": self.keys})
+        self.encodings.append(request.headers.get("Accept-Encoding", ""))
+        body = orjson.dumps({"keys": self.keys})
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            resp.enable_compression()
+        await resp.prepare(request)
+        await resp.write(body[: len(body) // 2])
+        await resp.write(body[len(body) // 2 :])
+        await resp.write_eof()
+        return resp
 
 
 @pytest.fixture
@@ -234,8 +246,8 @@ async def issuer() -> AsyncIterator[tuple[Issuer, str]]:
 
 
 async def test_jwks_keys_verify_their_tokens_and_nothing_else(issuer: tuple[Issuer, str]) -> None:
-    _, url = issuer
-    async with aiohttp.ClientSession() as session:
+    server, url = issuer
+    async with client_session() as session:  # the gateway's own: it never inflates
         auth = JwtAuthenticator(JwksKeys(url, session), leeway=0)
         rs = jwt.encode(claims(), RSA, algorithm="RS256", headers={"kid": "r1"})
         es = jwt.encode(claims(), EC, algorithm="ES256", headers={"kid": "e1"})
@@ -259,6 +271,7 @@ async def test_jwks_keys_verify_their_tokens_and_nothing_else(issuer: tuple[Issu
         )
         forged = jwt.encode(claims(), rsa.generate_private_key(65537, 2048), algorithm="RS256", headers={"kid": "r1"})
         assert await refused(auth, Credentials(forged)) == "bad signature"
+    assert server.encodings == ["identity"]
 
 
 async def test_an_unknown_key_id_refetches_the_jwks_at_most_every_30_seconds(issuer: tuple[Issuer, str]) -> None:

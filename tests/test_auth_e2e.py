@@ -5,6 +5,7 @@ connected is warned about, renewed by `refresh`, or ends the socket with 1008.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,10 +14,12 @@ from typing import Any
 import jwt
 import pytest
 from aiohttp import web
-from conftest import Chat, StartGateway, loopback_app
+from conftest import Chat, Running, StartGateway, loopback_app, make_config
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from gateway.server import Gateway
 
 TOKEN = "tok-0123456789abcdef"
 SECRET = "a-shared-secret-of-forty-bytes-or-so-000"
@@ -266,3 +269,45 @@ async def test_jwt_mode_with_a_jwks_accepts_the_issuers_tokens_only(
             error = await refused_with_1008(chat, {"type": "hello", "token": token})
             assert says in error["message"]
     assert server.fetches == 1
+
+
+async def test_a_reload_signs_out_the_sockets_of_a_removed_token(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"alice {TOKEN}\nbob other-token-fedcba9876543210\n")
+    env = {"GATEWAY_AUTH_TOKENS_FILE": str(tokens)}
+    first = make_config(tmp_path, env, DEMO_FAST)
+    gateway = Gateway(first, reload=lambda: make_config(tmp_path, env, DEMO_FAST))
+    await gateway.start()
+    try:
+        gw = Running(gateway)
+        async with gw.chat() as alice, gw.chat() as bob:
+            for chat, token in ((alice, TOKEN), (bob, "other-token-fedcba9876543210")):
+                await chat.send(type="hello", token=token)
+                await chat.expect("ready")
+            tokens.write_text("bob other-token-fedcba9876543210\n")  # alice's token is revoked
+            gateway._on_reload()
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(alice.ws.recv(), 5)
+            assert alice.ws.close_code == 1008
+            text, _ = await bob.ask("still here")  # bob's token stays valid: so does his socket
+            assert "still here" in text
+    finally:
+        await gateway.close()
+
+
+async def test_frames_after_the_credential_expired_are_not_served(
+    start_gateway: StartGateway, jwt_env: dict[str, str]
+) -> None:
+    gw = await start_gateway(jwt_env, DEMO_FAST + "[auth]\njwt_leeway = 0\n")
+    async with gw.chat() as chat:
+        await chat.send(type="hello", token=signed(ttl=2))
+        await chat.expect("ready")
+        await chat.expect("auth.expiring")
+        assert (await chat.expect("error"))["code"] == "unauthorized"  # expired
+        with contextlib.suppress(ConnectionClosed):  # it may already be closing
+            await chat.send(type="message", id="late", content="after the expiry")
+        with pytest.raises(ConnectionClosed):
+            while True:
+                event = await asyncio.wait_for(chat.ws.recv(), 5)
+                assert b"reply.start" not in (event if isinstance(event, bytes) else event.encode()), event
+    assert await gw.gateway.store.ids(None, 10) == []  # type: ignore[union-attr]

@@ -402,3 +402,26 @@ async def test_redis_refusing_writes_leaves_each_instance_serving_alone(
         await start_reply(a, "and now?")
         assert (await b.expect("reply.start"))["content"] == "and now?"
         assert (await b.until_done())[0] == "shared again"
+
+
+async def test_ownership_holds_across_instances(
+    instances: Callable[..., Awaitable[list[Process]]], upstream: FakeUpstream
+) -> None:
+    first, second = await instances(2)
+    mine, theirs = "browser-one-0123456789", "browser-two-0123456789"
+    async with chat(first) as a, chat(second) as other_tab, chat(second) as stranger:
+        await a.send(type="hello", token=mine)
+        conv = (await a.expect("ready"))["conversation_id"]  # new, not stored: open through Redis
+        await stranger.send(type="hello", token=theirs, conversation_id=conv)
+        assert (await stranger.expect("error"))["code"] == "not_found"
+        await other_tab.send(type="hello", token=mine, conversation_id=conv)
+        assert (await other_tab.expect("ready"))["conversation_id"] == conv
+        upstream.enqueue(Script([openai_sse(["stored now"])]))
+        assert (await a.ask("hello"))[0] == "stored now"
+        assert (await other_tab.until_done())[0] == "stored now"
+        await stranger.send(type="hello", conversation_id=conv)
+        assert (await stranger.expect("error"))["code"] == "not_found"
+        await stranger.send(type="conversations")
+        assert (await stranger.expect("conversations"))["items"] == []
+        await other_tab.send(type="conversations")
+        assert [c["id"] for c in (await other_tab.expect("conversations"))["items"]] == [conv]

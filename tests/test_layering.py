@@ -32,6 +32,7 @@ PURE = (
     "gateway.stores",
     "gateway.stores.base",
     "gateway.stores.memory",
+    "gateway.stores.listing",
     "gateway.stores.sqlite_schema",
     "gateway.stores.postgres_schema",
     "gateway.outbox_queue",

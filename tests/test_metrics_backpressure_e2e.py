@@ -21,7 +21,10 @@ LABELS = {
     "protocol": {"json", "plain"},
     "reason": {"path", "origin", "unauthorized", "max_connections"},
     "finish_reason": {"stop", "length", "cancelled", "error"},
-    "op": {"open", "create", "get", "add", "append", "save", "delete", "history", "prune", "export", "close"},
+    "op": {
+        "open", "create", "get", "add", "append", "save", "delete", "history", "prune", "export", "close",
+        "conversations", "rename", "remove", "claim",
+    },
 }
 
 

@@ -1,6 +1,10 @@
 """The page signs in the way the gateway's auth mode asks, in a real browser (Chromium):
 a key of its own in `none` mode, a token typed once in `tokens` mode, a JWT from
-`token_url` (renewed on the open socket, or fetched anew after a 1008) in `jwt` mode."""
+`token_url` (renewed on the open socket, or fetched anew after a 1008) in `jwt` mode.
+Its conversation list comes from the gateway: it follows a person to another device (a
+fresh browser context signed in with the same token), searches on the gateway, sends
+renames and deletes, and still shows its cached copy (and filters it) while the
+gateway is away."""
 
 from __future__ import annotations
 
@@ -59,6 +63,7 @@ async def chat(page: Page, text: str) -> None:
     await page.get_by_test_id("composer").fill(text)
     await page.get_by_test_id("composer").press("Enter")
     reply = page.locator('[data-testid="messages"] [data-role="assistant"]').last
+    await expect(reply).to_have_attribute("data-state", "done")
     await expect(reply).to_contain_text("demo model")
 
 
@@ -157,3 +162,68 @@ async def test_jwt_mode_fetches_renews_and_resigns(
         assert [f["type"] for f in frames.sent].count("refresh") == 1
     assert service.calls == 2 and len(frames.sockets) == sockets_expected
     await w.assert_clean()
+
+
+# the conversation list
+
+
+async def sign_in(page: Page, url: str) -> None:
+    await page.goto(url)
+    await page.get_by_label("Access token").fill(TOKEN)
+    await page.get_by_label("Access token").press("Enter")
+    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "live")
+
+
+def titles(page: Page) -> object:
+    return page.get_by_test_id("conversation").locator(".conv-open")
+
+
+async def test_the_list_follows_the_person_searches_renames_and_deletes(
+    browser: Browser, start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    (tmp_path / "tokens").write_text(f"alice {TOKEN}\n")
+    gw = await start_gateway({"GATEWAY_AUTH_TOKENS_FILE": str(tmp_path / "tokens")}, DEMO)
+    laptop = await new_page(browser)
+    await sign_in(laptop.page, gw.http_url + "/")
+    await chat(laptop.page, "weekend plans")
+    await laptop.page.get_by_test_id("new-chat").click()
+    await chat(laptop.page, "tax forms")
+    await expect(titles(laptop.page)).to_have_text(["tax forms", "weekend plans"])
+
+    phone = await new_page(browser, viewport={"width": 1280, "height": 800})  # another device: nothing cached
+    page = phone.page
+    await sign_in(page, gw.http_url + "/")
+    await expect(titles(page)).to_have_text(["tax forms", "weekend plans"])  # from the gateway
+    search = page.get_by_role("searchbox", name="Search conversations")
+    await search.fill("WEEKEND")
+    await expect(titles(page)).to_have_text(["weekend plans"])  # the gateway searched
+    await search.fill("no such words")
+    await expect(page.get_by_test_id("sidebar")).to_contain_text("No conversation matches.")
+    await search.fill("")
+    await expect(titles(page)).to_have_text(["tax forms", "weekend plans"])
+
+    item = page.get_by_test_id("conversation").filter(has_text="weekend plans")
+    await item.hover()
+    await item.get_by_role("button", name="Rename “weekend plans”").click()
+    rename = page.get_by_role("textbox", name="Conversation name")
+    await rename.fill("Trip")
+    await rename.press("Enter")
+    await expect(titles(page)).to_have_text(["tax forms", "Trip"])
+    item = page.get_by_test_id("conversation").filter(has_text="tax forms")
+    await item.hover()
+    await item.get_by_role("button", name="Delete “tax forms”").click()
+    await expect(titles(page)).to_have_text(["Trip"])
+    await shot(page, "sidebar-from-the-gateway")
+
+    await laptop.page.reload()  # the laptop sees what the phone did
+    await expect(titles(laptop.page)).to_have_text(["Trip"])
+
+    await gw.gateway.close()  # the gateway goes away: the list stays, and filters what it has
+    await expect(page.get_by_test_id("status")).not_to_have_attribute("data-state", "live")
+    await expect(titles(page)).to_have_text(["Trip"])
+    await search.fill("tri")
+    await expect(titles(page)).to_have_text(["Trip"])
+    await search.fill("tax")
+    await expect(titles(page)).to_have_count(0)
+    for w in (laptop, phone):
+        assert w.page_errors == [] and w.dialogs == []

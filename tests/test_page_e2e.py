@@ -47,6 +47,16 @@ async def _open(browser: Browser, url: str, **options: Any) -> Watched:
     return w
 
 
+async def _tab(first: Watched, url: str) -> Watched:
+    """Another tab of ``first``'s browser (its storage, so its anonymous key), watched the same way."""
+    page = await first.context.new_page()
+    w = Watched(page, first.context)
+    page.on("pageerror", lambda exc: w.page_errors.append(str(exc)))
+    await page.goto(url)
+    await expect(page.get_by_test_id("send")).to_be_enabled()
+    return w
+
+
 async def _send(page: Page, text: str) -> None:
     await page.get_by_test_id("composer").fill(text)
     await page.get_by_test_id("composer").press("Enter")
@@ -493,7 +503,7 @@ async def test_second_tab_shows_the_message_and_reply_started_elsewhere(
     a = await _open(browser, gw.http_url + "/")
     await expect(a.page.get_by_test_id("status")).to_have_attribute("data-state", "live")
     conversation_id = a.page.url.rsplit("/", 1)[1]
-    b = await _open(browser, f"{gw.http_url}/#/c/{conversation_id}")
+    b = await _tab(a, f"{gw.http_url}/#/c/{conversation_id}")  # the same browser: the same key
     await _send(a.page, "Asked in tab A")
     await expect(_body(_assistant(a.page))).to_have_text("Shared reply")
     await expect(b.page.locator('[data-role="user"]')).to_have_text(["Asked in tab A"])

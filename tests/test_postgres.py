@@ -12,7 +12,7 @@ from pgserver import PASSWORD, PgBouncer, PgServer, free_port
 
 from gateway.stores import StoredMessage, StoreUnavailable, StoreUnusable
 from gateway.stores.postgres import PostgresStore
-from gateway.stores.postgres_schema import SCHEMA_VERSION
+from gateway.stores.postgres_schema import MIGRATIONS, SCHEMA_VERSION
 
 
 def tables(url: str) -> list[str]:
@@ -177,3 +177,26 @@ async def test_create_returns_the_row_a_concurrent_creator_commits(pg_url: str) 
         assert (conv.id, conv.title) == ("x", "theirs")
     finally:
         await store.close()
+
+
+async def test_migration_2_gives_old_conversations_the_anonymous_owner(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # a database of schema 1, by hand
+        conn.execute("CREATE TABLE gateway_schema (version integer NOT NULL)")
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO gateway_schema VALUES (1)")
+        conn.execute("INSERT INTO conversations VALUES ('c1', 'old', to_timestamp(100), to_timestamp(200))")
+        conn.execute(
+            "INSERT INTO messages (conversation_id, id, role, content, created_at, updated_at)"
+            " VALUES ('c1', 'u1', 'user', 'old question', to_timestamp(101), to_timestamp(101))"
+        )
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        conv = await store.get("c1")
+        assert conv is not None and (conv.owner, conv.title, conv.updated_at) == ("anonymous", "old", 200.0)
+        assert [c.id for c in (await store.conversations("anonymous", limit=5))[0]] == ["c1"]
+        assert [m.content for m in await store.history("c1", -1)] == ["old question"]
+    finally:
+        await store.close()
+    assert schema_version(pg_url) == SCHEMA_VERSION

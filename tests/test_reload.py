@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
+import pytest
 from conftest import Running, make_config
+from websockets.exceptions import ConnectionClosed
 
 from gateway.config import Config
 from gateway.errors import ConfigError
@@ -65,7 +68,10 @@ async def test_a_reload_swaps_the_runtime_everywhere_at_once(tmp_path: Path) -> 
             async with aiohttp.ClientSession() as http, http.get(gw.http_url + "/config.json") as resp:
                 assert (await resp.json())["model"] == "m-2"
             assert gateway.hub is not None and gateway.hub.budget.limit == 2 << 20
-            await chat.ask("still open?")  # an open connection keeps its principal
+            # Sign-in is on now: the anonymous connection may not stay (test_auth_e2e.py has more).
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(chat.ws.recv(), 5)
+            assert chat.ws.close_code == 1008
         async with gw.chat() as chat:  # a new one must now present a token
             await chat.send(type="hello", token="a-client-token-0123456789")
             assert (await chat.expect("ready"))["model"] == "m-2"

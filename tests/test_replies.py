@@ -80,7 +80,7 @@ async def test_a_reply_ends_whatever_fails_at_its_end(usage: Usage) -> None:
     store = MemoryStore(max_conversations=10, max_messages=100)
     registry = ReplyRegistry(terms(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop", usage=usage))), store)
     broken, other = Watcher(fail_at_end=True), Watcher()
-    await registry.watch("c1", other)  # another tab
+    await registry.watch("c1", other, "anonymous")  # another tab
     reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "hello"), broken, new=True))
     await asyncio.wait_for(reply.ended.wait(), 5)
     assert broken.ended == other.ended == 1 and other.text == "hi"
@@ -187,17 +187,18 @@ async def test_watchers_get_replies_started_in_their_conversation_only() -> None
     store = MemoryStore(max_conversations=10, max_messages=100)
     registry = ReplyRegistry(terms(Scripted(Chunk(text="hi"), Chunk(finish_reason="stop"))), store)
     tab, elsewhere, gone = Watcher(), Watcher(), Watcher()
-    await registry.watch("c1", tab)
-    await registry.watch("c2", elsewhere)
-    await registry.watch("c1", gone)
+    await registry.watch("c1", tab, "token:alice")
+    await registry.watch("c2", elsewhere, "token:bob")
+    await registry.watch("c1", gone, "token:alice")
     registry.unwatch("c1", gone)
-    assert await registry.watched("c1") and await registry.watched("c2") and not await registry.watched("c3")
+    assert (await registry.watched("c1"), await registry.watched("c2")) == ("token:alice", "token:bob")
+    assert await registry.watched("c3") is None
     reply = _reply(registry, await registry.start("c1", StoredMessage("u1", "user", "hello"), Watcher(), new=True))
     await asyncio.wait_for(reply.ended.wait(), 5)
     assert (tab.text, tab.ended) == ("hi", 1)
     assert (elsewhere.text, elsewhere.ended, gone.text, gone.ended) == ("", 0, "", 0)
     registry.unwatch("c2", elsewhere)
-    assert not await registry.watched("c2")
+    assert await registry.watched("c2") is None
     await registry.close()
 
 

@@ -437,6 +437,7 @@ async def test_export_shape(store: ConversationStore) -> None:
     doc = await store.export(conv.id)
     assert doc == {
         "id": conv.id,
+        "owner": "anonymous",
         "title": "what is 2+2?",
         "created_at": conv.created_at,
         "updated_at": got.updated_at,
@@ -877,3 +878,123 @@ async def test_copy_between_stores_is_complete_and_idempotent(store: Conversatio
     await source.save(changed, assistant("late", "written after the copy"))
     third = await copy(source, store, quiet.append)
     assert third.mismatched == [changed], "a difference is reported, never silently overwritten"
+
+
+# -- owners, and a subject's conversations ------------------------------------------
+
+
+async def test_a_conversation_has_the_owner_it_was_created_for(store: ConversationStore) -> None:
+    assert (await store.create()).owner == "anonymous"
+    mine = await store.create(owner="token:alice")
+    assert (await store.get(mine.id)) == mine and mine.owner == "token:alice"
+    assert (await store.create(mine.id, owner="token:mallory")).owner == "token:alice"  # never taken over
+    await store.append("c" * 32, user("u1"), create=True, history=1, owner="jwt:bob")
+    got = await store.get("c" * 32)
+    assert got is not None and got.owner == "jwt:bob"
+    doc = await store.export("c" * 32)
+    assert doc is not None and doc["owner"] == "jwt:bob"
+
+
+async def test_a_subject_lists_its_own_conversations_newest_first_in_pages(store: ConversationStore) -> None:
+    made = []
+    for i in range(7):
+        conv = await store.create(owner="token:alice")
+        await store.add(conv.id, user(f"u{i}", f"question number {i}"))
+        made.append(conv.id)
+        spin_past((await store.get(conv.id)).updated_at)  # type: ignore[union-attr]
+    await store.create(owner="token:mallory")
+    seen, after, pages = [], None, 0
+    while True:
+        page, after = await store.conversations("token:alice", limit=3, after=after)
+        seen += [c.id for c in page]
+        pages += 1
+        if after is None:
+            break
+    assert seen == made[::-1] and pages == 3
+    assert all(c.owner == "token:alice" for c in (await store.conversations("token:alice", limit=10))[0])
+    assert (await store.conversations("nobody", limit=10)) == ([], None)
+    # A conversation written to moves to the top.
+    await store.add(made[0], user("again", "once more"))
+    assert (await store.conversations("token:alice", limit=1))[0][0].id == made[0]
+
+
+async def test_ties_in_update_time_page_by_id(store: ConversationStore) -> None:
+    ids = sorted("%032x" % i for i in range(1, 6))
+    for cid in ids:
+        await store.restore(Conversation(cid, "t", 1000.0, 2000.0, "token:alice"), [user("u")])
+    seen, after = [], None
+    while True:
+        page, after = await store.conversations("token:alice", limit=2, after=after)
+        seen += [c.id for c in page]
+        if after is None:
+            break
+    assert seen == ids[::-1]
+
+
+async def test_search_finds_titles_and_message_text_of_the_subject_only(store: ConversationStore) -> None:
+    a = await store.create(owner="token:alice")
+    await store.add(a.id, user("u1", "Plans for the Weekend"))
+    await store.save(a.id, assistant("r1", "Try the 山 trail, 100% worth it_"))
+    b = await store.create(owner="token:alice")
+    await store.add(b.id, user("u1", "unrelated"))
+    other = await store.create(owner="token:mallory")
+    await store.add(other.id, user("u1", "weekend plans of someone else"))
+
+    async def found(query: str) -> list[str]:
+        return [c.id for c in (await store.conversations("token:alice", limit=10, query=query))[0]]
+
+    assert await found("weekend") == [a.id]  # the title, case-insensitive
+    assert await found("山 TRAIL") == [a.id]  # a reply's text
+    assert await found("100%") == [a.id] and await found("it_") == [a.id]  # LIKE's wildcards are literal
+    assert await found("1%0") == [] and await found("t_e") == []
+    assert await found("%") == [a.id]
+    assert await found("nothing like it") == []
+
+
+async def test_rename_and_remove(store: ConversationStore) -> None:
+    conv = await store.create(owner="token:alice")
+    await store.add(conv.id, user("u1", "first words"))
+    before = await store.get(conv.id)
+    assert before is not None
+    assert await store.rename(conv.id, "A better title") is True
+    after = await store.get(conv.id)
+    assert after is not None and after.title == "A better title" and after.updated_at == before.updated_at
+    await store.add(conv.id, user("u2", "more words"))  # the new title stays
+    assert (await store.get(conv.id)).title == "A better title"  # type: ignore[union-attr]
+    assert await store.rename("f" * 32, "x") is False
+    assert await store.remove(conv.id) is True
+    assert await store.get(conv.id) is None and await store.history(conv.id, -1) == []
+    assert message_rows(store, conv.id) in (0, None)
+    assert await store.remove(conv.id) is False
+    with pytest.raises(ConversationNotFound):
+        await store.save(conv.id, assistant("late", "a reply that ended after the delete"))
+
+
+@pytest.mark.parametrize("cursor", ["", "nonsense", "12~", "x~abc", "~abc"])
+async def test_a_cursor_the_store_did_not_make_is_refused(store: ConversationStore, cursor: str) -> None:
+    with pytest.raises(ValueError, match="not a cursor"):
+        await store.conversations("token:alice", limit=3, after=cursor)
+
+
+async def test_migration_4_gives_old_conversations_the_anonymous_owner(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    build_v1(path)
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        conv = await store.get("c1")
+        assert conv is not None and conv.owner == "anonymous"
+        assert [c.id for c in (await store.conversations("anonymous", limit=5))[0]] == ["c1"]
+    finally:
+        await store.close()
+
+
+async def test_claim_takes_over_only_an_anonymous_conversation(store: ConversationStore) -> None:
+    old = await store.create()  # as stored before owners existed
+    assert await store.claim(old.id, "anon:1234") is True
+    assert (await store.get(old.id)).owner == "anon:1234"  # type: ignore[union-attr]
+    assert await store.claim(old.id, "anon:5678") is False  # once: now it is someone's
+    owned = await store.create(owner="token:alice")
+    assert await store.claim(owned.id, "anon:1234") is False
+    assert (await store.get(owned.id)).owner == "token:alice"  # type: ignore[union-attr]
+    assert await store.claim("f" * 32, "anon:1234") is False

@@ -32,3 +32,6 @@ class OpenAccess:
             raise AuthRefused("bad anonymous key", f"an anonymous key is at most {MAX_KEY_CHARS} printable characters")
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
         return Principal(f"anon:{digest[:24]}", "anonymous", credential=fingerprint(key))
+
+    def admits(self, principal: Principal) -> bool:
+        return principal.subject == ANONYMOUS.subject or principal.subject.startswith("anon:")

@@ -39,6 +39,7 @@ class Principal:
     name: str = ""
     expires_at: float | None = None
     credential: str = ""
+    proof: str = ""  # tokens mode: the token's SHA-256, to tell after a reload whether it is still valid
 
 
 ANONYMOUS = Principal("anonymous", "anonymous")
@@ -76,6 +77,10 @@ class Authenticator(Protocol):
 
     async def authenticate(self, credentials: Credentials) -> Principal:
         """The principal ``credentials`` prove; AuthRefused if none."""
+
+    def admits(self, principal: Principal) -> bool:
+        """Whether a principal proved earlier (perhaps by another configuration, before a
+        reload) may stay connected: a removed token, another mode, may not."""
 
 
 def fingerprint(secret: str) -> str:

@@ -107,13 +107,19 @@ class JwksKeys:
 
     async def _fetch(self) -> dict[str | None, Key]:
         timeout = aiohttp.ClientTimeout(total=10)
-        async with self._session.get(self._url, timeout=timeout, headers={"Accept": "application/json"}) as resp:
+        # The shared session does not inflate (it bounds what upstreams send): ask for none.
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
+        async with self._session.get(self._url, timeout=timeout, headers=headers) as resp:
             if resp.status != 200:
                 raise ValueError(f"HTTP {resp.status}")
-            body = await resp.content.read(MAX_JWKS_BYTES + 1)
-        if len(body) > MAX_JWKS_BYTES:
-            raise ValueError("the JWKS document is larger than 1 MiB")
+            if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
+                raise ValueError("the JWKS document came compressed although identity was asked for")
+            body = bytearray()
+            async for chunk in resp.content.iter_chunked(65536):
+                body += chunk
+                if len(body) > MAX_JWKS_BYTES:
+                    raise ValueError("the JWKS document is larger than 1 MiB")
         try:
-            return keys_of(orjson.loads(body))
+            return keys_of(orjson.loads(bytes(body)))
         except orjson.JSONDecodeError:
             raise ValueError("the JWKS document is not JSON") from None

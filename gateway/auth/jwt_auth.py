@@ -77,6 +77,10 @@ class JwtAuthenticator:
         key = await self._keys.key_for(kid if isinstance(kid, str) else None, algorithm)
         return self._principal(self._claims(token, key, algorithm), token)
 
+    def admits(self, principal: Principal) -> bool:
+        """A JWT's own expiry still ends its socket; a new issuer or key set does not."""
+        return principal.subject.startswith("jwt:") and principal.expires_at is not None
+
     def _claims(self, token: str, key: Any, algorithm: str) -> dict[str, Any]:
         try:
             claims: dict[str, Any] = jwt.decode(

@@ -35,3 +35,6 @@ class ProxyAuthenticator:
         if not user or len(user) > MAX_USER_CHARS or not user.isprintable() or "{" in user:
             raise AuthRefused("bad user header", "the proxy's user header is not a user name")
         return Principal(f"user:{user}", user)
+
+    def admits(self, principal: Principal) -> bool:
+        return principal.subject.startswith("user:")

@@ -66,4 +66,8 @@ class TokenAuthenticator:
         name = next((n for known, n in self._tokens.items() if hmac.compare_digest(digest, known)), None)
         if name is None:
             raise AuthRefused("unknown token", "this token is not valid")
-        return Principal(f"token:{name}", name, credential=fingerprint(token))
+        return Principal(f"token:{name}", name, credential=fingerprint(token), proof=digest)
+
+    def admits(self, principal: Principal) -> bool:
+        name = self._tokens.get(principal.proof)
+        return name is not None and principal.subject == f"token:{name}"

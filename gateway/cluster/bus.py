@@ -38,12 +38,12 @@ class ClusterBus:
 
     # watching conversations
 
-    async def watch(self, conversation_id: str, subscriber: Subscriber) -> None:
-        await self.local.watch(conversation_id, subscriber)
+    async def watch(self, conversation_id: str, subscriber: Subscriber, owner: str) -> None:
+        await self.local.watch(conversation_id, subscriber, owner)
         try:
             await self.link.subscribe(names.conversation_channel(conversation_id))
             async with self.link.using() as redis:
-                await redis.set(names.open_key(conversation_id), 1, ex=OPEN_FOR)
+                await redis.set(names.open_key(conversation_id), owner, ex=OPEN_FOR)
         except LinkDown:
             pass
 
@@ -52,19 +52,23 @@ class ClusterBus:
         if not self.local.watchers(conversation_id):
             self.link.unsubscribe(names.conversation_channel(conversation_id))
 
-    async def watched(self, conversation_id: str) -> bool:
-        if await self.local.watched(conversation_id):
-            return True
+    async def watched(self, conversation_id: str) -> str | None:
+        owner = await self.local.watched(conversation_id)
+        if owner is not None:
+            return owner
         try:
             async with self.link.using() as redis:
-                return bool(await redis.exists(names.open_key(conversation_id)))
+                found = await redis.get(names.open_key(conversation_id))
         except LinkDown:
-            return False
+            return None
+        return found.decode() if isinstance(found, bytes) else found
 
     # starting, and what streams
 
-    async def start(self, conversation_id: str, message: StoredMessage, subscriber: Subscriber, *, new: bool) -> str:
-        return await self.local.start(conversation_id, message, subscriber, new=new)
+    async def start(
+        self, conversation_id: str, message: StoredMessage, subscriber: Subscriber, *, new: bool, owner: str
+    ) -> str:
+        return await self.local.start(conversation_id, message, subscriber, new=new, owner=owner)
 
     async def regenerate(self, conversation_id: str, request_id: str, subscriber: Subscriber) -> str:
         return await self.local.regenerate(conversation_id, request_id, subscriber)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from ..config import Config
 from .base import (
+    ANONYMOUS_OWNER,
     Conversation,
     ConversationNotFound,
     ConversationStore,
     OpenReport,
+    Page,
     StoredMessage,
     StoreFull,
     StoreUnavailable,
@@ -24,10 +26,12 @@ from .base import (
 )
 
 __all__ = [
+    "ANONYMOUS_OWNER",
     "Conversation",
     "ConversationNotFound",
     "ConversationStore",
     "OpenReport",
+    "Page",
     "StoreFull",
     "StoreUnavailable",
     "StoreUnusable",

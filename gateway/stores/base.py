@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 __all__ = [
+    "ANONYMOUS_OWNER",
     "Conversation",
     "ConversationNotFound",
     "ConversationStore",
     "OpenReport",
+    "Page",
     "StoreFull",
     "StoreUnavailable",
     "StoreUnusable",
@@ -73,12 +75,19 @@ class OpenReport:
     recovered: int = 0
 
 
+ANONYMOUS_OWNER = "anonymous"  # owns conversations stored before owners were (and keyless clients')
+
+
 @dataclass(frozen=True, slots=True)
 class Conversation:
     id: str
     title: str
     created_at: float
     updated_at: float
+    owner: str = ANONYMOUS_OWNER  # the subject whose conversation it is (docs/protocol.md)
+
+
+Page = tuple[list[Conversation], str | None]  # a page of a subject's conversations, and the cursor of the next
 
 
 class ConversationStore(Protocol):
@@ -90,9 +99,10 @@ class ConversationStore(Protocol):
         left streaming); called once. StoreUnusable if this code cannot use it. Tools that
         run beside a live gateway (export, prune) open with ``recover=False``."""
 
-    async def create(self, conversation_id: str | None = None) -> Conversation:
-        """A new, empty conversation with a new id; or the one with ``conversation_id``,
-        created if absent. StoreFull if the store may hold no more."""
+    async def create(self, conversation_id: str | None = None, *, owner: str = ANONYMOUS_OWNER) -> Conversation:
+        """A new, empty conversation of ``owner`` with a new id; or the one with
+        ``conversation_id``, created if absent (an existing one keeps its owner).
+        StoreFull if the store may hold no more."""
 
     async def get(self, conversation_id: str) -> Conversation | None: ...
 
@@ -101,12 +111,12 @@ class ConversationStore(Protocol):
         ConversationNotFound if the conversation does not exist."""
 
     async def append(
-        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = ANONYMOUS_OWNER
     ) -> list[StoredMessage] | None:
         """A user's message, in one step: :meth:`add` it (after creating the conversation
-        with this id, if ``create``), then return the last ``history`` messages (all if
-        negative), ``message`` included, oldest first. None (and nothing written) if its
-        id is taken. ConversationNotFound if the conversation does not exist."""
+        with this id for ``owner``, if ``create``), then return the last ``history``
+        messages (all if negative), ``message`` included, oldest first. None (and nothing
+        written) if its id is taken. ConversationNotFound if the conversation does not exist."""
 
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
         """Insert ``message``, or replace the one with the same id (checkpoints, final text).
@@ -127,6 +137,23 @@ class ConversationStore(Protocol):
         after the text read (UTF-8) passes ``max_bytes``: a caller paging by bytes then
         knows whether older messages exist without reading them all.
         """
+
+    async def conversations(self, owner: str, *, limit: int, after: str | None = None, query: str = "") -> Page:
+        """Up to ``limit`` of ``owner``'s conversations, most recently updated first, from
+        just after the cursor ``after`` (one this store returned); with ``query``, only
+        those whose title or any message contains it (case-insensitive for ASCII, at
+        least). Also the cursor of the next page, None if there is none. ValueError if
+        ``after`` is not a cursor of this store."""
+
+    async def rename(self, conversation_id: str, title: str) -> bool:
+        """Set the conversation's title (not its update time); False if there is none."""
+
+    async def remove(self, conversation_id: str) -> bool:
+        """Delete the conversation and its messages; False if there was none."""
+
+    async def claim(self, conversation_id: str, owner: str) -> bool:
+        """Make an :data:`ANONYMOUS_OWNER` conversation ``owner``'s; False (nothing changed)
+        if there is none, or it has another owner already."""
 
     async def prune(self, older_than: float) -> int:
         """Delete conversations idle for ``older_than`` seconds; return how many."""
@@ -173,6 +200,7 @@ def title_of(content: str) -> str:
 def export_document(conv: Conversation, messages: list[StoredMessage]) -> dict[str, Any]:
     return {
         "id": conv.id,
+        "owner": conv.owner,
         "title": conv.title,
         "created_at": conv.created_at,
         "updated_at": conv.updated_at,

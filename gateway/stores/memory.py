@@ -9,9 +9,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .base import (
+    ANONYMOUS_OWNER,
     Conversation,
     ConversationNotFound,
     OpenReport,
+    Page,
     StoredMessage,
     StoreFull,
     export_document,
@@ -19,6 +21,7 @@ from .base import (
     newest_within,
     title_of,
 )
+from .listing import page_cursor, parse_cursor
 
 __all__ = ["MemoryStore"]
 
@@ -41,13 +44,13 @@ class MemoryStore:
     async def open(self, *, recover: bool = True) -> OpenReport:
         return OpenReport()
 
-    async def create(self, conversation_id: str | None = None) -> Conversation:
+    async def create(self, conversation_id: str | None = None, *, owner: str = ANONYMOUS_OWNER) -> Conversation:
         if conversation_id is not None and conversation_id in self._entries:
             return self._entries[conversation_id].conversation
         if len(self._entries) >= self._max_conversations:
             raise StoreFull(f"{self._max_conversations} conversations")
         now = time.time()
-        conv = Conversation(conversation_id or new_id(), "", now, now)
+        conv = Conversation(conversation_id or new_id(), "", now, now, owner)
         self._entries[conv.id] = _Entry(conv, OrderedDict())
         return conv
 
@@ -63,10 +66,10 @@ class MemoryStore:
         return True
 
     async def append(
-        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = ANONYMOUS_OWNER
     ) -> list[StoredMessage] | None:
         if create:
-            await self.create(conversation_id)
+            await self.create(conversation_id, owner=owner)
         if not await self.add(conversation_id, message):
             return None
         return await self.history(conversation_id, history)
@@ -105,6 +108,42 @@ class MemoryStore:
             return []
         messages = messages[-limit:] if limit > 0 else messages
         return list(reversed(newest_within(reversed(messages), max_bytes)))
+
+    async def conversations(self, owner: str, *, limit: int, after: str | None = None, query: str = "") -> Page:
+        start = parse_cursor(after, float) if after is not None else None
+        needle = query.casefold()
+        found = sorted(
+            (e.conversation for e in self._entries.values() if e.conversation.owner == owner),
+            key=lambda c: (c.updated_at, c.id), reverse=True,
+        )
+        if start is not None:
+            found = [c for c in found if (c.updated_at, c.id) < start]
+        if needle:
+            found = [c for c in found if self._contains(c, needle)]
+        page = found[:limit]
+        more = len(found) > limit
+        return page, page_cursor(page[-1].updated_at, page[-1].id) if more and page else None
+
+    def _contains(self, conv: Conversation, needle: str) -> bool:
+        messages = self._entries[conv.id].messages.values()
+        return needle in conv.title.casefold() or any(needle in m.content.casefold() for m in messages)
+
+    async def rename(self, conversation_id: str, title: str) -> bool:
+        entry = self._entries.get(conversation_id)
+        if entry is None:
+            return False
+        entry.conversation = replace(entry.conversation, title=title)
+        return True
+
+    async def remove(self, conversation_id: str) -> bool:
+        return self._entries.pop(conversation_id, None) is not None
+
+    async def claim(self, conversation_id: str, owner: str) -> bool:
+        entry = self._entries.get(conversation_id)
+        if entry is None or entry.conversation.owner != ANONYMOUS_OWNER:
+            return False
+        entry.conversation = replace(entry.conversation, owner=owner)
+        return True
 
     async def prune(self, older_than: float) -> int:
         cutoff = time.time() - older_than

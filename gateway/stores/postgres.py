@@ -22,17 +22,21 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .base import (
+    ANONYMOUS_OWNER,
     Conversation,
     ConversationNotFound,
     OpenReport,
+    Page,
     StoredMessage,
     StoreUnavailable,
     StoreUnusable,
     export_document,
     new_id,
 )
+from .listing import page_cursor, parse_cursor
 from .postgres_schema import (
     APPEND,
+    CLAIM,
     CREATE,
     DELETE,
     GET,
@@ -43,11 +47,14 @@ from .postgres_schema import (
     PRUNE,
     END_STALE,
     RECOVER,
+    REMOVE,
+    RENAME,
     RESTORE_CONVERSATION,
     RESTORE_MESSAGE,
     SCHEMA_VERSION,
     UPSERT,
     StoreTooNew,
+    conversations_query,
     history_query,
     message_params,
     row_message,
@@ -128,9 +135,9 @@ class PostgresStore:
         if pool is not None:
             await pool.close()
 
-    async def create(self, conversation_id: str | None = None) -> Conversation:
+    async def create(self, conversation_id: str | None = None, *, owner: str = ANONYMOUS_OWNER) -> Conversation:
         async with self._connection() as conn:
-            cursor = await conn.execute(CREATE, {"id": conversation_id or new_id(), "now": time.time()})
+            cursor = await conn.execute(CREATE, {"id": conversation_id or new_id(), "now": time.time(), "owner": owner})
             row = await cursor.fetchone()
         assert row is not None
         return Conversation(*row)
@@ -144,7 +151,7 @@ class PostgresStore:
         return await self._write(INSERT, conversation_id, message)
 
     async def append(
-        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = ANONYMOUS_OWNER
     ) -> list[StoredMessage] | None:
         """One statement (two for a new conversation): the message added and its history read."""
         now = time.time()
@@ -153,7 +160,7 @@ class PostgresStore:
         try:
             async with self._connection() as conn:
                 if create:
-                    await conn.execute(CREATE, {"id": conversation_id, "now": now})
+                    await conn.execute(CREATE, {"id": conversation_id, "now": now, "owner": owner})
                 rows = await (await conn.execute(APPEND, params)).fetchall()
         except psycopg.errors.ForeignKeyViolation:  # the conversation was deleted meanwhile
             raise ConversationNotFound(conversation_id) from None
@@ -192,6 +199,26 @@ class PostgresStore:
             rows = await (await conn.execute(query, args)).fetchall()
         return [row_message(row) for row in reversed(rows)]
 
+    async def conversations(self, owner: str, *, limit: int, after: str | None = None, query: str = "") -> Page:
+        start = parse_cursor(after, int) if after is not None else None
+        statement, args = conversations_query(owner, limit + 1, (int(start[0]), start[1]) if start else None, query)
+        async with self._connection() as conn:
+            rows = await (await conn.execute(statement, args)).fetchall()
+        page = [Conversation(*row[:5]) for row in rows[:limit]]
+        return page, page_cursor(rows[limit - 1][5], rows[limit - 1][0]) if len(rows) > limit and page else None
+
+    async def rename(self, conversation_id: str, title: str) -> bool:
+        async with self._connection() as conn:
+            return (await conn.execute(RENAME, (title, conversation_id))).rowcount > 0
+
+    async def remove(self, conversation_id: str) -> bool:
+        async with self._connection() as conn:
+            return (await conn.execute(REMOVE, (conversation_id,))).rowcount > 0
+
+    async def claim(self, conversation_id: str, owner: str) -> bool:
+        async with self._connection() as conn:
+            return (await conn.execute(CLAIM, (owner, conversation_id))).rowcount > 0
+
     async def prune(self, older_than: float) -> int:
         """Delete conversations not updated for ``older_than`` seconds; return how many."""
         async with self._connection() as conn:
@@ -210,7 +237,7 @@ class PostgresStore:
         conv = conversation
         async with self._connection() as conn, conn.transaction():
             created = await (await conn.execute(
-                RESTORE_CONVERSATION, (conv.id, conv.title, conv.created_at, conv.updated_at)
+                RESTORE_CONVERSATION, (conv.id, conv.title, conv.created_at, conv.updated_at, conv.owner)
             )).fetchone()
             if created is None:
                 return False

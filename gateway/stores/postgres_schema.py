@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from .base import StoredMessage, StoreUnusable, title_of
+from .listing import like_pattern
 
 __all__ = [
+    "CLAIM",
     "CREATE",
     "DELETE",
     "GET",
@@ -24,11 +26,14 @@ __all__ = [
     "PRUNE",
     "END_STALE",
     "RECOVER",
+    "REMOVE",
+    "RENAME",
     "RESTORE_CONVERSATION",
     "RESTORE_MESSAGE",
     "SCHEMA_VERSION",
     "UPSERT",
     "StoreTooNew",
+    "conversations_query",
     "history_query",
     "message_params",
     "row_message",
@@ -67,25 +72,33 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX messages_by_conversation ON messages (conversation_id, pos)",
     ),
+    # 2: whose conversation it is (those from before belong to the anonymous owner), and
+    # a subject's conversations newest first.
+    (
+        "ALTER TABLE conversations ADD COLUMN owner text NOT NULL DEFAULT 'anonymous'",
+        "CREATE INDEX conversations_by_owner ON conversations (owner, updated_at DESC, id DESC)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = "id, role, content, extract(epoch FROM created_at)::float8, finish_reason, usage, model"
 
+_CONVERSATION = "id, title, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8, owner"
+
 # The conversation, created if absent. DO UPDATE (a no-op) rather than DO NOTHING: it waits
 # for a concurrent creator to commit and then returns that row, which a second SELECT in the
 # same statement could not see (its snapshot is older).
-CREATE = """
-INSERT INTO conversations (id, title, created_at, updated_at)
-VALUES (%(id)s, '', to_timestamp(%(now)s), to_timestamp(%(now)s))
+CREATE = f"""
+INSERT INTO conversations (id, title, created_at, updated_at, owner)
+VALUES (%(id)s, '', to_timestamp(%(now)s), to_timestamp(%(now)s), %(owner)s)
 ON CONFLICT (id) DO UPDATE SET id = excluded.id
-RETURNING id, title, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8
+RETURNING {_CONVERSATION}
 """
 
-GET = (
-    "SELECT id, title, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8"
-    " FROM conversations WHERE id = %s"
-)
+GET = f"SELECT {_CONVERSATION} FROM conversations WHERE id = %s"
+RENAME = "UPDATE conversations SET title = %s WHERE id = %s"
+REMOVE = "DELETE FROM conversations WHERE id = %s"
+CLAIM = "UPDATE conversations SET owner = %s WHERE id = %s AND owner = 'anonymous'"
 
 _NEW_ROW = """
     SELECT %(cid)s, %(id)s, %(role)s, %(content)s, to_timestamp(%(created_at)s), %(finish_reason)s,
@@ -151,7 +164,8 @@ SELECT EXISTS (SELECT 1 FROM touched), EXISTS (SELECT 1 FROM written)
 DELETE = "DELETE FROM messages WHERE conversation_id = %s AND id = %s"
 IDS = "SELECT id FROM conversations WHERE id > %s ORDER BY id LIMIT %s"
 RESTORE_CONVERSATION = """
-INSERT INTO conversations (id, title, created_at, updated_at) VALUES (%s, %s, to_timestamp(%s), to_timestamp(%s))
+INSERT INTO conversations (id, title, created_at, updated_at, owner)
+VALUES (%s, %s, to_timestamp(%s), to_timestamp(%s), %s)
 ON CONFLICT (id) DO NOTHING RETURNING 1
 """
 RESTORE_MESSAGE = f"{_INSERT_INTO} VALUES (%s, %s, %s, %s, to_timestamp(%s), %s, %s, %s, to_timestamp(%s))"
@@ -162,6 +176,29 @@ END_STALE = RECOVER + " AND created_at < to_timestamp(%s)"
 
 class StoreTooNew(StoreUnusable):
     """The database's schema is newer than this code."""
+
+
+def conversations_query(owner: str, limit: int, after: tuple[int, str] | None, query: str) -> tuple[str, dict[str, Any]]:
+    """``limit`` of ``owner``'s conversations, newest first, after the position ``after``
+    (microseconds since the epoch, exact, and an id), whose title or a message contains
+    ``query``. Each row: the conversation's columns, then its own position."""
+    args: dict[str, Any] = {"owner": owner, "limit": limit}
+    where = "owner = %(owner)s"
+    if after is not None:
+        where += " AND (updated_at, id) < ('epoch'::timestamptz + %(us)s * interval '1 microsecond', %(after_id)s)"
+        args |= {"us": after[0], "after_id": after[1]}
+    if query:
+        where += (
+            " AND (title ILIKE %(pattern)s ESCAPE '\\' OR EXISTS (SELECT 1 FROM messages m"
+            " WHERE m.conversation_id = c.id AND m.content ILIKE %(pattern)s ESCAPE '\\'))"
+        )
+        args["pattern"] = like_pattern(query)
+    position = "(extract(epoch FROM updated_at) * 1000000)::bigint"
+    return (
+        f"SELECT {_CONVERSATION}, {position} FROM conversations c WHERE {where}"
+        " ORDER BY updated_at DESC, id DESC LIMIT %(limit)s",
+        args,
+    )
 
 
 def history_query(

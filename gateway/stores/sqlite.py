@@ -21,22 +21,27 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .base import (
+    ANONYMOUS_OWNER,
     Conversation,
     ConversationNotFound,
     OpenReport,
+    Page,
     StoredMessage,
     export_document,
     new_id,
     newest_within,
     title_of,
 )
+from .listing import page_cursor, parse_cursor
 from .sqlite_batch import Batcher, Undo
 from .sqlite_schema import (
+    CONVERSATION_COLUMNS,
     INSERT_MESSAGE,
     MIGRATIONS,
     SCHEMA_VERSION,
     UPSERT_MESSAGE,
     StoreCorrupt,
+    conversations_query,
     end_interrupted,
     history_query,
     message_row,
@@ -102,14 +107,14 @@ class SQLiteStore:
         if conn is not None:
             conn.close()
 
-    async def create(self, conversation_id: str | None = None) -> Conversation:
-        return await self._run(self._create, conversation_id or new_id(), grouped=True)
+    async def create(self, conversation_id: str | None = None, *, owner: str = ANONYMOUS_OWNER) -> Conversation:
+        return await self._run(self._create, conversation_id or new_id(), owner, grouped=True)
 
-    def _create(self, conversation_id: str) -> Conversation:
+    def _create(self, conversation_id: str, owner: str) -> Conversation:
         now = time.time()
         self.conn.execute(
-            "INSERT OR IGNORE INTO conversations (id, title, created_at, updated_at) VALUES (?, '', ?, ?)",
-            (conversation_id, now, now),
+            "INSERT OR IGNORE INTO conversations (id, title, created_at, updated_at, owner) VALUES (?, '', ?, ?, ?)",
+            (conversation_id, now, now, owner),
         )
         conv = self._get(conversation_id)
         assert conv is not None
@@ -120,7 +125,7 @@ class SQLiteStore:
 
     def _get(self, conversation_id: str) -> Conversation | None:
         row = self.conn.execute(
-            "SELECT id, title, created_at, updated_at FROM conversations WHERE id = ?", (conversation_id,)
+            f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
         ).fetchone()
         return Conversation(*row) if row else None
 
@@ -128,13 +133,17 @@ class SQLiteStore:
         return await self._run(self._write, conversation_id, message, False, grouped=True)
 
     async def append(
-        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = ANONYMOUS_OWNER
     ) -> list[StoredMessage] | None:
-        return await self._run(self._append, conversation_id, message, create, history, grouped=True)
+        return await self._run(
+            self._append, conversation_id, message, owner if create else None, history, grouped=True
+        )
 
-    def _append(self, conversation_id: str, message: StoredMessage, create: bool, limit: int) -> list[StoredMessage]:
-        if create:
-            self._create(conversation_id)
+    def _append(
+        self, conversation_id: str, message: StoredMessage, create_for: str | None, limit: int
+    ) -> list[StoredMessage]:
+        if create_for is not None:
+            self._create(conversation_id, create_for)
         try:
             self._write(conversation_id, message, False)
         except Undo:
@@ -181,6 +190,31 @@ class SQLiteStore:
             return list(reversed(newest_within(map(row_message, cursor), max_bytes)))
         finally:
             cursor.close()
+
+    async def conversations(self, owner: str, *, limit: int, after: str | None = None, query: str = "") -> Page:
+        start = parse_cursor(after, float) if after is not None else None
+        rows = await self._run(lambda: self.conn.execute(*conversations_query(owner, limit + 1, start, query)).fetchall())
+        page = [Conversation(*row) for row in rows[:limit]]
+        return page, page_cursor(page[-1].updated_at, page[-1].id) if len(rows) > limit and page else None
+
+    async def rename(self, conversation_id: str, title: str) -> bool:
+        cursor = await self._run(
+            self.conn.execute, "UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id), grouped=True
+        )
+        return bool(cursor.rowcount)
+
+    async def remove(self, conversation_id: str) -> bool:
+        cursor = await self._run(
+            self.conn.execute, "DELETE FROM conversations WHERE id = ?", (conversation_id,), grouped=True
+        )
+        return bool(cursor.rowcount)
+
+    async def claim(self, conversation_id: str, owner: str) -> bool:
+        cursor = await self._run(
+            self.conn.execute, "UPDATE conversations SET owner = ? WHERE id = ? AND owner = ?",
+            (owner, conversation_id, ANONYMOUS_OWNER), grouped=True,
+        )
+        return bool(cursor.rowcount)
 
     async def prune(self, older_than: float) -> int:
         """Delete conversations not updated for ``older_than`` seconds; return how many."""

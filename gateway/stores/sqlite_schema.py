@@ -18,14 +18,17 @@ from typing import Any
 import orjson
 
 from .base import Conversation, StoredMessage, StoreUnusable
+from .listing import like_pattern
 
 __all__ = [
     "COLUMNS",
+    "CONVERSATION_COLUMNS",
     "INSERT_MESSAGE",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "UPSERT_MESSAGE",
     "StoreCorrupt",
+    "conversations_query",
     "end_interrupted",
     "history_query",
     "message_row",
@@ -65,6 +68,12 @@ MIGRATIONS: tuple[str, ...] = (
     # 3: the model that wrote an assistant message (NULL before this version).
     """
     ALTER TABLE messages ADD COLUMN model TEXT;
+    """,
+    # 4: whose conversation it is (those from before belong to the anonymous owner), and
+    # a subject's conversations newest first.
+    """
+    ALTER TABLE conversations ADD COLUMN owner TEXT NOT NULL DEFAULT 'anonymous';
+    CREATE INDEX conversations_by_owner ON conversations(owner, updated_at, id);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -120,8 +129,8 @@ def restore(conn: sqlite3.Connection, conv: Conversation, messages: list[StoredM
     conn.execute("BEGIN IMMEDIATE")
     try:
         created = conn.execute(
-            "INSERT OR IGNORE INTO conversations (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
-            (conv.id, conv.title, conv.created_at, conv.updated_at),
+            "INSERT OR IGNORE INTO conversations (id, title, created_at, updated_at, owner) VALUES (?, ?, ?, ?, ?)",
+            (conv.id, conv.title, conv.created_at, conv.updated_at, conv.owner),
         ).rowcount == 1
         if created:
             conn.executemany(INSERT_MESSAGE, [(conv.id, *message_row(m), conv.updated_at) for m in messages])
@@ -130,6 +139,26 @@ def restore(conn: sqlite3.Connection, conv: Conversation, messages: list[StoredM
         conn.execute("ROLLBACK")
         raise
     return created
+
+
+CONVERSATION_COLUMNS = "id, title, created_at, updated_at, owner"
+
+
+def conversations_query(owner: str, limit: int, after: tuple[float, str] | None, query: str) -> tuple[str, tuple[Any, ...]]:
+    """The query, and its arguments, for ``limit`` of ``owner``'s conversations, newest
+    first, after the position ``after``, whose title or a message contains ``query``."""
+    sql = f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE owner = ?"
+    args: tuple[Any, ...] = (owner,)
+    if after is not None:
+        sql += " AND (updated_at < ? OR (updated_at = ? AND id < ?))"
+        args += (after[0], after[0], after[1])
+    if query:
+        sql += (
+            " AND (title LIKE ? ESCAPE '\\' OR EXISTS"
+            " (SELECT 1 FROM messages m WHERE m.conversation_id = c.id AND m.content LIKE ? ESCAPE '\\'))"
+        )
+        args += (like_pattern(query), like_pattern(query))
+    return sql + " ORDER BY updated_at DESC, id DESC LIMIT ?", (*args, limit)
 
 
 def history_query(conversation_id: str, limit: int, before: str | None) -> tuple[str, tuple[Any, ...]]:

@@ -7,10 +7,11 @@
 import { Conversations, isConversationId, titleFrom } from "./conversations.js";
 import { icon } from "./icons.js";
 import { MarkdownView } from "./markdown.js";
-import { Credential } from "./signin.js";
+import { Credential, jwtExpiry } from "./signin.js";
 import { Socket } from "./socket.js";
 
 const APP_NAME = "LLM Gateway";
+const EMPTY_LIST = "Your conversations appear here.";
 const ANNOUNCE_MAX = 600;
 const OFFLINE_AFTER = 4; // consecutive failed connections before the status says offline
 const CONN_BANNER_AFTER = 2; // … and before a banner explains it
@@ -27,6 +28,8 @@ const ui = {
   newChat: $("new-chat"),
   convList: $("conversations"),
   convEmpty: $("conversations-empty"),
+  convSearch: $("conv-search"),
+  convMore: $("conv-more"),
   modelInfo: $("model-info"),
   who: $("who"),
   signin: $("signin"),
@@ -76,6 +79,13 @@ const S = {
   cred: null, // the Credential of the gateway's auth mode
   token: null, // what the next connection's first hello carries
   refusals: 0, // consecutive sign-ins the gateway refused
+  renewing: false, // a JWT is being fetched for a refresh
+  listedGen: 0, // the socket generation that has asked for the list
+  listNext: null, // the cursor of the list's next page
+  listMore: false, // the list asked for is a later page
+  search: "", // the sidebar's search
+  found: null, // the gateway's results for it (null: not yet)
+  searchTimer: 0,
   status: "",
   live: false, // a `ready` arrived on the current socket
   conv: null, // the conversation shown
@@ -544,10 +554,20 @@ function routeTarget() {
   return isConversationId(id) ? id : undefined;
 }
 
+/** The list shown: the search's results (the gateway's, or the cached titles' offline), or every conversation. */
+function shownConversations() {
+  if (!S.search) return convs.items;
+  if (S.found) return S.found.map((c) => ({ id: c.id, title: typeof c.title === "string" ? c.title : "" }));
+  const needle = S.search.toLowerCase();
+  return convs.items.filter((c) => c.title.toLowerCase().includes(needle));
+}
+
 function renderSidebar() {
   if (S.renaming) return;
-  const items = convs.items;
+  const items = shownConversations();
   ui.convEmpty.hidden = items.length > 0;
+  ui.convEmpty.textContent = S.search ? "No conversation matches." : EMPTY_LIST;
+  ui.convMore.hidden = !!S.search || !S.listNext;
   const nodes = items.map((c) => {
     const li = el("li", "conv");
     li.dataset.testid = "conversation";
@@ -565,7 +585,7 @@ function renderSidebar() {
       b.type = "button";
       b.dataset.action = action;
       b.setAttribute("aria-label", `${label} “${c.title || "Untitled conversation"}”`);
-      b.title = action === "delete" ? "Remove from this list" : label;
+      b.title = action === "delete" ? "Delete this conversation" : label;
       b.append(icon(name));
       actions.append(b);
     }
@@ -594,8 +614,10 @@ function startRename(li) {
     if (done) return;
     done = true;
     S.renaming = null;
-    if (save) convs.rename(id, input.value);
-    else renderSidebar();
+    if (save && input.value.trim() && input.value.trim() !== item.title) {
+      convs.rename(id, input.value);
+      sendPending();
+    } else renderSidebar();
     const again = ui.convList.querySelector(`[data-conversation-id="${CSS.escape(id)}"] .conv-open`);
     if (refocus && again) again.focus();
   };
@@ -617,13 +639,56 @@ function removeConversation(id) {
   const ids = convs.items.map((c) => c.id);
   const next = ids[ids.indexOf(id) + 1] || ids[ids.indexOf(id) - 1];
   const hadFocus = ui.convList.contains(document.activeElement);
-  convs.remove(id);
+  convs.remove(id, { sync: true });
+  sendPending();
   if (wasCurrent) open(null);
   if (hadFocus) {
     // Keep keyboard users in the list: focus the neighbour, or New chat.
     const link = next && ui.convList.querySelector(`[data-conversation-id="${CSS.escape(next)}"] .conv-open`);
     (link || ui.newChat).focus();
   }
+}
+
+/** Send the renames and deletes made here that the gateway has not had yet. */
+function sendPending() {
+  if (!S.socket || !S.live) return;
+  const { renames, deletes } = convs.pending;
+  for (const c of renames) S.socket.send({ type: "rename", id: `rename:${c.id}`, conversation_id: c.id, title: c.title });
+  for (const id of deletes) S.socket.send({ type: "delete", id: `delete:${id}`, conversation_id: id });
+}
+
+/** Ask the gateway for the list: its first page, a later one (``more``), or a search. */
+function listConversations({ more = false } = {}) {
+  if (!S.socket || !S.live) return;
+  const frame = { type: "conversations", limit: 50 };
+  if (S.search) frame.query = S.search;
+  else if (more && S.listNext) frame.before = S.listNext;
+  S.listMore = more && !S.search;
+  S.socket.send(frame);
+}
+
+function onConversations(m) {
+  const items = Array.isArray(m.items) ? m.items : [];
+  if (typeof m.query === "string" && m.query) {
+    if (m.query !== S.search) return; // an answer to an older search
+    S.found = items.filter((c) => c && isConversationId(c.id));
+    renderSidebar();
+    return;
+  }
+  S.listNext = typeof m.next === "string" ? m.next : null;
+  convs.fromGateway(items, { append: S.listMore });
+  ui.convMore.hidden = !S.listNext;
+}
+
+function onSearch() {
+  const query = ui.convSearch.value.split(/\s+/).filter(Boolean).join(" ");
+  clearTimeout(S.searchTimer);
+  S.searchTimer = setTimeout(() => {
+    S.search = query;
+    S.found = null;
+    if (query) listConversations();
+    renderSidebar();
+  }, 250);
 }
 
 function toggleSidebar(force) {
@@ -740,12 +805,20 @@ function askToken(error) {
   });
 }
 
-/** The credential expires soon: renew it on this socket (jwt), without a reconnect. */
-async function onExpiring() {
-  if (S.cred.mode !== "jwt") return;
+/** The credential expires soon: renew it on this socket (jwt), without a reconnect. A
+ * token that would not expire later is not sent: the socket then closes (1008) at the
+ * expiry, and the page signs in anew. */
+async function onExpiring(m) {
+  if (S.cred.mode !== "jwt" || S.renewing) return;
+  S.renewing = true;
   const gen = S.socket.gen;
-  const token = await S.cred.renew();
-  if (token && gen === S.socket.gen) S.socket.send({ type: "refresh", token });
+  try {
+    const token = await S.cred.renew();
+    const later = token && (!Number.isFinite(m.expires_at) || (jwtExpiry(token) || 0) > m.expires_at);
+    if (later && gen === S.socket.gen && S.socket.send({ type: "refresh", token })) S.token = token;
+  } finally {
+    S.renewing = false;
+  }
 }
 
 const HANDLERS = {
@@ -755,6 +828,9 @@ const HANDLERS = {
   "reply.done": onDone,
   error: onError,
   history: onHistory,
+  conversations: onConversations,
+  renamed: (m) => typeof m.conversation_id === "string" && convs.renamedOnGateway(m.conversation_id, m.title),
+  deleted: (m) => typeof m.conversation_id === "string" && convs.deletedOnGateway(m.conversation_id),
   "auth.expiring": onExpiring,
   "auth.refreshed": () => {},
   pong: () => {},
@@ -780,6 +856,11 @@ function onReady(m) {
   S.refusals = 0;
   S.socket.healthy();
   showWho(m);
+  if (S.listedGen !== S.socket.gen) {
+    S.listedGen = S.socket.gen; // once per connection: the list follows the person across devices
+    sendPending();
+    listConversations();
+  }
   S.conv = conv;
   S.target = conv;
   convs.setCurrent(conv);
@@ -1024,6 +1105,13 @@ function onError(m) {
     S.replies.get(m.reply_id).error = info;
     return;
   }
+  if (typeof m.id === "string" && /^(rename|delete):/.test(m.id)) {
+    // Not on the gateway (any more): nothing waits, and the list will say what there is.
+    const id = m.id.slice(m.id.indexOf(":") + 1);
+    if (m.id.startsWith("delete:")) convs.deletedOnGateway(id);
+    else convs.renamedOnGateway(id, (convs.get(id) || { title: "" }).title);
+    return;
+  }
   const p = typeof m.id === "string" ? S.pending.get(m.id) : undefined;
   if (p) {
     S.pending.delete(m.id);
@@ -1132,6 +1220,9 @@ ui.messages.addEventListener("click", async (ev) => {
     retry(entry);
   }
 });
+
+ui.convSearch.addEventListener("input", onSearch);
+ui.convMore.addEventListener("click", () => listConversations({ more: true }));
 
 ui.convList.addEventListener("click", (ev) => {
   const target = ev.target instanceof Element ? ev.target : null;

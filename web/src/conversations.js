@@ -1,9 +1,10 @@
-// The user's conversations, kept in this browser only (localStorage).
-// The gateway knows conversations by id; titles come from its `ready` frames and are
-// stored here so the list needs no connection. Rename and delete are local: delete
-// only forgets the id.
+// The user's conversations: the gateway's list (`conversations` frames) is the truth,
+// and a copy is kept in this browser (localStorage) so the list shows without a
+// connection. A rename or delete made offline waits here (`renamed`, `deleted`) until
+// the next connection sends it.
 
 const LIST_KEY = "gateway.conversations.v1";
+const DELETED_KEY = "gateway.deleted.v1";
 const CURRENT_KEY = "gateway.current.v1";
 const LEGACY_KEY = "gateway.conversation"; // the v1 page's single id
 const MAX_ITEMS = 200;
@@ -37,6 +38,7 @@ function write(key, value) {
 export class Conversations {
   constructor() {
     this.items = [];
+    this.deleted = new Set(); // ids deleted here, not yet on the gateway
     this.listeners = new Set();
     this.reload();
     const legacy = read(LEGACY_KEY);
@@ -60,6 +62,12 @@ export class Conversations {
       if (Array.isArray(parsed)) items = parsed;
     } catch {
       items = [];
+    }
+    try {
+      const gone = JSON.parse(read(DELETED_KEY) || "[]");
+      this.deleted = new Set(Array.isArray(gone) ? gone.filter(isConversationId) : []);
+    } catch {
+      this.deleted = new Set();
     }
     this.items = items
       .filter((c) => c && isConversationId(c.id))
@@ -92,7 +100,51 @@ export class Conversations {
     this.items.sort((a, b) => b.updated - a.updated);
     if (this.items.length > MAX_ITEMS) this.items.length = MAX_ITEMS;
     write(LIST_KEY, JSON.stringify(this.items));
+    write(DELETED_KEY, this.deleted.size ? JSON.stringify([...this.deleted]) : null);
     this.emit();
+  }
+
+  /**
+   * The gateway's list: its first page replaces the list (``append``: a later page
+   * extends it). The current conversation stays even if the gateway has not stored it
+   * yet; a rename made offline keeps its title until it is sent.
+   */
+  fromGateway(items, { append = false } = {}) {
+    const fresh = items
+      .filter((c) => c && isConversationId(c.id) && !this.deleted.has(c.id))
+      .map((c) => {
+        const mine = this.get(c.id);
+        const pending = mine && mine.renamed;
+        return {
+          id: c.id,
+          title: pending ? mine.title : typeof c.title === "string" ? c.title : "",
+          renamed: !!pending,
+          updated: Number.isFinite(c.updated_at) ? Math.round(c.updated_at * 1000) : 0,
+        };
+      });
+    const ids = new Set(fresh.map((c) => c.id));
+    const kept = this.items.filter((c) => !ids.has(c.id) && (append || c.id === this.current));
+    this.items = [...kept, ...fresh];
+    this.save();
+  }
+
+  /** The gateway took the new title: nothing waits any more. */
+  renamedOnGateway(id, title) {
+    const item = this.get(id);
+    if (!item) return;
+    item.title = title;
+    item.renamed = false;
+    this.save();
+  }
+
+  deletedOnGateway(id) {
+    this.deleted.delete(id);
+    this.save();
+  }
+
+  /** Renames and deletes made while offline, to send now. */
+  get pending() {
+    return { renames: this.items.filter((c) => c.renamed), deletes: [...this.deleted] };
   }
 
   get(id) {
@@ -124,8 +176,10 @@ export class Conversations {
     this.save();
   }
 
-  remove(id) {
+  /** Forget ``id``; ``sync``: the person deleted it here, so the gateway deletes it too. */
+  remove(id, { sync = false } = {}) {
     this.items = this.items.filter((c) => c.id !== id);
+    if (sync) this.deleted.add(id);
     if (this.current === id) this.setCurrent(null);
     this.save();
   }

@@ -26,7 +26,8 @@ function storage(kind) {
   }
 }
 
-function jwtExp(token) {
+/** A JWT's exp (epoch seconds), read without checking it (the gateway does), or null. */
+export function jwtExpiry(token) {
   try {
     const body = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
     const exp = JSON.parse(atob(body)).exp;
@@ -84,7 +85,7 @@ export class Credential {
   }
 
   async jwt() {
-    const exp = this.memory ? jwtExp(this.memory) : null;
+    const exp = this.memory ? jwtExpiry(this.memory) : null;
     if (this.memory && (exp === null || exp - Date.now() / 1000 > RENEW_MARGIN_S)) return this.memory;
     return this.renew();
   }

@@ -1,4 +1,4 @@
-"""The ``gateway`` command: ``serve``, ``check-config``, ``conversations``, ``--version``.
+"""The ``gateway`` command: ``serve``, ``check-config``, ``conversations``, ``usage``, ``--version``.
 
 Exit codes: 0 clean; 2 bad configuration or usage, or a start that needs a person
 first (a database newer than this code, a missing event loop): systemd does not
@@ -41,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     export = conv_sub.add_parser("export", help="print one conversation as JSON")
     export.add_argument("conversation_id", metavar="ID")
     _config_arg(export)
+    usage = sub.add_parser(
+        "usage", help="tokens used, per subject and model, from the ledger",
+        description="tokens used, per subject and model, from the ledger (one entry per reply; "
+        "'estimated' counts the replies whose provider reported no usage)",
+    )
+    usage.add_argument("--subject", metavar="SUBJECT", help="one subject only, e.g. token:alice (default: all)")
+    usage.add_argument("--since", default="7d", metavar="AGE", help="how far back: 24h, 7d, 30d (default 7d)")
+    _config_arg(usage)
     store = sub.add_parser("store", help="move conversations between stores", description="move conversations between stores")
     store_sub = store.add_subparsers(dest="action", metavar="ACTION", required=True)
     copy = store_sub.add_parser(
@@ -84,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     if args.command == "conversations":
         return _conversations(cfg, args)
+    if args.command == "usage":
+        from . import usage_report
+
+        return usage_report.run(cfg, args.subject, args.since)
     if args.command == "store":
         from .store_copy import run
 

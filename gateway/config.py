@@ -174,6 +174,16 @@ class LimitsConfig:
         "history messages sent upstream with each request (oldest dropped first)")
     context_max_chars: int = key(v.integer(100, 16 << 20), 48_000, None,
         "characters of history sent upstream (oldest dropped first)")
+    connections_per_subject: int = key(v.integer(0, 1_000_000), 0, "GATEWAY_CONNECTIONS_PER_SUBJECT",
+        "open connections of one subject (per instance); past it new ones are closed with 1013; 0: no limit")
+    messages_per_minute: int = key(v.integer(0, 1_000_000), 0, "GATEWAY_MESSAGES_PER_MINUTE",
+        "messages (and regenerates) of one subject per calendar minute; past it 'rate_limited'; 0: no limit")
+    replies_per_subject: int = key(v.integer(0, 1_000_000), 0, "GATEWAY_REPLIES_PER_SUBJECT",
+        "replies of one subject streaming at once (per instance); past it 'busy'; 0: no limit")
+    tokens_per_day: int = key(v.integer(0, 1 << 40), 0, "GATEWAY_TOKENS_PER_DAY",
+        "tokens (prompt and reply) one subject may use per UTC day; past it 'budget_exceeded'; 0: no budget")
+    global_tokens_per_day: int = key(v.integer(0, 1 << 40), 0, "GATEWAY_GLOBAL_TOKENS_PER_DAY",
+        "tokens all subjects together may use per UTC day: a cap that protects the API key; 0: no cap")
 
 
 @dataclass(frozen=True, slots=True)

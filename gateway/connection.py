@@ -50,6 +50,24 @@ class Hub:
         self.cut_off = 0  # connections closed for not reading, ever
         self.metrics.queued_bytes.set_function(lambda: self.budget.total)
         self.connections: set[Connection] = set()
+        self._per_subject: dict[str, int] = {}  # signed-in connections, by subject
+
+    def join(self, subject: str) -> bool:
+        """Count a connection of ``subject``; False (not counted) past ``connections_per_subject``."""
+        limit = self.runtime.config.limits.connections_per_subject
+        count = self._per_subject.get(subject, 0)
+        if limit and count >= limit:
+            self.metrics.limited.labels("connections").inc()
+            return False
+        self._per_subject[subject] = count + 1
+        return True
+
+    def leave(self, subject: str) -> None:
+        count = self._per_subject.get(subject, 0) - 1
+        if count > 0:
+            self._per_subject[subject] = count
+        else:
+            self._per_subject.pop(subject, None)
 
     async def watch(self, conn: Connection, conversation_id: str) -> None:
         """Make ``conn`` the watcher of ``conversation_id``, its subject's (and of nothing else)."""
@@ -119,17 +137,20 @@ class Connection:
         self.signed_out = False  # its credential expired or was revoked: nothing more it sends is read
         self._credential = CredentialTimers(self._credential_expiring, self._credential_expired)
         self._failed_refreshes = 0
+        self._joined: str | None = None  # the subject this connection counts for
 
     async def run(self) -> None:
         """Serve the socket until it closes; replies it watched go on without it."""
         try:
-            if self.principal is not None:
-                self._identify(self.principal)  # timed from here: a socket refused before never is
+            if self.principal is not None and not self._identify(self.principal):
+                return  # timed and counted from here: a socket refused before never is
             await self._read()
         except ConnectionClosed:
             pass
         finally:
             self._credential.cancel()
+            if self._joined is not None:
+                self.hub.leave(self._joined)
             if self._writer is not None:
                 self._writer.cancel()
             self.hub.unwatch(self)
@@ -160,13 +181,22 @@ class Connection:
             self.unsaved = None
         return reply_id
 
-    def _identify(self, principal: Principal) -> None:
+    def _identify(self, principal: Principal) -> bool:
         """The client is ``principal`` (again, after a refresh): its logs say so, and its
-        credential's expiry is timed."""
+        credential's expiry is timed. False, and the socket closing with 1013, if the
+        subject has as many connections as it may."""
+        if self._joined is None:
+            if not self.hub.join(principal.subject):
+                _log.info("connection_refused", reason="connections_per_subject", subject=principal.subject)
+                self.signed_out = True
+                self.close(CLOSE_OVERLOADED, "too many connections for this account; close one")
+                return False
+            self._joined = principal.subject
         self.principal = principal
         structlog.contextvars.bind_contextvars(subject=principal.subject, credential=principal.credential or None)
         auth = self.hub.runtime.config.auth
         self._credential.set(principal.expires_at, warn_before=auth.expiry_warning, leeway=auth.jwt_leeway)
+        return True
 
     def _credential_expiring(self, expires_at: float) -> None:
         """The credential expires soon (JSON mode tells the client, which may refresh it)."""

@@ -51,6 +51,7 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "too_large"
     BUSY = "busy"
     RATE_LIMITED = "rate_limited"
+    BUDGET_EXCEEDED = "budget_exceeded"
     UPSTREAM_ERROR = "upstream_error"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
@@ -81,12 +82,14 @@ class GatewayError(Exception):
         *,
         retryable: bool | None = None,
         retry_after: float | None = None,
+        resets_at: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retryable = code in _RETRYABLE if retryable is None else retryable
         self.retry_after = _bounded_delay(retry_after)
+        self.resets_at = resets_at  # budget_exceeded: when the budget starts again (epoch seconds)
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"

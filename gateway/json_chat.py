@@ -16,11 +16,10 @@ from . import conversation_list, wire
 from .auth import AuthRefused, Credentials, Principal, fingerprint
 from .connection import CLOSE_POLICY, Connection, Hub
 from .errors import ErrorCode, GatewayError, ProtocolError
-from .events import ReplyEnded, ReplyStarted, Streaming
+from .events import ReplyEnded, ReplyStarted
 from .intake import store_errors
 from .outbox import Close
-from .paging import page, read_bound, without
-from .runtime import Runtime
+from .ready import read_page, ready_frame
 from .stores import ANONYMOUS_OWNER, StoredMessage, new_id
 
 __all__ = ["JsonConnection"]
@@ -109,9 +108,11 @@ class JsonConnection(Connection):
         if authenticator.required and not isinstance(msg, wire.Hello):
             return await self._refuse("no hello", "send hello with a valid token first")
         try:
-            self._identify(await authenticator.authenticate(Credentials(token, self.peer)))
+            principal = await authenticator.authenticate(Credentials(token, self.peer))
         except AuthRefused as exc:
             return await self._refuse(exc.reason, str(exc), token)
+        if not self._identify(principal):
+            return False
         await self._answer(frame)
         return True
 
@@ -172,7 +173,7 @@ class JsonConnection(Connection):
                 conv = replace(conv, owner=subject)
             if conv is not None and conv.owner == subject:
                 conv_id, title = conv.id, conv.title
-                history, _, active = await _read_page(self.hub, conv_id, runtime.config.limits.history_limit)
+                history, _, active = await read_page(self.hub, conv_id, runtime.config.limits.history_limit)
             elif conversation_id and (conv is not None or await self.hub.bus.watched(conversation_id) != subject):
                 # Another subject's conversation is exactly as unknown as one that never was.
                 raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
@@ -181,7 +182,8 @@ class JsonConnection(Connection):
                 self.unsaved = conv_id
         await self.hub.watch(self, conv_id)
         assert self.principal is not None
-        self.outbox.put(_ready(self.session_id, conv_id, title, history, runtime, active, self.principal))
+        budget = await self.hub.registry.accounting.budget(subject, runtime.limits.quota)
+        self.outbox.put(ready_frame(self.session_id, conv_id, title, history, runtime, active, self.principal, budget))
 
     def _claims(self, owner: str) -> bool:
         """In ``none`` mode a browser's key takes over a conversation stored without an
@@ -203,7 +205,8 @@ class JsonConnection(Connection):
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first", ref=msg.id)
         with self._answering(msg.id):
-            await self.hub.bus.regenerate(self.conversation_id, msg.id, self)
+            assert self.principal is not None
+            await self.hub.bus.regenerate(self.conversation_id, msg.id, self, owner=self.principal.subject)
 
     @contextlib.contextmanager
     def _answering(self, ref: str) -> Iterator[None]:
@@ -233,7 +236,7 @@ class JsonConnection(Connection):
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first")
         with store_errors(self.conversation_id):
-            messages, has_more, _ = await _read_page(self.hub, self.conversation_id, msg.limit, msg.before)
+            messages, has_more, _ = await read_page(self.hub, self.conversation_id, msg.limit, msg.before)
         self.outbox.put(
             wire.encode(
                 "history",
@@ -258,41 +261,3 @@ class JsonConnection(Connection):
         self.outbox.put(
             wire.encode("reply.done", reply_id=event.reply_id, finish_reason=event.finish_reason, usage=usage)
         )
-
-
-async def _read_page(
-    hub: Hub, conversation_id: str, limit: int, before: str | None = None
-) -> tuple[list[StoredMessage], bool, Streaming | None]:
-    """A page of stored history (without the reply streaming now), whether older
-    messages exist, and that streaming reply."""
-    active = await hub.bus.streaming(conversation_id)
-    max_bytes = hub.runtime.config.limits.max_history_bytes
-    read = await hub.store.history(conversation_id, limit + 2, before, max_bytes=read_bound(max_bytes, active))
-    messages, has_more = page(without(read, active), limit, max_bytes)
-    return messages, has_more, active
-
-
-def _ready(
-    session_id: str,
-    conversation_id: str,
-    title: str,
-    history: list[StoredMessage],
-    runtime: Runtime,
-    active: Streaming | None,
-    principal: Principal,
-) -> bytes:
-    limits = runtime.config.limits
-    return wire.encode(
-        "ready",
-        session_id=session_id,
-        subject=principal.subject,
-        name=principal.name or None,
-        expires_at=principal.expires_at,
-        conversation_id=conversation_id,
-        title=title,
-        history=wire.history_items(history),
-        model=runtime.provider.model,
-        provider=runtime.provider.name,
-        limits={"max_message_bytes": limits.max_message_bytes, "max_content_chars": limits.max_content_chars},
-        streaming={"reply_id": active.reply_id, "seq": active.seq} if active else None,
-    )

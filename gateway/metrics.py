@@ -55,6 +55,13 @@ class Metrics:
         )
         self.auth_refreshes = Counter("gateway_auth_refreshes", "Credentials renewed by a refresh frame", registry=r)
         self.auth_expiries = Counter("gateway_auth_expired", "Sockets closed when their credential expired", registry=r)
+        self.limited = Counter(
+            "gateway_limited", "Requests refused by a per-subject limit or budget", ["limit"], registry=r
+        )
+        self.charged = Counter(
+            "gateway_charged_tokens", "Tokens charged to budgets, as reported by providers or estimated", ["how"],
+            registry=r,
+        )
         self.messages = Counter("gateway_messages", "User messages accepted", registry=r)
         self.replies = Counter("gateway_replies", "Replies ended", ["finish_reason"], registry=r)
         self.replies_in_flight = Gauge("gateway_replies_in_flight", "Replies streaming now", registry=r)
@@ -97,7 +104,7 @@ class TimedStore:
             op: metrics.store_latency.labels(op).observe
             for op in (
                 "open", "create", "get", "add", "append", "save", "delete", "history", "prune", "export", "close",
-                "conversations", "rename", "remove", "claim",
+                "conversations", "rename", "remove", "claim", "record_usage", "usage",
             )
         }
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -37,11 +37,13 @@ class Producer:
         shared_ticks: bool = False,
         save_retry_delays: Sequence[float] = (),
         save_deadline: float = 10.0,
+        settle: Callable[[Reply, Sequence[ChatMessage]], Awaitable[None]] | None = None,
     ) -> None:
         self.reply, self.store, self.messages = reply, store, messages
         self.save_retry_delays, self.save_deadline = save_retry_delays, save_deadline
         self.max_seconds, self.checkpoint_interval, self.on_end = max_seconds, checkpoint_interval, on_end
         self.shared_ticks = shared_ticks
+        self.settle = settle
         self._checkpointed_at = reply.started_at
         self._tick = 0  # the last shared tick used (a multiple of the interval on the loop's clock)
         self._timer: asyncio.TimerHandle | None = None
@@ -57,6 +59,11 @@ class Producer:
                 await self._save_final()
         except Exception:
             _log.exception("store_failed", conversation_id=reply.conversation_id, reply_id=reply.id)
+        try:
+            if self.settle is not None:
+                await self.settle(reply, self.messages)
+        except Exception as exc:  # the store or Redis away: the reservation stands, the ledger misses it
+            _log.warning("usage_not_recorded", reply_id=reply.id, error=str(exc) or type(exc).__name__)
         finally:
             self.on_end(reply)
 

@@ -19,6 +19,7 @@ import structlog
 
 from .errors import ErrorCode, GatewayError, ProtocolError
 from .events import Streaming, Subscriber
+from .accounting import Accounting
 from .intake import add_message, context_of, store_errors, take_back_reply
 from .metrics import Metrics
 from .producer import Producer
@@ -29,6 +30,7 @@ from .replystats import ReplyStats
 from .runtime import RegistryLimits
 from .sharing import Alone, Sharing
 from .slots import Slots
+from .tasks import TaskSet
 from .stores import ANONYMOUS_OWNER, ConversationStore, StoredMessage
 from .watchers import Watchers
 
@@ -70,7 +72,10 @@ class ReplyRegistry:
         self._replies = ReplyIndex()
         self._slots = Slots(self.metrics.replies_in_flight)
         self._watchers = Watchers()
+        self._per_owner: dict[str, int] = {}  # replies in flight, by the subject they are charged to
         self.sharing: Sharing = Alone()
+        self.accounting = Accounting(store, self.metrics)
+        self._refunds = TaskSet()  # tokens given back for replies that never started (Redis: a round trip)
 
     @property
     def in_flight(self) -> int:
@@ -139,9 +144,12 @@ class ReplyRegistry:
         conversation's watchers (other tabs); return its id. ``new``: the conversation
         is created first, with this id, for ``owner``."""
         terms = self._terms()
-        reply = self._reserve(conversation_id, message.id, terms)
+        reply = self._reserve(conversation_id, message.id, terms, owner)
         with self._preparing(reply):
             await self.sharing.claim(reply)
+            reply.charge = await self.accounting.admit(
+                owner, message.content, terms.limits.quota, terms.limits.reply_reserve
+            )
             history = await add_message(
                 self.store, conversation_id, message, new=new, owner=owner,
                 context_messages=terms.limits.context_max_messages,
@@ -149,32 +157,52 @@ class ReplyRegistry:
         self._launch(reply, context_of(history, terms.limits), subscriber, message.content, terms.limits)
         return reply.id
 
-    async def regenerate(self, conversation_id: str, request_id: str, subscriber: Subscriber) -> str:
+    async def regenerate(
+        self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str = ANONYMOUS_OWNER
+    ) -> str:
         """Replace the conversation's last reply with a new one for the same user message."""
         terms = self._terms()
-        reply = self._reserve(conversation_id, request_id, terms)
+        reply = self._reserve(conversation_id, request_id, terms, owner)
         with self._preparing(reply):
             await self.sharing.claim(reply)
+            reply.charge = await self.accounting.admit(owner, "", terms.limits.quota, terms.limits.reply_reserve)
             history, reply.replaces = await take_back_reply(
                 self.store, conversation_id, terms.limits.context_max_messages
             )
         self._launch(reply, context_of(history, terms.limits), subscriber, None, terms.limits)
         return reply.id
 
-    def _reserve(self, conversation_id: str, message_id: str, terms: ReplyTerms) -> Reply:
-        reply = Reply(conversation_id, message_id, terms.limits.max_reply_chars, terms.provider)
+    def _reserve(self, conversation_id: str, message_id: str, terms: ReplyTerms, owner: str) -> Reply:
+        limit = terms.limits.replies_per_subject
+        if limit and self._per_owner.get(owner, 0) >= limit:
+            self.metrics.limited.labels("replies").inc()
+            raise ProtocolError(ErrorCode.BUSY, f"{limit} of your replies are streaming; wait for one to end")
+        reply = Reply(conversation_id, message_id, terms.limits.max_reply_chars, terms.provider, owner)
         self._slots.take(reply, terms.limits.max_replies)
+        self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
         return reply
+
+    def _free(self, reply: Reply) -> None:
+        """Give back the reply's slot, and its place among its subject's."""
+        self._slots.free(reply)
+        left = self._per_owner.get(reply.owner, 0) - 1
+        if left > 0:
+            self._per_owner[reply.owner] = left
+        else:
+            self._per_owner.pop(reply.owner, None)
 
     @contextlib.contextmanager
     def _preparing(self, reply: Reply) -> Iterator[None]:
-        """Release the reserved slot if preparing the reply fails or is cancelled."""
+        """Release what was reserved (the slot, the conversation, the tokens) if preparing
+        the reply fails or is cancelled."""
         try:
             with store_errors(reply.conversation_id):
                 yield
         except BaseException:
-            self._slots.free(reply)
+            self._free(reply)
             self.sharing.release(reply)
+            if reply.charge is not None:
+                self._refunds.spawn(self.accounting.quota.settle(reply.charge, 0), f"refund-{reply.id}")
             raise
 
     def _launch(
@@ -193,13 +221,14 @@ class ReplyRegistry:
             reply, self.store, messages, max_seconds=limits.max_reply_seconds,
             checkpoint_interval=limits.checkpoint_interval, shared_ticks=limits.checkpoint_ticks, on_end=self._end,
             save_retry_delays=limits.save_retry_delays, save_deadline=limits.save_deadline,
+            settle=self.accounting.settle,
         )
         reply.task = asyncio.create_task(producer.run(), name=f"reply-{reply.id}")
 
     def _end(self, reply: Reply) -> None:
         """A reply's end, whatever failed before: release, expiry, followers told, counted.
         A failure to tell a follower or to count must not leave it unfinished."""
-        self._slots.free(reply)
+        self._free(reply)
         self._replies.ended(reply, self._terms().limits.resume_grace)
         subscribers = reply.close()
         try:
@@ -225,5 +254,6 @@ class ReplyRegistry:
     async def close(self) -> None:
         """Stop everything and forget every reply."""
         await self.drain(0)
+        await self._refunds.cancel()
         self._replies.clear()
 

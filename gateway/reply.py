@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from .errors import GatewayError
 from .events import ReplyDelta, ReplyEnded, ReplyStarted, Subscriber
 from .providers import Provider, Usage
+from .quota import Charge
 from .replylog import ReplyLog
 from .stores import StoredMessage, new_id
 
@@ -32,9 +33,13 @@ class Reply:
     """A reply's text, its end, and its followers. Its producer (:mod:`.producer`)
     writes it; the registry (:mod:`.replies`) owns it."""
 
-    def __init__(self, conversation_id: str, message_id: str, max_chars: int, provider: Provider) -> None:
+    def __init__(
+        self, conversation_id: str, message_id: str, max_chars: int, provider: Provider, owner: str = "anonymous"
+    ) -> None:
         self.id = new_id()
         self.conversation_id = conversation_id
+        self.owner = owner  # the subject it is charged to
+        self.charge: Charge | None = None  # the tokens reserved for it (budgets on)
         self.message_id = message_id
         self.provider = provider  # the one that produces it, whatever a reload changes
         self.log = ReplyLog(max_chars)

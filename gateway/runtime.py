@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .auth import Authenticator
 from .config import Config, ProviderConfig
 from .providers import Provider
+from .quota import QuotaLimits, reply_reserve
 
 __all__ = ["RegistryLimits", "Runtime"]
 
@@ -33,6 +34,9 @@ class RegistryLimits:
     # All replies checkpoint on the same ticks, so that their writes arrive together: for a
     # store that commits what arrives together at once (SQLite); others spread them out.
     checkpoint_ticks: bool = False
+    quota: QuotaLimits = QuotaLimits()  # per-subject messages per minute, token budgets
+    replies_per_subject: int = 0  # 0: no limit
+    reply_reserve: int = 1024  # tokens reserved for a reply before it starts (budgets on)
     save_retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)  # a reply's final save, store away
     save_deadline: float = 10.0  # ... all of its tries: a drain plus this fits systemd's stop timeout
 
@@ -57,6 +61,13 @@ class Runtime:
             system_prompt=config.provider.system_prompt,
             context_max_messages=config.limits.context_max_messages,
             context_max_chars=config.limits.context_max_chars,
+            quota=QuotaLimits(
+                messages_per_minute=config.limits.messages_per_minute,
+                tokens_per_day=config.limits.tokens_per_day,
+                global_tokens_per_day=config.limits.global_tokens_per_day,
+            ),
+            replies_per_subject=config.limits.replies_per_subject,
+            reply_reserve=reply_reserve(config.provider.params),
         )
         return cls(config, provider, authenticator, limits)
 

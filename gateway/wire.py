@@ -275,6 +275,7 @@ def encode_error(
         reply_id=reply_id,
         retry_after=exc.retry_after,
         retryable=exc.retryable,
+        resets_at=exc.resets_at,
     )
 
 

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from caddyserver import Caddy
 from conftest import TIMEOUT, Chat, Process, loopback_app
+from page_helpers import CHROMIUM, CHROMIUM_ARGS, missing_browser_reason
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -94,7 +95,7 @@ class Site:
 
 @pytest.fixture
 async def site(spawn: Spawn, tmp_path: Path, backends: tuple[Backends, int], request: pytest.FixtureRequest) -> AsyncIterator[Site]:
-    variant, extra = request.param
+    variant, extra, *serve_page = request.param
     _, port = backends
     caddy = Caddy(tmp_path)
     env = {"GATEWAY_ALLOWED_ORIGINS": caddy.origin, "GATEWAY_LOG_FORMAT": "json", "GATEWAY_AUTH_MODE": "proxy"}
@@ -103,7 +104,8 @@ async def site(spawn: Spawn, tmp_path: Path, backends: tuple[Backends, int], req
     caddy.env |= {k: request.getfixturevalue(v) if v == "password_hash" else v for k, v in extra.items()}
     try:
         ws = gateway.ws_url.removeprefix("ws://").removesuffix("/chat")
-        await asyncio.to_thread(caddy.start, ws, f"127.0.0.1:{port}")
+        http = gateway.http_url.removeprefix("http://").rstrip("/") if serve_page else f"127.0.0.1:{port}"
+        await asyncio.to_thread(caddy.start, ws, http)
         yield Site(caddy, gateway)
     finally:
         await asyncio.to_thread(caddy.stop)
@@ -153,3 +155,29 @@ async def test_without_an_auth_variant_a_client_sent_user_header_never_arrives(
     assert await site.refused(**{"Remote-User": "alice"}) == 401  # proxy mode: nobody vouched
     assert await site.get(**{"Remote-User": "alice"}) == 200
     assert "Remote-User" not in recorder.seen[0]
+
+
+@pytest.mark.parametrize("site", [(*BASICAUTH, "page")], indirect=True, ids=["basicauth-page"])
+async def test_the_page_signs_in_through_caddy(site: Site) -> None:
+    """The browser answers Caddy's password prompt; the page then chats as that user."""
+    reason = missing_browser_reason()
+    if reason:
+        pytest.skip(reason)
+    from playwright.async_api import async_playwright, expect
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context(
+                http_credentials={"username": "alice", "password": PASSWORD}, ignore_https_errors=True
+            )
+            page = await context.new_page()
+            await page.goto(site.caddy.origin + "/")
+            await expect(page.get_by_test_id("who")).to_have_text("Signed in as alice", timeout=TIMEOUT * 1000)
+            await expect(page.get_by_test_id("signin")).to_be_hidden()  # nothing to type on the page
+            await page.get_by_test_id("composer").fill("hello through the proxy")
+            await page.get_by_test_id("composer").press("Enter")
+            reply = page.locator('[data-testid="messages"] [data-role="assistant"]').last
+            await expect(reply).to_have_attribute("data-state", "done", timeout=TIMEOUT * 1000)
+        finally:
+            await browser.close()

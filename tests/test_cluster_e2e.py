@@ -425,3 +425,22 @@ async def test_ownership_holds_across_instances(
         assert (await stranger.expect("conversations"))["items"] == []
         await other_tab.send(type="conversations")
         assert [c["id"] for c in (await other_tab.expect("conversations"))["items"]] == [conv]
+
+
+async def test_a_budget_holds_across_instances(
+    instances: Callable[..., Awaitable[list[Process]]], upstream: FakeUpstream
+) -> None:
+    toml = "[provider]\nparams = { max_tokens = 10 }\n[limits]\ntokens_per_day = 30\nmessages_per_minute = 100\n"
+    first, second = await instances(2, toml)
+    key = "browser-one-0123456789"
+    upstream.enqueue(Script([openai_sse(["spent"], usage={"prompt_tokens": 15, "completion_tokens": 10})]))
+    async with chat(first) as a, chat(second) as b:
+        await a.send(type="hello", token=key)
+        assert (await a.expect("ready"))["budget"]["remaining"] == 30
+        assert (await a.ask("spend it here"))[0] == "spent"
+        await b.send(type="hello", token=key)
+        assert (await b.expect("ready"))["budget"]["remaining"] == 5  # counted in Redis: seen everywhere
+        await b.send(type="message", id="m2", content="and again there")
+        refused = await b.expect("error")
+        assert (refused["code"], refused["id"], refused["retryable"]) == ("budget_exceeded", "m2", False)
+    assert len(upstream.requests) == 1  # the refused message never reached the provider

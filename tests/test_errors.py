@@ -27,7 +27,7 @@ KEY = "sk-proj-Zq8vT3xLm2Nw9Rk4Yb7Hc1Jd6Fg5"
 R = "[redacted]"
 
 PROTOCOL_CODES = {
-    "bad_request", "unauthorized", "forbidden", "not_found", "too_large", "busy", "rate_limited",
+    "bad_request", "unauthorized", "forbidden", "not_found", "too_large", "busy", "rate_limited", "budget_exceeded",
     "upstream_error", "upstream_timeout", "upstream_unavailable", "resume_unavailable", "overloaded", "internal",
 }
 RETRYABLE = {"busy", "rate_limited", "upstream_timeout", "upstream_unavailable", "overloaded", "internal"}

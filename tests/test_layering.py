@@ -33,6 +33,7 @@ PURE = (
     "gateway.stores.base",
     "gateway.stores.memory",
     "gateway.stores.listing",
+    "gateway.quota",
     "gateway.stores.sqlite_schema",
     "gateway.stores.postgres_schema",
     "gateway.outbox_queue",

@@ -23,7 +23,7 @@ LABELS = {
     "finish_reason": {"stop", "length", "cancelled", "error"},
     "op": {
         "open", "create", "get", "add", "append", "save", "delete", "history", "prune", "export", "close",
-        "conversations", "rename", "remove", "claim",
+        "conversations", "rename", "remove", "claim", "record_usage", "usage",
     },
 }
 

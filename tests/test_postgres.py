@@ -38,7 +38,7 @@ async def test_gateways_starting_at_once_migrate_an_empty_database_once(pg_url: 
         assert await stores[3].get(conv.id) == conv
     finally:
         await asyncio.gather(*(s.close() for s in stores))
-    assert tables(pg_url) == ["conversations", "gateway_schema", "messages"]
+    assert tables(pg_url) == ["conversations", "gateway_schema", "messages", "usage"]
     assert schema_version(pg_url) == SCHEMA_VERSION
 
 

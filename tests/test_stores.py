@@ -24,7 +24,16 @@ import orjson
 import psycopg
 import pytest
 
-from gateway.stores import Conversation, ConversationNotFound, ConversationStore, OpenReport, StoredMessage, title_of
+from gateway.stores import (
+    Conversation,
+    ConversationNotFound,
+    ConversationStore,
+    OpenReport,
+    StoredMessage,
+    UsageEntry,
+    UsageTotal,
+    title_of,
+)
 from gateway.store_copy import copy
 from gateway.stores.memory import MemoryStore
 from gateway.stores.postgres import PostgresStore
@@ -998,3 +1007,29 @@ async def test_claim_takes_over_only_an_anonymous_conversation(store: Conversati
     assert await store.claim(owned.id, "anon:1234") is False
     assert (await store.get(owned.id)).owner == "token:alice"  # type: ignore[union-attr]
     assert await store.claim("f" * 32, "anon:1234") is False
+
+
+# -- the usage ledger -------------------------------------------------------------
+
+
+async def test_the_ledger_sums_per_subject_and_model_and_outlives_conversations(store: ConversationStore) -> None:
+    conv = await store.create(owner="token:alice")
+    entries = [
+        UsageEntry("token:alice", conv.id, "r1", "m-1", 10, 90, False, 1000.0),
+        UsageEntry("token:alice", conv.id, "r2", "m-1", 20, 5, True, 2000.0),
+        UsageEntry("token:alice", conv.id, "r3", "m-2", 1, 1, False, 3000.0),
+        UsageEntry("jwt:bob", "other", "r4", "m-1", 7, 8, False, 2500.0),
+    ]
+    for entry in entries:
+        await store.record_usage(entry)
+    await store.remove(conv.id)  # the ledger stays: it is what was spent
+    assert await store.usage(None, 0) == [
+        UsageTotal("jwt:bob", "m-1", 1, 7, 8, 0),
+        UsageTotal("token:alice", "m-1", 2, 30, 95, 1),
+        UsageTotal("token:alice", "m-2", 1, 1, 1, 0),
+    ]
+    assert await store.usage("token:alice", 1500.0) == [
+        UsageTotal("token:alice", "m-1", 1, 20, 5, 1),
+        UsageTotal("token:alice", "m-2", 1, 1, 1, 0),
+    ]
+    assert await store.usage("nobody", 0) == []

@@ -17,6 +17,7 @@ from ..tasks import TaskSet
 from .bus import ClusterBus
 from .lease import Lease
 from .link import Link, LinkDown
+from .quota import RedisQuota
 from .shipper import Shipper
 from .successor import Successor
 
@@ -55,6 +56,7 @@ class ClusterNode:
         self.lease = Lease(self.link, config.lease_timeout, metrics, owned_ttl=ttl, on_taken=self.successor.take)
         self.shipper = Shipper(self.link, ttl=ttl, grace=lambda: limits().resume_grace, token=lambda: self.lease.token)
         registry.sharing = self.shipper
+        registry.accounting.quota = RedisQuota(self.link)
         self.poll_every = min(5.0, max(0.5, config.lease_timeout / 5))
         self._tasks = TaskSet()
 

@@ -24,10 +24,13 @@ __all__ = [
     "StoreUnavailable",
     "StoreUnusable",
     "StoredMessage",
+    "UsageEntry",
+    "UsageTotal",
     "export_document",
     "new_id",
     "newest_within",
     "title_of",
+    "total_usage",
 ]
 
 Role = Literal["user", "assistant"]
@@ -85,6 +88,33 @@ class Conversation:
     created_at: float
     updated_at: float
     owner: str = ANONYMOUS_OWNER  # the subject whose conversation it is (docs/protocol.md)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEntry:
+    """One reply's line in the ledger: who, where, which model, how many tokens
+    (``estimated``: the provider reported none, so they were counted from the text)."""
+
+    subject: str
+    conversation_id: str
+    reply_id: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotal:
+    """The ledger summed per subject and model."""
+
+    subject: str
+    model: str
+    replies: int
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: int  # replies among them whose tokens were estimated
 
 
 Page = tuple[list[Conversation], str | None]  # a page of a subject's conversations, and the cursor of the next
@@ -155,6 +185,13 @@ class ConversationStore(Protocol):
         """Make an :data:`ANONYMOUS_OWNER` conversation ``owner``'s; False (nothing changed)
         if there is none, or it has another owner already."""
 
+    async def record_usage(self, entry: UsageEntry) -> None:
+        """Add ``entry`` to the ledger (it outlives the conversation)."""
+
+    async def usage(self, subject: str | None, since: float) -> list[UsageTotal]:
+        """The ledger since ``since`` (epoch seconds), summed per subject (all, or just
+        ``subject``) and model, by subject then model."""
+
     async def prune(self, older_than: float) -> int:
         """Delete conversations idle for ``older_than`` seconds; return how many."""
 
@@ -189,6 +226,18 @@ def newest_within(newest_first: Iterable[StoredMessage], max_bytes: int | None) 
         size += len(message.content.encode())
         past = max_bytes is not None and size > max_bytes
     return taken
+
+
+def total_usage(entries: Iterable[UsageEntry]) -> list[UsageTotal]:
+    """``entries`` summed per subject and model, in that order (the stores' SQL does the same)."""
+    sums: dict[tuple[str, str], list[int]] = {}
+    for e in entries:
+        row = sums.setdefault((e.subject, e.model), [0, 0, 0, 0])
+        row[0] += 1
+        row[1] += e.prompt_tokens
+        row[2] += e.completion_tokens
+        row[3] += e.estimated
+    return [UsageTotal(s, m, *row) for (s, m), row in sorted(sums.items())]
 
 
 def title_of(content: str) -> str:

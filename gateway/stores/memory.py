@@ -16,10 +16,13 @@ from .base import (
     Page,
     StoredMessage,
     StoreFull,
+    UsageEntry,
+    UsageTotal,
     export_document,
     new_id,
     newest_within,
     title_of,
+    total_usage,
 )
 from .listing import page_cursor, parse_cursor
 
@@ -40,6 +43,7 @@ class MemoryStore:
         self._max_conversations = max_conversations
         self._max_messages = max_messages
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._ledger: list[UsageEntry] = []  # bounded like the conversations: the oldest go first
 
     async def open(self, *, recover: bool = True) -> OpenReport:
         return OpenReport()
@@ -144,6 +148,14 @@ class MemoryStore:
             return False
         entry.conversation = replace(entry.conversation, owner=owner)
         return True
+
+    async def record_usage(self, entry: UsageEntry) -> None:
+        self._ledger.append(entry)
+        if len(self._ledger) > self._max_conversations * 10:
+            del self._ledger[: len(self._ledger) // 2]
+
+    async def usage(self, subject: str | None, since: float) -> list[UsageTotal]:
+        return total_usage(e for e in self._ledger if e.created_at >= since and subject in (None, e.subject))
 
     async def prune(self, older_than: float) -> int:
         cutoff = time.time() - older_than

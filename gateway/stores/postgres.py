@@ -30,6 +30,8 @@ from .base import (
     StoredMessage,
     StoreUnavailable,
     StoreUnusable,
+    UsageEntry,
+    UsageTotal,
     export_document,
     new_id,
 )
@@ -46,6 +48,7 @@ from .postgres_schema import (
     MIGRATIONS,
     PRUNE,
     END_STALE,
+    RECORD_USAGE,
     RECOVER,
     REMOVE,
     RENAME,
@@ -53,6 +56,7 @@ from .postgres_schema import (
     RESTORE_MESSAGE,
     SCHEMA_VERSION,
     UPSERT,
+    USAGE,
     StoreTooNew,
     conversations_query,
     history_query,
@@ -218,6 +222,19 @@ class PostgresStore:
     async def claim(self, conversation_id: str, owner: str) -> bool:
         async with self._connection() as conn:
             return (await conn.execute(CLAIM, (owner, conversation_id))).rowcount > 0
+
+    async def record_usage(self, entry: UsageEntry) -> None:
+        e = entry
+        async with self._connection() as conn:
+            await conn.execute(RECORD_USAGE, (
+                e.subject, e.conversation_id, e.reply_id, e.model, e.prompt_tokens, e.completion_tokens,
+                e.estimated, e.created_at,
+            ))
+
+    async def usage(self, subject: str | None, since: float) -> list[UsageTotal]:
+        async with self._connection() as conn:
+            rows = await (await conn.execute(USAGE, {"since": since, "subject": subject})).fetchall()
+        return [UsageTotal(*row) for row in rows]
 
     async def prune(self, older_than: float) -> int:
         """Delete conversations not updated for ``older_than`` seconds; return how many."""

@@ -25,6 +25,7 @@ __all__ = [
     "MIGRATIONS",
     "PRUNE",
     "END_STALE",
+    "RECORD_USAGE",
     "RECOVER",
     "REMOVE",
     "RENAME",
@@ -32,6 +33,7 @@ __all__ = [
     "RESTORE_MESSAGE",
     "SCHEMA_VERSION",
     "UPSERT",
+    "USAGE",
     "StoreTooNew",
     "conversations_query",
     "history_query",
@@ -78,7 +80,36 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE conversations ADD COLUMN owner text NOT NULL DEFAULT 'anonymous'",
         "CREATE INDEX conversations_by_owner ON conversations (owner, updated_at DESC, id DESC)",
     ),
+    # 3: the usage ledger: one row per reply, kept when its conversation is deleted.
+    (
+        """
+        CREATE TABLE usage (
+            pos bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            subject text NOT NULL,
+            conversation_id text NOT NULL,
+            reply_id text NOT NULL,
+            model text NOT NULL,
+            prompt_tokens integer NOT NULL,
+            completion_tokens integer NOT NULL,
+            estimated boolean NOT NULL,
+            created_at timestamptz NOT NULL
+        )
+        """,
+        "CREATE INDEX usage_by_time ON usage (created_at)",
+        "CREATE INDEX usage_by_subject ON usage (subject, created_at)",
+    ),
 )
+
+RECORD_USAGE = """
+INSERT INTO usage (subject, conversation_id, reply_id, model, prompt_tokens, completion_tokens, estimated, created_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, to_timestamp(%s))
+"""
+USAGE = """
+SELECT subject, model, count(*), sum(prompt_tokens)::bigint, sum(completion_tokens)::bigint,
+       count(*) FILTER (WHERE estimated)
+FROM usage WHERE created_at >= to_timestamp(%(since)s) AND (%(subject)s::text IS NULL OR subject = %(subject)s)
+GROUP BY subject, model ORDER BY subject, model
+"""
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = "id, role, content, extract(epoch FROM created_at)::float8, finish_reason, usage, model"

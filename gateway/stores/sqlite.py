@@ -27,6 +27,8 @@ from .base import (
     OpenReport,
     Page,
     StoredMessage,
+    UsageEntry,
+    UsageTotal,
     export_document,
     new_id,
     newest_within,
@@ -38,8 +40,10 @@ from .sqlite_schema import (
     CONVERSATION_COLUMNS,
     INSERT_MESSAGE,
     MIGRATIONS,
+    RECORD_USAGE,
     SCHEMA_VERSION,
     UPSERT_MESSAGE,
+    USAGE,
     StoreCorrupt,
     conversations_query,
     end_interrupted,
@@ -215,6 +219,19 @@ class SQLiteStore:
             (owner, conversation_id, ANONYMOUS_OWNER), grouped=True,
         )
         return bool(cursor.rowcount)
+
+    async def record_usage(self, entry: UsageEntry) -> None:
+        e = entry
+        await self._run(
+            self.conn.execute, RECORD_USAGE,
+            (e.subject, e.conversation_id, e.reply_id, e.model, e.prompt_tokens, e.completion_tokens,
+             int(e.estimated), e.created_at),
+            grouped=True,
+        )
+
+    async def usage(self, subject: str | None, since: float) -> list[UsageTotal]:
+        rows = await self._run(lambda: self.conn.execute(USAGE, (since, subject, subject)).fetchall())
+        return [UsageTotal(*row) for row in rows]
 
     async def prune(self, older_than: float) -> int:
         """Delete conversations not updated for ``older_than`` seconds; return how many."""

@@ -25,8 +25,10 @@ __all__ = [
     "CONVERSATION_COLUMNS",
     "INSERT_MESSAGE",
     "MIGRATIONS",
+    "RECORD_USAGE",
     "SCHEMA_VERSION",
     "UPSERT_MESSAGE",
+    "USAGE",
     "StoreCorrupt",
     "conversations_query",
     "end_interrupted",
@@ -75,6 +77,31 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE conversations ADD COLUMN owner TEXT NOT NULL DEFAULT 'anonymous';
     CREATE INDEX conversations_by_owner ON conversations(owner, updated_at, id);
     """,
+    # 5: the usage ledger: one row per reply, kept when its conversation is deleted.
+    """
+    CREATE TABLE usage (
+        pos INTEGER PRIMARY KEY AUTOINCREMENT,
+        subject TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        reply_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        estimated INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX usage_by_time ON usage(created_at);
+    CREATE INDEX usage_by_subject ON usage(subject, created_at);
+    """,
+)
+
+RECORD_USAGE = (
+    "INSERT INTO usage (subject, conversation_id, reply_id, model, prompt_tokens, completion_tokens, estimated,"
+    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+USAGE = (
+    "SELECT subject, model, count(*), sum(prompt_tokens), sum(completion_tokens), sum(estimated) FROM usage"
+    " WHERE created_at >= ? AND (? IS NULL OR subject = ?) GROUP BY subject, model ORDER BY subject, model"
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,67 @@
+"""What answers a ``hello``: a page of the conversation's history (without the reply
+streaming now) and the ``ready`` frame."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import wire
+from .auth import Principal
+from .connection import Hub
+from .events import Streaming
+from .paging import page, read_bound, without
+from .runtime import Runtime
+from .stores import StoredMessage
+
+__all__ = ["read_page", "ready_frame"]
+
+# The per-subject limits ``ready`` shows when they are on.
+PER_SUBJECT = (
+    "connections_per_subject", "messages_per_minute", "replies_per_subject", "tokens_per_day",
+    "global_tokens_per_day",
+)
+
+
+async def read_page(
+    hub: Hub, conversation_id: str, limit: int, before: str | None = None
+) -> tuple[list[StoredMessage], bool, Streaming | None]:
+    """A page of stored history (without the reply streaming now), whether older
+    messages exist, and that streaming reply."""
+    active = await hub.bus.streaming(conversation_id)
+    max_bytes = hub.runtime.config.limits.max_history_bytes
+    read = await hub.store.history(conversation_id, limit + 2, before, max_bytes=read_bound(max_bytes, active))
+    messages, has_more = page(without(read, active), limit, max_bytes)
+    return messages, has_more, active
+
+
+def ready_frame(
+    session_id: str,
+    conversation_id: str,
+    title: str,
+    history: list[StoredMessage],
+    runtime: Runtime,
+    active: Streaming | None,
+    principal: Principal,
+    budget: dict[str, Any] | None,
+) -> bytes:
+    """``ready``: the conversation now open, who the client is, and what it may do."""
+    limits = runtime.config.limits
+    shown = {
+        "max_message_bytes": limits.max_message_bytes, "max_content_chars": limits.max_content_chars,
+        **{name: getattr(limits, name) for name in PER_SUBJECT if getattr(limits, name)},
+    }
+    return wire.encode(
+        "ready",
+        session_id=session_id,
+        subject=principal.subject,
+        name=principal.name or None,
+        expires_at=principal.expires_at,
+        conversation_id=conversation_id,
+        title=title,
+        history=wire.history_items(history),
+        model=runtime.provider.model,
+        provider=runtime.provider.name,
+        limits=shown,
+        budget=budget,
+        streaming={"reply_id": active.reply_id, "seq": active.seq} if active else None,
+    )

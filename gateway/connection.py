@@ -32,6 +32,7 @@ CLOSE_POLICY = 1008
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_OVERLOADED = 1013
 CLOSE_TIMEOUT = 10.0
+CONNECTION_LAPSE = 90.0  # seconds a connection's count outlives its process (a cluster renews it meanwhile)
 
 _log: Any = structlog.get_logger("gateway.connection")
 
@@ -50,24 +51,22 @@ class Hub:
         self.cut_off = 0  # connections closed for not reading, ever
         self.metrics.queued_bytes.set_function(lambda: self.budget.total)
         self.connections: set[Connection] = set()
-        self._per_subject: dict[str, int] = {}  # signed-in connections, by subject
 
-    def join(self, subject: str) -> bool:
-        """Count a connection of ``subject``; False (not counted) past ``connections_per_subject``."""
+    async def join(self, conn: Connection, subject: str) -> bool:
+        """Count ``conn`` among ``subject``'s connections (on every instance, in a cluster);
+        False, not counted, past ``connections_per_subject``."""
         limit = self.runtime.config.limits.connections_per_subject
-        count = self._per_subject.get(subject, 0)
-        if limit and count >= limit:
-            self.metrics.limited.labels("connections").inc()
-            return False
-        self._per_subject[subject] = count + 1
-        return True
+        if not limit:
+            return True
+        if await self.registry.accounting.quota.hold("connections", subject, conn.session_id, limit, CONNECTION_LAPSE):
+            conn.counted = True
+            return True
+        self.metrics.limited.labels("connections").inc()
+        return False
 
-    def leave(self, subject: str) -> None:
-        count = self._per_subject.get(subject, 0) - 1
-        if count > 0:
-            self._per_subject[subject] = count
-        else:
-            self._per_subject.pop(subject, None)
+    async def leave(self, conn: Connection, subject: str) -> None:
+        if conn.counted:
+            await self.registry.accounting.quota.release("connections", subject, conn.session_id)
 
     async def watch(self, conn: Connection, conversation_id: str) -> None:
         """Make ``conn`` the watcher of ``conversation_id``, its subject's (and of nothing else)."""
@@ -84,6 +83,16 @@ class Hub:
         for conn in revoked:
             conn.sign_out("sign-in changed; sign in again")
         return len(revoked)
+
+    def taken_over(self, conversation_id: str, owner: str) -> None:
+        """The conversation passed to ``owner`` (it had none, or a keyless one): this
+        instance's connections of other subjects that have it open lose it (their next
+        request about it is refused), and it is ``owner``'s from now on."""
+        for conn in list(self.connections):
+            if conn.conversation_id == conversation_id and conn.principal and conn.principal.subject != owner:
+                self.unwatch(conn)
+                conn.conversation_id = None
+        self.registry.owned(conversation_id, owner)
 
     def unwatch(self, conn: Connection) -> None:
         """``conn`` watches nothing any more (it still knows its last conversation)."""
@@ -138,11 +147,12 @@ class Connection:
         self._credential = CredentialTimers(self._credential_expiring, self._credential_expired)
         self._failed_refreshes = 0
         self._joined: str | None = None  # the subject this connection counts for
+        self.counted = False  # held among its subject's connections (connections_per_subject on)
 
     async def run(self) -> None:
         """Serve the socket until it closes; replies it watched go on without it."""
         try:
-            if self.principal is not None and not self._identify(self.principal):
+            if self.principal is not None and not await self._identify(self.principal):
                 return  # timed and counted from here: a socket refused before never is
             await self._read()
         except ConnectionClosed:
@@ -150,7 +160,7 @@ class Connection:
         finally:
             self._credential.cancel()
             if self._joined is not None:
-                self.hub.leave(self._joined)
+                await self.hub.leave(self, self._joined)
             if self._writer is not None:
                 self._writer.cancel()
             self.hub.unwatch(self)
@@ -181,12 +191,12 @@ class Connection:
             self.unsaved = None
         return reply_id
 
-    def _identify(self, principal: Principal) -> bool:
+    async def _identify(self, principal: Principal) -> bool:
         """The client is ``principal`` (again, after a refresh): its logs say so, and its
         credential's expiry is timed. False, and the socket closing with 1013, if the
         subject has as many connections as it may."""
         if self._joined is None:
-            if not self.hub.join(principal.subject):
+            if not await self.hub.join(self, principal.subject):
                 _log.info("connection_refused", reason="connections_per_subject", subject=principal.subject)
                 self.signed_out = True
                 self.close(CLOSE_OVERLOADED, "too many connections for this account; close one")

@@ -5,6 +5,7 @@ as unknown as one that never existed: ``not_found`` either way."""
 from __future__ import annotations
 
 from . import wire
+from .auth import ANONYMOUS
 from .bus import ReplyBus
 from .errors import ErrorCode, ProtocolError
 from .intake import store_errors
@@ -14,7 +15,11 @@ __all__ = ["delete", "page", "rename"]
 
 
 async def page(store: ConversationStore, subject: str, msg: wire.Conversations) -> bytes:
-    """The ``conversations`` answer: a page of the subject's conversations, and the next cursor."""
+    """The ``conversations`` answer: a page of the subject's conversations, and the next
+    cursor. Keyless clients (``anonymous``, in ``none`` mode) share one subject, so they
+    have no list: each of their conversations is reached by its id alone."""
+    if subject == ANONYMOUS.subject:
+        return wire.encode("conversations", items=[], query=msg.query or None)
     with store_errors(""):
         try:
             found, after = await store.conversations(subject, limit=msg.limit, after=msg.before, query=msg.query)
@@ -26,8 +31,7 @@ async def page(store: ConversationStore, subject: str, msg: wire.Conversations) 
 
 async def rename(store: ConversationStore, subject: str, msg: wire.Rename) -> bytes:
     with store_errors(msg.conversation_id):
-        await _own(store, subject, msg.conversation_id)
-        if not await store.rename(msg.conversation_id, msg.title):
+        if not await store.rename(msg.conversation_id, msg.title, owner=subject):
             raise _not_found()
     return wire.encode("renamed", conversation_id=msg.conversation_id, title=msg.title)
 
@@ -42,7 +46,7 @@ async def delete(store: ConversationStore, bus: ReplyBus, subject: str, msg: wir
                 await bus.cancel(streaming.reply_id, msg.conversation_id)
             except ProtocolError:
                 pass  # it ended meanwhile
-        if not await store.remove(msg.conversation_id):
+        if not await store.remove(msg.conversation_id, owner=subject):
             raise _not_found()
     return wire.encode("deleted", conversation_id=msg.conversation_id)
 

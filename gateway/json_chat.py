@@ -13,14 +13,14 @@ import structlog
 from websockets.asyncio.server import ServerConnection
 
 from . import conversation_list, wire
-from .auth import AuthRefused, Credentials, Principal, fingerprint
+from .auth import ANONYMOUS, AuthRefused, Credentials, Principal, fingerprint
 from .connection import CLOSE_POLICY, Connection, Hub
 from .errors import ErrorCode, GatewayError, ProtocolError
 from .events import ReplyEnded, ReplyStarted
 from .intake import store_errors
 from .outbox import Close
 from .ready import read_page, ready_frame
-from .stores import ANONYMOUS_OWNER, StoredMessage, new_id
+from .stores import UNOWNED, StoredMessage, new_id
 
 __all__ = ["JsonConnection"]
 
@@ -81,13 +81,14 @@ class JsonConnection(Connection):
         """The subject's conversations: a page, a new title, one fewer."""
         assert self.principal is not None
         subject, store = self.principal.subject, self.hub.store
-        match msg:
-            case wire.Conversations():
-                self.outbox.put(await conversation_list.page(store, subject, msg))
-            case wire.Rename():
-                self.outbox.put(await conversation_list.rename(store, subject, msg))
-            case wire.Delete():
-                self.outbox.put(await conversation_list.delete(store, self.hub.bus, subject, msg))
+        with self._answering(msg.id):
+            match msg:
+                case wire.Conversations():
+                    self.outbox.put(await conversation_list.page(store, subject, msg))
+                case wire.Rename():
+                    self.outbox.put(await conversation_list.rename(store, subject, msg))
+                case wire.Delete():
+                    self.outbox.put(await conversation_list.delete(store, self.hub.bus, subject, msg))
 
     async def _sign_in(self) -> bool:
         """The first frame says who the client is: a ``hello`` and its token (required,
@@ -111,7 +112,7 @@ class JsonConnection(Connection):
             principal = await authenticator.authenticate(Credentials(token, self.peer))
         except AuthRefused as exc:
             return await self._refuse(exc.reason, str(exc), token)
-        if not self._identify(principal):
+        if not await self._identify(principal):
             return False
         await self._answer(frame)
         return True
@@ -148,7 +149,7 @@ class JsonConnection(Connection):
             raise ProtocolError(code, str(exc)) from None
         old = self.principal.expires_at
         if old is not None and (principal.expires_at is None or principal.expires_at > old):
-            self._identify(principal)  # a later expiry: timed anew (an earlier or equal one changes nothing)
+            await self._identify(principal)  # a later expiry: timed anew (an earlier or equal one changes nothing)
         self.hub.metrics.auth_refreshes.inc()
         self.outbox.put(wire.encode("auth.refreshed", expires_at=self.principal.expires_at))
 
@@ -169,8 +170,11 @@ class JsonConnection(Connection):
         subject = self.principal.subject
         with store_errors(conversation_id or ""):  # a protocol error passes through as it is
             conv = await self.hub.store.get(conversation_id) if conversation_id else None
-            if conv is not None and self._claims(conv.owner) and await self.hub.store.claim(conv.id, subject):
+            if conv is not None and self._claims(conv.owner) and await self.hub.store.claim(
+                conv.id, subject, previous=conv.owner
+            ):
                 conv = replace(conv, owner=subject)
+                self.hub.taken_over(conv.id, subject)
             if conv is not None and conv.owner == subject:
                 conv_id, title = conv.id, conv.title
                 history, _, active = await read_page(self.hub, conv_id, runtime.config.limits.history_limit)
@@ -186,12 +190,15 @@ class JsonConnection(Connection):
         self.outbox.put(ready_frame(self.session_id, conv_id, title, history, runtime, active, self.principal, budget))
 
     def _claims(self, owner: str) -> bool:
-        """In ``none`` mode a browser's key takes over a conversation stored without an
-        owner (before owners existed, or by a keyless client) when it opens it by id:
-        that id was all it took to open it before."""
+        """Whether opening a conversation of ``owner`` by its id makes it this subject's:
+        one stored before owners existed (any mode: its id was all it took to open it
+        then), or, in ``none`` mode, a keyless client's opened by a browser's key."""
         assert self.principal is not None
         subject = self.principal.subject
-        return owner == ANONYMOUS_OWNER and subject.startswith("anon:") and self.hub.runtime.authenticator.mode == "none"
+        if owner == UNOWNED:
+            return True
+        none_mode = self.hub.runtime.authenticator.mode == "none"
+        return none_mode and owner == ANONYMOUS.subject and subject.startswith("anon:")
 
     async def _message(self, msg: wire.Message) -> None:
         if len(msg.content) > (limit := self.hub.runtime.config.limits.max_content_chars):
@@ -209,7 +216,7 @@ class JsonConnection(Connection):
             await self.hub.bus.regenerate(self.conversation_id, msg.id, self, owner=self.principal.subject)
 
     @contextlib.contextmanager
-    def _answering(self, ref: str) -> Iterator[None]:
+    def _answering(self, ref: str | None) -> Iterator[None]:
         """Errors answer the frame ``ref``: protocol errors go on up, others are sent here."""
         try:
             yield

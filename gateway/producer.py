@@ -59,13 +59,14 @@ class Producer:
                 await self._save_final()
         except Exception:
             _log.exception("store_failed", conversation_id=reply.conversation_id, reply_id=reply.id)
-        try:
-            if self.settle is not None:
-                await self.settle(reply, self.messages)
-        except Exception as exc:  # the store or Redis away: the reservation stands, the ledger misses it
-            _log.warning("usage_not_recorded", reply_id=reply.id, error=str(exc) or type(exc).__name__)
         finally:
-            self.on_end(reply)
+            try:
+                if self.settle is not None:  # before the end is told: the next message sees the true count
+                    await self.settle(reply, self.messages)
+            except Exception as exc:  # Redis away: the reservation stands
+                _log.warning("usage_not_settled", reply_id=reply.id, error=str(exc) or type(exc).__name__)
+            finally:
+                self.on_end(reply)
 
     async def _save_final(self) -> None:
         """Save the end; while the store cannot be reached, try again after each of

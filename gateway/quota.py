@@ -113,23 +113,32 @@ class Quota(Protocol):
     async def spent(self, subject: str, now: float) -> tuple[int, int]:
         """Tokens counted today for ``subject`` and for the gateway."""
 
+    async def hold(self, kind: str, subject: str, member: str, limit: int, ttl: float) -> bool:
+        """Count ``member`` (a connection, a reply) among ``subject``'s ``kind``; False,
+        and nothing counted, if the subject holds ``limit`` already. A count whose holder
+        vanished without :meth:`release` (its process died) lapses after ``ttl`` seconds
+        unless the process that holds it keeps it."""
+
+    async def release(self, kind: str, subject: str, member: str) -> None: ...
+
 
 class LocalQuota:
     """Counts in this process: right for one instance, lost at a restart."""
 
     def __init__(self) -> None:
-        self._minutes: dict[str, tuple[int, int]] = {}  # subject -> (minute, messages)
+        self._minute = 0  # the minute the counts are of
+        self._minutes: dict[str, int] = {}  # subject -> messages this minute
         self._tokens: dict[tuple[str, int], int] = {}  # (subject or GLOBAL, day) -> tokens
+        self._held: dict[tuple[str, str], set[str]] = {}  # (kind, subject) -> members
 
     async def admit_message(self, subject: str, limit: int, now: float) -> float | None:
         minute = int(now // MINUTE)
-        seen, count = self._minutes.get(subject, (minute, 0))
-        count = count if seen == minute else 0
+        if minute != self._minute:  # a new minute: the counts of the last are of no use
+            self._minute, self._minutes = minute, {}
+        count = self._minutes.get(subject, 0)
         if limit and count >= limit:
             return (minute + 1) * MINUTE - now
-        if len(self._minutes) > 100_000:  # a new minute: the old windows are of no use
-            self._minutes = {s: w for s, w in self._minutes.items() if w[0] == minute}
-        self._minutes[subject] = (minute, count + 1)
+        self._minutes[subject] = count + 1
         return None
 
     async def reserve(self, subject: str, tokens: int, limits: QuotaLimits, now: float) -> Charge:
@@ -151,6 +160,22 @@ class LocalQuota:
     async def spent(self, subject: str, now: float) -> tuple[int, int]:
         day = day_of(now)
         return self._tokens.get((subject, day), 0), self._tokens.get((GLOBAL, day), 0)
+
+    async def hold(self, kind: str, subject: str, member: str, limit: int, ttl: float) -> bool:
+        held = self._held.setdefault((kind, subject), set())
+        if member not in held and len(held) >= limit:
+            if not held:
+                del self._held[(kind, subject)]
+            return False
+        held.add(member)
+        return True
+
+    async def release(self, kind: str, subject: str, member: str) -> None:
+        held = self._held.get((kind, subject))
+        if held is not None:
+            held.discard(member)
+            if not held:
+                del self._held[(kind, subject)]
 
     def _forget_before(self, day: int) -> None:
         if any(d < day - 1 for _, d in self._tokens):

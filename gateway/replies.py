@@ -31,7 +31,7 @@ from .runtime import RegistryLimits
 from .sharing import Alone, Sharing
 from .slots import Slots
 from .tasks import TaskSet
-from .stores import ANONYMOUS_OWNER, ConversationStore, StoredMessage
+from .stores import UNOWNED, ConversationStore, StoredMessage
 from .watchers import Watchers
 
 __all__ = ["RegistryLimits", "Reply", "ReplyRegistry", "ReplyTerms", "StopReason", "resume_unavailable"]
@@ -72,7 +72,6 @@ class ReplyRegistry:
         self._replies = ReplyIndex()
         self._slots = Slots(self.metrics.replies_in_flight)
         self._watchers = Watchers()
-        self._per_owner: dict[str, int] = {}  # replies in flight, by the subject they are charged to
         self.sharing: Sharing = Alone()
         self.accounting = Accounting(store, self.metrics)
         self._refunds = TaskSet()  # tokens given back for replies that never started (Redis: a round trip)
@@ -97,6 +96,10 @@ class ReplyRegistry:
 
     async def watched(self, conversation_id: str) -> str | None:
         return self._watchers.owner(conversation_id)
+
+    def owned(self, conversation_id: str, owner: str) -> None:
+        """The conversation watched here is ``owner``'s now (it was taken over)."""
+        self._watchers.set_owner(conversation_id, owner)
 
     def watchers(self, conversation_id: str) -> tuple[Subscriber, ...]:
         """Who watches the conversation here (a snapshot)."""
@@ -138,7 +141,7 @@ class ReplyRegistry:
         subscriber: Subscriber,
         *,
         new: bool = False,
-        owner: str = ANONYMOUS_OWNER,
+        owner: str = UNOWNED,
     ) -> str:
         """Store the user's message, then start a reply for ``subscriber`` and the
         conversation's watchers (other tabs); return its id. ``new``: the conversation
@@ -146,6 +149,7 @@ class ReplyRegistry:
         terms = self._terms()
         reply = self._reserve(conversation_id, message.id, terms, owner)
         with self._preparing(reply):
+            await self.accounting.hold_reply(reply, terms.limits)
             await self.sharing.claim(reply)
             reply.charge = await self.accounting.admit(
                 owner, message.content, terms.limits.quota, terms.limits.reply_reserve
@@ -158,12 +162,13 @@ class ReplyRegistry:
         return reply.id
 
     async def regenerate(
-        self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str = ANONYMOUS_OWNER
+        self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str = UNOWNED
     ) -> str:
         """Replace the conversation's last reply with a new one for the same user message."""
         terms = self._terms()
         reply = self._reserve(conversation_id, request_id, terms, owner)
         with self._preparing(reply):
+            await self.accounting.hold_reply(reply, terms.limits)
             await self.sharing.claim(reply)
             reply.charge = await self.accounting.admit(owner, "", terms.limits.quota, terms.limits.reply_reserve)
             history, reply.replaces = await take_back_reply(
@@ -173,23 +178,12 @@ class ReplyRegistry:
         return reply.id
 
     def _reserve(self, conversation_id: str, message_id: str, terms: ReplyTerms, owner: str) -> Reply:
-        limit = terms.limits.replies_per_subject
-        if limit and self._per_owner.get(owner, 0) >= limit:
-            self.metrics.limited.labels("replies").inc()
-            raise ProtocolError(ErrorCode.BUSY, f"{limit} of your replies are streaming; wait for one to end")
         reply = Reply(conversation_id, message_id, terms.limits.max_reply_chars, terms.provider, owner)
         self._slots.take(reply, terms.limits.max_replies)
-        self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
         return reply
 
     def _free(self, reply: Reply) -> None:
-        """Give back the reply's slot, and its place among its subject's."""
         self._slots.free(reply)
-        left = self._per_owner.get(reply.owner, 0) - 1
-        if left > 0:
-            self._per_owner[reply.owner] = left
-        else:
-            self._per_owner.pop(reply.owner, None)
 
     @contextlib.contextmanager
     def _preparing(self, reply: Reply) -> Iterator[None]:
@@ -201,8 +195,8 @@ class ReplyRegistry:
         except BaseException:
             self._free(reply)
             self.sharing.release(reply)
-            if reply.charge is not None:
-                self._refunds.spawn(self.accounting.quota.settle(reply.charge, 0), f"refund-{reply.id}")
+            if reply.charge is not None or reply.held:
+                self._refunds.spawn(self.accounting.give_back(reply), f"refund-{reply.id}")
             raise
 
     def _launch(
@@ -254,6 +248,7 @@ class ReplyRegistry:
     async def close(self) -> None:
         """Stop everything and forget every reply."""
         await self.drain(0)
-        await self._refunds.cancel()
+        await self._refunds.wait(2.0)
+        await self.accounting.close()
         self._replies.clear()
 

@@ -34,12 +34,13 @@ class Reply:
     writes it; the registry (:mod:`.replies`) owns it."""
 
     def __init__(
-        self, conversation_id: str, message_id: str, max_chars: int, provider: Provider, owner: str = "anonymous"
+        self, conversation_id: str, message_id: str, max_chars: int, provider: Provider, owner: str = ""
     ) -> None:
         self.id = new_id()
         self.conversation_id = conversation_id
         self.owner = owner  # the subject it is charged to
         self.charge: Charge | None = None  # the tokens reserved for it (budgets on)
+        self.held = False  # counted among its subject's replies streaming (replies_per_subject on)
         self.message_id = message_id
         self.provider = provider  # the one that produces it, whatever a reload changes
         self.log = ReplyLog(max_chars)

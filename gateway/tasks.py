@@ -18,6 +18,13 @@ class TaskSet:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def wait(self, timeout: float) -> None:
+        """Let the tasks running now end, for up to ``timeout`` seconds; then cancel the rest."""
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        await self.cancel()
+
     async def cancel(self) -> None:
         """Cancel every task still running and wait until they all ended."""
         tasks = list(self._tasks)

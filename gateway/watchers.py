@@ -29,6 +29,10 @@ class Watchers:
     def __contains__(self, conversation_id: str) -> bool:
         return conversation_id in self._by_conversation
 
+    def set_owner(self, conversation_id: str, owner: str) -> None:
+        if conversation_id in self._owners:
+            self._owners[conversation_id] = owner
+
     def owner(self, conversation_id: str) -> str | None:
         """The subject whose conversation it is, if anyone watches it."""
         return self._owners.get(conversation_id)

@@ -7,6 +7,7 @@ server's frames as UTF-8 JSON bytes (send them as text frames).
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,17 +104,20 @@ class Conversations:
     query: str = ""
     before: str | None = None
     limit: int = 30
+    id: str | None = None  # echoed in an error about this request
 
 
 @dataclass(frozen=True, slots=True)
 class Rename:
     conversation_id: str
     title: str
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Delete:
     conversation_id: str
+    id: str | None = None
 
 
 ClientMessage = (
@@ -222,18 +226,21 @@ def _conversations(obj: Mapping[str, Any]) -> Conversations:
     if before is not None and (not isinstance(before, str) or not 0 < len(before) <= MAX_CURSOR_CHARS):
         raise _bad("field 'before' must be a cursor the gateway sent (next)")
     query = _field(obj, "query", str, required=False) or ""
-    return Conversations(" ".join(query.split()), before, limit)
+    return Conversations(" ".join(query.split()), before, limit, _field(obj, "id", str, required=False))
 
 
 def _rename(obj: Mapping[str, Any]) -> Rename:
     title = " ".join(_field(obj, "title", str).split())  # one line, as titles are shown
-    if not title or not title.isprintable():
-        raise _bad("field 'title' must be a non-empty line of printable text")
-    return Rename(_field(obj, "conversation_id", str), title)
+    if not title or any(unicodedata.category(c) in _NOT_IN_A_TITLE for c in title):
+        raise _bad("field 'title' must be a non-empty line of text without control characters")
+    return Rename(_field(obj, "conversation_id", str), title, _field(obj, "id", str, required=False))
+
+
+_NOT_IN_A_TITLE = frozenset({"Cc", "Cs", "Co", "Cn", "Zl", "Zp"})  # controls, surrogates, unassigned, breaks
 
 
 def _delete(obj: Mapping[str, Any]) -> Delete:
-    return Delete(_field(obj, "conversation_id", str))
+    return Delete(_field(obj, "conversation_id", str), _field(obj, "id", str, required=False))
 
 
 _PARSERS: dict[str, Callable[[Mapping[str, Any]], ClientMessage]] = {

@@ -444,3 +444,35 @@ async def test_a_budget_holds_across_instances(
         refused = await b.expect("error")
         assert (refused["code"], refused["id"], refused["retryable"]) == ("budget_exceeded", "m2", False)
     assert len(upstream.requests) == 1  # the refused message never reached the provider
+
+
+async def test_connections_and_replies_per_subject_hold_across_instances(
+    instances: Callable[..., Awaitable[list[Process]]], upstream: FakeUpstream
+) -> None:
+    first, second = await instances(2, "[limits]\nconnections_per_subject = 2\nreplies_per_subject = 1\n")
+    key = "browser-one-0123456789"
+    gate = asyncio.Event()
+    upstream.enqueue(Script([*pieces(["slow "]), Pause(gate), ending()]))
+    async with chat(first) as a, chat(second) as b, chat(second) as c, chat(first) as other:
+        for client in (a, b):
+            await client.send(type="hello", token=key)
+            await client.expect("ready")
+        await c.send(type="hello", token=key)  # a third, on either instance: too many
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(c.ws.recv(), TIMEOUT)
+        assert c.ws.close_code == 1013
+        await other.send(type="hello", token="browser-two-0123456789")  # someone else: fine
+        await other.expect("ready")
+        await start_reply(a, "a long one")
+        await deltas_until(a, "slow ")
+        await b.send(type="hello", token=key)  # a conversation of its own, on the other instance
+        await b.expect("ready")
+        await b.send(type="message", id="m2", content="me too")
+        busy = await b.expect("error")
+        assert (busy["code"], busy["id"]) == ("busy", "m2") and "of your replies" in busy["message"]
+        gate.set()
+        await a.until_done()
+        upstream.enqueue(Script([openai_sse(["now"])]))
+        await b.send(type="message", id="m3", content="now it may")
+        await b.expect("reply.start")
+        assert (await b.until_done())[0] == "now"

@@ -128,11 +128,13 @@ async def test_list_search_rename_and_delete(start_gateway: StartGateway, tokens
         found = await answer(alice, type="conversations", query="  WEEKEND  ")
         assert [c["id"] for c in found["items"]] == [made[2], made[0]] and found["query"] == "WEEKEND"
         assert [c["id"] for c in (await answer(alice, type="conversations", query="100%"))["items"]] == [made[3]]
-        renamed = await answer(alice, type="rename", conversation_id=made[1], title="  Taxes\n2026 ")
-        assert renamed == {"type": "renamed", "conversation_id": made[1], "title": "Taxes 2026"}
+        renamed = await answer(alice, type="rename", conversation_id=made[1], title="  Taxes\n2026 👩‍💻")
+        assert renamed == {"type": "renamed", "conversation_id": made[1], "title": "Taxes 2026 👩‍💻"}
+        gone = await answer(alice, type="delete", id="d1", conversation_id=UNKNOWN)
+        assert (gone["code"], gone["id"]) == ("not_found", "d1")  # errors name the request
         assert (await answer(alice, type="delete", conversation_id=made[0])) == {"type": "deleted", "conversation_id": made[0]}
         listed = await answer(alice, type="conversations")
-        assert [(c["id"], c["title"]) for c in listed["items"]][-1] == (made[1], "Taxes 2026")
+        assert [(c["id"], c["title"]) for c in listed["items"]][-1] == (made[1], "Taxes 2026 👩‍💻")
         assert made[0] not in [c["id"] for c in listed["items"]]
         await alice.send(type="hello", conversation_id=made[0])
         assert (await alice.expect("error"))["code"] == "not_found"
@@ -146,6 +148,7 @@ async def test_list_search_rename_and_delete(start_gateway: StartGateway, tokens
         ({"type": "conversations", "before": "not-a-cursor"}, "cursor"),
         ({"type": "conversations", "query": "x" * 201}, "longer than 200"),
         ({"type": "rename", "conversation_id": UNKNOWN, "title": "   "}, "title"),
+        ({"type": "rename", "conversation_id": UNKNOWN, "title": "bell \x07"}, "control characters"),
         ({"type": "rename", "conversation_id": UNKNOWN, "title": "x" * 201}, "longer than 200"),
         ({"type": "rename", "conversation_id": UNKNOWN}, "title"),
         ({"type": "delete"}, "conversation_id"),
@@ -156,7 +159,7 @@ async def test_bad_listing_frames_are_refused_and_change_nothing(
 ) -> None:
     gw = await start_gateway(None, FAST_DEMO)
     async with gw.chat() as chat:
-        await chat.hello()
+        await signed_in(chat, "browser-one-0123456789")
         await chat.ask("keep me")
         error = await answer(chat, **frame)
         assert error["code"] == "bad_request" and says in error["message"]
@@ -177,11 +180,37 @@ async def test_in_none_mode_a_key_takes_over_a_conversation_stored_without_owner
         assert [c["id"] for c in (await answer(browser, type="conversations"))["items"]] == [conv]
 
 
-async def test_in_tokens_mode_nothing_is_taken_over(start_gateway: StartGateway, tokens: dict[str, str]) -> None:
-    store_env = dict(tokens)
-    gw = await start_gateway(store_env, FAST_DEMO)
-    old = await gw.gateway.store.create()  # type: ignore[union-attr]  # an anonymous conversation
-    async with gw.chat() as alice:
-        await alice.send(type="hello", token=ALICE, conversation_id=old.id)
-        assert (await alice.expect("error"))["code"] == "not_found"
-    assert (await gw.gateway.store.get(old.id)).owner == "anonymous"  # type: ignore[union-attr]
+async def test_a_conversation_from_before_owners_goes_to_the_first_subject_that_opens_it(
+    start_gateway: StartGateway, tokens: dict[str, str]
+) -> None:
+    gw = await start_gateway(tokens, FAST_DEMO)
+    store = gw.gateway.store
+    assert store is not None
+    old = await store.create()  # nobody's: as stored before owners existed
+    keyless = await store.create(owner="anonymous")  # a keyless client's (none mode, earlier)
+    async with gw.chat() as alice, gw.chat() as bob:
+        assert (await signed_in(alice, ALICE, old.id))["conversation_id"] == old.id  # its id is all it takes
+        await bob.send(type="hello", token=BOB, conversation_id=old.id)
+        assert (await bob.expect("error"))["code"] == "not_found"  # but once
+        await alice.send(type="hello", conversation_id=keyless.id)
+        assert (await alice.expect("error"))["code"] == "not_found"  # a keyless one only in none mode
+    assert (await store.get(old.id)).owner == "token:alice"  # type: ignore[union-attr]
+    assert (await store.get(keyless.id)).owner == "anonymous"  # type: ignore[union-attr]
+
+
+async def test_keyless_clients_have_no_list_and_lose_what_a_key_takes_over(start_gateway: StartGateway) -> None:
+    gw = await start_gateway(None, FAST_DEMO)
+    async with gw.chat() as keyless, gw.chat() as browser:
+        conv = (await keyless.hello())["conversation_id"]
+        await keyless.ask("a script's question")
+        assert (await answer(keyless, type="conversations"))["items"] == []  # shared subject: no list
+        await browser.send(type="hello", token="browser-one-0123456789", conversation_id=conv)
+        await browser.expect("ready")
+        error = await answer(keyless, type="history")  # the keyless socket has it no more
+        assert (error["code"], error["message"]) == ("bad_request", "send hello first")
+        await keyless.send(type="message", id="m2", content="still mine?")
+        ready = await keyless.expect("ready")  # a new conversation: not the one taken over
+        assert ready["conversation_id"] != conv
+        await keyless.until_done()
+        history = await answer(browser, type="history")
+        assert [m["content"] for m in history["messages"] if m["role"] == "user"] == ["a script's question"]

@@ -446,7 +446,7 @@ async def test_export_shape(store: ConversationStore) -> None:
     doc = await store.export(conv.id)
     assert doc == {
         "id": conv.id,
-        "owner": "anonymous",
+        "owner": "",
         "title": "what is 2+2?",
         "created_at": conv.created_at,
         "updated_at": got.updated_at,
@@ -893,7 +893,7 @@ async def test_copy_between_stores_is_complete_and_idempotent(store: Conversatio
 
 
 async def test_a_conversation_has_the_owner_it_was_created_for(store: ConversationStore) -> None:
-    assert (await store.create()).owner == "anonymous"
+    assert (await store.create()).owner == ""  # nobody's (tools, copies of old data)
     mine = await store.create(owner="token:alice")
     assert (await store.get(mine.id)) == mine and mine.owner == "token:alice"
     assert (await store.create(mine.id, owner="token:mallory")).owner == "token:alice"  # never taken over
@@ -965,13 +965,15 @@ async def test_rename_and_remove(store: ConversationStore) -> None:
     await store.add(conv.id, user("u1", "first words"))
     before = await store.get(conv.id)
     assert before is not None
-    assert await store.rename(conv.id, "A better title") is True
+    assert await store.rename(conv.id, "Mine now", owner="token:mallory") is False  # not hers
+    assert await store.remove(conv.id, owner="token:mallory") is False
+    assert await store.rename(conv.id, "A better title", owner="token:alice") is True
     after = await store.get(conv.id)
     assert after is not None and after.title == "A better title" and after.updated_at == before.updated_at
     await store.add(conv.id, user("u2", "more words"))  # the new title stays
     assert (await store.get(conv.id)).title == "A better title"  # type: ignore[union-attr]
-    assert await store.rename("f" * 32, "x") is False
-    assert await store.remove(conv.id) is True
+    assert await store.rename("f" * 32, "x", owner="token:alice") is False
+    assert await store.remove(conv.id, owner="token:alice") is True
     assert await store.get(conv.id) is None and await store.history(conv.id, -1) == []
     assert message_rows(store, conv.id) in (0, None)
     assert await store.remove(conv.id) is False
@@ -979,34 +981,38 @@ async def test_rename_and_remove(store: ConversationStore) -> None:
         await store.save(conv.id, assistant("late", "a reply that ended after the delete"))
 
 
-@pytest.mark.parametrize("cursor", ["", "nonsense", "12~", "x~abc", "~abc"])
+@pytest.mark.parametrize("cursor", ["", "nonsense", "12~", "x~abc", "~abc", "-5~abc", "1e300~abc", "nan~abc", "99999999999999999999~abc"])
 async def test_a_cursor_the_store_did_not_make_is_refused(store: ConversationStore, cursor: str) -> None:
     with pytest.raises(ValueError, match="not a cursor"):
         await store.conversations("token:alice", limit=3, after=cursor)
 
 
-async def test_migration_4_gives_old_conversations_the_anonymous_owner(tmp_path: Path) -> None:
+async def test_migration_4_leaves_old_conversations_to_nobody(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
     build_v1(path)
     store = SQLiteStore(path)
     await store.open()
     try:
         conv = await store.get("c1")
-        assert conv is not None and conv.owner == "anonymous"
-        assert [c.id for c in (await store.conversations("anonymous", limit=5))[0]] == ["c1"]
+        assert conv is not None and conv.owner == ""  # nobody's until someone opens it by id
+        assert (await store.conversations("", limit=5))[0] == [conv]
     finally:
         await store.close()
 
 
-async def test_claim_takes_over_only_an_anonymous_conversation(store: ConversationStore) -> None:
-    old = await store.create()  # as stored before owners existed
-    assert await store.claim(old.id, "anon:1234") is True
+async def test_claim_takes_over_a_conversation_of_the_owner_named_only(store: ConversationStore) -> None:
+    old = await store.create()  # as stored before owners existed: nobody's
+    assert old.owner == ""
+    assert await store.claim(old.id, "anon:1234", previous="") is True
     assert (await store.get(old.id)).owner == "anon:1234"  # type: ignore[union-attr]
-    assert await store.claim(old.id, "anon:5678") is False  # once: now it is someone's
+    assert await store.claim(old.id, "anon:5678", previous="") is False  # once: now it is someone's
+    keyless = await store.create(owner="anonymous")
+    assert await store.claim(keyless.id, "anon:1234", previous="") is False
+    assert await store.claim(keyless.id, "anon:1234", previous="anonymous") is True
     owned = await store.create(owner="token:alice")
-    assert await store.claim(owned.id, "anon:1234") is False
+    assert await store.claim(owned.id, "anon:1234", previous="anonymous") is False
     assert (await store.get(owned.id)).owner == "token:alice"  # type: ignore[union-attr]
-    assert await store.claim("f" * 32, "anon:1234") is False
+    assert await store.claim("f" * 32, "anon:1234", previous="") is False
 
 
 # -- the usage ledger -------------------------------------------------------------

@@ -56,7 +56,8 @@ class ClusterNode:
         self.lease = Lease(self.link, config.lease_timeout, metrics, owned_ttl=ttl, on_taken=self.successor.take)
         self.shipper = Shipper(self.link, ttl=ttl, grace=lambda: limits().resume_grace, token=lambda: self.lease.token)
         registry.sharing = self.shipper
-        registry.accounting.quota = RedisQuota(self.link)
+        self.quota = RedisQuota(self.link)
+        registry.accounting.quota = self.quota
         self.poll_every = min(5.0, max(0.5, config.lease_timeout / 5))
         self._tasks = TaskSet()
 
@@ -112,3 +113,4 @@ class ClusterNode:
             if self.link.up:
                 self.bus.remote.poll()
                 self.successor.kick()
+                await self.quota.keep()

@@ -9,6 +9,8 @@ as the rest of cluster mode serves alone; a charge settles where it was reserved
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 from ..quota import DAY, GLOBAL, MINUTE, BudgetExceeded, Charge, LocalQuota, QuotaLimits, day_of, resets_at
@@ -41,6 +43,33 @@ return 0
 """
 
 
+# KEYS: the subject's set of held members of a kind (scores: when each lapses).
+# ARGV: member, limit, now (s), lapse (s). 1: refused (nothing held).
+_HOLD = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 1
+end
+redis.call('ZADD', KEYS[1], ARGV[3] + ARGV[4], ARGV[1])
+redis.call('EXPIRE', KEYS[1], math.ceil(ARGV[4]))
+return 0
+"""
+# KEYS: the subject's and the gateway's keys of the reply's day. ARGV: the correction.
+# Only keys that still exist: one lost (Redis restarted empty) is not recreated without
+# its expiry, nor made negative.
+_SETTLE = """
+for i = 1, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], ARGV[1]) end
+end
+return 0
+"""
+KEEP_EVERY = 0.3  # of a hold's ttl: how often this instance renews what it holds
+
+
+def _held_key(kind: str, subject: str) -> str:
+    return f"{PREFIX}held:{kind}:{subject}"
+
+
 def _tokens_key(day: int, subject: str) -> str:
     return f"{PREFIX}tokens:{day}:{subject}"
 
@@ -51,6 +80,10 @@ class RedisQuota:
         self._local = LocalQuota()
         self._message = link.redis.register_script(_MESSAGE)
         self._reserve = link.redis.register_script(_RESERVE)
+        self._hold = link.redis.register_script(_HOLD)
+        self._settle = link.redis.register_script(_SETTLE)
+        self._held: dict[tuple[str, str, str], float] = {}  # (kind, subject, member) -> ttl, held in Redis
+        self._kept_at = 0.0
 
     async def admit_message(self, subject: str, limit: int, now: float) -> float | None:
         minute = int(now // MINUTE)
@@ -77,13 +110,10 @@ class RedisQuota:
     async def settle(self, charge: Charge, tokens: int) -> None:
         if not charge.shared:
             return await self._local.settle(charge, tokens)
-        delta = tokens - charge.tokens
+        keys = [_tokens_key(charge.day, charge.subject), _tokens_key(charge.day, GLOBAL)]
         try:
-            async with self._link.using() as redis:
-                async with redis.pipeline(transaction=True) as pipe:
-                    for key in (_tokens_key(charge.day, charge.subject), _tokens_key(charge.day, GLOBAL)):
-                        pipe.incrby(key, delta)
-                    await pipe.execute()
+            async with self._link.using():
+                await self._settle(keys=keys, args=[tokens - charge.tokens])
         except LinkDown:
             pass  # the reservation stands: an estimate, never nothing
 
@@ -95,3 +125,42 @@ class RedisQuota:
         except LinkDown:
             return await self._local.spent(subject, now)
         return int(mine or 0), int(everyone or 0)
+
+    async def hold(self, kind: str, subject: str, member: str, limit: int, ttl: float) -> bool:
+        try:
+            async with self._link.using():
+                refused = await self._hold(keys=[_held_key(kind, subject)], args=[member, limit, time.time(), ttl])
+        except LinkDown:
+            return await self._local.hold(kind, subject, member, limit, ttl)
+        if refused:
+            return False
+        self._held[(kind, subject, member)] = ttl
+        return True
+
+    async def release(self, kind: str, subject: str, member: str) -> None:
+        if self._held.pop((kind, subject, member), None) is None:
+            return await self._local.release(kind, subject, member)
+        try:
+            async with self._link.using() as redis:
+                await redis.zrem(_held_key(kind, subject), member)
+        except LinkDown:
+            pass  # it lapses by itself
+
+    async def keep(self) -> None:
+        """Renew what this instance holds before it lapses (called often: it renews
+        when a third of the shortest ttl has passed). A dead instance renews nothing."""
+        if not self._held:
+            return
+        now = time.time()
+        if now - self._kept_at < KEEP_EVERY * min(self._held.values()):
+            return
+        self._kept_at = now
+        try:
+            async with self._link.using() as redis:
+                async with redis.pipeline(transaction=False) as pipe:
+                    for (kind, subject, member), ttl in list(self._held.items()):
+                        pipe.zadd(_held_key(kind, subject), {member: now + ttl}, xx=True)
+                        pipe.expire(_held_key(kind, subject), math.ceil(ttl))
+                    await pipe.execute()
+        except LinkDown:
+            pass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..config import Config
 from .base import (
-    ANONYMOUS_OWNER,
+    UNOWNED,
     Conversation,
     ConversationNotFound,
     ConversationStore,
@@ -28,7 +28,7 @@ from .base import (
 )
 
 __all__ = [
-    "ANONYMOUS_OWNER",
+    "UNOWNED",
     "Conversation",
     "ConversationNotFound",
     "ConversationStore",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 __all__ = [
-    "ANONYMOUS_OWNER",
+    "UNOWNED",
     "Conversation",
     "ConversationNotFound",
     "ConversationStore",
@@ -78,7 +78,7 @@ class OpenReport:
     recovered: int = 0
 
 
-ANONYMOUS_OWNER = "anonymous"  # owns conversations stored before owners were (and keyless clients')
+UNOWNED = ""  # the owner of conversations stored before owners existed: nobody yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +87,7 @@ class Conversation:
     title: str
     created_at: float
     updated_at: float
-    owner: str = ANONYMOUS_OWNER  # the subject whose conversation it is (docs/protocol.md)
+    owner: str = UNOWNED  # the subject whose conversation it is (docs/protocol.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +129,7 @@ class ConversationStore(Protocol):
         left streaming); called once. StoreUnusable if this code cannot use it. Tools that
         run beside a live gateway (export, prune) open with ``recover=False``."""
 
-    async def create(self, conversation_id: str | None = None, *, owner: str = ANONYMOUS_OWNER) -> Conversation:
+    async def create(self, conversation_id: str | None = None, *, owner: str = UNOWNED) -> Conversation:
         """A new, empty conversation of ``owner`` with a new id; or the one with
         ``conversation_id``, created if absent (an existing one keeps its owner).
         StoreFull if the store may hold no more."""
@@ -141,7 +141,7 @@ class ConversationStore(Protocol):
         ConversationNotFound if the conversation does not exist."""
 
     async def append(
-        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = ANONYMOUS_OWNER
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = UNOWNED
     ) -> list[StoredMessage] | None:
         """A user's message, in one step: :meth:`add` it (after creating the conversation
         with this id for ``owner``, if ``create``), then return the last ``history``
@@ -175,15 +175,17 @@ class ConversationStore(Protocol):
         least). Also the cursor of the next page, None if there is none. ValueError if
         ``after`` is not a cursor of this store."""
 
-    async def rename(self, conversation_id: str, title: str) -> bool:
-        """Set the conversation's title (not its update time); False if there is none."""
+    async def rename(self, conversation_id: str, title: str, *, owner: str) -> bool:
+        """Set the title (not the update time) of ``owner``'s conversation; False if
+        ``owner`` has none with this id."""
 
-    async def remove(self, conversation_id: str) -> bool:
-        """Delete the conversation and its messages; False if there was none."""
+    async def remove(self, conversation_id: str, *, owner: str | None = None) -> bool:
+        """Delete the conversation (``owner``'s only, if given) and its messages; False if
+        there was none."""
 
-    async def claim(self, conversation_id: str, owner: str) -> bool:
-        """Make an :data:`ANONYMOUS_OWNER` conversation ``owner``'s; False (nothing changed)
-        if there is none, or it has another owner already."""
+    async def claim(self, conversation_id: str, owner: str, *, previous: str) -> bool:
+        """Give the conversation of ``previous`` (:data:`UNOWNED`, say) to ``owner``; False
+        (nothing changed) if there is none, or its owner is not ``previous`` (any more)."""
 
     async def record_usage(self, entry: UsageEntry) -> None:
         """Add ``entry`` to the ledger (it outlives the conversation)."""

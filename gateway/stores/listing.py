@@ -24,6 +24,8 @@ def parse_cursor(text: str, kind: type[float] | type[int]) -> tuple[float, str]:
         value = kind(position)
     except ValueError:
         raise ValueError("not a cursor of this store") from None
+    if not 0 <= value < 2**53:  # a time (seconds, or microseconds) the store could have made
+        raise ValueError("not a cursor of this store")
     return value, conversation_id
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .base import (
-    ANONYMOUS_OWNER,
+    UNOWNED,
     Conversation,
     ConversationNotFound,
     OpenReport,
@@ -48,7 +48,7 @@ class MemoryStore:
     async def open(self, *, recover: bool = True) -> OpenReport:
         return OpenReport()
 
-    async def create(self, conversation_id: str | None = None, *, owner: str = ANONYMOUS_OWNER) -> Conversation:
+    async def create(self, conversation_id: str | None = None, *, owner: str = UNOWNED) -> Conversation:
         if conversation_id is not None and conversation_id in self._entries:
             return self._entries[conversation_id].conversation
         if len(self._entries) >= self._max_conversations:
@@ -70,7 +70,7 @@ class MemoryStore:
         return True
 
     async def append(
-        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = ANONYMOUS_OWNER
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = UNOWNED
     ) -> list[StoredMessage] | None:
         if create:
             await self.create(conversation_id, owner=owner)
@@ -132,19 +132,23 @@ class MemoryStore:
         messages = self._entries[conv.id].messages.values()
         return needle in conv.title.casefold() or any(needle in m.content.casefold() for m in messages)
 
-    async def rename(self, conversation_id: str, title: str) -> bool:
+    async def rename(self, conversation_id: str, title: str, *, owner: str) -> bool:
         entry = self._entries.get(conversation_id)
-        if entry is None:
+        if entry is None or entry.conversation.owner != owner:
             return False
         entry.conversation = replace(entry.conversation, title=title)
         return True
 
-    async def remove(self, conversation_id: str) -> bool:
-        return self._entries.pop(conversation_id, None) is not None
-
-    async def claim(self, conversation_id: str, owner: str) -> bool:
+    async def remove(self, conversation_id: str, *, owner: str | None = None) -> bool:
         entry = self._entries.get(conversation_id)
-        if entry is None or entry.conversation.owner != ANONYMOUS_OWNER:
+        if entry is None or owner is not None and entry.conversation.owner != owner:
+            return False
+        del self._entries[conversation_id]
+        return True
+
+    async def claim(self, conversation_id: str, owner: str, *, previous: str) -> bool:
+        entry = self._entries.get(conversation_id)
+        if entry is None or entry.conversation.owner != previous:
             return False
         entry.conversation = replace(entry.conversation, owner=owner)
         return True

@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .base import (
-    ANONYMOUS_OWNER,
+    UNOWNED,
     Conversation,
     ConversationNotFound,
     OpenReport,
@@ -139,7 +139,7 @@ class PostgresStore:
         if pool is not None:
             await pool.close()
 
-    async def create(self, conversation_id: str | None = None, *, owner: str = ANONYMOUS_OWNER) -> Conversation:
+    async def create(self, conversation_id: str | None = None, *, owner: str = UNOWNED) -> Conversation:
         async with self._connection() as conn:
             cursor = await conn.execute(CREATE, {"id": conversation_id or new_id(), "now": time.time(), "owner": owner})
             row = await cursor.fetchone()
@@ -155,7 +155,7 @@ class PostgresStore:
         return await self._write(INSERT, conversation_id, message)
 
     async def append(
-        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = ANONYMOUS_OWNER
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = UNOWNED
     ) -> list[StoredMessage] | None:
         """One statement (two for a new conversation): the message added and its history read."""
         now = time.time()
@@ -211,17 +211,17 @@ class PostgresStore:
         page = [Conversation(*row[:5]) for row in rows[:limit]]
         return page, page_cursor(rows[limit - 1][5], rows[limit - 1][0]) if len(rows) > limit and page else None
 
-    async def rename(self, conversation_id: str, title: str) -> bool:
+    async def rename(self, conversation_id: str, title: str, *, owner: str) -> bool:
         async with self._connection() as conn:
-            return (await conn.execute(RENAME, (title, conversation_id))).rowcount > 0
+            return (await conn.execute(RENAME, (title, conversation_id, owner))).rowcount > 0
 
-    async def remove(self, conversation_id: str) -> bool:
+    async def remove(self, conversation_id: str, *, owner: str | None = None) -> bool:
         async with self._connection() as conn:
-            return (await conn.execute(REMOVE, (conversation_id,))).rowcount > 0
+            return (await conn.execute(REMOVE, {"id": conversation_id, "owner": owner})).rowcount > 0
 
-    async def claim(self, conversation_id: str, owner: str) -> bool:
+    async def claim(self, conversation_id: str, owner: str, *, previous: str) -> bool:
         async with self._connection() as conn:
-            return (await conn.execute(CLAIM, (owner, conversation_id))).rowcount > 0
+            return (await conn.execute(CLAIM, (owner, conversation_id, previous))).rowcount > 0
 
     async def record_usage(self, entry: UsageEntry) -> None:
         e = entry

@@ -74,10 +74,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX messages_by_conversation ON messages (conversation_id, pos)",
     ),
-    # 2: whose conversation it is (those from before belong to the anonymous owner), and
-    # a subject's conversations newest first.
+    # 2: whose conversation it is (those from before have none yet: ''), and a
+    # subject's conversations newest first.
     (
-        "ALTER TABLE conversations ADD COLUMN owner text NOT NULL DEFAULT 'anonymous'",
+        "ALTER TABLE conversations ADD COLUMN owner text NOT NULL DEFAULT ''",
         "CREATE INDEX conversations_by_owner ON conversations (owner, updated_at DESC, id DESC)",
     ),
     # 3: the usage ledger: one row per reply, kept when its conversation is deleted.
@@ -127,9 +127,9 @@ RETURNING {_CONVERSATION}
 """
 
 GET = f"SELECT {_CONVERSATION} FROM conversations WHERE id = %s"
-RENAME = "UPDATE conversations SET title = %s WHERE id = %s"
-REMOVE = "DELETE FROM conversations WHERE id = %s"
-CLAIM = "UPDATE conversations SET owner = %s WHERE id = %s AND owner = 'anonymous'"
+RENAME = "UPDATE conversations SET title = %s WHERE id = %s AND owner = %s"
+REMOVE = "DELETE FROM conversations WHERE id = %(id)s AND (%(owner)s::text IS NULL OR owner = %(owner)s)"
+CLAIM = "UPDATE conversations SET owner = %s WHERE id = %s AND owner = %s"
 
 _NEW_ROW = """
     SELECT %(cid)s, %(id)s, %(role)s, %(content)s, to_timestamp(%(created_at)s), %(finish_reason)s,

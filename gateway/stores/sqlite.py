@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .base import (
-    ANONYMOUS_OWNER,
+    UNOWNED,
     Conversation,
     ConversationNotFound,
     OpenReport,
@@ -111,7 +111,7 @@ class SQLiteStore:
         if conn is not None:
             conn.close()
 
-    async def create(self, conversation_id: str | None = None, *, owner: str = ANONYMOUS_OWNER) -> Conversation:
+    async def create(self, conversation_id: str | None = None, *, owner: str = UNOWNED) -> Conversation:
         return await self._run(self._create, conversation_id or new_id(), owner, grouped=True)
 
     def _create(self, conversation_id: str, owner: str) -> Conversation:
@@ -137,7 +137,7 @@ class SQLiteStore:
         return await self._run(self._write, conversation_id, message, False, grouped=True)
 
     async def append(
-        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = ANONYMOUS_OWNER
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = UNOWNED
     ) -> list[StoredMessage] | None:
         return await self._run(
             self._append, conversation_id, message, owner if create else None, history, grouped=True
@@ -201,22 +201,24 @@ class SQLiteStore:
         page = [Conversation(*row) for row in rows[:limit]]
         return page, page_cursor(page[-1].updated_at, page[-1].id) if len(rows) > limit and page else None
 
-    async def rename(self, conversation_id: str, title: str) -> bool:
+    async def rename(self, conversation_id: str, title: str, *, owner: str) -> bool:
         cursor = await self._run(
-            self.conn.execute, "UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id), grouped=True
+            self.conn.execute, "UPDATE conversations SET title = ? WHERE id = ? AND owner = ?",
+            (title, conversation_id, owner), grouped=True,
         )
         return bool(cursor.rowcount)
 
-    async def remove(self, conversation_id: str) -> bool:
+    async def remove(self, conversation_id: str, *, owner: str | None = None) -> bool:
         cursor = await self._run(
-            self.conn.execute, "DELETE FROM conversations WHERE id = ?", (conversation_id,), grouped=True
+            self.conn.execute, "DELETE FROM conversations WHERE id = ? AND (? IS NULL OR owner = ?)",
+            (conversation_id, owner, owner), grouped=True,
         )
         return bool(cursor.rowcount)
 
-    async def claim(self, conversation_id: str, owner: str) -> bool:
+    async def claim(self, conversation_id: str, owner: str, *, previous: str) -> bool:
         cursor = await self._run(
             self.conn.execute, "UPDATE conversations SET owner = ? WHERE id = ? AND owner = ?",
-            (owner, conversation_id, ANONYMOUS_OWNER), grouped=True,
+            (owner, conversation_id, previous), grouped=True,
         )
         return bool(cursor.rowcount)
 

@@ -71,10 +71,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE messages ADD COLUMN model TEXT;
     """,
-    # 4: whose conversation it is (those from before belong to the anonymous owner), and
-    # a subject's conversations newest first.
+    # 4: whose conversation it is (those from before have none yet: ''), and a
+    # subject's conversations newest first.
     """
-    ALTER TABLE conversations ADD COLUMN owner TEXT NOT NULL DEFAULT 'anonymous';
+    ALTER TABLE conversations ADD COLUMN owner TEXT NOT NULL DEFAULT '';
     CREATE INDEX conversations_by_owner ON conversations(owner, updated_at, id);
     """,
     # 5: the usage ledger: one row per reply, kept when its conversation is deleted.

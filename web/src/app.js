@@ -856,6 +856,7 @@ function onReady(m) {
   S.refusals = 0;
   S.socket.healthy();
   showWho(m);
+  convs.forSubject(m.subject);
   if (S.listedGen !== S.socket.gen) {
     S.listedGen = S.socket.gen; // once per connection: the list follows the person across devices
     sendPending();

@@ -6,6 +6,7 @@
 const LIST_KEY = "gateway.conversations.v1";
 const DELETED_KEY = "gateway.deleted.v1";
 const CURRENT_KEY = "gateway.current.v1";
+const SUBJECT_KEY = "gateway.subject.v1"; // whose list this browser keeps
 const LEGACY_KEY = "gateway.conversation"; // the v1 page's single id
 const MAX_ITEMS = 200;
 const ID = /^[\w-]{1,128}$/;
@@ -139,6 +140,21 @@ export class Conversations {
 
   deletedOnGateway(id) {
     this.deleted.delete(id);
+    this.save();
+  }
+
+  /**
+   * The gateway says who this is: a list kept for someone else (another person signed
+   * in on this browser) is dropped, with what they left waiting, before anything is sent.
+   */
+  forSubject(subject) {
+    if (typeof subject !== "string" || read(SUBJECT_KEY) === subject) return;
+    const first = read(SUBJECT_KEY) === null;
+    write(SUBJECT_KEY, subject);
+    if (first) return; // the first sign-in here: the list is theirs (kept from before subjects)
+    this.items = [];
+    this.deleted = new Set();
+    this.setCurrent(null);
     this.save();
   }
 

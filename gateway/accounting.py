@@ -142,6 +142,6 @@ def _never_taken(reply: Reply) -> bool:
     """Whether the provider never took the request: it could not be reached, or it
     answered with an error status, or the reply was stopped before it was sent."""
     error = reply.error
-    if not reply.producing:
+    if not reply.requested:
         return True
     return isinstance(error, UpstreamError) and (error.status is not None or error.code is ErrorCode.UPSTREAM_UNAVAILABLE)

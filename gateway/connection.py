@@ -159,19 +159,21 @@ class Connection:
             pass
         finally:
             self._credential.cancel()
-            if self._joined is not None:
-                await self.hub.leave(self, self._joined)
             if self._writer is not None:
                 self._writer.cancel()
             self.hub.unwatch(self)
             for reply_id in self.replies:
                 self.hub.bus.unfollow(reply_id, self)
-            await self._left()
-            if self._writer is not None:
-                await asyncio.gather(self._writer, return_exceptions=True)
-            self.outbox.close()
-            if self._closer is not None:
-                await self._closer
+            try:
+                await self._left()
+                if self._writer is not None:
+                    await asyncio.gather(self._writer, return_exceptions=True)
+                self.outbox.close()
+                if self._closer is not None:
+                    await self._closer
+            finally:
+                if self._joined is not None:
+                    await self.hub.leave(self, self._joined)
 
     async def _read(self) -> None:
         """Read and answer the client's frames until the socket closes."""

@@ -52,6 +52,7 @@ class Producer:
     async def run(self) -> None:
         reply = self.reply
         reply.producing = True
+        reply.requested = reply.stop_reason is None
         reply.finish(self._stopped() if reply.stop_reason else await self._stream())
         try:
             await self._stop_checkpoints()

@@ -249,6 +249,6 @@ class ReplyRegistry:
         """Stop everything and forget every reply."""
         await self.drain(0)
         await self._refunds.wait(2.0)
-        await self.accounting.close()
+        await self.accounting.close(2.0)  # within systemd's stop timeout, after the drain
         self._replies.clear()
 

@@ -41,6 +41,7 @@ class Reply:
         self.owner = owner  # the subject it is charged to
         self.charge: Charge | None = None  # the tokens reserved for it (budgets on)
         self.held = False  # counted among its subject's replies streaming (replies_per_subject on)
+        self.requested = False  # its request was sent upstream (it was not stopped before)
         self.message_id = message_id
         self.provider = provider  # the one that produces it, whatever a reload changes
         self.log = ReplyLog(max_chars)

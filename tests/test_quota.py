@@ -4,9 +4,16 @@ table, and the reply's reservation."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from gateway.accounting import _used
+from gateway.errors import ErrorCode, UpstreamError
+from gateway.providers import Usage
+from gateway.providers.demo import DemoProvider
 from gateway.quota import DAY, BudgetExceeded, LocalQuota, QuotaLimits, estimate_tokens, reply_reserve
+from gateway.reply import Reply
 from gateway.stores import UsageTotal
 from gateway.usage_report import format_table
 
@@ -85,3 +92,31 @@ def test_the_usage_table() -> None:
     assert lines[1].split() == ["token:alice", "gpt-4o-mini", "12", "3,400", "12,000", "15,400", "1"]
     assert lines[3].split() == ["all", "15", "3,550", "14,500", "18,050", "1"]
     assert len({len(line) for line in lines[:3]}) == 1  # aligned
+
+
+def _reply(*, requested: bool, text: str = "", error: Any = None, usage: Usage | None = None) -> Reply:
+    reply = Reply("c1", "u1", 10_000, DemoProvider("demo", 0), "token:alice")
+    reply.requested = requested
+    if text:
+        reply.log.append(text)
+    reply.error, reply.usage = error, usage
+    return reply
+
+
+CONTEXT = [{"role": "user", "content": "x" * 400}]
+
+
+@pytest.mark.parametrize(
+    ("reply", "charged"),
+    [
+        (lambda: _reply(requested=True, usage=Usage(30, 12)), (30, 12, False)),  # what the provider said
+        (lambda: _reply(requested=True, text="y" * 40), (100, 10, True)),  # cancelled mid-way: estimated
+        (lambda: _reply(requested=True), (100, 0, True)),  # cut before any text: the prompt went out
+        (lambda: _reply(requested=False), (0, 0, False)),  # stopped before it was sent
+        (lambda: _reply(requested=True, error=UpstreamError(ErrorCode.UPSTREAM_ERROR, "bad", status=400)), (0, 0, False)),
+        (lambda: _reply(requested=True, error=UpstreamError(ErrorCode.UPSTREAM_UNAVAILABLE, "down")), (0, 0, False)),
+        (lambda: _reply(requested=True, error=UpstreamError(ErrorCode.UPSTREAM_TIMEOUT, "slow")), (100, 0, True)),
+    ],
+)
+def test_what_a_reply_is_charged(reply: Any, charged: tuple[int, int, bool]) -> None:
+    assert _used(reply(), CONTEXT) == charged

@@ -113,4 +113,7 @@ class ClusterNode:
             if self.link.up:
                 self.bus.remote.poll()
                 self.successor.kick()
-                await self.quota.keep()
+                try:
+                    await self.quota.keep()
+                except Exception:  # never the end of polling: the counts lapse at worst
+                    _log.exception("redis_holds_not_kept")

@@ -59,7 +59,9 @@ return 0
 # its expiry, nor made negative.
 _SETTLE = """
 for i = 1, 2 do
-  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], ARGV[1]) end
+  if redis.call('EXISTS', KEYS[i]) == 1 and redis.call('INCRBY', KEYS[i], ARGV[1]) < 0 then
+    redis.call('SET', KEYS[i], 0, 'KEEPTTL')  -- a key made anew after a restart: never below 0
+  end
 end
 return 0
 """
@@ -83,7 +85,8 @@ class RedisQuota:
         self._hold = link.redis.register_script(_HOLD)
         self._settle = link.redis.register_script(_SETTLE)
         self._held: dict[tuple[str, str, str], float] = {}  # (kind, subject, member) -> ttl, held in Redis
-        self._kept_at = 0.0
+        self._stale: set[tuple[str, str, str]] = set()  # released while Redis was away: to remove there
+        self._kept_at = 0.0  # monotonic
 
     async def admit_message(self, subject: str, limit: int, now: float) -> float | None:
         minute = int(now // MINUTE)
@@ -131,6 +134,7 @@ class RedisQuota:
             async with self._link.using():
                 refused = await self._hold(keys=[_held_key(kind, subject)], args=[member, limit, time.time(), ttl])
         except LinkDown:
+            self._stale.add((kind, subject, member))  # the script may have run before the answer was lost
             return await self._local.hold(kind, subject, member, limit, ttl)
         if refused:
             return False
@@ -144,23 +148,39 @@ class RedisQuota:
             async with self._link.using() as redis:
                 await redis.zrem(_held_key(kind, subject), member)
         except LinkDown:
-            pass  # it lapses by itself
+            self._stale.add((kind, subject, member))  # removed at the next keep(), once Redis is back
 
     async def keep(self) -> None:
-        """Renew what this instance holds before it lapses (called often: it renews
-        when a third of the shortest ttl has passed). A dead instance renews nothing."""
+        """Remove from Redis what was released while it was away, and renew what this
+        instance holds before it lapses (called often: it renews when a third of the
+        shortest ttl has passed). A dead instance renews nothing."""
+        if self._stale:
+            await self._forget_stale()
         if not self._held:
             return
-        now = time.time()
+        now = time.monotonic()
         if now - self._kept_at < KEEP_EVERY * min(self._held.values()):
             return
         self._kept_at = now
+        until = time.time()
         try:
             async with self._link.using() as redis:
                 async with redis.pipeline(transaction=False) as pipe:
                     for (kind, subject, member), ttl in list(self._held.items()):
-                        pipe.zadd(_held_key(kind, subject), {member: now + ttl}, xx=True)
+                        pipe.zadd(_held_key(kind, subject), {member: until + ttl}, xx=True)
                         pipe.expire(_held_key(kind, subject), math.ceil(ttl))
                     await pipe.execute()
         except LinkDown:
             pass
+
+    async def _forget_stale(self) -> None:
+        stale, self._stale = self._stale, set()
+        stale -= self._held.keys()  # held again since (a retry of the same member): keep it
+        try:
+            async with self._link.using() as redis:
+                async with redis.pipeline(transaction=False) as pipe:
+                    for kind, subject, member in stale:
+                        pipe.zrem(_held_key(kind, subject), member)
+                    await pipe.execute()
+        except LinkDown:
+            self._stale |= stale

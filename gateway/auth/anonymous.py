@@ -4,8 +4,8 @@ A client may present a key of its own (the page makes a random one of 32 bytes a
 keeps it): its subject is ``anon:`` and 24 hex digits of the key's SHA-256, so whoever
 holds the key is that subject, and nobody else can list its conversations (as long as
 the key is hard to guess: that is the client's choice). A client that presents
-nothing (a script, plain-text mode) is ``anonymous``, which also owns conversations
-stored before owners existed.
+nothing (a script, plain-text mode) is ``anonymous``: all such clients share it, so
+it has no conversation list (each of its conversations is reached by id alone).
 """
 
 from __future__ import annotations

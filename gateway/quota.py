@@ -162,12 +162,10 @@ class LocalQuota:
         return self._tokens.get((subject, day), 0), self._tokens.get((GLOBAL, day), 0)
 
     async def hold(self, kind: str, subject: str, member: str, limit: int, ttl: float) -> bool:
-        held = self._held.setdefault((kind, subject), set())
+        held = self._held.get((kind, subject), set())
         if member not in held and len(held) >= limit:
-            if not held:
-                del self._held[(kind, subject)]
             return False
-        held.add(member)
+        self._held.setdefault((kind, subject), held).add(member)
         return True
 
     async def release(self, kind: str, subject: str, member: str) -> None:

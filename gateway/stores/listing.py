@@ -3,10 +3,7 @@ between pages, and the search pattern."""
 
 from __future__ import annotations
 
-__all__ = ["MAX_QUERY_CHARS", "MAX_TITLE_CHARS", "like_pattern", "page_cursor", "parse_cursor"]
-
-MAX_QUERY_CHARS = 200
-MAX_TITLE_CHARS = 200
+__all__ = ["like_pattern", "page_cursor", "parse_cursor"]
 
 
 def page_cursor(position: float | int, conversation_id: str) -> str:

@@ -133,10 +133,14 @@ class MemoryStore:
         return needle in conv.title.casefold() or any(needle in m.content.casefold() for m in messages)
 
     async def rename(self, conversation_id: str, title: str, *, owner: str) -> bool:
+        return self._change(conversation_id, owner, title=title)
+
+    def _change(self, conversation_id: str, whose: str, /, **changes: Any) -> bool:
+        """Change the conversation of ``whose``; False if ``whose`` has none with this id."""
         entry = self._entries.get(conversation_id)
-        if entry is None or entry.conversation.owner != owner:
+        if entry is None or entry.conversation.owner != whose:
             return False
-        entry.conversation = replace(entry.conversation, title=title)
+        entry.conversation = replace(entry.conversation, **changes)
         return True
 
     async def remove(self, conversation_id: str, *, owner: str | None = None) -> bool:
@@ -147,11 +151,7 @@ class MemoryStore:
         return True
 
     async def claim(self, conversation_id: str, owner: str, *, previous: str) -> bool:
-        entry = self._entries.get(conversation_id)
-        if entry is None or entry.conversation.owner != previous:
-            return False
-        entry.conversation = replace(entry.conversation, owner=owner)
-        return True
+        return self._change(conversation_id, previous, owner=owner)
 
     async def record_usage(self, entry: UsageEntry) -> None:
         self._ledger.append(entry)

@@ -110,7 +110,7 @@ class Accounting:
             await self.quota.settle(reply.charge, prompt + completion)
         self.metrics.charged.labels("estimated" if estimated else "reported").inc(prompt + completion)
         entry = UsageEntry(
-            reply.owner, reply.conversation_id, reply.id, reply.provider.model, prompt, completion, estimated,
+            reply.owner, reply.conversation_id, reply.id, reply.model, prompt, completion, estimated,
             reply.created_at,
         )
         self._ledger.spawn(self._record(entry), f"ledger-{reply.id}")

@@ -34,8 +34,11 @@ class ReplyBus(Protocol):
         """Store ``message`` (creating the conversation for ``owner`` if ``new``), claim the
         conversation and start a reply for ``subscriber`` and the watchers; its id."""
 
-    async def regenerate(self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str) -> str:
-        """Replace the conversation's last reply with a new one, charged to ``owner``; its id."""
+    async def regenerate(
+        self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str, model: str | None = None
+    ) -> str:
+        """Replace the conversation's last reply with a new one, charged to ``owner``, by
+        ``model`` (None: the one the user's message asked for); its id."""
 
     async def streaming(self, conversation_id: str) -> Streaming | None:
         """The reply streaming in the conversation now, if any."""

@@ -179,7 +179,8 @@ def _serve(cfg: config.Config, reload: Callable[[], config.Config]) -> int:
     journal = _on_journal()
 
     def configure_logs(cfg: config.Config) -> None:
-        secrets = (cfg.provider.api_key, cfg.store.password, cfg.cluster.password)
+        keys = (d.api_key for d in cfg.deployments)
+        secrets = (cfg.provider.api_key, *keys, cfg.store.password, cfg.cluster.password)
         logs.configure(cfg.log.level, cfg.log.format, secrets=secrets, journal=journal)
 
     configure_logs(cfg)

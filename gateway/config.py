@@ -24,16 +24,23 @@ from .auth.tokens import parse_tokens
 from .clientip import Networks
 from .config_values import HostPort, parse_duration, toml_value
 from .errors import ConfigError
-from .settings import Setting, key, read, section, sections, settings
+from .models_config import (
+    DEFAULT_MODELS, DEFAULT_URLS, LEGACY_KEYS, PROVIDERS, DeploymentConfig, ModelConfig, ProviderName,
+    RoutingConfig, resolve,
+)
+from .settings import Setting, declared, key, read, section, sections, settings, tables
 
 __all__ = [
     "AuthConfig",
     "ClusterConfig",
     "Config",
+    "DeploymentConfig",
     "HostPort",
     "LimitsConfig",
     "LogConfig",
+    "ModelConfig",
     "ProviderConfig",
+    "RoutingConfig",
     "SETTINGS",
     "ServerConfig",
     "Setting",
@@ -44,14 +51,6 @@ __all__ = [
     "render",
 ]
 
-ProviderName = Literal["demo", "openai", "dashscope"]
-PROVIDERS: tuple[ProviderName, ...] = ("demo", "openai", "dashscope")
-DEFAULT_URLS: dict[str, str] = {
-    "demo": "",
-    "openai": "https://api.openai.com/v1",
-    "dashscope": "https://dashscope.aliyuncs.com/api/v1/services/aigc/text-generation/generation",
-}
-DEFAULT_MODELS: dict[str, str] = {"demo": "demo", "openai": "gpt-4o-mini", "dashscope": "qwen-plus"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +201,8 @@ class ProviderConfig:
     connect_timeout: float = key(v.number(0.1, 600), 10.0, None,
         "seconds to connect to the upstream")
     upstream_timeout: float = key(v.number(0.1, 3600), 60.0, "GATEWAY_UPSTREAM_TIMEOUT",
-        "seconds without a byte from the upstream, before the first token or between tokens")
+        "seconds without a byte from the upstream between tokens; also the most a reply's first token "
+        "may take, over all its attempts (whatever else the provider sends meanwhile)")
     max_reply_seconds: float = key(v.number(1, 86_400), 600.0, None,
         "hard limit on one reply's duration")
     max_response_bytes: int = key(v.integer(65_536, 1 << 30), 64 << 20, None,
@@ -272,10 +272,14 @@ class Config:
     cluster: ClusterConfig = section(ClusterConfig)
     limits: LimitsConfig = section(LimitsConfig)
     provider: ProviderConfig = section(ProviderConfig)
+    routing: RoutingConfig = section(RoutingConfig)
     auth: AuthConfig = section(AuthConfig)
     log: LogConfig = section(LogConfig)
+    models: tuple[ModelConfig, ...] = tables(ModelConfig)
+    deployments: tuple[DeploymentConfig, ...] = tables(DeploymentConfig)
     unknown_env: tuple[str, ...] = ()
     source: str = "defaults"
+    single_model: bool = True  # no [[models]]: the one model [provider] describes
 
 
 SETTINGS: tuple[Setting, ...] = settings(Config)
@@ -291,7 +295,8 @@ def load(
     """Build the effective :class:`Config` from a TOML file and the environment."""
     env = os.environ if env is None else env
     path = path or env.get("GATEWAY_CONFIG") or None
-    values = read(Config, _read_toml(Path(path)) if path else {}, env)
+    raw = _read_toml(Path(path)) if path else {}
+    values = read(Config, raw, env)
     server = values["server"]
     server["state_dir"] = _state_dir(server["state_dir"], env)
     server["static_dir"] = _static_dir(server["static_dir"])
@@ -300,15 +305,23 @@ def load(
     _check_database(store, env)
     if values["log"]["format"] == "auto":
         values["log"]["format"] = "console" if isatty else "json"
+    provider = _provider(values["provider"], env)
+    models, deployments = resolve(
+        values["models"], values["deployments"], _legacy(provider), env, _explicit(raw, env),
+    )
     return Config(
         server=ServerConfig(**server),
         store=StoreConfig(**store),
         cluster=_cluster(values["cluster"], store["backend"], env),
         limits=LimitsConfig(**values["limits"]),
-        provider=_provider(values["provider"], env),
+        provider=provider,
+        models=models,
+        deployments=deployments,
+        routing=RoutingConfig(**values["routing"]),
         auth=_auth(values["auth"], env, values["server"]),
         log=LogConfig(**values["log"]),
         unknown_env=tuple(sorted(k for k in env if k.startswith("GATEWAY_") and k not in _KNOWN_ENV)),
+        single_model=not values["models"],
         source=str(path) if path else "defaults",
     )
 
@@ -362,6 +375,20 @@ def _provider(values: dict[str, Any], env: Mapping[str, str]) -> ProviderConfig:
     return ProviderConfig(
         **{**values, "upstream_url": url.rstrip("/"), "model": values["model"] or DEFAULT_MODELS[name], "api_key": api_key}
     )
+
+
+def _legacy(provider: ProviderConfig) -> dict[str, Any]:
+    """What a configuration without ``[[models]]`` serves: ``[provider]``'s one model."""
+    return {"name": provider.name, "upstream_url": provider.upstream_url, "model": provider.model,
+            "api_key": provider.api_key}
+
+
+def _explicit(raw: Mapping[str, Any], env: Mapping[str, str]) -> frozenset[str]:
+    """The ``[provider]`` keys naming one upstream that the file or the environment sets."""
+    table = raw.get("provider")
+    found = set(table) if isinstance(table, dict) else set()
+    found |= {s.key for s in declared(ProviderConfig, "provider") if s.env and env.get(s.env, "").strip()}
+    return frozenset(found & set(LEGACY_KEYS))
 
 
 def _api_key(values: Mapping[str, Any], env: Mapping[str, str]) -> str:
@@ -479,18 +506,37 @@ def _static_dir(value: str) -> Path:
 def render(config: Config) -> str:
     """The effective configuration as TOML, with secrets masked (as comments)."""
     lines = [f"# effective configuration (from {config.source} and the environment)"]
-    for name in sections(Config):
-        lines.append(f"\n[{name}]")
-        for s in (s for s in SETTINGS if s.section == name):
-            value = getattr(getattr(config, name), s.key)
-            if s.secret:
-                lines.append(f"# {s.key} = {'(set, masked)' if value else '(not set)'}")
-            elif s.name == "provider.api_key_file":
-                continue
-            elif s.name == "auth.tokens_file" and config.auth.tokens:
-                lines.append(f"{s.key} = {toml_value(value)}  # {len(config.auth.tokens)} token(s)")
-            elif s.name == "auth.jwt_secret_file" and config.auth.jwt_secret:
-                lines.append(f"{s.key} = {toml_value(value)}  # secret read, masked")
-            else:
-                lines.append(f"{s.key} = {toml_value(s.show(value) if s.show else value)}")
+    for name, (cls, array) in sections(Config).items():
+        if not array:
+            lines.append(f"\n[{name}]")
+            lines += _rendered(config, name, getattr(config, name))
+            continue
+        for item in getattr(config, name):
+            # Without [[models]], the one [provider] describes is shown as a comment.
+            shown = [f"\n[[{name}]]", *_rendered(config, name, item)]
+            lines += [line if not config.single_model or line.startswith(("#", "\n#")) else f"# {line}".replace(
+                "# \n", "\n# ") for line in shown]
     return "\n".join(lines) + "\n"
+
+
+_ONE_MODEL_KEYS = frozenset(f"provider.{key}" for key in LEGACY_KEYS)  # with [[models]]: in [[deployments]]
+
+
+def _rendered(config: Config, name: str, values: Any) -> list[str]:
+    lines = []
+    for s in (s for s in SETTINGS if s.section == name):
+        value = getattr(values, s.key)
+        if s.secret:
+            lines.append(f"# {s.key} = {'(set, masked)' if value else '(not set)'}")
+        elif s.name == "provider.api_key_file" or (not config.single_model and s.name in _ONE_MODEL_KEYS):
+            continue
+        elif s.name == "auth.tokens_file" and config.auth.tokens:
+            lines.append(f"{s.key} = {toml_value(value)}  # {len(config.auth.tokens)} token(s)")
+        elif s.name == "auth.jwt_secret_file" and config.auth.jwt_secret:
+            lines.append(f"{s.key} = {toml_value(value)}  # secret read, masked")
+        else:
+            lines.append(f"{s.key} = {toml_value(s.show(value) if s.show else value)}")
+    if isinstance(values, DeploymentConfig):
+        lines.append(f"# api key: {'(set, masked)' if values.api_key else '(none)'}")
+    return lines
+

@@ -27,6 +27,7 @@ import urllib.parse
 __all__ = [
     "EXIT_CONFIG",
     "EXIT_STARTUP",
+    "MAX_RETRY_AFTER",
     "ConfigError",
     "ErrorCode",
     "GatewayError",
@@ -119,11 +120,13 @@ class UpstreamError(GatewayError):
         status: int | None = None,
         retryable: bool | None = None,
         retry_after: float | None = None,
+        asked_wait: float | None = None,
     ) -> None:
         super().__init__(code, _joined(message, detail), retryable=retryable, retry_after=retry_after)
         self.summary = message
         self.detail = detail
         self.status = status
+        self.asked_wait = asked_wait  # the provider's own Retry-After, None when it gave none
 
     def redact(self, *secrets: str) -> None:
         """Withhold the provider's text if it quotes a secret in any form; cap and clean both parts."""

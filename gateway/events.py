@@ -15,13 +15,16 @@ __all__ = ["ReplyDelta", "ReplyEnded", "ReplyEvent", "ReplyStarted", "Streaming"
 
 
 class ReplyStarted(NamedTuple):
-    """A reply began. ``content`` is the user's message, for connections that did not send it."""
+    """A reply began. ``content`` is the user's message, for connections that did not send it;
+    ``model`` the model asked to answer (``fallback_from``: the one picked, if it is another)."""
 
     reply_id: str
     conversation_id: str
     message_id: str
     replaces: str | None = None
     content: str | None = None
+    model: str | None = None
+    fallback_from: str | None = None
 
 
 class ReplyDelta(NamedTuple):
@@ -33,13 +36,18 @@ class ReplyDelta(NamedTuple):
 
 
 class ReplyEnded(NamedTuple):
-    """The reply's end: ``finish_reason`` stop, length, cancelled or error (then ``error``)."""
+    """The reply's end: ``finish_reason`` stop, length, cancelled or error (then ``error``);
+    the model that answered (``fallback_from``: the one asked, if it is another) and what
+    the usage cost at its prices."""
 
     reply_id: str
     message_id: str
     finish_reason: str
     usage: Usage | None = None
     error: GatewayError | None = None
+    model: str | None = None
+    fallback_from: str | None = None
+    cost: float | None = None
 
 
 class Streaming(NamedTuple):

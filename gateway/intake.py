@@ -7,11 +7,13 @@ Every reply bus prepares its replies this way; it only decides where they run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import structlog
 
+from .catalog import Model
 from .context import build_context
 from .errors import ErrorCode, GatewayError, ProtocolError
 from .providers import ChatMessage
@@ -60,25 +62,30 @@ async def add_message(
 
 
 async def take_back_reply(
-    store: ConversationStore, conversation_id: str, context_messages: int
+    store: ConversationStore, conversation_id: str, context_messages: int, model: str | None = None
 ) -> tuple[list[StoredMessage], str | None]:
     """Delete the conversation's last reply (if the last message is one) for a
-    regenerate; return the history to answer again and the id of the deleted reply."""
+    regenerate; return the history to answer again and the id of the deleted reply.
+    With ``model``, the user's message asks for that model from now on (stored: the
+    conversation's model is its latest message's)."""
     history = list(await store.history(conversation_id, context_messages + 1))
     if not history:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "there is no reply to regenerate")
-    if history[-1].role != "assistant":
-        return history, None
-    replaced = history.pop().id
-    await store.delete(conversation_id, replaced)
+    replaced = history.pop().id if history[-1].role == "assistant" else None
+    if model is not None and history and history[-1].role == "user" and history[-1].model != model:
+        history[-1] = dataclasses.replace(history[-1], model=model)
+        await store.save(conversation_id, history[-1])  # before the delete: a failure changes nothing
+    if replaced is not None:
+        await store.delete(conversation_id, replaced)
     return history, replaced
 
 
-def context_of(history: list[StoredMessage], limits: RegistryLimits) -> Sequence[ChatMessage]:
-    """The messages sent upstream for ``history``: system prompt first, bounded."""
+def context_of(history: list[StoredMessage], limits: RegistryLimits, model: Model) -> Sequence[ChatMessage]:
+    """The messages sent upstream for ``history``: the model's system prompt (or the
+    default) first, bounded."""
     return build_context(
         history,
-        system_prompt=limits.system_prompt,
+        system_prompt=limits.system_prompt if model.system_prompt is None else model.system_prompt,
         max_messages=limits.context_max_messages,
         max_chars=limits.context_max_chars,
     )

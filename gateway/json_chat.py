@@ -17,7 +17,7 @@ from .errors import ErrorCode, GatewayError, ProtocolError
 from .events import ReplyEnded, ReplyStarted
 from .intake import store_errors
 from .json_signin import SigningConnection
-from .ready import read_page, ready_frame
+from .ready import conversation_model, read_page, ready_frame
 from .stores import UNOWNED, StoredMessage, new_id
 
 __all__ = ["JsonConnection"]
@@ -32,6 +32,7 @@ class JsonConnection(SigningConnection):
 
     def __init__(self, ws: ServerConnection, hub: Hub, principal: Principal | None) -> None:
         super().__init__(ws, hub, wire.encode_delta, principal)
+        self.model: str | None = None  # the open conversation's model; None: the default
 
     async def _read(self) -> None:
         if self.principal is None and not await self._sign_in():
@@ -103,16 +104,20 @@ class JsonConnection(SigningConnection):
             if conv is not None and conv.owner == subject:
                 conv_id, title = conv.id, conv.title
                 history, _, active = await read_page(self.hub, conv_id, runtime.config.limits.history_limit)
+                self.model = conversation_model(history, runtime.catalog).id
             elif conversation_id and (conv is not None or await self.hub.bus.watched(conversation_id) != subject):
                 # Another subject's conversation is exactly as unknown as one that never was.
                 raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
             else:
                 conv_id, title, active, history = conversation_id or new_id(), "", None, []
-                self.unsaved = conv_id
+                self.unsaved, self.model = conv_id, None
         await self.hub.watch(self, conv_id)
         assert self.principal is not None
         budget = await self.hub.registry.accounting.budget(subject, runtime.limits.quota)
-        self.outbox.put(ready_frame(self.session_id, conv_id, title, history, runtime, active, self.principal, budget))
+        model = runtime.catalog.get(self.model) or runtime.catalog.default
+        self.outbox.put(
+            ready_frame(self.session_id, conv_id, title, history, runtime, active, self.principal, budget, model)
+        )
 
     def _claims(self, owner: str) -> bool:
         """Whether opening a conversation of ``owner`` by its id makes it this subject's:
@@ -128,17 +133,34 @@ class JsonConnection(SigningConnection):
     async def _message(self, msg: wire.Message) -> None:
         if len(msg.content) > (limit := self.hub.runtime.config.limits.max_content_chars):
             raise ProtocolError(ErrorCode.TOO_LARGE, f"the message is longer than {limit} characters", ref=msg.id)
+        self._check_model(msg.model, msg.id)
         with self._answering(msg.id):
             if self.conversation_id is None or (msg.conversation_id and msg.conversation_id != self.conversation_id):
                 await self._hello(msg.conversation_id)
-            await self._start(StoredMessage(msg.id, "user", msg.content))
+            model = msg.model or self._sticky_model()
+            await self._start(StoredMessage(msg.id, "user", msg.content, model=model))
+            self.model = model
 
     async def _regenerate(self, msg: wire.Regenerate) -> None:
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first", ref=msg.id)
+        self._check_model(msg.model, msg.id)
         with self._answering(msg.id):
             assert self.principal is not None
-            await self.hub.bus.regenerate(self.conversation_id, msg.id, self, owner=self.principal.subject)
+            await self.hub.bus.regenerate(
+                self.conversation_id, msg.id, self, owner=self.principal.subject, model=msg.model
+            )
+            self.model = msg.model or self.model
+
+    def _sticky_model(self) -> str:
+        """The conversation's model, or the default if it is no longer offered."""
+        catalog = self.hub.runtime.catalog
+        model = catalog.get(self.model) if self.model else None
+        return (model or catalog.default).id
+
+    def _check_model(self, model: str | None, ref: str) -> None:
+        if model is not None and self.hub.runtime.catalog.get(model) is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"no model {model!r} here; ready.models lists them", ref=ref)
 
     @contextlib.contextmanager
     def _answering(self, ref: str | None) -> Iterator[None]:
@@ -179,17 +201,25 @@ class JsonConnection(SigningConnection):
         )
 
     def _on_started(self, event: ReplyStarted) -> None:
+        if event.conversation_id == self.conversation_id and event.model:  # another tab's choice sticks too
+            self.model = event.fallback_from or event.model
         self.outbox.put(
             wire.encode(
                 "reply.start", id=event.message_id, reply_id=event.reply_id,
                 conversation_id=event.conversation_id, content=event.content, replaces=event.replaces,
+                model=event.model, fallback_from=event.fallback_from,
             )
         )
 
     def _on_ended(self, event: ReplyEnded) -> None:
         if event.error is not None:
             self.outbox.put(wire.encode_error(event.error, ref=event.message_id, reply_id=event.reply_id))
-        usage = event.usage.as_dict() if event.usage else None
+        usage: dict[str, Any] | None = dict(event.usage.as_dict()) if event.usage else None
+        if usage is not None and event.cost is not None:
+            usage["cost"] = event.cost
         self.outbox.put(
-            wire.encode("reply.done", reply_id=event.reply_id, finish_reason=event.finish_reason, usage=usage)
+            wire.encode(
+                "reply.done", reply_id=event.reply_id, finish_reason=event.finish_reason, usage=usage,
+                model=event.model, fallback_from=event.fallback_from,
+            )
         )

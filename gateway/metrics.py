@@ -71,6 +71,27 @@ class Metrics:
         self.ttft = Histogram("gateway_time_to_first_token_seconds", "Time to first delta", buckets=_LATENCY, registry=r)
         self.duration = Histogram("gateway_reply_duration_seconds", "Reply duration", buckets=_LATENCY, registry=r)
         self.upstream_errors = Counter("gateway_upstream_errors", "Upstream failures", ["code"], registry=r)
+        # Per model and deployment: configured ids only (bounded by the configuration).
+        self.attempts = Counter(
+            "gateway_upstream_attempts", "Upstream requests by model, deployment and outcome (ok, or the failure "
+            "before the first token: connect, timeout, rate_limited, server_error, stream_error, auth, refused)",
+            ["model", "deployment", "outcome"], registry=r,
+        )
+        self.retries = Counter(
+            "gateway_upstream_retries", "Attempts after a reply's first, by model and deployment",
+            ["model", "deployment"], registry=r,
+        )
+        self.fallbacks = Counter(
+            "gateway_fallbacks", "Replies answered by a fallback model", ["model", "fallback"], registry=r
+        )
+        self.cooldowns = Counter(
+            "gateway_deployment_cooldowns", "Deployments taken out of rotation after a failure", ["deployment", "kind"],
+            registry=r,
+        )
+        self.model_tokens = Counter(
+            "gateway_model_tokens", "Tokens reported by providers, by model (prompt, completion)", ["model", "kind"],
+            registry=r,
+        )
         self.slow_clients = Counter("gateway_slow_client_disconnects", "Connections closed for not reading", registry=r)
         self.queued_bytes = Gauge(
             "gateway_output_queued_bytes", "Bytes queued or being written for all clients (limits.max_total_pending_bytes)",

@@ -7,18 +7,27 @@ import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from .errors import ErrorCode, GatewayError
-from .providers import ChatMessage
+from .errors import ErrorCode, GatewayError, UpstreamError
+from .providers import ChatMessage, Chunk
 from .reply import Reply, StopReason
+from .routing import Attempt, Kind, Wait, kind_of
 from .stores import ConversationStore, StoreUnavailable
 
-__all__ = ["Producer"]
+__all__ = ["AttemptObserver", "Producer"]
 
 _log: Any = structlog.get_logger("gateway.replies")
+
+
+class AttemptObserver(Protocol):
+    """Told how each upstream attempt went (metrics and logs)."""
+
+    def answered(self, reply: Reply, attempt: Attempt) -> None: ...
+
+    def failed(self, reply: Reply, attempt: Attempt, kind: Kind, exc: UpstreamError, *, cooled: bool) -> None: ...
 
 
 class Producer:
@@ -38,12 +47,17 @@ class Producer:
         save_retry_delays: Sequence[float] = (),
         save_deadline: float = 10.0,
         settle: Callable[[Reply, Sequence[ChatMessage]], Awaitable[None]] | None = None,
+        first_token_timeout: float = 0.0,
+        observer: AttemptObserver | None = None,
+        contexts: Callable[[str], Sequence[ChatMessage]] | None = None,
     ) -> None:
         self.reply, self.store, self.messages = reply, store, messages
         self.save_retry_delays, self.save_deadline = save_retry_delays, save_deadline
         self.max_seconds, self.checkpoint_interval, self.on_end = max_seconds, checkpoint_interval, on_end
         self.shared_ticks = shared_ticks
         self.settle = settle
+        self.first_token_timeout, self.observer, self.contexts = first_token_timeout, observer, contexts
+        self._answered = False  # an attempt streamed (or ended well): counted once
         self._checkpointed_at = reply.started_at
         self._tick = 0  # the last shared tick used (a multiple of the interval on the loop's clock)
         self._timer: asyncio.TimerHandle | None = None
@@ -128,21 +142,88 @@ class Producer:
         return "error"
 
     async def _relay(self) -> str | None:
-        reply, finish = self.reply, None
-        async with contextlib.aclosing(reply.provider.stream(self.messages)) as stream:
-            async for chunks in stream:
-                text = "".join([c.text for c in chunks]) if len(chunks) > 1 else chunks[0].text
-                if "\x00" in text:  # kept by no store: shown and stored as U+FFFD alike
-                    text = text.replace("\x00", "\ufffd")
-                for chunk in chunks:
-                    reply.reasoning_chars += len(chunk.reasoning)
-                    reply.usage = chunk.usage or reply.usage
-                    finish = chunk.finish_reason or finish
-                if text:
-                    if not reply.publish(text):
-                        return "length"
-                    self._schedule_checkpoint()
+        """Try the reply's route until an attempt streams: a failure before anything was
+        published moves to the next attempt (routing.py); after, the reply ends with it."""
+        reply, loop = self.reply, asyncio.get_running_loop()
+        route = reply.route
+        route.start(loop.time())
+        while True:
+            if reply.stop_reason is not None:  # a stop that raced the upstream's own timer
+                raise asyncio.CancelledError
+            step = route.next(loop.time())
+            if step is None:
+                raise route.last_error or UpstreamError(ErrorCode.UPSTREAM_TIMEOUT, "no deployment answered in time")
+            if isinstance(step, Wait):
+                await asyncio.sleep(step.seconds)
+                continue
+            reply.attempting(step)
+            try:
+                return await self._attempt(step)
+            except UpstreamError as exc:
+                if reply.log.seq:  # text went out: no silent retry or switch
+                    raise
+                spent = loop.time() >= route.deadline  # the budget ran out, not the deployment
+                kind = kind_of(exc) if spent else route.failed(step, exc, loop.time())
+                if self.observer is not None:
+                    self.observer.failed(reply, step, kind, exc, cooled=not spent and route.cools(kind))
+                if spent:
+                    raise
+
+    async def _attempt(self, attempt: Attempt) -> str | None:
+        """One upstream request; UpstreamError (upstream_timeout if no token came within the
+        first-token limit, when another deployment could answer, or the budget left) if it fails."""
+        reply, finish, first = self.reply, None, True
+        route, loop = reply.route, asyncio.get_running_loop()
+        own = self.first_token_timeout if self.first_token_timeout and route.alternatives else math.inf
+        limit = min(own, route.deadline - loop.time())
+        try:
+            async with asyncio.timeout(limit) as first_token:
+                stream = reply.provider.stream(self._context(attempt.model))
+                async with contextlib.aclosing(stream):
+                    async for chunks in stream:
+                        if first and any(c.text or c.reasoning for c in chunks):
+                            first = False
+                            first_token.reschedule(None)
+                        finish = chunks_finish(chunks, finish)
+                        full = not self._received(chunks)
+                        if reply.log.seq and not self._answered:
+                            self._answer(attempt)
+                        if full:
+                            return "length"
+        except TimeoutError:
+            raise UpstreamError(
+                ErrorCode.UPSTREAM_TIMEOUT, f"the provider sent no token within {limit:.3g} s"
+            ) from None
+        if not self._answered:
+            self._answer(attempt)
         return finish
+
+    def _answer(self, attempt: Attempt) -> None:
+        self._answered = True
+        if self.observer is not None:
+            self.observer.answered(self.reply, attempt)
+
+    def _context(self, model: str) -> Sequence[ChatMessage]:
+        """What is sent to ``model`` (its own system prompt, for a fallback)."""
+        if self.contexts is not None and model != self.reply.route.requested:
+            self.messages = self.contexts(model)
+        return self.messages
+
+    def _received(self, chunks: list[Chunk]) -> bool:
+        """Publish what ``chunks`` hold; False if the reply is full."""
+        reply = self.reply
+        text = "".join([c.text for c in chunks]) if len(chunks) > 1 else chunks[0].text
+        if "\x00" in text:  # kept by no store: shown and stored as U+FFFD alike
+            text = text.replace("\x00", "\ufffd")
+        for chunk in chunks:
+            reply.reasoning_chars += len(chunk.reasoning)
+            reply.usage = chunk.usage or reply.usage
+        if text:
+            if not reply.publish(text):
+                return False
+            self._schedule_checkpoint()
+        return True
+
 
     def _schedule_checkpoint(self) -> None:
         """Save new text at most ``checkpoint_interval`` after it arrived, off the producer's path.
@@ -188,3 +269,10 @@ class Producer:
             self._timer = None
         if self._checkpoint is not None:
             await self._checkpoint
+
+
+def chunks_finish(chunks: list[Chunk], finish: str | None) -> str | None:
+    """The finish reason after ``chunks``: the last one they give, else ``finish``."""
+    for chunk in chunks:
+        finish = chunk.finish_reason or finish
+    return finish

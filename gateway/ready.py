@@ -7,13 +7,14 @@ from typing import Any
 
 from . import wire
 from .auth import Principal
+from .catalog import Catalog, Model
 from .connection import Hub
 from .events import Streaming
 from .paging import page, read_bound, without
 from .runtime import Runtime
 from .stores import StoredMessage
 
-__all__ = ["read_page", "ready_frame"]
+__all__ = ["conversation_model", "read_page", "ready_frame"]
 
 # The per-subject limits ``ready`` shows when they are on.
 PER_SUBJECT = (
@@ -34,6 +35,14 @@ async def read_page(
     return messages, has_more, active
 
 
+def conversation_model(history: list[StoredMessage], catalog: Catalog) -> Model:
+    """The model a conversation's latest user message asked for, if it is still offered;
+    else the default (a regenerate with a model stores it on that message)."""
+    latest = next((m for m in reversed(history) if m.role == "user"), None)
+    chosen = catalog.models.get(latest.model) if latest is not None and latest.model else None
+    return chosen or catalog.default
+
+
 def ready_frame(
     session_id: str,
     conversation_id: str,
@@ -43,6 +52,7 @@ def ready_frame(
     active: Streaming | None,
     principal: Principal,
     budget: dict[str, Any] | None,
+    model: Model,
 ) -> bytes:
     """``ready``: the conversation now open, who the client is, and what it may do."""
     limits = runtime.config.limits
@@ -59,8 +69,9 @@ def ready_frame(
         conversation_id=conversation_id,
         title=title,
         history=wire.history_items(history),
-        model=runtime.provider.model,
-        provider=runtime.provider.name,
+        model=model.id,
+        provider=model.provider,
+        models=runtime.catalog.public(),
         limits=shown,
         budget=budget,
         streaming={"reply_id": active.reply_id, "seq": active.seq} if active else None,

@@ -55,5 +55,8 @@ class Reloader:
                 self._configure_logs(cfg)
             if needs_restart:
                 _log.warning("reload_needs_restart", settings=list(needs_restart))
-            _log.info("config_reloaded", provider=runtime.provider.name, model=runtime.provider.model)
+            _log.info(
+                "config_reloaded", model=runtime.catalog.default.id, models=list(runtime.catalog.models),
+                deployments=list(runtime.upstreams),
+            )
         self._notifier.notify("READY=1", f"STATUS={status()}")

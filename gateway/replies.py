@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -23,9 +24,11 @@ from .accounting import Accounting
 from .intake import add_message, context_of, store_errors, take_back_reply
 from .metrics import Metrics
 from .producer import Producer
-from .providers import ChatMessage, Provider
+from .catalog import Catalog, Model
+from .providers import ChatMessage
 from .reply import Reply, StopReason
 from .reply_index import ReplyIndex
+from .routing import Health, Route
 from .replystats import ReplyStats
 from .runtime import RegistryLimits
 from .sharing import Alone, Sharing
@@ -52,7 +55,7 @@ class ReplyTerms(Protocol):
     (:class:`~gateway.runtime.Runtime` is one)."""
 
     @property
-    def provider(self) -> Provider: ...
+    def catalog(self) -> Catalog: ...
 
     @property
     def limits(self) -> RegistryLimits: ...
@@ -75,6 +78,8 @@ class ReplyRegistry:
         self.sharing: Sharing = Alone()
         self.accounting = Accounting(store, self.metrics)
         self._refunds = TaskSet()  # tokens given back for replies that never started (Redis: a round trip)
+        self.health = Health()  # deployments cooling down, whatever a reload changes
+        self._rng = random.Random()
 
     @property
     def in_flight(self) -> int:
@@ -145,9 +150,11 @@ class ReplyRegistry:
     ) -> str:
         """Store the user's message, then start a reply for ``subscriber`` and the
         conversation's watchers (other tabs); return its id. ``new``: the conversation
-        is created first, with this id, for ``owner``."""
+        is created first, with this id, for ``owner``. The message's ``model`` (a model
+        id of the catalog, or None for the default) answers."""
         terms = self._terms()
-        reply = self._reserve(conversation_id, message.id, terms, owner)
+        model = _model(terms.catalog, message.model)
+        reply = self._reserve(conversation_id, message.id, terms, owner, model)
         with self._preparing(reply):
             await self.accounting.hold_reply(reply, terms.limits)
             await self.sharing.claim(reply)
@@ -158,29 +165,42 @@ class ReplyRegistry:
                 self.store, conversation_id, message, new=new, owner=owner,
                 context_messages=terms.limits.context_max_messages,
             )
-        self._launch(reply, context_of(history, terms.limits), subscriber, message.content, terms.limits)
+        self._launch(reply, history, subscriber, message.content, terms)
         return reply.id
 
     async def regenerate(
-        self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str = UNOWNED
+        self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str = UNOWNED,
+        model: str | None = None,
     ) -> str:
-        """Replace the conversation's last reply with a new one for the same user message."""
+        """Replace the conversation's last reply with a new one for the same user message,
+        by ``model`` (None: the one that message asked for)."""
         terms = self._terms()
-        reply = self._reserve(conversation_id, request_id, terms, owner)
+        chosen = _model(terms.catalog, model) if model is not None else None
+        reply = self._reserve(conversation_id, request_id, terms, owner, chosen or terms.catalog.default)
         with self._preparing(reply):
             await self.accounting.hold_reply(reply, terms.limits)
             await self.sharing.claim(reply)
             reply.charge = await self.accounting.admit(owner, "", terms.limits.quota, terms.limits.reply_reserve)
             history, reply.replaces = await take_back_reply(
-                self.store, conversation_id, terms.limits.context_max_messages
+                self.store, conversation_id, terms.limits.context_max_messages, model
             )
-        self._launch(reply, context_of(history, terms.limits), subscriber, None, terms.limits)
+            asked = terms.catalog.get(history[-1].model) if history and history[-1].model else None
+            if chosen is None and asked is not None and asked.id != reply.route.requested:
+                reply.reroute(self._route(terms, asked))  # the model the message asked for
+        self._launch(reply, history, subscriber, None, terms)
         return reply.id
 
-    def _reserve(self, conversation_id: str, message_id: str, terms: ReplyTerms, owner: str) -> Reply:
-        reply = Reply(conversation_id, message_id, terms.limits.max_reply_chars, terms.provider, owner)
+    def _reserve(self, conversation_id: str, message_id: str, terms: ReplyTerms, owner: str, model: Model) -> Reply:
+        route = self._route(terms, model)
+        reply = Reply(conversation_id, message_id, terms.limits.max_reply_chars, terms.catalog, route, owner)
         self._slots.take(reply, terms.limits.max_replies)
         return reply
+
+    def _route(self, terms: ReplyTerms, model: Model) -> Route:
+        loop = asyncio.get_running_loop()
+        return terms.catalog.route(
+            model, self.health, now=loop.time(), budget=terms.limits.upstream_timeout, rng=self._rng
+        )
 
     def _free(self, reply: Reply) -> None:
         self._slots.free(reply)
@@ -202,20 +222,26 @@ class ReplyRegistry:
     def _launch(
         self,
         reply: Reply,
-        messages: Sequence[ChatMessage],
+        history: list[StoredMessage],
         subscriber: Subscriber,
         content: str | None,
-        limits: RegistryLimits,
+        terms: ReplyTerms,
     ) -> None:
+        limits, models = terms.limits, terms.catalog.models
+
+        def context(model: str) -> Sequence[ChatMessage]:
+            return context_of(history, limits, models[model])
+
         self._replies.add(reply)
         self.stats.started()
         reply.begin(subscriber, self._watchers.of(reply.conversation_id), content)
         self.sharing.started(reply, content)
         producer = Producer(
-            reply, self.store, messages, max_seconds=limits.max_reply_seconds,
+            reply, self.store, context(reply.route.requested), max_seconds=limits.max_reply_seconds,
             checkpoint_interval=limits.checkpoint_interval, shared_ticks=limits.checkpoint_ticks, on_end=self._end,
             save_retry_delays=limits.save_retry_delays, save_deadline=limits.save_deadline,
-            settle=self.accounting.settle,
+            settle=self.accounting.settle, first_token_timeout=limits.first_token_timeout, observer=self.stats,
+            contexts=context,
         )
         reply.task = asyncio.create_task(producer.run(), name=f"reply-{reply.id}")
 
@@ -252,3 +278,10 @@ class ReplyRegistry:
         await self.accounting.close(2.0)  # within systemd's stop timeout, after the drain
         self._replies.clear()
 
+
+
+def _model(catalog: Catalog, model_id: str | None) -> Model:
+    model = catalog.get(model_id)
+    if model is None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"no model {model_id!r} here; ready.models lists them")
+    return model

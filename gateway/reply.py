@@ -9,9 +9,11 @@ from collections.abc import Callable, Iterable
 
 from .errors import GatewayError
 from .events import ReplyDelta, ReplyEnded, ReplyStarted, Subscriber
+from .catalog import Catalog, Model
 from .providers import Provider, Usage
 from .quota import Charge
 from .replylog import ReplyLog
+from .routing import Attempt, Route
 from .stores import StoredMessage, new_id
 
 __all__ = ["Reply", "ReplyState", "StopReason"]
@@ -34,7 +36,7 @@ class Reply:
     writes it; the registry (:mod:`.replies`) owns it."""
 
     def __init__(
-        self, conversation_id: str, message_id: str, max_chars: int, provider: Provider, owner: str = ""
+        self, conversation_id: str, message_id: str, max_chars: int, catalog: Catalog, route: Route, owner: str = "",
     ) -> None:
         self.id = new_id()
         self.conversation_id = conversation_id
@@ -43,7 +45,8 @@ class Reply:
         self.held = False  # counted among its subject's replies streaming (replies_per_subject on)
         self.requested = False  # its request was sent upstream (it was not stopped before)
         self.message_id = message_id
-        self.provider = provider  # the one that produces it, whatever a reload changes
+        self.catalog, self.route = catalog, route  # what produces it, whatever a reload changes
+        self.model, self.deployment = route.first.model, route.first.deployment  # answering (the last attempt)
         self.log = ReplyLog(max_chars)
         self.state = ReplyState.STREAMING
         self.finish_reason: str | None = None
@@ -62,16 +65,44 @@ class Reply:
         self.shared: Callable[[Reply], None] | None = None  # told of each new delta (cluster mode)
 
     @property
+    def provider(self) -> Provider:
+        return self.catalog.provider(self.model, self.deployment)
+
+    @property
+    def answering(self) -> Model:
+        return self.catalog.models[self.model]
+
+    @property
+    def fallback_from(self) -> str | None:
+        """The model asked for, when another one answers."""
+        return self.route.requested if self.model != self.route.requested else None
+
+    def reroute(self, route: Route) -> None:
+        """Before it starts: answer by ``route`` instead."""
+        self.route = route
+        self.model, self.deployment = route.first.model, route.first.deployment
+
+    def attempting(self, attempt: Attempt) -> None:
+        """A new attempt: what a failed one reported does not count."""
+        self.model, self.deployment = attempt.model, attempt.deployment
+        self.usage, self.reasoning_chars = None, 0
+
+    @property
     def done(self) -> bool:
         """Whether its end is decided: no more text, no more checkpoints."""
         return self.state is not ReplyState.STREAMING
 
     def started(self, content: str | None) -> ReplyStarted:
-        return ReplyStarted(self.id, self.conversation_id, self.message_id, self.replaces, content)
+        return ReplyStarted(
+            self.id, self.conversation_id, self.message_id, self.replaces, content, self.model, self.fallback_from
+        )
 
     def ended_event(self) -> ReplyEnded:
         assert self.finish_reason is not None
-        return ReplyEnded(self.id, self.message_id, self.finish_reason, self.usage, self.error)
+        return ReplyEnded(
+            self.id, self.message_id, self.finish_reason, self.usage, self.error, self.model, self.fallback_from,
+            self.answering.cost(self.usage),
+        )
 
     def begin(self, requester: Subscriber, watchers: Iterable[Subscriber], content: str | None) -> None:
         """Tell whoever asked for it, and the conversation's other watchers (with the user's
@@ -138,5 +169,5 @@ class Reply:
             created_at=self.created_at,
             finish_reason=self.finish_reason,
             usage=self.usage.as_dict() if self.usage else None,
-            model=self.provider.model,
+            model=self.model,
         )

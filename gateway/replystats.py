@@ -10,6 +10,7 @@ import structlog
 from .errors import UpstreamError
 from .metrics import Metrics
 from .reply import Reply
+from .routing import Attempt, Kind
 
 __all__ = ["ReplyStats"]
 
@@ -25,6 +26,28 @@ class ReplyStats:
     def started(self) -> None:
         self.metrics.messages.inc()
 
+    def answered(self, reply: Reply, attempt: Attempt) -> None:
+        """An attempt streams: counted, and a retry if it was not the first."""
+        self.metrics.attempts.labels(attempt.model, attempt.deployment, "ok").inc()
+        if attempt.number:
+            self.metrics.retries.labels(attempt.model, attempt.deployment).inc()
+        if attempt.model != reply.route.requested:
+            self.metrics.fallbacks.labels(reply.route.requested, attempt.model).inc()
+
+    def failed(self, reply: Reply, attempt: Attempt, kind: Kind, exc: UpstreamError, *, cooled: bool) -> None:
+        """An attempt failed before its first token: counted and logged (the client sees
+        only the reply's end)."""
+        m = self.metrics
+        m.attempts.labels(attempt.model, attempt.deployment, kind.value).inc()
+        if attempt.number:
+            m.retries.labels(attempt.model, attempt.deployment).inc()
+        if cooled:
+            m.cooldowns.labels(attempt.deployment, kind.value).inc()
+        _log.warning(
+            "upstream_attempt_failed", reply_id=reply.id, model=attempt.model, deployment=attempt.deployment,
+            attempt=attempt.number, kind=kind.value, error_code=str(exc.code), status=exc.status, error=exc.message,
+        )
+
     def finished(self, reply: Reply, followers: int) -> None:
         now = time.monotonic()
         usage = reply.usage.as_dict() if reply.usage else {}
@@ -36,6 +59,10 @@ class ReplyStats:
             m.ttft.observe(reply.first_delta_at - reply.started_at)
         if usage.get("completion_tokens"):
             m.tokens.inc(usage["completion_tokens"])
+        for kind in ("prompt_tokens", "completion_tokens"):
+            if usage.get(kind):
+                m.model_tokens.labels(reply.model, kind.removesuffix("_tokens")).inc(usage[kind])
+
         if isinstance(reply.error, UpstreamError):
             m.upstream_errors.labels(str(reply.error.code)).inc()
         _log.info(
@@ -43,7 +70,10 @@ class ReplyStats:
             reply_id=reply.id,
             conversation_id=reply.conversation_id,
             provider=reply.provider.name,
-            model=reply.provider.model,
+            model=reply.model,
+            deployment=reply.deployment,
+            fallback_from=reply.fallback_from,
+            attempts=reply.route.attempts,
             finish_reason=reply.finish_reason,
             error_code=str(reply.error.code) if reply.error else None,
             deltas=reply.log.seq,

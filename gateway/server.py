@@ -105,7 +105,10 @@ class Gateway:
         it while it cannot be reached), then ``/chat``. A stop asked for meanwhile ends it."""
         cfg = self.config
         self._session = client_session()
-        runtime = Runtime.of(cfg, make_provider(cfg.provider, self._session), make_authenticator(cfg, self._session))
+        session = self._session
+        runtime = Runtime.of(
+            cfg, lambda upstream: make_provider(upstream, session), make_authenticator(cfg, session)
+        )
         registry = ReplyRegistry(lambda: hub.runtime, self.store, self.metrics)
         self.hub = hub = Hub(runtime, registry, self.store)
         if cfg.cluster.enabled:
@@ -261,8 +264,9 @@ def _log_started(listeners: Listeners, runtime: Runtime, *, socket_activated: bo
         version=__version__,
         ws_url=ws_url,
         http_url=http_url,
-        provider=runtime.provider.name,
-        model=runtime.provider.model,
+        model=runtime.catalog.default.id,
+        models=list(runtime.catalog.models),
+        deployments=list(runtime.upstreams),
         socket_activated=socket_activated,
         event_loop="uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio",
     )

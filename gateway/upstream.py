@@ -82,9 +82,10 @@ async def stream_sse(
                 yield chunks
             reader.check()
     except asyncio.CancelledError:
-        if not idle.fired:
+        task = asyncio.current_task()
+        assert task is not None
+        if not idle.fired or task.uncancel() > 0:  # a cancel of its own as well: that one wins
             raise
-        asyncio.current_task().uncancel()  # type: ignore[union-attr]
         raise UpstreamError(ErrorCode.UPSTREAM_TIMEOUT, "the provider stopped sending data") from None
     except UpstreamError as exc:
         exc.redact(api_key)
@@ -241,24 +242,26 @@ async def _status_error(resp: aiohttp.ClientResponse, error_from_body: Any) -> U
     except (aiohttp.ClientError, TimeoutError):
         raw = b""
     detail, obj = _detail(_error_body(raw, resp.headers.get("Content-Encoding", "")))
-    status = resp.status
+    status, asked = resp.status, _retry_after(resp.headers)
     if error_from_body is not None and obj is not None and status != 429:
         exc: UpstreamError = error_from_body(obj, status)
-        return exc
-    if status == 429:
-        return UpstreamError(
+    elif status == 429:
+        exc = UpstreamError(
             ErrorCode.RATE_LIMITED, "the provider is rate limiting (HTTP 429)", detail=detail,
-            status=status, retry_after=_retry_after(resp.headers),
+            status=status, retry_after=_DEFAULT_RETRY_AFTER if asked is None else asked,
         )
-    if status in (401, 403):
-        return UpstreamError(
+    elif status in (401, 403):
+        exc = UpstreamError(
             ErrorCode.UPSTREAM_ERROR, f"the provider refused the gateway's credentials (HTTP {status})", detail=detail,
             status=status, retryable=False,
         )
-    return UpstreamError(
-        ErrorCode.UPSTREAM_ERROR, f"the provider answered HTTP {status}", detail=detail,
-        status=status, retryable=status >= 500 or status == 408,
-    )
+    else:
+        exc = UpstreamError(
+            ErrorCode.UPSTREAM_ERROR, f"the provider answered HTTP {status}", detail=detail,
+            status=status, retryable=status >= 500 or status in (408, 409),
+        )
+    exc.asked_wait = asked  # a Retry-After on any status is honoured by the route
+    return exc
 
 
 def _error_body(raw: bytes, encoding: str) -> bytes:
@@ -287,22 +290,23 @@ def _detail(raw: bytes) -> tuple[str, dict[str, Any] | None]:
     return str(message or obj.get("message") or obj.get("detail") or "no details"), obj
 
 
-def _retry_after(headers: Mapping[str, str]) -> float:
-    """The delay the provider asks for (bounded later by GatewayError), or 5 s if it makes no sense."""
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """The delay the provider asks for (bounded later by GatewayError), or None if it
+    gives none that makes sense."""
     if value := headers.get("retry-after-ms"):
         seconds = _number(value)
         if seconds is not None:
             return seconds / 1000
     value = headers.get("Retry-After", "").strip()
     if not value:
-        return _DEFAULT_RETRY_AFTER
+        return None
     seconds = _number(value)
     if seconds is not None:
         return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
-        return _DEFAULT_RETRY_AFTER
+        return None
     return max(0.0, round(when.timestamp() - time.time(), 3))
 
 

@@ -182,9 +182,9 @@ async def _config(request: web.Request) -> web.Response:
     if not request.app[STATE].ready:
         return web.json_response({"status": "starting"}, status=503, headers={"Cache-Control": "no-store"})
     runtime = request.app[STATE].runtime()
-    provider, auth = runtime.provider, runtime.config.auth
+    model, auth = runtime.catalog.default, runtime.config.auth
     body: dict[str, Any] = {
-        "ws_url": _ws_url(request), "model": provider.model, "provider": provider.name,
+        "ws_url": _ws_url(request), "model": model.id, "provider": model.provider, "models": runtime.catalog.public(),
         "auth": {"mode": auth.mode, **({"token_url": auth.token_url} if auth.token_url else {})},
     }
     return web.json_response(body, headers={"Cache-Control": "no-cache"})

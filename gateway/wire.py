@@ -56,6 +56,7 @@ class Message:
     id: str
     content: str
     conversation_id: str | None = None
+    model: str | None = None  # a ready.models id; None: the conversation's model
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,7 @@ class Regenerate:
     """Replace the conversation's last reply; ``id`` is echoed in ``reply.start``."""
 
     id: str
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +179,9 @@ def _message(obj: Mapping[str, Any]) -> Message:
     content = _field(obj, "content", str)
     if not content.strip():
         raise _bad("field 'content' is empty", msg_id)
-    return Message(msg_id, content, _field(obj, "conversation_id", str, required=False))
+    return Message(
+        msg_id, content, _field(obj, "conversation_id", str, required=False), _field(obj, "model", str, required=False)
+    )
 
 
 def _cancel(obj: Mapping[str, Any]) -> Cancel:
@@ -208,7 +212,7 @@ def _history(obj: Mapping[str, Any]) -> History:
 
 
 def _regenerate(obj: Mapping[str, Any]) -> Regenerate:
-    return Regenerate(_field(obj, "id", str))
+    return Regenerate(_field(obj, "id", str), _field(obj, "model", str, required=False))
 
 
 def _refresh(obj: Mapping[str, Any]) -> Refresh:
@@ -293,5 +297,7 @@ def history_items(messages: Sequence[Any]) -> list[dict[str, Any]]:
         item = {"id": m.id, "role": m.role, "content": m.content}
         if m.finish_reason is not None:
             item["finish_reason"] = m.finish_reason
+        if m.model:  # the model a user message asked for, or the one that wrote a reply
+            item["model"] = m.model
         items.append(item)
     return items

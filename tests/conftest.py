@@ -187,6 +187,7 @@ def openai_env(up: FakeUpstream, **extra: str) -> dict[str, str]:
         "GATEWAY_MODEL": "gpt-test",
         "GATEWAY_API_KEY": "sk-test-secret-key-0123456789",
         "GATEWAY_UPSTREAM_TIMEOUT": "2",
+        "GATEWAY_ROUTING_RETRIES": "0",  # one attempt: these tests see each failure as it is (test_models_e2e retries)
         **extra,
     }
 
@@ -198,6 +199,7 @@ def dashscope_env(up: FakeUpstream, **extra: str) -> dict[str, str]:
         "GATEWAY_MODEL": "qwen-test",
         "GATEWAY_API_KEY": "sk-dash-secret-key-9876543210",
         "GATEWAY_UPSTREAM_TIMEOUT": "2",
+        "GATEWAY_ROUTING_RETRIES": "0",
         **extra,
     }
 

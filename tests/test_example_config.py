@@ -24,11 +24,14 @@ def test_every_setting_is_documented_in_the_example() -> None:
 
 
 def test_example_uncommented_loads(tmp_path: Path) -> None:
-    lines = []
+    """Every table's settings uncommented load (the [[models]] and [[deployments]]
+    examples stay commented: they replace [provider]'s own model)."""
+    lines, in_array = [], False
     for line in EXAMPLE.read_text().splitlines():
         body = line[2:] if line.startswith("# ") else line
+        in_array = body.startswith("[[") or (in_array and not body.startswith("["))
         is_setting = " = " in body and not body.startswith(("#", " ")) and body.split(" = ")[0].isidentifier()
-        lines.append(body if is_setting else line)
+        lines.append(body if is_setting and not in_array else line)
     path = tmp_path / "gateway.toml"
     path.write_text("\n".join(lines))
     cfg = config.load(path, {})

@@ -80,7 +80,7 @@ async def test_health_ready_and_config(start_gateway: StartGateway) -> None:
     cfg = orjson.loads(body)
     assert cfg == {
         "ws_url": f"ws://127.0.0.1:{gw.gateway.ws_port}/chat", "model": "demo", "provider": "demo",
-        "auth": {"mode": "none"},
+        "models": [{"id": "demo", "label": "demo", "default": True}], "auth": {"mode": "none"},
     }
 
 

@@ -4,16 +4,19 @@ table, and the reply's reservation."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
 
 from gateway.accounting import _used
+from gateway.catalog import Catalog
 from gateway.errors import ErrorCode, UpstreamError
 from gateway.providers import Usage
 from gateway.providers.demo import DemoProvider
 from gateway.quota import DAY, BudgetExceeded, LocalQuota, QuotaLimits, estimate_tokens, reply_reserve
 from gateway.reply import Reply
+from gateway.routing import Health
 from gateway.stores import UsageTotal
 from gateway.usage_report import format_table
 
@@ -95,7 +98,9 @@ def test_the_usage_table() -> None:
 
 
 def _reply(*, requested: bool, text: str = "", error: Any = None, usage: Usage | None = None) -> Reply:
-    reply = Reply("c1", "u1", 10_000, DemoProvider("demo", 0), "token:alice")
+    catalog = Catalog.single(DemoProvider("demo", 0))
+    route = catalog.route(catalog.default, Health(), now=0.0, budget=60.0, rng=random.Random(0))
+    reply = Reply("c1", "u1", 10_000, catalog, route, "token:alice")
     reply.requested = requested
     if text:
         reply.log.append(text)

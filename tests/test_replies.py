@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import dataclasses
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -10,11 +11,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from gateway.catalog import Catalog
 from gateway.errors import ErrorCode, GatewayError, ProtocolError
 from gateway.events import ReplyDelta, ReplyEnded, ReplyEvent
 from gateway.producer import Producer
 from gateway.providers import ChatMessage, Chunk, Provider, Usage
 from gateway.replies import RegistryLimits, Reply, ReplyRegistry
+from gateway.routing import Health
 from gateway.slots import Slots
 from gateway.reply import ReplyState, StopReason
 from gateway.stores import StoredMessage, StoreUnavailable
@@ -30,6 +33,17 @@ LIMITS = RegistryLimits(
 class Terms:
     provider: Provider
     limits: RegistryLimits = LIMITS
+
+    @property
+    def catalog(self) -> Catalog:
+        return Catalog.single(self.provider)
+
+
+def alone(conversation_id: str, message_id: str, max_chars: int, provider: Provider) -> Reply:
+    """A reply that ``provider`` alone answers."""
+    catalog = Catalog.single(provider)
+    route = catalog.route(catalog.default, Health(), now=0.0, budget=60.0, rng=random.Random(0))
+    return Reply(conversation_id, message_id, max_chars, catalog, route)
 
 
 def terms(provider: Provider) -> Callable[[], Terms]:
@@ -285,7 +299,7 @@ def test_a_slot_is_freed_only_by_the_reply_that_holds_it() -> None:
     conversation holds (that would let two replies stream in one conversation)."""
     gauge = Gauge()
     slots = Slots(gauge)
-    old, new = (Reply("c1", f"u{i}", 100, Scripted()) for i in (1, 2))
+    old, new = (alone("c1", f"u{i}", 100, Scripted()) for i in (1, 2))
     slots.take(old, max_replies=2)
     with pytest.raises(ProtocolError) as busy:
         slots.take(new, max_replies=2)
@@ -385,7 +399,7 @@ async def test_nul_from_the_upstream_is_stored_and_shown_as_a_replacement_charac
 async def test_a_reply_checkpoints_once_per_interval_at_most(shared_ticks: bool) -> None:
     """Scheduling again at once (a save that returned within the same millisecond, as
     uvloop's clock allows) never reuses a tick: the next checkpoint is an interval later."""
-    reply = Reply("c1", "u1", 1000, Scripted())
+    reply = alone("c1", "u1", 1000, Scripted())
     producer = Producer(
         reply, MemoryStore(max_conversations=1, max_messages=10), [], max_seconds=10,
         checkpoint_interval=0.5, on_end=lambda r: None, shared_ticks=shared_ticks,

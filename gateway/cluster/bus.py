@@ -70,8 +70,10 @@ class ClusterBus:
     ) -> str:
         return await self.local.start(conversation_id, message, subscriber, new=new, owner=owner)
 
-    async def regenerate(self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str) -> str:
-        return await self.local.regenerate(conversation_id, request_id, subscriber, owner=owner)
+    async def regenerate(
+        self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str, model: str | None = None
+    ) -> str:
+        return await self.local.regenerate(conversation_id, request_id, subscriber, owner=owner, model=model)
 
     async def streaming(self, conversation_id: str) -> Streaming | None:
         local = await self.local.streaming(conversation_id)

@@ -100,6 +100,9 @@ def encode_end(seq: int, event: ReplyEnded) -> bytes:
         "message_id": event.message_id,
         "finish_reason": event.finish_reason,
         "usage": event.usage.as_dict() if event.usage else None,
+        "model": event.model,
+        "fallback_from": event.fallback_from,
+        "cost": event.cost,
         "error": None if error is None else {
             "code": str(error.code), "message": error.message, "retryable": error.retryable,
             "retry_after": error.retry_after,
@@ -119,6 +122,9 @@ def decode_end(reply_id: str, data: bytes) -> RemoteEnd:
         GatewayError(
             ErrorCode(error["code"]), error["message"], retryable=error["retryable"], retry_after=error["retry_after"]
         ) if error else None,
+        doc.get("model"),
+        doc.get("fallback_from"),
+        doc.get("cost"),
     )
     return RemoteEnd(int(doc["seq"]), event)
 
@@ -128,6 +134,7 @@ def encode_start(event: ReplyStarted, owner: str) -> bytes:
 
 
 def decode_start(data: bytes) -> tuple[ReplyStarted, str]:
+    """A start record; fields a newer instance added are ignored (a rolling upgrade)."""
     doc: dict[str, Any] = orjson.loads(data)
     owner = str(doc.pop("owner"))
-    return ReplyStarted(**doc), owner
+    return ReplyStarted(**{k: v for k, v in doc.items() if k in ReplyStarted._fields}), owner

@@ -83,7 +83,7 @@ class Successor:
             ErrorCode.INTERNAL,
             "the gateway instance streaming this reply stopped before it finished; what it streamed is kept",
         )
-        end = names.encode_end(seq, ReplyEnded(reply_id, message_id, "error", None, error))
+        end = names.encode_end(seq, ReplyEnded(reply_id, message_id, "error", None, error, model))
         async with self._link.using():
             await self._ship(args=[self._grace_ms(), self._grace_ms(), self._link.instance_id,
                                    "E", reply_id, epoch, seq, end, conv, 0])

@@ -92,6 +92,21 @@ def _stream_error(obj: dict[str, Any]) -> UpstreamError:
     code = err.get("code") if isinstance(err, dict) else None
     if code in (429, "429", "rate_limit_exceeded"):
         return UpstreamError(ErrorCode.RATE_LIMITED, "the provider is rate limiting", detail=str(message), retry_after=5)
+    if _refusal(code):  # the request itself (a moderation flag, a bad parameter): no retry will do
+        return UpstreamError(
+            ErrorCode.UPSTREAM_ERROR, "the provider refused the request", detail=str(message or code), retryable=False
+        )
     return UpstreamError(
         ErrorCode.UPSTREAM_ERROR, "the provider failed mid-stream", detail=str(message or "unknown error"), retryable=True
     )
+
+
+_REFUSALS = ("content", "policy", "moderation", "filter", "invalid", "not_found", "unsupported")
+
+
+def _refusal(code: object) -> bool:
+    """Whether an in-band error code says the request is refused (OpenRouter sends HTTP
+    codes, 400/403/404/422 among them; others send names like ``content_filter``)."""
+    if isinstance(code, int | str) and str(code) in ("400", "401", "403", "404", "422"):
+        return True
+    return isinstance(code, str) and any(word in code.lower() for word in _REFUSALS)

@@ -14,7 +14,7 @@ import structlog
 
 from .errors import ErrorCode, GatewayError, ProtocolError, UpstreamError
 from .metrics import Metrics
-from .providers import ChatMessage
+from .providers import ChatMessage, Usage
 from .quota import BudgetExceeded, Charge, LocalQuota, Quota, QuotaLimits, day_of, estimate_tokens, resets_at
 from .reply import Reply
 from .runtime import RegistryLimits
@@ -104,6 +104,8 @@ class Accounting:
         then write its ledger entry in the background (a store that is away must not hold
         the reply's end)."""
         prompt, completion, estimated = _used(reply, context)
+        if estimated and reply.usage is None:  # what reply.done tells, the provider's count never came
+            reply.usage = Usage(prompt, completion, estimated=True)
         if reply.held:
             await self.quota.release("replies", reply.owner, reply.id)
         if reply.charge is not None:

@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .auth import Principal
 from .bus import ReplyBus
-from .events import ReplyDelta, ReplyEnded, ReplyEvent, ReplyStarted
+from .events import ReplyDelta, ReplyEnded, ReplyEvent, ReplyReasoning, ReplyStarted
 from .expiry import CredentialTimers
 from .outbox import Close, Frame, Outbox, OutputBudget
 from .replies import ReplyRegistry
@@ -126,6 +126,7 @@ class Connection:
         hub: Hub,
         encode_delta: Callable[[str, int, str], Frame],
         principal: Principal | None,
+        encode_reasoning: Callable[[str, int, str], Frame] | None = None,
     ) -> None:
         self.ws = ws
         self.hub = hub
@@ -136,7 +137,7 @@ class Connection:
         self.replies: set[str] = set()  # ids of the replies this connection follows
         self.outbox = Outbox(
             hub.runtime.config.limits.max_pending_bytes, encode_delta, self._overflowed, hub.metrics.frames.inc,
-            hub.budget, self._write_now,
+            hub.budget, self._write_now, encode_reasoning,
         )
         self._closer: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -297,6 +298,8 @@ class Connection:
     def reply_event(self, event: ReplyEvent) -> None:
         if type(event) is ReplyDelta:  # the hot path first
             self.outbox.put_delta(event.reply_id, event.seq, event.text)
+        elif type(event) is ReplyReasoning:
+            self._on_reasoning(event)
         elif isinstance(event, ReplyStarted):
             self._reply_started(event)
         elif isinstance(event, ReplyEnded):
@@ -309,6 +312,9 @@ class Connection:
     def _reply_ended(self, event: ReplyEnded) -> None:
         self.replies.discard(event.reply_id)
         self._on_ended(event)
+
+    def _on_reasoning(self, event: ReplyReasoning) -> None:
+        """Pass the model's thinking on (if the mode does)."""
 
     def _on_started(self, event: ReplyStarted) -> None:
         """Tell the client a reply began (if its mode does)."""

@@ -11,7 +11,7 @@ from typing import NamedTuple, Protocol
 from .errors import GatewayError
 from .providers import Usage
 
-__all__ = ["ReplyDelta", "ReplyEnded", "ReplyEvent", "ReplyStarted", "Streaming", "Subscriber"]
+__all__ = ["ReplyDelta", "ReplyEnded", "ReplyEvent", "ReplyReasoning", "ReplyStarted", "Streaming", "Subscriber"]
 
 
 class ReplyStarted(NamedTuple):
@@ -29,6 +29,15 @@ class ReplyStarted(NamedTuple):
 
 class ReplyDelta(NamedTuple):
     """Text numbered ``seq``: new text, or for a resuming connection all it missed, at once."""
+
+    reply_id: str
+    seq: int
+    text: str
+
+
+class ReplyReasoning(NamedTuple):
+    """The model's thinking, numbered ``seq`` in the same sequence as the text: new
+    reasoning, or for a resuming connection a run of it, at once."""
 
     reply_id: str
     seq: int
@@ -58,7 +67,7 @@ class Streaming(NamedTuple):
     chars: int
 
 
-ReplyEvent = ReplyStarted | ReplyDelta | ReplyEnded
+ReplyEvent = ReplyStarted | ReplyDelta | ReplyReasoning | ReplyEnded
 
 
 class Subscriber(Protocol):

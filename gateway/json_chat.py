@@ -14,7 +14,7 @@ from . import conversation_list, wire
 from .auth import ANONYMOUS, Principal
 from .connection import Hub
 from .errors import ErrorCode, GatewayError, ProtocolError
-from .events import ReplyEnded, ReplyStarted
+from .events import ReplyEnded, ReplyReasoning, ReplyStarted
 from .intake import store_errors
 from .json_signin import SigningConnection
 from .ready import conversation_model, read_page, ready_frame
@@ -31,7 +31,7 @@ class JsonConnection(SigningConnection):
     mode = "json"
 
     def __init__(self, ws: ServerConnection, hub: Hub, principal: Principal | None) -> None:
-        super().__init__(ws, hub, wire.encode_delta, principal)
+        super().__init__(ws, hub, wire.encode_delta, principal, wire.encode_reasoning)
         self.model: str | None = None  # the open conversation's model; None: the default
 
     async def _read(self) -> None:
@@ -200,6 +200,9 @@ class JsonConnection(SigningConnection):
             )
         )
 
+    def _on_reasoning(self, event: ReplyReasoning) -> None:
+        self.outbox.put_reasoning(event.reply_id, event.seq, event.text)
+
     def _on_started(self, event: ReplyStarted) -> None:
         if event.conversation_id == self.conversation_id and event.model:  # another tab's choice sticks too
             self.model = event.fallback_from or event.model
@@ -217,6 +220,8 @@ class JsonConnection(SigningConnection):
         usage: dict[str, Any] | None = dict(event.usage.as_dict()) if event.usage else None
         if usage is not None and event.cost is not None:
             usage["cost"] = event.cost
+        if usage is not None and event.usage is not None and event.usage.estimated:
+            usage["estimated"] = True
         self.outbox.put(
             wire.encode(
                 "reply.done", reply_id=event.reply_id, finish_reason=event.finish_reason, usage=usage,

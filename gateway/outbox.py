@@ -125,7 +125,7 @@ class Outbox:
 
     __slots__ = (
         "_items", "_held", "_max_pending", "_budget", "_encode_delta", "_on_overflow", "_count", "_waiter", "_together",
-        "_write_now", "overflowed",
+        "_write_now", "overflowed", "_encode_reasoning",
     )
 
     def __init__(
@@ -136,12 +136,14 @@ class Outbox:
         count_deltas: Callable[[int], None] = lambda n: None,
         budget: OutputBudget | None = None,
         write_now: Callable[[Frame], bool] | None = None,
+        encode_reasoning: DeltaEncoder | None = None,
     ) -> None:
         self._items: FrameQueue | None = None  # made on first use: idle sockets are many
         self._held = _Held()
         self._max_pending = max_pending
         self._budget = budget or OutputBudget(1 << 62)
         self._encode_delta = encode_delta
+        self._encode_reasoning = encode_reasoning or encode_delta
         self._on_overflow = on_overflow
         self._count = count_deltas
         self._waiter: asyncio.Future[None] | None = None
@@ -180,6 +182,16 @@ class Outbox:
             if self._queue().put_delta(reply_id, seq, text):
                 self._wake()
 
+    def put_reasoning(self, reply_id: str, seq: int, text: str) -> None:
+        """Queue a reply's reasoning, merged into the last waiting reasoning of the same reply."""
+        write_now = self._write_now
+        if write_now is not None and len(text) <= DIRECT_MAX // 4 and self._idle():
+            if write_now(self._encode_reasoning(reply_id, seq, text)):
+                return
+        if self._admit(len(text.encode())):
+            if self._queue().put_delta(reply_id, seq, text, reasoning=True):
+                self._wake()
+
     def holds_delta(self, reply_id: str) -> bool:
         """Whether text of ``reply_id`` waits here, not yet taken by the writer."""
         return self._items is not None and self._items.holds_delta(reply_id)
@@ -208,7 +220,7 @@ class Outbox:
                 self._waiter = None
         items, self._items = self._items, FrameQueue()
         self._held.take()
-        frames, deltas = items.encode(self._encode_delta)
+        frames, deltas = items.encode(self._encode_delta, self._encode_reasoning)
         if deltas:
             self._count(deltas)
         return frames

@@ -32,10 +32,10 @@ DeltaEncoder = Callable[[str, int, str], Frame]
 
 
 class _Delta:
-    __slots__ = ("reply_id", "seq", "parts")
+    __slots__ = ("reply_id", "seq", "parts", "reasoning")
 
-    def __init__(self, reply_id: str, seq: int, text: str) -> None:
-        self.reply_id, self.seq, self.parts = reply_id, seq, [text]
+    def __init__(self, reply_id: str, seq: int, text: str, reasoning: bool) -> None:
+        self.reply_id, self.seq, self.parts, self.reasoning = reply_id, seq, [text], reasoning
 
 
 class FrameQueue(deque[Frame | _Delta]):
@@ -43,31 +43,34 @@ class FrameQueue(deque[Frame | _Delta]):
 
     __slots__ = ()
 
-    def put_delta(self, reply_id: str, seq: int, text: str) -> bool:
-        """Queue reply text, merged into the last item if that is a delta of the same reply.
+    def put_delta(self, reply_id: str, seq: int, text: str, reasoning: bool = False) -> bool:
+        """Queue reply text (or reasoning), merged into the last item if that is a delta of
+        the same reply and kind.
 
         Returns:
             Whether a new item was queued (False: the text joined the last one).
         """
         last = self[-1] if self else None
-        if isinstance(last, _Delta) and last.reply_id == reply_id:
+        if isinstance(last, _Delta) and last.reply_id == reply_id and last.reasoning == reasoning:
             last.parts.append(text)
             last.seq = seq
             return False
-        self.append(_Delta(reply_id, seq, text))
+        self.append(_Delta(reply_id, seq, text, reasoning))
         return True
 
     def holds_delta(self, reply_id: str) -> bool:
         """Whether text of ``reply_id`` waits here."""
         return any(isinstance(i, _Delta) and i.reply_id == reply_id for i in self)
 
-    def encode(self, encode_delta: DeltaEncoder) -> tuple[list[Frame], int]:
-        """Every item as a frame, deltas encoded with ``encode_delta``; and how many deltas there were."""
+    def encode(self, encode_delta: DeltaEncoder, encode_reasoning: DeltaEncoder) -> tuple[list[Frame], int]:
+        """Every item as a frame, deltas encoded with ``encode_delta`` (reasoning with
+        ``encode_reasoning``); and how many deltas there were."""
         deltas, frames = 0, []
         for item in self:
             if isinstance(item, _Delta):
                 deltas += 1
-                frames.append(encode_delta(item.reply_id, item.seq, "".join(item.parts)))
+                encode = encode_reasoning if item.reasoning else encode_delta
+                frames.append(encode(item.reply_id, item.seq, "".join(item.parts)))
             else:
                 frames.append(item)
         return frames, deltas

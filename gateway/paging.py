@@ -20,11 +20,12 @@ def read_bound(max_bytes: int, active: Streaming | None) -> int:
 
 
 def page(messages: list[StoredMessage], limit: int, max_bytes: int) -> tuple[list[StoredMessage], bool]:
-    """The newest ``limit`` messages whose text fits in ``max_bytes`` (at least one), and
-    whether older ones are left out."""
+    """The newest ``limit`` messages whose text (reasoning included) fits in ``max_bytes``
+    (at least one), and whether older ones are left out."""
     size, start = 0, len(messages)
     while start > 0 and len(messages) - start < limit:
-        size += len(messages[start - 1].content.encode())
+        message = messages[start - 1]
+        size += len(message.content.encode()) + (len(message.reasoning.encode()) if message.reasoning else 0)
         if size > max_bytes and start < len(messages):
             break
         start -= 1

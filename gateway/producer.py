@@ -13,6 +13,7 @@ import structlog
 
 from .errors import ErrorCode, GatewayError, UpstreamError
 from .providers import ChatMessage, Chunk
+from .providers.think import ThinkSplitter
 from .reply import Reply, StopReason
 from .routing import Attempt, Kind, Wait, kind_of
 from .stores import ConversationStore, StoreUnavailable
@@ -58,6 +59,8 @@ class Producer:
         self.settle = settle
         self.first_token_timeout, self.observer, self.contexts = first_token_timeout, observer, contexts
         self._answered = False  # an attempt streamed (or ended well): counted once
+        self._asked = messages  # what the model asked for is sent
+        self._think: ThinkSplitter | None = None  # inline <think> of the attempt, until the answer starts
         self._checkpointed_at = reply.started_at
         self._tick = 0  # the last shared tick used (a multiple of the interval on the loop's clock)
         self._timer: asyncio.TimerHandle | None = None
@@ -174,6 +177,7 @@ class Producer:
         first-token limit, when another deployment could answer, or the budget left) if it fails."""
         reply, finish, first = self.reply, None, True
         route, loop = reply.route, asyncio.get_running_loop()
+        self._think = ThinkSplitter()
         own = self.first_token_timeout if self.first_token_timeout and route.alternatives else math.inf
         limit = min(own, route.deadline - loop.time())
         try:
@@ -194,6 +198,10 @@ class Producer:
             raise UpstreamError(
                 ErrorCode.UPSTREAM_TIMEOUT, f"the provider sent no token within {limit:.3g} s"
             ) from None
+        if self._think is not None:  # what it held back (an unfinished tag)
+            thought, text = self._think.close()
+            if not ((not thought or self._publish(True, thought)) and (not text or self._publish(False, text))):
+                finish = "length"
         if not self._answered:
             self._answer(attempt)
         return finish
@@ -205,23 +213,34 @@ class Producer:
 
     def _context(self, model: str) -> Sequence[ChatMessage]:
         """What is sent to ``model`` (its own system prompt, for a fallback)."""
-        if self.contexts is not None and model != self.reply.route.requested:
-            self.messages = self.contexts(model)
+        if self.contexts is not None:
+            self.messages = self._asked if model == self.reply.route.requested else self.contexts(model)
         return self.messages
 
     def _received(self, chunks: list[Chunk]) -> bool:
-        """Publish what ``chunks`` hold; False if the reply is full."""
+        """Publish what ``chunks`` hold, reasoning and text in their order; False if the
+        reply is full."""
         reply = self.reply
-        text = "".join([c.text for c in chunks]) if len(chunks) > 1 else chunks[0].text
+        for chunk in chunks:
+            reply.usage = chunk.usage or reply.usage
+        if self._think is None and not any(c.reasoning for c in chunks):  # the usual case
+            text = "".join([c.text for c in chunks]) if len(chunks) > 1 else chunks[0].text
+            return self._publish(False, text) if text else True
+        for reasoning, text in _pieces(chunks, self._think):
+            if not self._publish(reasoning, text):
+                return False
+        if self._think is not None and self._think.done:
+            self._think = None
+        return True
+
+    def _publish(self, reasoning: bool, text: str) -> bool:
         if "\x00" in text:  # kept by no store: shown and stored as U+FFFD alike
             text = text.replace("\x00", "\ufffd")
-        for chunk in chunks:
-            reply.reasoning_chars += len(chunk.reasoning)
-            reply.usage = chunk.usage or reply.usage
-        if text:
-            if not reply.publish(text):
-                return False
-            self._schedule_checkpoint()
+        if reasoning:
+            self.reply.reasoning_chars += len(text)
+        if not (self.reply.publish_reasoning(text) if reasoning else self.reply.publish(text)):
+            return False
+        self._schedule_checkpoint()
         return True
 
 
@@ -269,6 +288,22 @@ class Producer:
             self._timer = None
         if self._checkpoint is not None:
             await self._checkpoint
+
+
+def _pieces(chunks: list[Chunk], think: ThinkSplitter | None) -> list[tuple[bool, str]]:
+    """What ``chunks`` hold as (reasoning, text) pieces in order, consecutive ones of a
+    kind joined; inline ``<think>`` text counts as reasoning."""
+    pieces: list[tuple[bool, str]] = []
+    for chunk in chunks:
+        thought, text = think.feed(chunk.text) if think is not None and chunk.text else ("", chunk.text)
+        for reasoning, part in ((True, chunk.reasoning), (True, thought), (False, text)):
+            if not part:
+                continue
+            if pieces and pieces[-1][0] == reasoning:
+                pieces[-1] = (reasoning, pieces[-1][1] + part)
+            else:
+                pieces.append((reasoning, part))
+    return pieces
 
 
 def chunks_finish(chunks: list[Chunk], finish: str | None) -> str | None:

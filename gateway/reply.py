@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from .errors import GatewayError
-from .events import ReplyDelta, ReplyEnded, ReplyStarted, Subscriber
+from .events import ReplyDelta, ReplyEnded, ReplyReasoning, ReplyStarted, Subscriber
 from .catalog import Catalog, Model
 from .providers import Provider, Usage
 from .quota import Charge
@@ -118,7 +118,8 @@ class Reply:
         """Add a follower; with ``after_seq``, first send it what it missed. An ended reply
         only sends what was missed and its end: it keeps no followers."""
         if after_seq is not None and after_seq < self.log.seq:
-            subscriber.reply_event(ReplyDelta(self.id, self.log.seq, self.log.since(after_seq)))
+            for reasoning, seq, text in self.log.runs(after_seq):
+                subscriber.reply_event((ReplyReasoning if reasoning else ReplyDelta)(self.id, seq, text))
         if self.state is ReplyState.ENDED:
             subscriber.reply_event(self.ended_event())
         else:
@@ -141,14 +142,23 @@ class Reply:
         """Number ``text`` as the next delta and hand it to every follower."""
         if not self.log.append(text):
             return False
+        self._tell(ReplyDelta(self.id, self.log.seq, text))
+        return True
+
+    def publish_reasoning(self, text: str) -> bool:
+        """Number the model's thinking ``text`` as the next delta; hand it to every follower."""
+        if not self.log.append(text, reasoning=True):
+            return False
+        self._tell(ReplyReasoning(self.id, self.log.seq, text))
+        return True
+
+    def _tell(self, event: ReplyDelta | ReplyReasoning) -> None:
         if self.first_delta_at is None:
             self.first_delta_at = time.monotonic()
-        event = ReplyDelta(self.id, self.log.seq, text)
         for subscriber in tuple(self.subscribers):
             subscriber.reply_event(event)
         if self.shared is not None:
             self.shared(self)
-        return True
 
     def finish(self, finish_reason: str) -> None:
         """STREAMING → ENDING: the end is decided (``error`` set before, if any)."""
@@ -170,4 +180,5 @@ class Reply:
             finish_reason=self.finish_reason,
             usage=self.usage.as_dict() if self.usage else None,
             model=self.model,
+            reasoning=self.log.reasoning or None,
         )

@@ -50,7 +50,7 @@ class ReplyStats:
 
     def finished(self, reply: Reply, followers: int) -> None:
         now = time.monotonic()
-        usage = reply.usage.as_dict() if reply.usage else {}
+        usage = reply.usage.as_dict() if reply.usage and not reply.usage.estimated else {}
         m = self.metrics
         m.replies.labels(reply.finish_reason).inc()
         m.deltas.inc(reply.log.seq)

@@ -139,8 +139,8 @@ async def _same(source: ConversationStore, target: ConversationStore, conversati
 
 
 def _same_message(m: StoredMessage, n: StoredMessage) -> bool:
-    return (m.id, m.role, m.content, m.finish_reason, dict(m.usage or {}), m.model) == (
-        n.id, n.role, n.content, n.finish_reason, dict(n.usage or {}), n.model,
+    return (m.id, m.role, m.content, m.finish_reason, dict(m.usage or {}), m.model, m.reasoning) == (
+        n.id, n.role, n.content, n.finish_reason, dict(n.usage or {}), n.model, n.reasoning,
     ) and _close(m.created_at, n.created_at)
 
 

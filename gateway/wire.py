@@ -274,6 +274,11 @@ def encode_delta(reply_id: str, seq: int, text: str) -> bytes:
     return orjson.dumps({"type": "reply.delta", "reply_id": reply_id, "seq": seq, "text": text})
 
 
+def encode_reasoning(reply_id: str, seq: int, text: str) -> bytes:
+    """Encode ``reply.reasoning``: the model's thinking, numbered like deltas."""
+    return orjson.dumps({"type": "reply.reasoning", "reply_id": reply_id, "seq": seq, "text": text})
+
+
 def encode_error(
     exc: GatewayError, *, ref: str | None = None, reply_id: str | None = None
 ) -> bytes:
@@ -299,5 +304,7 @@ def history_items(messages: Sequence[Any]) -> list[dict[str, Any]]:
             item["finish_reason"] = m.finish_reason
         if m.model:  # the model a user message asked for, or the one that wrote a reply
             item["model"] = m.model
+        if m.reasoning:
+            item["reasoning"] = m.reasoning
         items.append(item)
     return items

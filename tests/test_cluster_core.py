@@ -55,7 +55,7 @@ def test_a_gap_asks_for_a_repair_and_the_log_fills_it_once() -> None:
     mirror.add(a, 1)
     assert mirror.delta(4, "four")  # 2 and 3 were lost by pub/sub
     assert a.events == [] and mirror.lowest == 1
-    assert not mirror.caught_up([(2, "two "), (3, "three "), (4, "four")], None)
+    assert not mirror.caught_up([(2, "two ", False), (3, "three ", False), (4, "four", False)], None)
     assert mirror.delta(5, "five") is False
     assert (a.text, a.seqs) == ("two three fourfive", [4, 5])
 
@@ -66,7 +66,7 @@ def test_the_end_waits_for_every_delta_before_it() -> None:
     mirror.add(b, 1)
     assert mirror.ended(end(3))  # b misses 2 and 3: a repair is due
     assert a.events[-1] == end(3).event and a not in mirror.positions
-    assert not mirror.caught_up([(2, "b"), (3, "c")], end(3))
+    assert not mirror.caught_up([(2, "b", False), (3, "c", False)], end(3))
     assert (b.text, b.events[-1]) == ("bc", end(3).event)
     assert mirror.done
 
@@ -74,7 +74,7 @@ def test_the_end_waits_for_every_delta_before_it() -> None:
 def test_what_the_log_no_longer_has_is_reported_and_followers_told() -> None:
     mirror, a = Mirror("r1", "c1", "m1"), Tab()
     mirror.add(a, 1)
-    assert mirror.caught_up([(5, "five")], end(5))  # 2..4 are gone from the log
+    assert mirror.caught_up([(5, "five", False)], end(5))  # 2..4 are gone from the log
     lost = ReplyEnded("r1", "m1", "error", None, GatewayError(ErrorCode.RESUME_UNAVAILABLE, "gone"))
     mirror.lost(lost)
     assert a.events == [lost] and mirror.done
@@ -150,14 +150,32 @@ def test_shipping_twice_is_harmless(redis_server: RedisServer) -> None:
         ship = client.register_script(scripts.SHIP)
         batch = [60_000, 60_000, "me",
                  "R", "r1", "c1", "m1", "me", 1, 0, "model",
-                 "A", "r1", 1, 0, 9, 2, "one ", "two's",
+                 "A", "r1", 1, 0, 9, 2, "", "one ", "two's",
                  "E", "r1", 1, 2, b'{"seq":2}', "c1", 0]
         assert ship(args=batch) == [b"ok", b"ok", b"ok"]
         assert ship(args=batch) == [b"ok", b"fenced", b"fenced"]  # ended: nothing more is written
         entries = client.xrange(names.log("r1"))
         assert [(i, f[b"t"]) for i, f in entries] == [(b"1-0", b"one "), (b"2-0", "two's".encode())]
         assert client.hget(names.reply("r1"), "state") == b"ended"
-        again = [60_000, 60_000, "me", "R", "r2", "c2", "m2", "me", 1, 0, "model", "A", "r2", 1, 0, 3, 1, "abc"]
+        again = [60_000, 60_000, "me", "R", "r2", "c2", "m2", "me", 1, 0, "model", "A", "r2", 1, 0, 3, 1, "", "abc"]
         assert ship(args=again) == [b"ok", b"ok"]
         assert ship(args=again) == [b"ok", b"ok"]  # registered once: the retry does not reset it
         assert client.hget(names.reply("r2"), "seq") == b"1" and client.xlen(names.log("r2")) == 1
+
+
+def test_reasoning_is_logged_and_published_apart_from_the_text(redis_server: RedisServer) -> None:
+    """Kinds ``rrt``: two reasoning entries (field r, published as R) then text (t, D)."""
+    redis_server.flushall()
+    with redis_server.client() as client, client.pubsub() as sub:
+        sub.subscribe(names.reply_channel("r1"))
+        assert sub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+        ship = client.register_script(scripts.SHIP)
+        batch = [60_000, 60_000, "me", "R", "r1", "c1", "m1", "me", 1, 0, "model",
+                 "A", "r1", 1, 0, 9, 3, "rrt", "hmm ", "so", "Yes"]
+        assert ship(args=batch) == [b"ok", b"ok"]
+        entries = client.xrange(names.log("r1"))
+        assert [(i, f) for i, f in entries] == [
+            (b"1-0", {b"r": b"hmm "}), (b"2-0", {b"r": b"so"}), (b"3-0", {b"t": b"Yes"}),
+        ]
+        published = [sub.get_message(timeout=5) for _ in range(3)]
+        assert [m["data"] for m in published if m] == [b"R1\nhmm ", b"R2\nso", b"D3\nYes"]

@@ -476,3 +476,74 @@ async def test_connections_and_replies_per_subject_hold_across_instances(
         await b.send(type="message", id="m3", content="now it may")
         await b.expect("reply.start")
         assert (await b.until_done())[0] == "now"
+
+
+def thoughts(texts: list[str]) -> list[bytes]:
+    """One SSE event of reasoning_content per text."""
+    return [openai_sse([], reasoning=[t], finish=None, usage=None, done=False).split(b"\n\n", 1)[1] for t in texts]
+
+
+async def test_reasoning_is_resumed_on_another_instance_in_exact_order(
+    instances: Callable[..., Awaitable[list[Process]]], upstream: FakeUpstream, cluster_env: dict[str, str]
+) -> None:
+    """Thinking and text share one seq through Redis: a client that left mid-reasoning on
+    one instance resumes on the other and gets the rest of the thinking, then the text."""
+    gate = asyncio.Event()
+    upstream.enqueue(Script([
+        *thoughts(["first, ", "second, "]), Pause(gate), *thoughts(["third"]), *pieces(["The ", "end"]), ending(),
+    ]))
+    first, second = await instances(2)
+    async with chat(first) as a:
+        conv = (await a.hello())["conversation_id"]
+        start = await start_reply(a, "think")
+        one = await a.expect("reply.reasoning")
+        seen = one["text"]
+        while seen != "first, second, ":
+            seen += (await a.expect("reply.reasoning"))["text"]
+        a.ws.transport.abort()
+    async with chat(second) as b:
+        await b.hello(conv)
+        await b.send(type="resume", reply_id=start["reply_id"], after_seq=one["seq"])
+        gate.set()
+        _, events = await b.until_done()
+    numbered = [(e["type"], e["seq"], e["text"]) for e in events if "seq" in e]
+    kinds = [k for k, _, _ in numbered]
+    assert kinds == sorted(kinds, key=lambda k: k != "reply.reasoning"), numbered  # all thinking before any text
+    assert one["text"] + "".join(t for k, _, t in numbered if k == "reply.reasoning") == "first, second, third"
+    assert "".join(t for k, _, t in numbered if k == "reply.delta") == "The end"
+    seqs = [s for _, s, _ in numbered]
+    assert seqs == sorted(set(seqs)) and seqs[0] == one["seq"] + 1
+    async with await psycopg.AsyncConnection.connect(cluster_env["GATEWAY_DATABASE_URL"]) as conn:
+        cur = await conn.execute("SELECT content, reasoning FROM messages WHERE id = %s", (start["reply_id"],))
+        assert await cur.fetchone() == ("The end", "first, second, third")
+
+
+async def test_a_killed_owners_reasoning_is_kept_from_the_log(
+    instances: Callable[..., Awaitable[list[Process]]], upstream: FakeUpstream, cluster_env: dict[str, str]
+) -> None:
+    upstream.enqueue(Script([*thoughts(["deep ", "thought"]), *pieces(["partial"]), Stall()]))
+    first, second = await instances(2, toml="[store]\ncheckpoint_interval = 3600\n")
+    async with chat(first) as a, chat(second) as b:
+        conv = (await a.hello())["conversation_id"]
+        await b.hello(conv)
+        start = await start_reply(a, "die while answering")
+        await b.expect("reply.start")
+        await deltas_after_reasoning(b, "partial")
+        first.proc.kill()
+        await second.wait_for_event("reply_taken_over")
+        await b.until_done()
+    async with await psycopg.AsyncConnection.connect(cluster_env["GATEWAY_DATABASE_URL"]) as conn:
+        cur = await conn.execute(
+            "SELECT content, reasoning, finish_reason FROM messages WHERE id = %s", (start["reply_id"],)
+        )
+        assert await cur.fetchone() == ("partial", "deep thought", "error")
+
+
+async def deltas_after_reasoning(client: Chat, text: str) -> None:
+    """Read reasoning and deltas until the answer text is ``text``."""
+    got = ""
+    while got != text:
+        event = await client.recv()
+        assert event["type"] in ("reply.reasoning", "reply.delta"), event
+        if event["type"] == "reply.delta":
+            got += event["text"]

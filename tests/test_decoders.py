@@ -137,6 +137,17 @@ def test_openai_without_finish_is_not_finished() -> None:
         ({"prompt_tokens": 11, "completion_tokens": 22, "total_tokens": 33}, Usage(11, 22)),
         ({"prompt_tokens": 7}, Usage(7, 0)),
         ({"prompt_tokens": "7", "completion_tokens": None}, Usage(0, 0)),
+        (  # OpenAI, OpenRouter, vLLM
+            {"prompt_tokens": 50, "completion_tokens": 30, "prompt_tokens_details": {"cached_tokens": 32},
+             "completion_tokens_details": {"reasoning_tokens": 20}},
+            Usage(50, 30, reasoning_tokens=20, cached_tokens=32),
+        ),
+        (  # DeepSeek
+            {"prompt_tokens": 50, "completion_tokens": 30, "prompt_cache_hit_tokens": 48,
+             "completion_tokens_details": {"reasoning_tokens": "lots"}},
+            Usage(50, 30, cached_tokens=48),
+        ),
+        ({"prompt_tokens": 1, "completion_tokens_details": [1], "prompt_tokens_details": None}, Usage(1, 0)),
     ],
 )
 def test_openai_usage_chunk_with_empty_choices(usage: dict[str, Any], expected: Usage) -> None:
@@ -153,6 +164,11 @@ def test_openai_no_usage_chunk() -> None:
 
 def test_usage_as_dict() -> None:
     assert Usage(3, 4).as_dict() == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    both = Usage(3, 4, reasoning_tokens=2, cached_tokens=1)
+    assert both.as_dict() == {
+        "prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "reasoning_tokens": 2, "cached_tokens": 1,
+    }
+    assert Usage.of(both.as_dict(), estimated=True) == Usage(3, 4, 2, 1, estimated=True)
 
 
 @pytest.mark.parametrize("done", [True, False])

@@ -45,6 +45,7 @@ PURE = (
     "gateway.models_config",
     "gateway.catalog",
     "gateway.routing",
+    "gateway.providers.think",
     "gateway.providers.base",
     "gateway.providers.openai",
     "gateway.providers.dashscope",

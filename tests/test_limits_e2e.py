@@ -170,7 +170,8 @@ async def test_a_cancelled_reply_is_charged_an_estimate_and_the_ledger_reports_i
         delta = (await alice.expect("reply.start"), await alice.expect("reply.delta"))[1]
         await alice.send(type="cancel", reply_id=delta["reply_id"])
         _, events = await alice.until_done()
-        assert events[-1]["finish_reason"] == "cancelled" and events[-1].get("usage") is None
+        assert events[-1]["finish_reason"] == "cancelled" and events[-1]["usage"]["estimated"] is True
+        cancelled = events[-1]["usage"]["total_tokens"]
         await alice.send(type="message", id="m2", content="a whole one")
         await alice.expect("reply.start")
         _, events = await alice.until_done()
@@ -181,6 +182,7 @@ async def test_a_cancelled_reply_is_charged_an_estimate_and_the_ledger_reports_i
     [total] = await store.usage("token:alice", 0)
     assert (total.replies, total.estimated) == (2, 1)
     assert total.prompt_tokens + total.completion_tokens > whole["total_tokens"]  # the cancelled one: more than zero
+    assert total.prompt_tokens + total.completion_tokens == whole["total_tokens"] + cancelled  # what reply.done said
     assert ready["budget"]["remaining"] == 100000 - total.prompt_tokens - total.completion_tokens
     await gw.gateway.close()  # the CLI reads the store file as a sysadmin would
     capsys.readouterr()  # (the gateway's own log lines)

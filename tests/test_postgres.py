@@ -199,3 +199,36 @@ async def test_migration_2_leaves_old_conversations_to_nobody(pg_url: str) -> No
     finally:
         await store.close()
     assert schema_version(pg_url) == SCHEMA_VERSION
+
+
+async def test_migration_4_adds_the_reasoning_and_keeps_the_rest(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # a database of schema 3, by hand
+        conn.execute("CREATE TABLE gateway_schema (version integer NOT NULL)")
+        for statement in (s for migration in MIGRATIONS[:3] for s in migration):
+            conn.execute(statement)
+        conn.execute("INSERT INTO gateway_schema VALUES (3)")
+        conn.execute("INSERT INTO conversations VALUES ('c3', 'v3', to_timestamp(100), to_timestamp(200), 'jwt:bob')")
+        conn.execute(
+            "INSERT INTO messages (conversation_id, id, role, content, finish_reason, usage, model, created_at,"
+            " updated_at) VALUES ('c3', 'u1', 'user', 'a v3 question', NULL, NULL, 'model-1', to_timestamp(101),"
+            " to_timestamp(101)), ('c3', 'a1', 'assistant', 'a v3 answer 🙂', 'stop', '{\"prompt_tokens\": 3}',"
+            " 'model-1', to_timestamp(102), to_timestamp(103))"
+        )
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        conv = await store.get("c3")
+        assert conv is not None and (conv.title, conv.owner, conv.updated_at) == ("v3", "jwt:bob", 200.0)
+        assert await store.history("c3", -1) == [
+            StoredMessage("u1", "user", "a v3 question", 101.0, None, None, "model-1", None),
+            StoredMessage("a1", "assistant", "a v3 answer 🙂", 102.0, "stop", {"prompt_tokens": 3}, "model-1", None),
+        ]
+        doc = await store.export("c3")
+        assert doc is not None and all("reasoning" not in m for m in doc["messages"])
+        await store.save("c3", StoredMessage("a2", "assistant", "new", 104.0, "stop", reasoning="new thoughts"))
+        assert (await store.history("c3", 1))[0].reasoning == "new thoughts"
+    finally:
+        await store.close()
+    assert schema_version(pg_url) == SCHEMA_VERSION == 4
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT reasoning FROM messages WHERE id IN ('u1', 'a1')").fetchall() == [(None,), (None,)]

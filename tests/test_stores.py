@@ -95,9 +95,9 @@ def user(msg_id: str, content: str = "hello", created_at: float = 1000.0) -> Sto
 
 def assistant(
     msg_id: str, content: str = "hi", finish_reason: str | None = "stop", usage: dict[str, int] | None = None,
-    created_at: float = 1001.0,
+    created_at: float = 1001.0, reasoning: str | None = None,
 ) -> StoredMessage:
-    return StoredMessage(msg_id, "assistant", content, created_at, finish_reason, usage)
+    return StoredMessage(msg_id, "assistant", content, created_at, finish_reason, usage, reasoning=reasoning)
 
 
 def message_rows(store: ConversationStore, conversation_id: str) -> int | None:
@@ -143,6 +143,28 @@ V1_MESSAGES = [
     StoredMessage("u1", "user", "old question", 101.0),
     StoredMessage("a1", "assistant", "old answer 🙂", 102.0, "stop", USAGE),
     StoredMessage("u2", "user", "follow-up", 103.0),
+]
+
+
+def build_v5(path: Path) -> None:
+    """A version-5 database built by hand: an owned conversation whose messages have models."""
+    with raw(path) as conn:
+        for migration in MIGRATIONS[:5]:
+            conn.executescript(migration)
+        conn.execute("PRAGMA user_version = 5")
+        conn.execute("INSERT INTO conversations VALUES ('c5', 'v5 title', 100.0, 200.0, 'token:alice')")
+        conn.executemany(
+            "INSERT INTO messages (conversation_id, id, role, content, finish_reason, usage, created_at, updated_at,"
+            " model) VALUES ('c5', ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(m.id, m.role, m.content, m.finish_reason, json.dumps(m.usage) if m.usage else None, m.created_at,
+              m.created_at + 1, m.model) for m in V5_MESSAGES],
+        )
+
+
+V5_MESSAGES = [
+    StoredMessage("u1", "user", "a v5 question", 101.0, model="model-1"),
+    StoredMessage("a1", "assistant", "a v5 answer 🙂", 102.0, "stop", USAGE, "model-1"),
+    StoredMessage("a2", "assistant", "cut short", 103.0, "length", None, "model-2"),
 ]
 
 
@@ -836,6 +858,43 @@ async def test_an_assistant_message_keeps_its_model(store: ConversationStore) ->
     assert doc is not None and doc["messages"][-1]["model"] == "model-1" and "model" not in doc["messages"][0]
 
 
+async def test_a_reply_keeps_its_reasoning_apart_from_its_text(store: ConversationStore) -> None:
+    conv = await store.create()
+    await store.add(conv.id, user("u1", "why is the sky blue?"))
+    await store.save(conv.id, assistant("a1", "", None, reasoning="Rayleigh"))  # still thinking: no text yet
+    await store.save(conv.id, assistant("a1", "", None, reasoning="Rayleigh scattering"))
+    assert (await store.history(conv.id, 1))[0].reasoning == "Rayleigh scattering"
+    await store.save(conv.id, assistant("a1", "Short", None, reasoning="Rayleigh scattering: short waves"))
+    await store.save(conv.id, assistant("a1", "", None, reasoning="Rayleigh"))  # an older checkpoint, late
+    checkpoint = (await store.history(conv.id, 1))[0]
+    assert (checkpoint.content, checkpoint.reasoning) == ("Short", "Rayleigh scattering: short waves")
+    final = assistant("a1", "Short wavelengths scatter most.", usage=USAGE, reasoning="Rayleigh scattering: 1/λ⁴")
+    await store.save(conv.id, final)
+    await store.save(conv.id, assistant("a1", "Short wavelengths", None, reasoning="late"))  # a checkpoint, late
+    history = await store.history(conv.id, 10)
+    assert history == [user("u1", "why is the sky blue?"), final]
+    assert history[0].reasoning is None
+    doc = await store.export(conv.id)
+    assert doc is not None and orjson.loads(orjson.dumps(doc)) == doc
+    assert "reasoning" not in doc["messages"][0]
+    assert (doc["messages"][1]["content"], doc["messages"][1]["reasoning"]) == (final.content, final.reasoning)
+
+
+@pytest.mark.parametrize("reasoning", [UNICODE, "思考 thinking 🤔 " * 8_000 + "end"], ids=["unicode", "long"])
+async def test_reasoning_round_trips(store: ConversationStore, reasoning: str) -> None:
+    conv = await store.create()
+    await store.add(conv.id, user("u1"))
+    await store.save(conv.id, assistant("a1", "partial", None, reasoning=reasoning[: len(reasoning) // 2]))
+    answer = assistant("a1", UNICODE[::-1], reasoning=reasoning)
+    await store.save(conv.id, answer)
+    added = assistant("a2", "added", reasoning=reasoning[::-1])
+    assert await store.add(conv.id, added) is True
+    assert await store.history(conv.id, 10) == [user("u1"), answer, added]
+    assert await store.history(conv.id, 1, before="a2") == [answer]
+    doc = await store.export(conv.id)
+    assert doc is not None and [m.get("reasoning") for m in doc["messages"]] == [None, reasoning, reasoning[::-1]]
+
+
 async def test_migration_3_adds_the_model_and_keeps_the_rest(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
     build_v1(path)
@@ -849,13 +908,39 @@ async def test_migration_3_adds_the_model_and_keeps_the_rest(tmp_path: Path) -> 
         await store.close()
 
 
+async def test_migration_6_adds_the_reasoning_and_keeps_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    build_v5(path)
+    with raw(path) as conn:
+        rows_before = conn.execute("SELECT * FROM messages ORDER BY pos").fetchall()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert await store.get("c5") == Conversation("c5", "v5 title", 100.0, 200.0, "token:alice")
+        history = await store.history("c5", 10)
+        assert history == V5_MESSAGES and [m.reasoning for m in history] == [None, None, None]
+        doc = await store.export("c5")
+        assert doc is not None and all("reasoning" not in m for m in doc["messages"])
+        with raw(path) as conn:
+            assert scalar(conn, "PRAGMA user_version") == 6 == SCHEMA_VERSION
+            rows = conn.execute("SELECT * FROM messages ORDER BY pos").fetchall()
+            assert [row[:-1] for row in rows] == rows_before
+            assert [row[-1] for row in rows] == [None, None, None]
+            assert [r[1] for r in conn.execute("PRAGMA table_info(messages)")][-1] == "reasoning"
+        await store.save("c5", assistant("a3", "new", reasoning="new thoughts"))
+        assert (await store.history("c5", 1))[0].reasoning == "new thoughts"
+    finally:
+        await store.close()
+
+
 # -- copies between stores (gateway store copy) ------------------------------------
 
 
 async def test_restore_writes_a_conversation_as_given_once(store: ConversationStore) -> None:
     conv = Conversation("c" * 32, "an old chat", 1000.5, 2000.25)
-    messages = [user("u1", "old question", 1000.5), assistant("a1", "old answer", usage=USAGE, created_at=1001.5),
-                assistant("a2", "cut", finish_reason=None, created_at=1002.5)]
+    messages = [user("u1", "old question", 1000.5),
+                assistant("a1", "old answer", usage=USAGE, created_at=1001.5, reasoning="old thoughts 🤔"),
+                assistant("a2", "cut", finish_reason=None, created_at=1002.5, reasoning="cut thoughts")]
     assert await store.restore(conv, messages) is True
     assert await store.get(conv.id) == conv
     assert await store.history(conv.id, -1) == messages
@@ -887,6 +972,31 @@ async def test_copy_between_stores_is_complete_and_idempotent(store: Conversatio
     await source.save(changed, assistant("late", "written after the copy"))
     third = await copy(source, store, quiet.append)
     assert third.mismatched == [changed], "a difference is reported, never silently overwritten"
+
+
+async def test_copy_carries_the_reasoning_and_verifies_it(store: ConversationStore, tmp_path: Path) -> None:
+    source = SQLiteStore(tmp_path / "source.db")
+    await source.open()
+    try:
+        conv = await source.create(owner="token:alice")
+        await source.add(conv.id, user("u1", "think first"))
+        await source.save(conv.id, assistant("a1", "done", usage=USAGE, reasoning="思考 " * 1000))
+        await source.save(conv.id, assistant("a2", "", None, reasoning="still thinking"))
+        quiet: list[str] = []
+        first = await copy(source, store, quiet.append)
+        assert (first.conversations, first.messages, first.verified, first.mismatched) == (1, 3, 1, [])
+        assert [m.reasoning for m in await store.history(conv.id, -1)] == [None, "思考 " * 1000, "still thinking"]
+        assert await store.history(conv.id, -1) == await source.history(conv.id, -1)
+        again = await copy(source, store, quiet.append)
+        assert (again.present, again.verified, again.mismatched) == (1, 1, [])
+        # The same conversation, its times and text alike, but for one reply's reasoning.
+        other, copied = MemoryStore(max_conversations=10, max_messages=10), await source.get(conv.id)
+        messages = await source.history(conv.id, -1)
+        assert copied is not None and await other.restore(copied, [*messages[:2], replace(messages[2], reasoning="x")])
+        differs = await copy(other, store, quiet.append)
+        assert (differs.present, differs.verified, differs.mismatched) == (1, 0, [conv.id])
+    finally:
+        await source.close()
 
 
 # -- owners, and a subject's conversations ------------------------------------------

@@ -236,18 +236,20 @@ class Stored:
     finish_reason: str | None = None
     created_at: float = 0.0
     model: str | None = None
+    reasoning: str | None = None
 
 
 def test_history_items() -> None:
     messages = [
         Stored("m1", "user", "你好"),
         Stored("r1", "assistant", "partial", "cancelled"),
-        Stored("r2", "assistant", "done", "stop", model="qwen-plus"),
+        Stored("r2", "assistant", "done", "stop", model="qwen-plus", reasoning="thought"),
     ]
     assert wire.history_items(messages) == [
         {"id": "m1", "role": "user", "content": "你好"},
         {"id": "r1", "role": "assistant", "content": "partial", "finish_reason": "cancelled"},
-        {"id": "r2", "role": "assistant", "content": "done", "finish_reason": "stop", "model": "qwen-plus"},
+        {"id": "r2", "role": "assistant", "content": "done", "finish_reason": "stop", "model": "qwen-plus",
+         "reasoning": "thought"},
     ]
     assert wire.history_items([]) == []
     assert decode(wire.encode("ready", history=wire.history_items(messages)))["history"][0]["content"] == "你好"

@@ -68,13 +68,15 @@ class RemoteFollowers:
         self._tasks.spawn(self._follow_started(event, watchers), "redis-follow")
 
     def message(self, reply_id: str, data: bytes) -> None:
-        """A delta (``D<seq>\\n<text>``) or the end (``E<json>``) from a reply's channel."""
+        """A delta (``D<seq>\\n<text>``), reasoning (``R<seq>\\n<text>``) or the end
+        (``E<json>``) from a reply's channel."""
         mirror = self._mirrors.get(reply_id)
         if mirror is None:
             return
-        if data[:1] == b"D":
+        tag = data[:1]
+        if tag == b"D" or tag == b"R":
             head, _, text = data[1:].partition(b"\n")
-            behind = mirror.delta(int(head), text.decode())
+            behind = mirror.delta(int(head), text.decode(), reasoning=tag == b"R")
         else:
             behind = mirror.ended(names.decode_end(reply_id, data[1:]))
         if behind:
@@ -155,7 +157,7 @@ class RemoteFollowers:
         mirror.missing_since = None
         if check_seq is not None and state != b"streaming" and check_seq > int(seq):
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"after_seq is past the reply's last seq ({int(seq)})")
-        found = [(int(entry_id.split(b"-")[0]), fields[b"t"].decode()) for entry_id, fields in entries]
+        found = [_entry(entry_id, fields) for entry_id, fields in entries]
         remote_end = names.decode_end(mirror.reply_id, end) if end else None
         if mirror.caught_up(found, remote_end):
             mirror.lost(_lost_event(mirror))
@@ -178,6 +180,12 @@ class RemoteFollowers:
         if self._mirrors.get(mirror.reply_id) is mirror:
             del self._mirrors[mirror.reply_id]
             self.link.unsubscribe(names.reply_channel(mirror.reply_id))
+
+
+def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[int, str, bool]:
+    """A log entry: its seq, its text, whether it is reasoning (field ``r``, else ``t``)."""
+    text = fields.get(b"t")
+    return int(entry_id.split(b"-")[0]), (fields[b"r"] if text is None else text).decode(), text is None
 
 
 def _lost_event(mirror: Mirror) -> ReplyEnded:

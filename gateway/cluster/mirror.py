@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..events import ReplyDelta, ReplyEnded, Subscriber
+from ..events import ReplyDelta, ReplyEnded, ReplyReasoning, Subscriber
 from .names import RemoteEnd
 
 __all__ = ["Mirror"]
@@ -51,11 +51,11 @@ class Mirror:
     def discard(self, subscriber: Subscriber) -> None:
         self.positions.pop(subscriber, None)
 
-    def delta(self, seq: int, text: str) -> bool:
-        """A live delta; True if some follower misses deltas before it (repair)."""
+    def delta(self, seq: int, text: str, *, reasoning: bool = False) -> bool:
+        """A live delta (or reasoning); True if some follower misses deltas before it (repair)."""
         self.heard = True
         gap = False
-        event = ReplyDelta(self.reply_id, seq, text)
+        event = (ReplyReasoning if reasoning else ReplyDelta)(self.reply_id, seq, text)
         for subscriber, position in tuple(self.positions.items()):
             if position == seq - 1:
                 self.positions[subscriber] = seq
@@ -70,17 +70,18 @@ class Mirror:
         self.end = end
         return self._send_end()
 
-    def caught_up(self, entries: Sequence[tuple[int, str]], end: RemoteEnd | None) -> bool:
-        """What a read of the log found (consecutive deltas from ``lowest + 1`` on, and the
-        end if it came): each follower gets what it missed, as one delta. True if a
-        follower still misses something (the log lacks it: it is gone)."""
+    def caught_up(self, entries: Sequence[tuple[int, str, bool]], end: RemoteEnd | None) -> bool:
+        """What a read of the log found (consecutive deltas from ``lowest + 1`` on, each
+        (seq, text, reasoning), and the end if it came): each follower gets what it missed,
+        consecutive deltas of a kind as one. True if a follower still misses something
+        (the log lacks it: it is gone)."""
         if entries:
             first, last = entries[0][0], entries[-1][0]
-            texts = [text for _, text in entries]
             for subscriber, position in tuple(self.positions.items()):
                 if first <= position + 1 <= last:
                     self.positions[subscriber] = last
-                    subscriber.reply_event(ReplyDelta(self.reply_id, last, "".join(texts[position + 1 - first:])))
+                    for event in _runs(self.reply_id, entries[position + 1 - first:]):
+                        subscriber.reply_event(event)
         if end is not None:
             self.end = end
         return self._send_end() if self.end is not None else False
@@ -102,3 +103,15 @@ class Mirror:
             else:
                 behind = True
         return behind
+
+
+def _runs(reply_id: str, entries: Sequence[tuple[int, str, bool]]) -> list[ReplyDelta | ReplyReasoning]:
+    """``entries`` as events, consecutive ones of a kind joined (numbered by the last)."""
+    events: list[ReplyDelta | ReplyReasoning] = []
+    texts: list[str] = []
+    for i, (seq, text, reasoning) in enumerate(entries):
+        texts.append(text)
+        if i + 1 == len(entries) or entries[i + 1][2] != reasoning:
+            events.append((ReplyReasoning if reasoning else ReplyDelta)(reply_id, seq, "".join(texts)))
+            texts = []
+    return events

@@ -100,6 +100,7 @@ def encode_end(seq: int, event: ReplyEnded) -> bytes:
         "message_id": event.message_id,
         "finish_reason": event.finish_reason,
         "usage": event.usage.as_dict() if event.usage else None,
+        "estimated": event.usage.estimated if event.usage else None,
         "model": event.model,
         "fallback_from": event.fallback_from,
         "cost": event.cost,
@@ -118,7 +119,7 @@ def decode_end(reply_id: str, data: bytes) -> RemoteEnd:
         reply_id,
         str(doc["message_id"]),
         str(doc["finish_reason"]),
-        Usage(usage["prompt_tokens"], usage["completion_tokens"]) if usage else None,
+        Usage.of(usage, bool(doc.get("estimated"))) if usage else None,
         GatewayError(
             ErrorCode(error["code"]), error["message"], retryable=error["retryable"], retry_after=error["retry_after"]
         ) if error else None,

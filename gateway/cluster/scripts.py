@@ -32,7 +32,9 @@ return false
 #   R id conversation message owner epoch created model   register (claimed while Redis was
 #                                           away, or Redis lost it); nothing if it is known
 #   S id conversation payload               announce the start to the conversation
-#   A id epoch base chars count text...     deltas base+1 .. base+count (copies skipped)
+#   A id epoch base chars count kinds text...   deltas base+1 .. base+count (copies skipped);
+#                                           kinds: "" (all answer text) or one t/r per delta
+#                                           (r: reasoning, logged as field r, published as R)
 #   E id epoch seq payload conversation forced   the end, once the log holds seq (forced:
 #                                           at once, what is missing is gone for good)
 # Statuses: ok, cancel (a stop was asked for), fenced (another instance took it over),
@@ -66,7 +68,7 @@ while i <= #ARGV do
     out[#out + 1] = 'ok'
     i = i + 4
   elseif kind == 'A' then
-    local base, count = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 5])
+    local base, count, kinds = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 5]), ARGV[i + 6]
     local status, cur = state(id, ARGV[i + 2])
     if status == 'ok' then
       local seq = tonumber(cur[2])
@@ -77,9 +79,10 @@ while i <= #ARGV do
         for j = 1, count do
           local s = base + j
           if s > seq then
-            local text = ARGV[i + 5 + j]
-            redis.call('XADD', log, s .. '-0', 't', text)
-            redis.call('PUBLISH', 'gateway:r:' .. id, 'D' .. s .. '\\n' .. text)
+            local text, field, tag = ARGV[i + 6 + j], 't', 'D'
+            if kinds ~= '' and string.sub(kinds, j, j) == 'r' then field, tag = 'r', 'R' end
+            redis.call('XADD', log, s .. '-0', field, text)
+            redis.call('PUBLISH', 'gateway:r:' .. id, tag .. s .. '\\n' .. text)
             seq = s
           end
         end
@@ -89,7 +92,7 @@ while i <= #ARGV do
       end
     end
     out[#out + 1] = status
-    i = i + 6 + count
+    i = i + 7 + count
   elseif kind == 'E' then
     local status, cur = state(id, ARGV[i + 2])
     if status == 'ok' then

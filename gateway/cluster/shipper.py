@@ -219,7 +219,7 @@ class Shipper:
                 s.recheck = False
                 texts = reply.log.deltas(s.acked)
                 records.append(("A", s, seq))
-                args += ["A", reply.id, s.epoch, s.acked, reply.log.chars, len(texts), *texts]
+                args += ["A", reply.id, s.epoch, s.acked, reply.log.chars, len(texts), reply.log.kinds(s.acked), *texts]
             if s.end is not None:
                 records.append(("E", s, 0))
                 args += ["E", reply.id, s.epoch, seq, s.end, reply.conversation_id, int(stale)]

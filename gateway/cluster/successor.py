@@ -75,9 +75,12 @@ class Successor:
             return  # Redis lost it meanwhile: its owner's checkpoint is what is left
         conv, message_id, model = meta[0].decode(), meta[1].decode(), (meta[4] or b"").decode() or None
         seq = int(meta[2])
-        text = await self._longest(conv, reply_id, "".join(fields[b"t"].decode() for _, fields in entries))
+        logged = "".join(fields[b"t"].decode() for _, fields in entries if b"t" in fields)
+        reasoning = "".join(fields[b"r"].decode() for _, fields in entries if b"r" in fields) or None
+        text = await self._longest(conv, reply_id, logged)
         await self._store.save(conv, StoredMessage(
             reply_id, "assistant", text, created_at=float(meta[3] or 0), finish_reason="error", model=model,
+            reasoning=reasoning,
         ))
         error = GatewayError(
             ErrorCode.INTERNAL,

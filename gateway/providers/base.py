@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 __all__ = ["Chunk", "ChatMessage", "MAX_TOKENS", "Provider", "Usage", "finish_reason", "usage_of"]
 
@@ -14,15 +14,35 @@ MAX_TOKENS = 2**31 - 1
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens a reply used: reasoning ones are among the completion tokens, cached ones
+    among the prompt tokens (0: not reported). ``estimated``: counted by the gateway from
+    the text, the provider's count never came."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    estimated: bool = False
 
     def as_dict(self) -> dict[str, int]:
-        return {
+        counts = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+        if self.reasoning_tokens:
+            counts["reasoning_tokens"] = self.reasoning_tokens
+        if self.cached_tokens:
+            counts["cached_tokens"] = self.cached_tokens
+        return counts
+
+    @classmethod
+    def of(cls, counts: Mapping[str, Any], estimated: bool = False) -> Usage:
+        """The usage :meth:`as_dict` gave."""
+        return cls(
+            _count(counts.get("prompt_tokens")), _count(counts.get("completion_tokens")),
+            _count(counts.get("reasoning_tokens")), _count(counts.get("cached_tokens")), estimated,
+        )
 
 
 class Chunk(NamedTuple):
@@ -69,13 +89,22 @@ def finish_reason(raw: object) -> str | None:
 def usage_of(raw: object, prompt_key: str, completion_key: str) -> Usage | None:
     """A provider's usage object as :class:`Usage`, or None if it is not an object.
 
-    A count must be a whole number from 0 to :data:`MAX_TOKENS`; anything else
-    (missing, negative, huge, a float, a string) counts as 0 rather than reach
-    metrics, the store or a client.
+    Reasoning tokens are read from ``completion_tokens_details`` (OpenAI, OpenRouter,
+    vLLM) or ``output_tokens_details`` (DashScope), cached ones from
+    ``prompt_tokens_details`` or DeepSeek's ``prompt_cache_hit_tokens``. A count must be
+    a whole number from 0 to :data:`MAX_TOKENS`; anything else (missing, negative,
+    huge, a float, a string) counts as 0 rather than reach metrics, the store or a client.
     """
     if not isinstance(raw, dict):
         return None
-    return Usage(_count(raw.get(prompt_key)), _count(raw.get(completion_key)))
+    details = raw.get("completion_tokens_details") or raw.get("output_tokens_details")
+    prompt_details = raw.get("prompt_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    cached = prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else None
+    return Usage(
+        _count(raw.get(prompt_key)), _count(raw.get(completion_key)), _count(reasoning),
+        _count(cached if cached is not None else raw.get("prompt_cache_hit_tokens")),
+    )
 
 
 def _count(value: object) -> int:

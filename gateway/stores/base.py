@@ -67,7 +67,8 @@ class StoredMessage:
     created_at: float = field(default_factory=time.time)
     finish_reason: str | None = None
     usage: Mapping[str, int] | None = None
-    model: str | None = None  # an assistant message: the model that wrote it
+    model: str | None = None  # a user message: the model it asked for; a reply: the model that wrote it
+    reasoning: str | None = None  # a reply: the model's thinking, kept apart from its text (never sent upstream)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,4 +267,6 @@ def _exported(m: StoredMessage) -> dict[str, Any]:
     }
     if m.model:  # an assistant message stored since the model was recorded
         item["model"] = m.model
+    if m.reasoning:  # a reply of a model that thinks, stored since reasoning was recorded
+        item["reasoning"] = m.reasoning
     return item

@@ -299,7 +299,9 @@ def _params(conversation_id: str, message: StoredMessage, now: float) -> dict[st
 
 def _restored(conv: Conversation, m: StoredMessage) -> tuple[Any, ...]:
     usage = Jsonb(dict(m.usage)) if m.usage else None
-    return (conv.id, m.id, m.role, m.content, m.created_at, m.finish_reason, usage, m.model, conv.updated_at)
+    return (
+        conv.id, m.id, m.role, m.content, m.created_at, m.finish_reason, usage, m.model, m.reasoning, conv.updated_at,
+    )
 
 
 def _connection_kwargs(password: str, connect_timeout: float, statement_timeout: float, pgbouncer: bool) -> dict[str, Any]:

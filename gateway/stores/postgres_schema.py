@@ -98,6 +98,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX usage_by_time ON usage (created_at)",
         "CREATE INDEX usage_by_subject ON usage (subject, created_at)",
     ),
+    # 4: a reply's reasoning (its thinking), kept apart from its text (NULL before this version).
+    ("ALTER TABLE messages ADD COLUMN reasoning text",),
 )
 
 RECORD_USAGE = """
@@ -112,7 +114,7 @@ GROUP BY subject, model ORDER BY subject, model
 """
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_COLUMNS = "id, role, content, extract(epoch FROM created_at)::float8, finish_reason, usage, model"
+_COLUMNS = "id, role, content, extract(epoch FROM created_at)::float8, finish_reason, usage, model, reasoning"
 
 _CONVERSATION = "id, title, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8, owner"
 
@@ -133,11 +135,12 @@ CLAIM = "UPDATE conversations SET owner = %s WHERE id = %s AND owner = %s"
 
 _NEW_ROW = """
     SELECT %(cid)s, %(id)s, %(role)s, %(content)s, to_timestamp(%(created_at)s), %(finish_reason)s,
-           %(usage)s, %(model)s, to_timestamp(%(now)s)
+           %(usage)s, %(model)s, %(reasoning)s, to_timestamp(%(now)s)
     WHERE EXISTS (SELECT 1 FROM conversations WHERE id = %(cid)s)
 """
 _INSERT_INTO = (
-    "INSERT INTO messages (conversation_id, id, role, content, created_at, finish_reason, usage, model, updated_at)"
+    "INSERT INTO messages (conversation_id, id, role, content, created_at, finish_reason, usage, model, reasoning,"
+    " updated_at)"
 )
 _TOUCH = """
     UPDATE conversations
@@ -182,7 +185,7 @@ WITH written AS (
     {_INSERT_INTO} {_NEW_ROW}
     ON CONFLICT (conversation_id, id) DO UPDATE SET
         content = excluded.content, finish_reason = excluded.finish_reason, usage = excluded.usage,
-        model = excluded.model, updated_at = excluded.updated_at
+        model = excluded.model, reasoning = excluded.reasoning, updated_at = excluded.updated_at
     WHERE messages.role = 'user' OR (
         messages.finish_reason IS NULL AND (
             excluded.finish_reason IS NOT NULL OR char_length(excluded.content) >= char_length(messages.content)))
@@ -199,7 +202,7 @@ INSERT INTO conversations (id, title, created_at, updated_at, owner)
 VALUES (%s, %s, to_timestamp(%s), to_timestamp(%s), %s)
 ON CONFLICT (id) DO NOTHING RETURNING 1
 """
-RESTORE_MESSAGE = f"{_INSERT_INTO} VALUES (%s, %s, %s, %s, to_timestamp(%s), %s, %s, %s, to_timestamp(%s))"
+RESTORE_MESSAGE = f"{_INSERT_INTO} VALUES (%s, %s, %s, %s, to_timestamp(%s), %s, %s, %s, %s, to_timestamp(%s))"
 PRUNE = "DELETE FROM conversations WHERE updated_at < to_timestamp(%s)"
 RECOVER = "UPDATE messages SET finish_reason = 'error' WHERE role = 'assistant' AND finish_reason IS NULL"
 END_STALE = RECOVER + " AND created_at < to_timestamp(%s)"
@@ -264,14 +267,14 @@ def message_params(conversation_id: str, m: StoredMessage, now: float, usage: An
     """The parameters of :data:`INSERT` and :data:`UPSERT` for ``m`` (``usage`` adapted)."""
     return {
         "cid": conversation_id, "id": m.id, "role": m.role, "content": m.content, "created_at": m.created_at,
-        "finish_reason": m.finish_reason, "usage": usage, "model": m.model, "now": now,
-        "title": title_of(m.content) if m.role == "user" else "",
+        "finish_reason": m.finish_reason, "usage": usage, "model": m.model, "reasoning": m.reasoning,
+        "now": now, "title": title_of(m.content) if m.role == "user" else "",
     }
 
 
 def row_message(row: Any) -> StoredMessage:
     """The message of a :func:`history_query` row."""
-    _pos, msg_id, role, content, created_at, finish_reason, usage, model = row[:8]
+    _pos, msg_id, role, content, created_at, finish_reason, usage, model, reasoning = row[:9]
     parsed: Mapping[str, int] | None = dict(usage) if usage else None
-    return StoredMessage(msg_id, role, content, created_at, finish_reason, parsed, model)
+    return StoredMessage(msg_id, role, content, created_at, finish_reason, parsed, model, reasoning)
 

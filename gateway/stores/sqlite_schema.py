@@ -93,6 +93,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX usage_by_time ON usage(created_at);
     CREATE INDEX usage_by_subject ON usage(subject, created_at);
     """,
+    # 6: a reply's reasoning (its thinking), kept apart from its text (NULL before this version).
+    """
+    ALTER TABLE messages ADD COLUMN reasoning TEXT;
+    """,
 )
 
 RECORD_USAGE = (
@@ -105,16 +109,16 @@ USAGE = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-COLUMNS = "id, role, content, created_at, finish_reason, usage, model"
+COLUMNS = "id, role, content, created_at, finish_reason, usage, model, reasoning"
 
 INSERT_MESSAGE = (
-    f"INSERT OR IGNORE INTO messages (conversation_id, {COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT OR IGNORE INTO messages (conversation_id, {COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 UPSERT_MESSAGE = (
-    f"INSERT INTO messages (conversation_id, {COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO messages (conversation_id, {COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (conversation_id, id) DO UPDATE SET content = excluded.content,"
     " finish_reason = excluded.finish_reason, usage = excluded.usage, model = excluded.model,"
-    " updated_at = excluded.updated_at"
+    " reasoning = excluded.reasoning, updated_at = excluded.updated_at"
     # A reply's writes are ordered: never over a final text, never a shorter checkpoint.
     " WHERE messages.role = 'user' OR (messages.finish_reason IS NULL AND"
     " (excluded.finish_reason IS NOT NULL OR length(excluded.content) >= length(messages.content)))"
@@ -202,14 +206,14 @@ def history_query(conversation_id: str, limit: int, before: str | None) -> tuple
 def message_row(m: StoredMessage) -> tuple[Any, ...]:
     """The values of :data:`COLUMNS` for ``m``."""
     usage = orjson.dumps(dict(m.usage)).decode() if m.usage else None
-    return (m.id, m.role, m.content, m.created_at, m.finish_reason, usage, m.model)
+    return (m.id, m.role, m.content, m.created_at, m.finish_reason, usage, m.model, m.reasoning)
 
 
 def row_message(row: Any) -> StoredMessage:
     """The message a row selected with :data:`COLUMNS` holds."""
-    msg_id, role, content, created_at, finish_reason, usage, model = row
+    msg_id, role, content, created_at, finish_reason, usage, model, reasoning = row
     parsed: Mapping[str, int] | None = orjson.loads(usage) if usage else None
-    return StoredMessage(msg_id, role, content, created_at, finish_reason, parsed, model)
+    return StoredMessage(msg_id, role, content, created_at, finish_reason, parsed, model, reasoning)
 
 
 def _version(conn: sqlite3.Connection) -> int:

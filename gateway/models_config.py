@@ -101,7 +101,7 @@ class ModelConfig:
         "the [[deployments]] ids that serve it, tried by weight")
     fallbacks: tuple[str, ...] = key(idents, (), None,
         "other models' ids, tried in order when every deployment of this one failed")
-    reasoning: bool = key(v.boolean, False, None, "the model thinks before answering (ready.models says so)")
+    reasoning: bool = key(v.boolean, False, None, "the model thinks before answering (ready.models says so; the page shows its thinking either way)")
     system_prompt: str = key(v.string, "", None, "system message for this model; empty: [provider] system_prompt")
     price_input: float = key(v.number(0, 1_000_000), 0.0, None, "price per million input tokens (0: not priced)")
     price_output: float = key(v.number(0, 1_000_000), 0.0, None, "price per million output tokens (0: not priced)")

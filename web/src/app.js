@@ -31,6 +31,8 @@ const ui = {
   convSearch: $("conv-search"),
   convMore: $("conv-more"),
   modelInfo: $("model-info"),
+  modelPick: $("model-pick"),
+  modelPicker: $("model-picker"),
   who: $("who"),
   signin: $("signin"),
   signinForm: $("signin-form"),
@@ -69,6 +71,12 @@ class Reply {
     this.entry = null; // its view entry while shown
     this.stopping = false;
     this.cancelWanted = false;
+    this.reasoning = ""; // the model's thinking (reply.reasoning), apart from the answer
+    this.thinkingSince = 0; // when the first reasoning arrived here (0: none live)
+    this.thoughtFor = 0; // seconds it thought before the answer began (0: unknown)
+    this.model = null; // the model that answers (reply.start), then answered (reply.done)
+    this.fallbackFrom = null;
+    this.usage = null;
   }
 }
 
@@ -107,6 +115,8 @@ const S = {
   renaming: null,
   older: null, // {conv, probe} while a history page is requested
   moreHistory: false, // older messages exist on the gateway
+  models: [], // ready.models: [{id, label, default?, reasoning?}]
+  model: null, // the open conversation's model (its picker's value)
 };
 
 // ---------------------------------------------------------------------------- helpers
@@ -215,9 +225,18 @@ function makeAssistant(reply) {
   const node = el("article", "msg msg-assistant");
   node.dataset.role = "assistant";
   node.setAttribute("aria-label", "Assistant");
+  const thinking = el("details", "thinking");
+  thinking.dataset.testid = "thinking";
+  thinking.hidden = true;
+  const summary = el("summary", "thinking-summary");
+  const thought = el("div", "thinking-body");
+  thinking.append(summary, thought);
   const body = el("div", "msg-body md");
   const note = el("div", "msg-note");
   note.hidden = true;
+  const meta = el("div", "msg-meta");
+  meta.dataset.testid = "reply-meta";
+  meta.hidden = true;
   const actions = el("div", "msg-actions");
   const copy = el("button", "act");
   copy.type = "button";
@@ -226,7 +245,7 @@ function makeAssistant(reply) {
   copy.setAttribute("aria-label", "Copy reply");
   copy.append(icon("copy"));
   actions.append(copy);
-  node.append(body, note, actions);
+  node.append(thinking, body, note, meta, actions);
   const entry = {
     kind: "assistant",
     key: reply.id ? `a:${reply.id}` : `p:${newId()}`,
@@ -235,8 +254,13 @@ function makeAssistant(reply) {
     body,
     view: new MarkdownView(body),
     note,
+    meta,
+    thinking,
+    summary,
+    thought,
     actions,
     shown: null,
+    shownThought: null,
   };
   reply.entry = entry;
   return entry;
@@ -319,10 +343,58 @@ function flushRender(now) {
 }
 
 function renderBody(entry) {
+  renderThinking(entry);
   const text = entry.reply.text;
   if (entry.shown === text) return;
   entry.shown = text;
   entry.view.render(text);
+}
+
+// The model's thinking: open while it streams ("Thinking…"), folded once the answer
+// starts ("Thought for N s"), expandable later. Plain text only.
+function renderThinking(entry) {
+  const r = entry.reply;
+  entry.thinking.hidden = !r.reasoning;
+  if (!r.reasoning) return;
+  const live = r.state === "streaming" && !r.text;
+  if (entry.shownThought !== r.reasoning) {
+    entry.shownThought = r.reasoning;
+    entry.thought.textContent = r.reasoning;
+  }
+  const label = live ? "Thinking…" : r.thoughtFor ? `Thought for ${r.thoughtFor} s` : "Thoughts";
+  if (entry.summary.textContent !== label) entry.summary.textContent = label;
+  if (entry.thinking.dataset.live !== String(live)) {
+    entry.thinking.dataset.live = String(live);
+    entry.thinking.open = live; // folds when the answer begins; the reader may open it again
+  }
+}
+
+function modelLabel(id) {
+  const found = S.models.find((m) => m.id === id);
+  return found ? found.label : id;
+}
+
+// Under a reply: which model answered (and a fallback note), and what it used.
+function renderMeta(entry) {
+  const r = entry.reply;
+  const parts = [];
+  if (r.model && (S.models.length > 1 || r.fallbackFrom)) parts.push(modelLabel(r.model));
+  if (r.fallbackFrom) parts.push(`instead of ${modelLabel(r.fallbackFrom)}, which was unavailable`);
+  const u = r.usage;
+  if (u && Number.isInteger(u.total_tokens) && r.state !== "streaming") {
+    const n = new Intl.NumberFormat();
+    let tokens = `${u.estimated ? "about " : ""}${n.format(u.total_tokens)} tokens`;
+    if (Number.isInteger(u.reasoning_tokens) && u.reasoning_tokens > 0) tokens += ` (${n.format(u.reasoning_tokens)} thinking)`;
+    parts.push(tokens);
+    if (typeof u.cost === "number") parts.push(`cost ${u.cost.toFixed(u.cost < 0.01 ? 6 : 4)}`);
+  }
+  const text = parts.join(" · ");
+  entry.meta.hidden = !text;
+  if (entry.meta.textContent !== text) entry.meta.textContent = text;
+  if (u && Number.isInteger(u.prompt_tokens)) {
+    entry.meta.title = `${u.prompt_tokens} in, ${u.completion_tokens} out` +
+      (Number.isInteger(u.cached_tokens) ? `, ${u.cached_tokens} cached` : "");
+  }
 }
 
 function renderEntry(entry) {
@@ -339,6 +411,7 @@ function renderEntry(entry) {
   else node.removeAttribute("aria-busy");
   entry.actions.firstChild.hidden = !r.text;
   renderNote(entry);
+  renderMeta(entry);
 }
 
 function renderNote(entry) {
@@ -458,7 +531,9 @@ function setTitle() {
 function sendMessage(text) {
   if (!canSend()) return false;
   const id = newId();
-  if (!S.socket.send({ type: "message", id, content: text, conversation_id: S.conv })) return false;
+  const frame = { type: "message", id, content: text, conversation_id: S.conv };
+  if (S.model) frame.model = S.model;
+  if (!S.socket.send(frame)) return false;
   const reply = new Reply(null, S.conv);
   const user = makeUser(id, text);
   const entry = makeAssistant(reply);
@@ -494,7 +569,7 @@ function regenerate() {
   const last = lastAssistant();
   if (!last || !last.reply.id || !canSend()) return;
   const id = newId();
-  if (!S.socket.send({ type: "regenerate", id })) return;
+  if (!S.socket.send(S.model ? { type: "regenerate", id, model: S.model } : { type: "regenerate", id })) return;
   S.pending.set(id, { kind: "regenerate", id, replaces: last.reply.id, conv: S.conv });
   syncUI();
 }
@@ -825,6 +900,7 @@ const HANDLERS = {
   ready: onReady,
   "reply.start": onStart,
   "reply.delta": onDelta,
+  "reply.reasoning": onReasoning,
   "reply.done": onDone,
   error: onError,
   history: onHistory,
@@ -866,11 +942,7 @@ function onReady(m) {
   S.target = conv;
   convs.setCurrent(conv);
   setHash(conv);
-  if (typeof m.model === "string" && m.model) {
-    const provider = typeof m.provider === "string" && m.provider ? ` · ${m.provider}` : "";
-    ui.modelInfo.textContent = `${m.model}${provider}`;
-    ui.emptyModel.textContent = `${m.model}${provider}`;
-  }
+  showModels(m);
   const max = m.limits && m.limits.max_content_chars;
   if (Number.isInteger(max) && max > 0) ui.input.maxLength = max;
 
@@ -902,6 +974,7 @@ function onReady(m) {
         r.finish = h.finish_reason;
         if (r.state !== "error") r.error = null;
       }
+      fromHistory(r, h);
       const e = old.get(`a:${h.id}`);
       next.push(e && e.reply === r ? e : makeAssistant(r));
     }
@@ -917,6 +990,7 @@ function onReady(m) {
       if (r.state !== "streaming") {
         r.state = "streaming";
         r.text = "";
+        r.reasoning = "";
         r.seq = 0;
       }
       r.gen = S.socket.gen;
@@ -966,6 +1040,33 @@ function onReady(m) {
   syncUI();
 }
 
+function showModels(m) {
+  const models = Array.isArray(m.models) ? m.models.filter((x) => x && typeof x.id === "string") : [];
+  S.models = models.map((x) => ({ id: x.id, label: typeof x.label === "string" && x.label ? x.label : x.id }));
+  S.model = typeof m.model === "string" && m.model ? m.model : null;
+  if (S.model) {
+    const provider = typeof m.provider === "string" && m.provider ? ` · ${m.provider}` : "";
+    ui.modelInfo.textContent = `${modelLabel(S.model)}${provider}`;
+    ui.emptyModel.textContent = `${modelLabel(S.model)}${provider}`;
+  }
+  ui.modelPick.hidden = S.models.length < 2;
+  const options = S.models.map((x) => {
+    const o = el("option", "", x.label);
+    o.value = x.id;
+    return o;
+  });
+  ui.modelPicker.replaceChildren(...options);
+  if (S.model) ui.modelPicker.value = S.model;
+}
+
+function pickModel() {
+  const id = ui.modelPicker.value;
+  if (!S.models.some((x) => x.id === id)) return;
+  S.model = id; // sent with the next message (or regenerate): the gateway keeps it for the conversation
+  ui.modelInfo.textContent = modelLabel(id);
+  ui.emptyModel.textContent = modelLabel(id);
+}
+
 function loadOlder() {
   const first = S.entries.find((e) => (e.kind === "user" ? e.id : e.reply.id));
   if (!first || !S.live || S.older) return;
@@ -999,6 +1100,7 @@ function onHistory(m) {
       r.text = h.content;
       r.state = stateOf(h.finish_reason);
       r.finish = h.finish_reason;
+      fromHistory(r, h);
       S.replies.set(h.id, r);
       entries.push(makeAssistant(r));
     }
@@ -1007,6 +1109,11 @@ function onHistory(m) {
   prepend(entries);
   ui.log.scrollTop += ui.log.scrollHeight - height; // keep what the reader was looking at in place
   syncUI();
+}
+
+function fromHistory(r, h) {
+  r.reasoning = typeof h.reasoning === "string" ? h.reasoning : "";
+  if (typeof h.model === "string") r.model = h.model;
 }
 
 function onStart(m) {
@@ -1039,6 +1146,12 @@ function onStart(m) {
     if (replaces) S.replies.delete(replaces);
   }
   reply.gen = S.socket.gen;
+  if (typeof m.model === "string") reply.model = m.model;
+  reply.fallbackFrom = typeof m.fallback_from === "string" ? m.fallback_from : null;
+  if (conv === S.conv && typeof m.model === "string" && S.models.some((x) => x.id === (reply.fallbackFrom || m.model))) {
+    S.model = reply.fallbackFrom || m.model; // another tab's choice sticks here too
+    ui.modelPicker.value = S.model;
+  }
   S.replies.set(m.reply_id, reply);
   if (reply.entry) renderEntry(reply.entry);
   if (reply.cancelWanted) S.socket.send({ type: "cancel", reply_id: m.reply_id });
@@ -1053,7 +1166,20 @@ function onDelta(m) {
     if (m.seq <= r.seq) return; // already have it
     r.seq = m.seq;
   }
+  if (r.thinkingSince && !r.thoughtFor && !r.text) r.thoughtFor = Math.max(1, Math.round((Date.now() - r.thinkingSince) / 1000));
   r.text += m.text;
+  if (r.entry) queueRender(r.entry);
+}
+
+function onReasoning(m) {
+  const r = S.replies.get(m.reply_id);
+  if (!r || r.state !== "streaming" || typeof m.text !== "string") return;
+  if (typeof m.seq === "number") {
+    if (m.seq <= r.seq) return; // already have it
+    r.seq = m.seq; // one sequence with the text: the resume point either way
+  }
+  if (!r.thinkingSince && !S.resuming.has(r.id)) r.thinkingSince = Date.now(); // timed only when seen from its start
+  r.reasoning += m.text;
   if (r.entry) queueRender(r.entry);
 }
 
@@ -1065,6 +1191,9 @@ function onDone(m) {
   r.state = stateOf(m.finish_reason);
   r.finish = typeof m.finish_reason === "string" ? m.finish_reason : "stop";
   r.stopping = false;
+  if (typeof m.model === "string") r.model = m.model;
+  r.fallbackFrom = typeof m.fallback_from === "string" ? m.fallback_from : null;
+  r.usage = m.usage && typeof m.usage === "object" ? m.usage : null;
   if (r.state === "error" && !r.error) r.error = { message: "The reply failed.", retryable: true };
   if (!r.entry) return;
   const stick = nearBottom();
@@ -1192,6 +1321,7 @@ ui.input.addEventListener("keydown", (ev) => {
   }
 });
 ui.stop.addEventListener("click", stop);
+ui.modelPicker.addEventListener("change", pickModel);
 ui.older.addEventListener("click", loadOlder);
 ui.newChat.addEventListener("click", newChat);
 ui.sidebarToggle.addEventListener("click", () => toggleSidebar());

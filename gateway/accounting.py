@@ -104,7 +104,7 @@ class Accounting:
         then write its ledger entry in the background (a store that is away must not hold
         the reply's end)."""
         prompt, completion, estimated = _used(reply, context)
-        if estimated and reply.usage is None:  # what reply.done tells, the provider's count never came
+        if estimated:  # what reply.done tells: the provider's count never came (or said nothing)
             reply.usage = Usage(prompt, completion, estimated=True)
         if reply.held:
             await self.quota.release("replies", reply.owner, reply.id)

@@ -143,7 +143,7 @@ class Outbox:
         self._max_pending = max_pending
         self._budget = budget or OutputBudget(1 << 62)
         self._encode_delta = encode_delta
-        self._encode_reasoning = encode_reasoning or encode_delta
+        self._encode_reasoning = encode_reasoning
         self._on_overflow = on_overflow
         self._count = count_deltas
         self._waiter: asyncio.Future[None] | None = None
@@ -183,7 +183,10 @@ class Outbox:
                 self._wake()
 
     def put_reasoning(self, reply_id: str, seq: int, text: str) -> None:
-        """Queue a reply's reasoning, merged into the last waiting reasoning of the same reply."""
+        """Queue a reply's reasoning, merged into the last waiting reasoning of the same reply
+        (dropped by an outbox that cannot encode it: never sent as answer text)."""
+        if self._encode_reasoning is None:
+            return
         write_now = self._write_now
         if write_now is not None and len(text) <= DIRECT_MAX // 4 and self._idle():
             if write_now(self._encode_reasoning(reply_id, seq, text)):
@@ -220,7 +223,7 @@ class Outbox:
                 self._waiter = None
         items, self._items = self._items, FrameQueue()
         self._held.take()
-        frames, deltas = items.encode(self._encode_delta, self._encode_reasoning)
+        frames, deltas = items.encode(self._encode_delta, self._encode_reasoning or self._encode_delta)
         if deltas:
             self._count(deltas)
         return frames

@@ -64,11 +64,11 @@ class FrameQueue(deque[Frame | _Delta]):
 
     def encode(self, encode_delta: DeltaEncoder, encode_reasoning: DeltaEncoder) -> tuple[list[Frame], int]:
         """Every item as a frame, deltas encoded with ``encode_delta`` (reasoning with
-        ``encode_reasoning``); and how many deltas there were."""
+        ``encode_reasoning``); and how many text deltas there were."""
         deltas, frames = 0, []
         for item in self:
             if isinstance(item, _Delta):
-                deltas += 1
+                deltas += not item.reasoning
                 encode = encode_reasoning if item.reasoning else encode_delta
                 frames.append(encode(item.reply_id, item.seq, "".join(item.parts)))
             else:

@@ -220,10 +220,11 @@ class Producer:
     def _received(self, chunks: list[Chunk]) -> bool:
         """Publish what ``chunks`` hold, reasoning and text in their order; False if the
         reply is full."""
-        reply = self.reply
+        reply, thinking = self.reply, self._think is not None
         for chunk in chunks:
             reply.usage = chunk.usage or reply.usage
-        if self._think is None and not any(c.reasoning for c in chunks):  # the usual case
+            thinking = thinking or bool(chunk.reasoning)
+        if not thinking:  # the usual case: answer text only
             text = "".join([c.text for c in chunks]) if len(chunks) > 1 else chunks[0].text
             return self._publish(False, text) if text else True
         for reasoning, text in _pieces(chunks, self._think):
@@ -236,10 +237,10 @@ class Producer:
     def _publish(self, reasoning: bool, text: str) -> bool:
         if "\x00" in text:  # kept by no store: shown and stored as U+FFFD alike
             text = text.replace("\x00", "\ufffd")
-        if reasoning:
-            self.reply.reasoning_chars += len(text)
         if not (self.reply.publish_reasoning(text) if reasoning else self.reply.publish(text)):
             return False
+        if reasoning:
+            self.reply.reasoning_chars += len(text)
         self._schedule_checkpoint()
         return True
 

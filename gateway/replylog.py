@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterator
 
 __all__ = ["ReplyLog"]
 
@@ -52,9 +53,21 @@ class ReplyLog:
         return self._pieces[0] if self._pieces else ""
 
     def _joined(self, kind: int) -> str:
-        assert self._kinds is not None
         whole, ends = self._all(), self._ends
-        return "".join(whole[ends[i - 1] if i else 0:ends[i]] for i, k in enumerate(self._kinds) if k == kind)
+        return "".join(whole[ends[i - 1] if i else 0:ends[j - 1]] for k, i, j in self._spans(0) if k == kind)
+
+    def _spans(self, after: int) -> Iterator[tuple[int, int, int]]:
+        """The runs of one kind among the deltas after the first ``after``: (kind, index
+        of its first delta, index past its last), found a run at a time."""
+        kinds = self._kinds
+        assert kinds is not None
+        i, n = after, len(kinds)
+        while i < n:
+            kind = kinds[i]
+            j = kinds.find(b"\x00" if kind else b"\x01", i)
+            j = n if j < 0 else j
+            yield kind, i, j
+            i = j
 
     def reasoning_at(self, seq: int) -> bool:
         """Whether delta ``seq`` is reasoning."""
@@ -83,16 +96,10 @@ class ReplyLog:
             raise ValueError(f"after_seq {after_seq} is outside 0..{self.seq}")
         if after_seq == self.seq:
             return []
-        whole, ends, kinds = self._all(), self._ends, self._kinds
-        if kinds is None:
+        whole, ends = self._all(), self._ends
+        if self._kinds is None:
             return [(False, self.seq, whole[ends[after_seq - 1] if after_seq else 0:])]
-        runs: list[tuple[bool, int, str]] = []
-        start = after_seq
-        for i in range(after_seq + 1, self.seq + 1):
-            if i == self.seq or kinds[i] != kinds[start]:
-                runs.append((kinds[start] == 1, i, whole[ends[start - 1] if start else 0:ends[i - 1]]))
-                start = i
-        return runs
+        return [(k == 1, j, whole[ends[i - 1] if i else 0:ends[j - 1]]) for k, i, j in self._spans(after_seq)]
 
     def kinds(self, after_seq: int) -> bytes:
         """For the deltas numbered above ``after_seq``, which are reasoning (``b"r"``) and

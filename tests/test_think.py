@@ -25,7 +25,7 @@ FULL = "\n<think>\nLet me see </thin k about it.\n</think>\n\nThe answer is 42. 
 def test_any_cut_gives_the_same_split(cuts: list[int]) -> None:
     bounds = [0, *sorted(cuts), len(FULL)]
     pieces = [FULL[a:b] for a, b in zip(bounds, bounds[1:])]
-    assert split(pieces) == ("\nLet me see </thin k about it.\n", "The answer is 42. <think>not this</think>")
+    assert split(pieces) == ("Let me see </thin k about it.\n", "The answer is 42. <think>not this</think>")
 
 
 def test_only_a_reply_starting_with_the_tag_is_split() -> None:
@@ -38,6 +38,13 @@ def test_what_never_became_a_tag_is_answer_text() -> None:
     assert split(["  "]) == ("", "  ")
     assert split(["<think>never closed"]) == ("never closed", "")
     assert split(["<think>half </thi"]) == ("half </thi", "")
+
+
+def test_an_empty_think_block_is_no_reasoning() -> None:
+    """Qwen3 with thinking off, on engines that do not split it out."""
+    assert split(["<think>\n\n</think>\n\nHello"]) == ("", "Hello")
+    assert split(["<think>", "\n", " \n", "</think>", "\n\nHi"]) == ("", "Hi")
+    assert split(["<think>\n", "\nIdea"]) == ("Idea", "")
 
 
 def test_done_once_the_answer_starts() -> None:

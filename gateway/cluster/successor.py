@@ -76,8 +76,8 @@ class Successor:
         conv, message_id, model = meta[0].decode(), meta[1].decode(), (meta[4] or b"").decode() or None
         seq = int(meta[2])
         logged = "".join(fields[b"t"].decode() for _, fields in entries if b"t" in fields)
-        reasoning = "".join(fields[b"r"].decode() for _, fields in entries if b"r" in fields) or None
-        text = await self._longest(conv, reply_id, logged)
+        thought = "".join(fields[b"r"].decode() for _, fields in entries if b"r" in fields)
+        text, reasoning = await self._longest(conv, reply_id, logged, thought)
         await self._store.save(conv, StoredMessage(
             reply_id, "assistant", text, created_at=float(meta[3] or 0), finish_reason="error", model=model,
             reasoning=reasoning,
@@ -93,10 +93,14 @@ class Successor:
         self._metrics.takeovers.inc()
         _log.warning("reply_taken_over", reply_id=reply_id, conversation_id=conv, seq=seq, chars=len(text))
 
-    async def _longest(self, conversation_id: str, reply_id: str, logged: str) -> str:
-        """What reached the log, or the owner's checkpoint if it had more (it went on
-        alone while Redis was unreachable)."""
+    async def _longest(self, conversation_id: str, reply_id: str, logged: str, thought: str) -> tuple[str, str | None]:
+        """The text and reasoning that reached the log, or the owner's checkpoint's where
+        it had more (it went on alone while Redis was unreachable)."""
         for message in await self._store.history(conversation_id, LOOKBACK):
-            if message.id == reply_id and len(message.content) > len(logged) and message.content.startswith(logged):
-                return message.content
-        return logged
+            if message.id == reply_id:
+                stored = message.reasoning or ""
+                if len(message.content) > len(logged) and message.content.startswith(logged):
+                    logged = message.content
+                if len(stored) > len(thought) and stored.startswith(thought):
+                    thought = stored
+        return logged, thought or None

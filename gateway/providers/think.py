@@ -18,12 +18,13 @@ OPEN, CLOSE = "<think>", "</think>"
 class ThinkSplitter:
     """Feed content pieces; get ``(reasoning, answer)`` for each."""
 
-    __slots__ = ("_state", "_held")
+    __slots__ = ("_state", "_held", "_began")
 
     def __init__(self) -> None:
         # start: no text yet; think: inside the tag; after: just past it; answer: the rest (or no tag)
         self._state = "start"
         self._held = ""  # text that may still be the start of a tag
+        self._began = False  # the thinking had more than blanks (an empty <think></think> is none)
 
     @property
     def done(self) -> bool:
@@ -52,16 +53,23 @@ class ThinkSplitter:
         if end >= 0:
             self._state = "after"
             reasoning, rest = text[:end], text[end + len(CLOSE):]
-            return reasoning, self.feed(rest)[1] if rest else ""
+            return self._thought(reasoning), self.feed(rest)[1] if rest else ""
         keep = _partial_suffix(text, CLOSE)
         self._held = text[len(text) - keep:] if keep else ""
-        return text[:len(text) - keep], ""
+        return self._thought(text[:len(text) - keep]), ""
+
+    def _thought(self, text: str) -> str:
+        """Reasoning without the blanks it starts with."""
+        if not self._began:
+            text = text.lstrip()
+            self._began = bool(text)
+        return text
 
     def close(self) -> tuple[str, str]:
         """The stream ended: what was held back (an unfinished tag is text, as it came)."""
         held, self._held = self._held, ""
         if self._state == "think":
-            return held, ""
+            return self._thought(held), ""
         return "", held
 
 

@@ -226,7 +226,7 @@ def newest_within(newest_first: Iterable[StoredMessage], max_bytes: int | None) 
         taken.append(message)
         if past:
             break
-        size += len(message.content.encode())
+        size += len(message.content.encode()) + (len(message.reasoning.encode()) if message.reasoning else 0)
         past = max_bytes is not None and size > max_bytes
     return taken
 

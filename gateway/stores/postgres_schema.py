@@ -246,7 +246,8 @@ def history_query(
     if before is not None:
         where += " AND pos < (SELECT pos FROM messages WHERE conversation_id = %(cid)s AND id = %(before)s)"
         args["before"] = before
-    page = f"SELECT pos, {_COLUMNS}, octet_length(content) AS size FROM messages WHERE {where}" \
+    page = f"SELECT pos, {_COLUMNS}, octet_length(content) + coalesce(octet_length(reasoning), 0) AS size" \
+        f" FROM messages WHERE {where}" \
         " ORDER BY pos DESC LIMIT %(limit)s"
     if max_bytes is None:
         return f"SELECT * FROM ({page}) page ORDER BY pos DESC", args

@@ -512,7 +512,7 @@ async def test_reasoning_is_resumed_on_another_instance_in_exact_order(
     assert one["text"] + "".join(t for k, _, t in numbered if k == "reply.reasoning") == "first, second, third"
     assert "".join(t for k, _, t in numbered if k == "reply.delta") == "The end"
     seqs = [s for _, s, _ in numbered]
-    assert seqs == sorted(set(seqs)) and seqs[0] == one["seq"] + 1
+    assert seqs == sorted(set(seqs)) and seqs[0] > one["seq"]  # the replay joins what was missed, by kind
     async with await psycopg.AsyncConnection.connect(cluster_env["GATEWAY_DATABASE_URL"]) as conn:
         cur = await conn.execute("SELECT content, reasoning FROM messages WHERE id = %s", (start["reply_id"],))
         assert await cur.fetchone() == ("The end", "first, second, third")

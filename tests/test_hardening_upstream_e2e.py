@@ -121,7 +121,8 @@ async def test_huge_usage_counts_become_zero_and_reply_is_stored(
     text, error, done, conversation_id = await _reply(gw)
     assert error is None and text == "Hello world"
     assert done["finish_reason"] == "stop"
-    assert done["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    # Counts no one can believe are not passed on: the gateway's estimate is, and says so.
+    assert done["usage"]["estimated"] is True and 0 < done["usage"]["total_tokens"] < 100
     async with gw.chat() as chat:
         history = (await chat.hello(conversation_id))["history"]
     assert history[-1]["role"] == "assistant" and history[-1]["content"] == "Hello world", history
@@ -139,7 +140,7 @@ async def test_negative_usage_counts_leave_metrics_and_conversation_usable(
         text, events = await chat.ask("one", "m1")
         done = events[-1]
         assert text == "first" and done["finish_reason"] == "stop"
-        assert done["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        assert done["usage"]["estimated"] is True and done["usage"]["prompt_tokens"] >= 0
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
             async with http.get(f"{gw.http_url}/metrics") as resp:
                 assert resp.status == 200

@@ -61,6 +61,7 @@ class Producer:
         self._answered = False  # an attempt streamed (or ended well): counted once
         self._asked = messages  # what the model asked for is sent
         self._think: ThinkSplitter | None = None  # inline <think> of the attempt, until the answer starts
+        self._finish: str | None = None  # the attempt's finish reason so far
         self._checkpointed_at = reply.started_at
         self._tick = 0  # the last shared tick used (a multiple of the interval on the loop's clock)
         self._timer: asyncio.TimerHandle | None = None
@@ -175,9 +176,9 @@ class Producer:
     async def _attempt(self, attempt: Attempt) -> str | None:
         """One upstream request; UpstreamError (upstream_timeout if no token came within the
         first-token limit, when another deployment could answer, or the budget left) if it fails."""
-        reply, finish, first = self.reply, None, True
+        reply, first = self.reply, True
         route, loop = reply.route, asyncio.get_running_loop()
-        self._think = ThinkSplitter()
+        self._think, self._finish = ThinkSplitter(), None
         own = self.first_token_timeout if self.first_token_timeout and route.alternatives else math.inf
         limit = min(own, route.deadline - loop.time())
         try:
@@ -188,9 +189,8 @@ class Producer:
                         if first and any(c.text or c.reasoning for c in chunks):
                             first = False
                             first_token.reschedule(None)
-                        finish = chunks_finish(chunks, finish)
                         full = not self._received(chunks)
-                        if reply.log.seq and not self._answered:
+                        if not self._answered and reply.log.seq:
                             self._answer(attempt)
                         if full:
                             return "length"
@@ -198,6 +198,7 @@ class Producer:
             raise UpstreamError(
                 ErrorCode.UPSTREAM_TIMEOUT, f"the provider sent no token within {limit:.3g} s"
             ) from None
+        finish = self._finish
         if self._think is not None:  # what it held back (an unfinished tag)
             thought, text = self._think.close()
             if not ((not thought or self._publish(True, thought)) and (not text or self._publish(False, text))):
@@ -221,9 +222,13 @@ class Producer:
         """Publish what ``chunks`` hold, reasoning and text in their order; False if the
         reply is full."""
         reply, thinking = self.reply, self._think is not None
-        for chunk in chunks:
-            reply.usage = chunk.usage or reply.usage
-            thinking = thinking or bool(chunk.reasoning)
+        for chunk in chunks:  # one pass: usage, the finish reason, whether any thinking came
+            if chunk.usage is not None:
+                reply.usage = chunk.usage
+            if chunk.finish_reason:
+                self._finish = chunk.finish_reason
+            if chunk.reasoning:
+                thinking = True
         if not thinking:  # the usual case: answer text only
             text = "".join([c.text for c in chunks]) if len(chunks) > 1 else chunks[0].text
             return self._publish(False, text) if text else True
@@ -306,9 +311,3 @@ def _pieces(chunks: list[Chunk], think: ThinkSplitter | None) -> list[tuple[bool
                 pieces.append((reasoning, part))
     return pieces
 
-
-def chunks_finish(chunks: list[Chunk], finish: str | None) -> str | None:
-    """The finish reason after ``chunks``: the last one they give, else ``finish``."""
-    for chunk in chunks:
-        finish = chunk.finish_reason or finish
-    return finish

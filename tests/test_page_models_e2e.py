@@ -168,3 +168,37 @@ async def test_one_model_shows_no_picker(browser: Browser, start_gateway: StartG
     await expect(w.page.get_by_test_id("model-picker")).to_be_hidden()
     await expect(w.page.get_by_test_id("model")).to_have_text("demo · demo")
     await w.assert_clean()
+
+
+async def test_the_picker_fits_a_360_px_phone(
+    browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    gw = await start_gateway(toml=models_toml(upstream, tmp_path))
+    w = await new_page(browser, viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True)
+    await w.page.goto(gw.http_url + "/")
+    await expect(w.page.get_by_test_id("send")).to_be_enabled()
+    picker = w.page.get_by_role("combobox", name="Model")
+    await expect(picker).to_be_visible()
+    box, status = await picker.bounding_box(), await w.page.get_by_test_id("status").bounding_box()
+    assert box is not None and status is not None
+    assert box["x"] + box["width"] <= status["x"] + 1  # beside the status pill, not over it
+    assert await w.page.evaluate("document.documentElement.scrollWidth") <= 360
+    await w.assert_clean()
+
+
+async def test_a_picked_model_answers_from_the_next_message_of_the_same_conversation(
+    browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Picking sends nothing; the next message carries it (before, none is sent: the
+    gateway's own choice answers)."""
+    upstream.set_default(lambda rec: Script([openai_sse([f"from {rec.json['model']}"])]))
+    gw = await start_gateway(toml=models_toml(upstream, tmp_path))
+    w = await _open(browser, gw.http_url + "/")
+    page = w.page
+    await _send(page, "first, with the default")
+    await expect(_assistant(page).locator(".msg-body")).to_have_text("from upstream-quick")
+    await page.get_by_role("combobox", name="Model").select_option("thinker")
+    await _send(page, "now the thinker")
+    await expect(_assistant(page).locator(".msg-body")).to_have_text("from upstream-thinker")
+    assert [r.json["model"] for r in upstream.requests] == ["upstream-quick", "upstream-thinker"]
+    await w.assert_clean()

@@ -63,7 +63,7 @@ class Reply {
     this.id = id; // null until reply.start names it
     this.conv = conv;
     this.text = "";
-    this.seq = 0; // last reply.delta seq received (the resume point)
+    this.seq = 0; // last reply.delta or reply.reasoning seq received (the resume point)
     this.state = "streaming"; // streaming | done | error | cancelled
     this.finish = "";
     this.error = null; // {message, code, retryable, retryAt, unsent?, content?}
@@ -116,7 +116,9 @@ const S = {
   older: null, // {conv, probe} while a history page is requested
   moreHistory: false, // older messages exist on the gateway
   models: [], // ready.models: [{id, label, default?, reasoning?}]
+  provider: "", // ready.provider
   model: null, // the open conversation's model (its picker's value)
+  picked: null, // {conv, id}: a model the person picked, not yet confirmed by a reply.start
 };
 
 // ---------------------------------------------------------------------------- helpers
@@ -230,6 +232,9 @@ function makeAssistant(reply) {
   thinking.hidden = true;
   const summary = el("summary", "thinking-summary");
   const thought = el("div", "thinking-body");
+  thought.tabIndex = 0; // it scrolls: keyboard users can too
+  thought.setAttribute("role", "region");
+  thought.setAttribute("aria-label", "Thoughts");
   thinking.append(summary, thought);
   const body = el("div", "msg-body md");
   const note = el("div", "msg-note");
@@ -357,9 +362,14 @@ function renderThinking(entry) {
   entry.thinking.hidden = !r.reasoning;
   if (!r.reasoning) return;
   const live = r.state === "streaming" && !r.text;
-  if (entry.shownThought !== r.reasoning) {
+  const shown = entry.shownThought || "";
+  if (shown !== r.reasoning) {
+    const box = entry.thought;
+    const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 24;
+    if (shown && r.reasoning.startsWith(shown)) box.append(r.reasoning.slice(shown.length)); // only what is new
+    else box.textContent = r.reasoning;
     entry.shownThought = r.reasoning;
-    entry.thought.textContent = r.reasoning;
+    if (live && atEnd) box.scrollTop = box.scrollHeight;
   }
   const label = live ? "Thinking…" : r.thoughtFor ? `Thought for ${r.thoughtFor} s` : "Thoughts";
   if (entry.summary.textContent !== label) entry.summary.textContent = label;
@@ -532,7 +542,8 @@ function sendMessage(text) {
   if (!canSend()) return false;
   const id = newId();
   const frame = { type: "message", id, content: text, conversation_id: S.conv };
-  if (S.model) frame.model = S.model;
+  const picked = pickedModel();
+  if (picked) frame.model = picked; // otherwise the gateway's own choice for the conversation
   if (!S.socket.send(frame)) return false;
   const reply = new Reply(null, S.conv);
   const user = makeUser(id, text);
@@ -569,7 +580,8 @@ function regenerate() {
   const last = lastAssistant();
   if (!last || !last.reply.id || !canSend()) return;
   const id = newId();
-  if (!S.socket.send(S.model ? { type: "regenerate", id, model: S.model } : { type: "regenerate", id })) return;
+  const picked = pickedModel();
+  if (!S.socket.send(picked ? { type: "regenerate", id, model: picked } : { type: "regenerate", id })) return;
   S.pending.set(id, { kind: "regenerate", id, replaces: last.reply.id, conv: S.conv });
   syncUI();
 }
@@ -1043,12 +1055,7 @@ function onReady(m) {
 function showModels(m) {
   const models = Array.isArray(m.models) ? m.models.filter((x) => x && typeof x.id === "string") : [];
   S.models = models.map((x) => ({ id: x.id, label: typeof x.label === "string" && x.label ? x.label : x.id }));
-  S.model = typeof m.model === "string" && m.model ? m.model : null;
-  if (S.model) {
-    const provider = typeof m.provider === "string" && m.provider ? ` · ${m.provider}` : "";
-    ui.modelInfo.textContent = `${modelLabel(S.model)}${provider}`;
-    ui.emptyModel.textContent = `${modelLabel(S.model)}${provider}`;
-  }
+  S.provider = typeof m.provider === "string" ? m.provider : "";
   ui.modelPick.hidden = S.models.length < 2;
   const options = S.models.map((x) => {
     const o = el("option", "", x.label);
@@ -1056,15 +1063,31 @@ function showModels(m) {
     return o;
   });
   ui.modelPicker.replaceChildren(...options);
-  if (S.model) ui.modelPicker.value = S.model;
+  const stored = typeof m.model === "string" && m.model ? m.model : null;
+  if (S.picked && S.picked.conv !== m.conversation_id) S.picked = null;
+  showModel(pickedModel() || stored); // a pick not sent yet outlives a reconnect
+}
+
+/** The model the person picked for this conversation, if it is still offered. */
+function pickedModel() {
+  const p = S.picked;
+  return p && p.conv === S.conv && S.models.some((x) => x.id === p.id) ? p.id : null;
+}
+
+function showModel(id) {
+  S.model = id;
+  if (!id) return;
+  if (ui.modelPicker.value !== id) ui.modelPicker.value = id;
+  const text = `${modelLabel(id)}${S.provider ? ` · ${S.provider}` : ""}`;
+  ui.modelInfo.textContent = text;
+  ui.emptyModel.textContent = text;
 }
 
 function pickModel() {
   const id = ui.modelPicker.value;
   if (!S.models.some((x) => x.id === id)) return;
-  S.model = id; // sent with the next message (or regenerate): the gateway keeps it for the conversation
-  ui.modelInfo.textContent = modelLabel(id);
-  ui.emptyModel.textContent = modelLabel(id);
+  S.picked = { conv: S.conv, id }; // sent with the next message or regenerate; the gateway then keeps it
+  showModel(id);
 }
 
 function loadOlder() {
@@ -1148,9 +1171,10 @@ function onStart(m) {
   reply.gen = S.socket.gen;
   if (typeof m.model === "string") reply.model = m.model;
   reply.fallbackFrom = typeof m.fallback_from === "string" ? m.fallback_from : null;
-  if (conv === S.conv && typeof m.model === "string" && S.models.some((x) => x.id === (reply.fallbackFrom || m.model))) {
-    S.model = reply.fallbackFrom || m.model; // another tab's choice sticks here too
-    ui.modelPicker.value = S.model;
+  const asked = reply.fallbackFrom || m.model;
+  if (conv === S.conv && typeof asked === "string" && S.models.some((x) => x.id === asked)) {
+    if (S.picked && S.picked.id === asked) S.picked = null; // confirmed: the gateway keeps it now
+    if (!S.picked) showModel(asked); // another tab's choice sticks here too
   }
   S.replies.set(m.reply_id, reply);
   if (reply.entry) renderEntry(reply.entry);
@@ -1201,7 +1225,7 @@ function onDone(m) {
   syncUI();
   if (stick) scrollToBottom();
   if (wasStreaming) {
-    if (r.state === "done") announce(`Reply finished: ${plainText(r.entry.body)}`);
+    if (r.state === "done") announce(r.text ? `Reply finished: ${plainText(r.entry.body)}` : "Reply finished, with thoughts only.");
     else if (r.state === "cancelled") announce("Reply stopped.");
     else announce(`Reply failed: ${r.error.message}`);
   }
@@ -1243,6 +1267,10 @@ function onError(m) {
     return;
   }
   const p = typeof m.id === "string" ? S.pending.get(m.id) : undefined;
+  if (info.code === "bad_request" && /^no model /.test(info.message)) {
+    S.picked = null; // the gateway's models changed (a reload): ask for them again
+    if (S.live) S.socket.send(helloFrame(S.conv));
+  }
   if (p) {
     S.pending.delete(m.id);
     if (p.kind === "message") {
@@ -1253,7 +1281,7 @@ function onError(m) {
       if (r.entry) renderEntry(r.entry);
       p.user.el.classList.add("unsent");
     } else {
-      banner(info.code === "bad_request" ? "There is no reply to regenerate." : info.message);
+      banner(/no reply to regenerate/.test(info.message) ? "There is no reply to regenerate." : info.message);
     }
     syncUI();
     return;

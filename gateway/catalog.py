@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ErrorCode, ProtocolError
 from .models_config import DeploymentConfig, ModelConfig, RoutingConfig, made
 from .providers import Provider, Usage
 from .routing import Candidate, Health, Route
@@ -82,6 +83,13 @@ class Catalog:
     def get(self, model_id: str | None) -> Model | None:
         """The model ``model_id`` names; the default for None."""
         return self.default if model_id is None else self.models.get(model_id)
+
+    def choose(self, model_id: str | None) -> Model:
+        """The model a client asks for (the default for None); ``bad_request`` if none has that id."""
+        model = self.get(model_id)
+        if model is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"no model {model_id!r} here; ready.models lists them")
+        return model
 
     def public(self) -> list[dict[str, Any]]:
         return [m.public(m is self.default) for m in self.models.values()]

@@ -512,10 +512,10 @@ def render(config: Config) -> str:
             lines += _rendered(config, name, getattr(config, name))
             continue
         for item in getattr(config, name):
-            # Without [[models]], the one [provider] describes is shown as a comment.
-            shown = [f"\n[[{name}]]", *_rendered(config, name, item)]
-            lines += [line if not config.single_model or line.startswith(("#", "\n#")) else f"# {line}".replace(
-                "# \n", "\n# ") for line in shown]
+            shown = [f"[[{name}]]", *_rendered(config, name, item)]
+            if config.single_model:  # the one model [provider] describes, shown as a comment
+                shown = [line if line.startswith("#") else f"# {line}" for line in shown]
+            lines += ["", *shown]
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ from websockets.asyncio.server import ServerConnection
 
 from . import conversation_list, wire
 from .auth import ANONYMOUS, Principal
+from .catalog import Model
 from .connection import Hub
 from .errors import ErrorCode, GatewayError, ProtocolError
 from .events import ReplyEnded, ReplyReasoning, ReplyStarted
@@ -114,10 +115,9 @@ class JsonConnection(SigningConnection):
         await self.hub.watch(self, conv_id)
         assert self.principal is not None
         budget = await self.hub.registry.accounting.budget(subject, runtime.limits.quota)
-        model = runtime.catalog.get(self.model) or runtime.catalog.default
-        self.outbox.put(
-            ready_frame(self.session_id, conv_id, title, history, runtime, active, self.principal, budget, model)
-        )
+        self.outbox.put(ready_frame(
+            self.session_id, conv_id, title, history, runtime, active, self.principal, budget, self._sticky_model(),
+        ))
 
     def _claims(self, owner: str) -> bool:
         """Whether opening a conversation of ``owner`` by its id makes it this subject's:
@@ -133,18 +133,18 @@ class JsonConnection(SigningConnection):
     async def _message(self, msg: wire.Message) -> None:
         if len(msg.content) > (limit := self.hub.runtime.config.limits.max_content_chars):
             raise ProtocolError(ErrorCode.TOO_LARGE, f"the message is longer than {limit} characters", ref=msg.id)
-        self._check_model(msg.model, msg.id)
         with self._answering(msg.id):
+            if msg.model is not None:  # refused before a new conversation's ready
+                self.hub.runtime.catalog.choose(msg.model)
             if self.conversation_id is None or (msg.conversation_id and msg.conversation_id != self.conversation_id):
                 await self._hello(msg.conversation_id)
-            model = msg.model or self._sticky_model()
+            model = msg.model or self._sticky_model().id
             await self._start(StoredMessage(msg.id, "user", msg.content, model=model))
             self.model = model
 
     async def _regenerate(self, msg: wire.Regenerate) -> None:
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first", ref=msg.id)
-        self._check_model(msg.model, msg.id)
         with self._answering(msg.id):
             assert self.principal is not None
             await self.hub.bus.regenerate(
@@ -152,15 +152,10 @@ class JsonConnection(SigningConnection):
             )
             self.model = msg.model or self.model
 
-    def _sticky_model(self) -> str:
+    def _sticky_model(self) -> Model:
         """The conversation's model, or the default if it is no longer offered."""
         catalog = self.hub.runtime.catalog
-        model = catalog.get(self.model) if self.model else None
-        return (model or catalog.default).id
-
-    def _check_model(self, model: str | None, ref: str) -> None:
-        if model is not None and self.hub.runtime.catalog.get(model) is None:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"no model {model!r} here; ready.models lists them", ref=ref)
+        return catalog.get(self.model) or catalog.default
 
     @contextlib.contextmanager
     def _answering(self, ref: str | None) -> Iterator[None]:
@@ -201,7 +196,7 @@ class JsonConnection(SigningConnection):
         )
 
     def _on_reasoning(self, event: ReplyReasoning) -> None:
-        self.outbox.put_reasoning(event.reply_id, event.seq, event.text)
+        self.outbox.put_delta(event.reply_id, event.seq, event.text, reasoning=True)
 
     def _on_started(self, event: ReplyStarted) -> None:
         if event.conversation_id == self.conversation_id and event.model:  # another tab's choice sticks too

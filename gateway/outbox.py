@@ -171,28 +171,21 @@ class Outbox:
             self._queue().append(frame)
             self._wake()
 
-    def put_delta(self, reply_id: str, seq: int, text: str) -> None:
-        """Queue reply text, merged into the last waiting delta of the same reply."""
-        write_now = self._write_now
-        if write_now is not None and len(text) <= DIRECT_MAX // 4 and self._idle():
-            if write_now(self._encode_delta(reply_id, seq, text)):
-                self._count(1)
-                return
-        if self._admit(len(text) if text.isascii() else len(text.encode())):
-            if self._queue().put_delta(reply_id, seq, text):
-                self._wake()
-
-    def put_reasoning(self, reply_id: str, seq: int, text: str) -> None:
-        """Queue a reply's reasoning, merged into the last waiting reasoning of the same reply
-        (dropped by an outbox that cannot encode it: never sent as answer text)."""
-        if self._encode_reasoning is None:
+    def put_delta(self, reply_id: str, seq: int, text: str, reasoning: bool = False) -> None:
+        """Queue reply text (``reasoning``: the model's thinking), merged into the last waiting
+        delta of the same reply and kind. An outbox that cannot encode reasoning drops it:
+        it is never sent as answer text."""
+        encode = self._encode_reasoning if reasoning else self._encode_delta
+        if encode is None:
             return
         write_now = self._write_now
         if write_now is not None and len(text) <= DIRECT_MAX // 4 and self._idle():
-            if write_now(self._encode_reasoning(reply_id, seq, text)):
+            if write_now(encode(reply_id, seq, text)):
+                if not reasoning:
+                    self._count(1)
                 return
-        if self._admit(len(text.encode())):
-            if self._queue().put_delta(reply_id, seq, text, reasoning=True):
+        if self._admit(len(text) if text.isascii() else len(text.encode())):
+            if self._queue().put_delta(reply_id, seq, text, reasoning):
                 self._wake()
 
     def holds_delta(self, reply_id: str) -> bool:

@@ -153,7 +153,7 @@ class ReplyRegistry:
         is created first, with this id, for ``owner``. The message's ``model`` (a model
         id of the catalog, or None for the default) answers."""
         terms = self._terms()
-        model = _model(terms.catalog, message.model)
+        model = terms.catalog.choose(message.model)
         reply = self._reserve(conversation_id, message.id, terms, owner, model)
         with self._preparing(reply):
             await self.accounting.hold_reply(reply, terms.limits)
@@ -175,7 +175,7 @@ class ReplyRegistry:
         """Replace the conversation's last reply with a new one for the same user message,
         by ``model`` (None: the one that message asked for)."""
         terms = self._terms()
-        chosen = _model(terms.catalog, model) if model is not None else None
+        chosen = terms.catalog.choose(model) if model is not None else None
         reply = self._reserve(conversation_id, request_id, terms, owner, chosen or terms.catalog.default)
         with self._preparing(reply):
             await self.accounting.hold_reply(reply, terms.limits)
@@ -279,9 +279,3 @@ class ReplyRegistry:
         self._replies.clear()
 
 
-
-def _model(catalog: Catalog, model_id: str | None) -> Model:
-    model = catalog.get(model_id)
-    if model is None:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"no model {model_id!r} here; ready.models lists them")
-    return model

@@ -45,8 +45,8 @@ class Reply:
         self.held = False  # counted among its subject's replies streaming (replies_per_subject on)
         self.requested = False  # its request was sent upstream (it was not stopped before)
         self.message_id = message_id
-        self.catalog, self.route = catalog, route  # what produces it, whatever a reload changes
-        self.model, self.deployment = route.first.model, route.first.deployment  # answering (the last attempt)
+        self.catalog = catalog  # what produces it, whatever a reload changes
+        self.reroute(route)  # the model and deployment answering: the first candidate, then each attempt's
         self.log = ReplyLog(max_chars)
         self.state = ReplyState.STREAMING
         self.finish_reason: str | None = None

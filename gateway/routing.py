@@ -199,15 +199,14 @@ def _order(chain: Sequence[Sequence[Candidate]], health: Health, now: float, rng
     """Each model's healthy deployments (by weight), then its cooling ones (soonest back
     first); a model whose deployments all cool down comes after every other model."""
     ordered: list[Candidate] = []
-    deferred: list[tuple[float, int, Candidate]] = []
+    deferred: list[Candidate] = []
+    back = {c: health.until(c.deployment, now) for group in chain for c in group}
     for group in chain:
-        healthy: list[tuple[float, int, Candidate]] = []
-        cooling: list[tuple[float, int, Candidate]] = []
-        for c in weighted_order(group, rng):
-            until = health.until(c.deployment, now)
-            (cooling if until > now else healthy).append((until, len(deferred) + len(cooling), c))
+        shuffled = weighted_order(group, rng)
+        healthy = [c for c in shuffled if back[c] <= now]
+        cooling = sorted((c for c in shuffled if back[c] > now), key=back.__getitem__)  # stable: ties keep weight order
         if healthy:
-            ordered += [c for *_, c in healthy] + [c for *_, c in sorted(cooling)]
+            ordered += healthy + cooling
         else:
             deferred += cooling
-    return ordered + [c for *_, c in sorted(deferred)]
+    return ordered + sorted(deferred, key=back.__getitem__)

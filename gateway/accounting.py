@@ -134,10 +134,11 @@ def _used(reply: Reply, context: Sequence[ChatMessage]) -> tuple[int, int, bool]
     usage = reply.usage
     if usage is not None and usage.prompt_tokens + usage.completion_tokens:
         return usage.prompt_tokens, usage.completion_tokens, False
-    if not reply.log.chars and _never_taken(reply):
+    chars = reply.log.chars - reply.seeded_chars  # a continuation's earlier text was counted before
+    if not chars and _never_taken(reply):
         return 0, 0, False
     prompt = estimate_tokens(sum(len(m["content"]) for m in context))
-    return prompt, estimate_tokens(reply.log.chars) if reply.log.chars else 0, True
+    return prompt, estimate_tokens(chars) if chars else 0, True
 
 
 def _never_taken(reply: Reply) -> bool:

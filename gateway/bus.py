@@ -29,16 +29,24 @@ class ReplyBus(Protocol):
         owner's other connections while so), else None."""
 
     async def start(
-        self, conversation_id: str, message: StoredMessage, subscriber: Subscriber, *, new: bool, owner: str
+        self, conversation_id: str, message: StoredMessage, subscriber: Subscriber, *, new: bool, owner: str,
+        after: str | None = None,
     ) -> str:
-        """Store ``message`` (creating the conversation for ``owner`` if ``new``), claim the
+        """Store ``message`` (creating the conversation for ``owner`` if ``new``) under the
+        active branch's last message or ``after`` that one (an edit), claim the
         conversation and start a reply for ``subscriber`` and the watchers; its id."""
 
     async def regenerate(
-        self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str, model: str | None = None
+        self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str, model: str | None = None,
+        reply_id: str | None = None,
     ) -> str:
-        """Replace the conversation's last reply with a new one, charged to ``owner``, by
-        ``model`` (None: the one the user's message asked for); its id."""
+        """A new reply beside ``reply_id`` (by default the active branch's last reply),
+        charged to ``owner``, by ``model`` (None: the one the user's message asked for); its id."""
+
+    async def extend(
+        self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str, reply_id: str
+    ) -> str:
+        """Continue the stored reply ``reply_id``, cut short; the new reply's id."""
 
     async def streaming(self, conversation_id: str) -> Streaming | None:
         """The reply streaming in the conversation now, if any."""

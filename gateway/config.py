@@ -25,7 +25,7 @@ from .clientip import Networks
 from .config_values import HostPort, parse_duration, toml_value
 from .errors import ConfigError
 from .models_config import (
-    DEFAULT_MODELS, DEFAULT_URLS, LEGACY_KEYS, PROVIDERS, DeploymentConfig, ModelConfig, ProviderName,
+    CONTINUATIONS, DEFAULT_MODELS, DEFAULT_URLS, LEGACY_KEYS, PROVIDERS, DeploymentConfig, ModelConfig, ProviderName,
     RoutingConfig, resolve,
 )
 from .settings import Setting, declared, key, read, section, sections, settings, tables
@@ -212,6 +212,10 @@ class ProviderConfig:
         "extra request body fields, e.g. { temperature = 0.7, max_tokens = 1024 }")
     include_usage: bool = key(v.boolean, True, None,
         "openai: ask for a final usage chunk (stream_options.include_usage)")
+    continuation: str = key(v.choice("", *CONTINUATIONS), "", None,
+        "how a cut-off reply is continued: prompt (ask to go on), prefix (DeepSeek, Mistral: the partial "
+        "reply with prefix = true), partial (Qwen, Kimi: partial = true); empty: partial for dashscope, "
+        "else prompt")
     incremental_output: bool = key(v.boolean, True, None,
         "dashscope: ask for incremental output (false: cumulative, deltas computed)")
     demo_delay_ms: float = key(v.number(0, 10_000), 30.0, None,

@@ -183,13 +183,16 @@ class Connection:
     async def _left(self) -> None:
         """The client left: what its mode does about the replies it followed."""
 
-    async def _start(self, message: StoredMessage) -> str:
-        """Start a reply to ``message`` in this connection's conversation, creating it if new."""
+    async def _start(self, message: StoredMessage, after: str | None = None) -> str:
+        """Start a reply to ``message`` in this connection's conversation, creating it if new;
+        ``message`` goes under the active branch's last message, or ``after`` that one."""
         conv_id = self.conversation_id
         assert conv_id is not None
         new = conv_id == self.unsaved
         assert self.principal is not None
-        reply_id = await self.hub.bus.start(conv_id, message, self, new=new, owner=self.principal.subject)
+        reply_id = await self.hub.bus.start(
+            conv_id, message, self, new=new, owner=self.principal.subject, after=after
+        )
         if new:
             self.unsaved = None
         return reply_id

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
-__all__ = ["build_context"]
+__all__ = ["CONTINUE_PROMPT", "build_context", "continuation"]
+
+CONTINUE_PROMPT = (
+    "Your previous answer was cut off. Continue it exactly where it stopped, without repeating"
+    " any of it and without any preamble."
+)
 
 
 class _Message(Protocol):
@@ -25,8 +30,8 @@ def build_context(
 ) -> list[dict[str, str]]:
     """Chat messages for the upstream, oldest first.
 
-    ``history`` ends with the new user message, which is always kept, as is the
-    system prompt; older turns are dropped first past ``max_messages`` or
+    ``history`` ends with the new user message (or, to continue it, a reply cut short),
+    which is always kept, as is the system prompt; older turns are dropped first past ``max_messages`` or
     ``max_chars``. Empty messages (a reply cancelled before any text) are skipped.
     """
     kept: list[dict[str, str]] = []
@@ -44,3 +49,15 @@ def build_context(
     if system_prompt:
         kept.insert(0, {"role": "system", "content": system_prompt})
     return kept
+
+
+def continuation(messages: Sequence[Mapping[str, Any]], style: str) -> list[Mapping[str, Any]]:
+    """``messages`` as sent to ask for more of the reply they end with: that reply marked
+    as a prefix the model extends (``prefix``: DeepSeek, Mistral; ``partial``: Qwen, Kimi),
+    or followed by a request to go on (``prompt``: any model). Messages that end with the
+    user's are sent as they are."""
+    if not messages or messages[-1].get("role") != "assistant":
+        return list(messages)
+    if style in ("prefix", "partial"):
+        return [*messages[:-1], {**messages[-1], style: True}]
+    return [*messages, {"role": "user", "content": CONTINUE_PROMPT}]

@@ -16,7 +16,9 @@ __all__ = ["ReplyDelta", "ReplyEnded", "ReplyEvent", "ReplyReasoning", "ReplySta
 
 class ReplyStarted(NamedTuple):
     """A reply began. ``content`` is the user's message, for connections that did not send it;
-    ``model`` the model asked to answer (``fallback_from``: the one picked, if it is another)."""
+    ``model`` the model asked to answer (``fallback_from``: the one picked, if it is another);
+    ``parent_id`` the message it answers; ``continues`` the reply it extends, if it is a
+    continuation (its text then starts with that reply's)."""
 
     reply_id: str
     conversation_id: str
@@ -25,6 +27,8 @@ class ReplyStarted(NamedTuple):
     content: str | None = None
     model: str | None = None
     fallback_from: str | None = None
+    parent_id: str | None = None
+    continues: str | None = None
 
 
 class ReplyDelta(NamedTuple):
@@ -60,11 +64,14 @@ class ReplyEnded(NamedTuple):
 
 
 class Streaming(NamedTuple):
-    """The reply streaming in a conversation now: its id and how far it has come."""
+    """The reply streaming in a conversation now: its id, how far it has come, the message
+    it answers and the stored message it writes (its own id but for a continuation)."""
 
     reply_id: str
     seq: int
     chars: int
+    parent_id: str = ""
+    message_id: str = ""
 
 
 ReplyEvent = ReplyStarted | ReplyDelta | ReplyReasoning | ReplyEnded

@@ -18,9 +18,20 @@ from .context import build_context
 from .errors import ErrorCode, GatewayError, ProtocolError
 from .providers import ChatMessage
 from .runtime import RegistryLimits
-from .stores import ConversationNotFound, ConversationStore, StoredMessage, StoreFull, StoreUnavailable
+from .stores import (
+    Branch,
+    ConversationNotFound,
+    ConversationStore,
+    MessageNotFound,
+    StoredMessage,
+    StoreFull,
+    StoreUnavailable,
+)
 
-__all__ = ["add_message", "context_of", "store_errors", "take_back_reply"]
+__all__ = [
+    "CONTINUABLE", "add_message", "answer_again", "answered_again", "context_of", "continued", "edited_parent",
+    "store_errors",
+]
 
 _log: Any = structlog.get_logger("gateway.replies")
 
@@ -51,41 +62,95 @@ def store_errors(conversation_id: str) -> Iterator[None]:
 
 async def add_message(
     store: ConversationStore, conversation_id: str, message: StoredMessage, *, new: bool, owner: str,
-    context_messages: int,
-) -> list[StoredMessage]:
+    context_messages: int, after: str | None = None,
+) -> Branch:
     """Store the user's ``message`` (creating the conversation for ``owner`` first if
-    ``new``) and return the history the reply answers, newest last."""
-    history = await store.append(conversation_id, message, create=new, history=context_messages, owner=owner)
-    if history is None:
+    ``new``) under the active branch's last message, or ``after`` that one (an edit);
+    return the branch the reply answers."""
+    try:
+        branch = await store.append(
+            conversation_id, message, create=new, history=context_messages, owner=owner, after=after
+        )
+    except MessageNotFound:
+        raise ProtocolError(ErrorCode.NOT_FOUND, "no such message in this conversation") from None
+    if branch is None:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a message with this id is already in the conversation")
-    return history
+    return branch
 
 
-async def take_back_reply(
-    store: ConversationStore, conversation_id: str, context_messages: int, model: str | None = None
-) -> tuple[list[StoredMessage], str | None]:
-    """Delete the conversation's last reply (if the last message is one) for a
-    regenerate; return the history to answer again and the id of the deleted reply.
-    With ``model``, the user's message asks for that model from now on (stored: the
+async def edited_parent(store: ConversationStore, conversation_id: str, message_id: str) -> str:
+    """The parent of the user's message ``message_id``, which an edit of it goes under."""
+    found = await store.branch(conversation_id, message_id, 1)
+    if found is None or not found.messages:
+        raise ProtocolError(ErrorCode.NOT_FOUND, "no such message in this conversation")
+    if found.messages[-1].role != "user":
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "only a user's message can be edited")
+    return found.messages[-1].parent_id
+
+
+async def answered_again(
+    store: ConversationStore, conversation_id: str, context_messages: int, reply_id: str | None
+) -> tuple[Branch, str | None]:
+    """For a regenerate: the branch ending with the user's message that ``reply_id`` (by
+    default the active branch's last reply) answers, and that reply's id (None if the
+    branch ends with the user's message). Nothing is written."""
+    if reply_id is None:
+        last = await store.history(conversation_id, 1)
+        if not last:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "there is no reply to regenerate")
+        reply_id = last[0].id
+    found = await store.branch(conversation_id, reply_id, context_messages + 1)
+    if found is None or not found.messages:
+        raise ProtocolError(ErrorCode.NOT_FOUND, "no such message in this conversation")
+    messages = list(found.messages)
+    replaced = messages.pop().id if messages[-1].role == "assistant" else None
+    if not messages or messages[-1].role != "user":
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "there is no user's message to answer again")
+    return Branch(messages, found.system_prompt), replaced
+
+
+async def answer_again(
+    store: ConversationStore, conversation_id: str, branch: Branch, model: str | None
+) -> None:
+    """Show the branch ending with its user's message (the new reply goes under it, beside
+    the old one); with ``model``, that message asks for it from now on (stored: the
     conversation's model is its latest message's)."""
-    history = list(await store.history(conversation_id, context_messages + 1))
-    if not history:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "there is no reply to regenerate")
-    replaced = history.pop().id if history[-1].role == "assistant" else None
-    if model is not None and history and history[-1].role == "user" and history[-1].model != model:
-        history[-1] = dataclasses.replace(history[-1], model=model)
-        await store.save(conversation_id, history[-1])  # before the delete: a failure changes nothing
-    if replaced is not None:
-        await store.delete(conversation_id, replaced)
-    return history, replaced
+    question = branch.messages[-1]
+    if model is not None and question.model != model:
+        branch.messages[-1] = dataclasses.replace(question, model=model)
+        await store.save(conversation_id, branch.messages[-1])
+    if await store.select(conversation_id, question.id, descend=False) is None:
+        raise ProtocolError(ErrorCode.NOT_FOUND, "no such message in this conversation")
 
 
-def context_of(history: list[StoredMessage], limits: RegistryLimits, model: Model) -> Sequence[ChatMessage]:
-    """The messages sent upstream for ``history``: the model's system prompt (or the
-    default) first, bounded."""
+CONTINUABLE = ("length", "error", "cancelled")
+
+
+async def continued(
+    store: ConversationStore, conversation_id: str, context_messages: int, reply_id: str, max_chars: int
+) -> Branch:
+    """For a continue: the branch ending with the reply ``reply_id``, which must have been
+    cut short (``length``, ``error``, ``cancelled``) and have room to grow."""
+    found = await store.branch(conversation_id, reply_id, context_messages + 1)
+    if found is None or not found.messages:
+        raise ProtocolError(ErrorCode.NOT_FOUND, "no such reply in this conversation")
+    partial = found.messages[-1]
+    if partial.role != "assistant" or partial.finish_reason not in CONTINUABLE:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, "only a reply that ended with length, error or cancelled can be continued"
+        )
+    if len(partial.content) + len(partial.reasoning or "") >= max_chars:
+        raise ProtocolError(ErrorCode.TOO_LARGE, "this reply is as long as a reply may be")
+    return found
+
+
+def context_of(branch: Branch, limits: RegistryLimits, model: Model) -> Sequence[ChatMessage]:
+    """The messages sent upstream for ``branch``: the conversation's instructions, else the
+    model's, else the configured ones, first; bounded."""
+    system_prompt = branch.system_prompt or (limits.system_prompt if model.system_prompt is None else model.system_prompt)
     return build_context(
-        history,
-        system_prompt=limits.system_prompt if model.system_prompt is None else model.system_prompt,
+        branch.messages,
+        system_prompt=system_prompt,
         max_messages=limits.context_max_messages,
         max_chars=limits.context_max_chars,
     )

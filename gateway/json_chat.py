@@ -10,13 +10,13 @@ from typing import Any
 import structlog
 from websockets.asyncio.server import ServerConnection
 
-from . import conversation_list, wire
+from . import conversation_list, conversation_tree, wire
 from .auth import ANONYMOUS, Principal
 from .catalog import Model
 from .connection import Hub
 from .errors import ErrorCode, GatewayError, ProtocolError
 from .events import ReplyEnded, ReplyReasoning, ReplyStarted
-from .intake import store_errors
+from .intake import edited_parent, store_errors
 from .json_signin import SigningConnection
 from .ready import conversation_model, read_page, ready_frame
 from .stores import UNOWNED, StoredMessage, new_id
@@ -74,6 +74,35 @@ class JsonConnection(SigningConnection):
                 await self._refresh(msg.token)
             case wire.Conversations() | wire.Rename() | wire.Delete():
                 await self._listed(msg)
+            case wire.Edit():
+                await self._edit(msg)
+            case wire.Continue():
+                await self._continue(msg)
+            case wire.Select() | wire.DeleteBranch() | wire.Settings() | wire.Export():
+                await self._tree(msg)
+
+    async def _tree(self, msg: wire.Select | wire.DeleteBranch | wire.Settings | wire.Export) -> None:
+        """The open conversation's branches, instructions and files."""
+        conv_id = self.conversation_id
+        if conv_id is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first", ref=msg.id)
+        assert self.principal is not None
+        subject, hub = self.principal.subject, self.hub
+        with self._answering(msg.id):
+            match msg:
+                case wire.Settings():
+                    limit = hub.runtime.config.limits.max_content_chars
+                    self.outbox.put(await conversation_tree.set_instructions(
+                        hub.store, subject, conv_id, msg, create=conv_id == self.unsaved, max_chars=limit,
+                    ))
+                    if conv_id == self.unsaved:
+                        self.unsaved = None
+                case wire.Select():
+                    self.outbox.put(await conversation_tree.select(hub, subject, conv_id, msg))
+                case wire.DeleteBranch():
+                    self.outbox.put(await conversation_tree.delete_branch(hub, subject, conv_id, msg))
+                case wire.Export():
+                    self.outbox.put(await conversation_tree.export(hub.store, subject, conv_id, msg))
 
     async def _listed(self, msg: wire.Conversations | wire.Rename | wire.Delete) -> None:
         """The subject's conversations: a page, a new title, one fewer."""
@@ -103,20 +132,21 @@ class JsonConnection(SigningConnection):
                 conv = replace(conv, owner=subject)
                 self.hub.taken_over(conv.id, subject)
             if conv is not None and conv.owner == subject:
-                conv_id, title = conv.id, conv.title
+                conv_id, title, instructions = conv.id, conv.title, conv.system_prompt
                 history, _, active = await read_page(self.hub, conv_id, runtime.config.limits.history_limit)
                 self.model = conversation_model(history, runtime.catalog).id
             elif conversation_id and (conv is not None or await self.hub.bus.watched(conversation_id) != subject):
                 # Another subject's conversation is exactly as unknown as one that never was.
                 raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
             else:
-                conv_id, title, active, history = conversation_id or new_id(), "", None, []
+                conv_id, title, active, history, instructions = conversation_id or new_id(), "", None, [], ""
                 self.unsaved, self.model = conv_id, None
         await self.hub.watch(self, conv_id)
         assert self.principal is not None
         budget = await self.hub.registry.accounting.budget(subject, runtime.limits.quota)
         self.outbox.put(ready_frame(
             self.session_id, conv_id, title, history, runtime, active, self.principal, budget, self._sticky_model(),
+            instructions,
         ))
 
     def _claims(self, owner: str) -> bool:
@@ -142,13 +172,40 @@ class JsonConnection(SigningConnection):
             await self._start(StoredMessage(msg.id, "user", msg.content, model=model))
             self.model = model
 
+    async def _edit(self, msg: wire.Edit) -> None:
+        """A new version of a user's message, answered at once; the old one's branch stays."""
+        if len(msg.content) > (limit := self.hub.runtime.config.limits.max_content_chars):
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"the message is longer than {limit} characters", ref=msg.id)
+        conv_id = self._saved(msg.id)
+        with self._answering(msg.id):
+            if msg.model is not None:
+                self.hub.runtime.catalog.choose(msg.model)
+            with store_errors(conv_id):
+                parent = await edited_parent(self.hub.store, conv_id, msg.message_id)
+            model = msg.model or self._sticky_model().id
+            await self._start(StoredMessage(msg.id, "user", msg.content, model=model), after=parent)
+            self.model = model
+
+    async def _continue(self, msg: wire.Continue) -> None:
+        conv_id = self._saved(msg.id)
+        with self._answering(msg.id):
+            assert self.principal is not None
+            await self.hub.bus.extend(conv_id, msg.id, self, owner=self.principal.subject, reply_id=msg.reply_id)
+
+    def _saved(self, ref: str) -> str:
+        """The open conversation (a new one has no message to name: not_found)."""
+        if self.conversation_id is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first", ref=ref)
+        return self.conversation_id
+
     async def _regenerate(self, msg: wire.Regenerate) -> None:
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first", ref=msg.id)
         with self._answering(msg.id):
             assert self.principal is not None
             await self.hub.bus.regenerate(
-                self.conversation_id, msg.id, self, owner=self.principal.subject, model=msg.model
+                self.conversation_id, msg.id, self, owner=self.principal.subject, model=msg.model,
+                reply_id=msg.reply_id,
             )
             self.model = msg.model or self.model
 
@@ -201,11 +258,14 @@ class JsonConnection(SigningConnection):
     def _on_started(self, event: ReplyStarted) -> None:
         if event.conversation_id == self.conversation_id and event.model:  # another tab's choice sticks too
             self.model = event.fallback_from or event.model
+        if event.conversation_id == self.unsaved:  # another tab stored it
+            self.unsaved = None
         self.outbox.put(
             wire.encode(
                 "reply.start", id=event.message_id, reply_id=event.reply_id,
                 conversation_id=event.conversation_id, content=event.content, replaces=event.replaces,
-                model=event.model, fallback_from=event.fallback_from,
+                model=event.model, fallback_from=event.fallback_from, parent_id=event.parent_id,
+                continues=event.continues,
             )
         )
 

@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .settings import REQUIRED, declared, key
 
 __all__ = [
+    "CONTINUATIONS",
     "DEFAULT_MODELS",
     "DEFAULT_URLS",
     "FAILURE_KINDS",
@@ -40,6 +41,8 @@ DEFAULT_URLS: dict[str, str] = {
     "dashscope": "https://dashscope.aliyuncs.com/api/v1/services/aigc/text-generation/generation",
 }
 DEFAULT_MODELS: dict[str, str] = {"demo": "demo", "openai": "gpt-4o-mini", "dashscope": "qwen-plus"}
+# How a reply cut short is continued (context.continuation).
+CONTINUATIONS = ("prompt", "prefix", "partial")
 # What may move a reply to another deployment (routing.py classifies each failure).
 FAILURE_KINDS = ("connect", "timeout", "rate_limited", "server_error", "stream_error")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,63}")
@@ -88,6 +91,8 @@ class DeploymentConfig:
         "share of requests among the model's healthy deployments; 0: only when the others fail")
     params: Mapping[str, Any] = key(v.params, {}, None,
         "extra request body fields for this deployment, over [provider] params")
+    continuation: str = key(v.choice("", *CONTINUATIONS), "", None,
+        "how a cut-off reply is continued here (see [provider] continuation); empty: as [provider] says")
     api_key: str = dataclasses.field(default="", repr=False)
 
 

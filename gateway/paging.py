@@ -10,7 +10,10 @@ __all__ = ["page", "read_bound", "without"]
 
 def without(messages: list[StoredMessage], active: Streaming | None) -> list[StoredMessage]:
     """History without the reply still streaming (its checkpoint): that one is resumed."""
-    return [m for m in messages if active is None or m.id != active.reply_id]
+    if active is None:
+        return messages
+    streaming = active.message_id or active.reply_id  # a continuation writes the reply it extends
+    return [m for m in messages if m.id != streaming]
 
 
 def read_bound(max_bytes: int, active: Streaming | None) -> int:

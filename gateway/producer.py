@@ -164,7 +164,7 @@ class Producer:
             try:
                 return await self._attempt(step)
             except UpstreamError as exc:
-                if reply.log.seq:  # text went out: no silent retry or switch
+                if reply.streamed:  # text went out: no silent retry or switch
                     raise
                 spent = loop.time() >= route.deadline  # the budget ran out, not the deployment
                 kind = kind_of(exc) if spent else route.failed(step, exc, loop.time())
@@ -190,7 +190,7 @@ class Producer:
                             first = False
                             first_token.reschedule(None)
                         full = not self._received(chunks)
-                        if not self._answered and reply.log.seq:
+                        if not self._answered and reply.streamed:
                             self._answer(attempt)
                         if full:
                             return "length"

@@ -53,6 +53,7 @@ def ready_frame(
     principal: Principal,
     budget: dict[str, Any] | None,
     model: Model,
+    system_prompt: str = "",
 ) -> bytes:
     """``ready``: the conversation now open, who the client is, and what it may do."""
     limits = runtime.config.limits
@@ -74,5 +75,6 @@ def ready_frame(
         models=runtime.catalog.public(),
         limits=shown,
         budget=budget,
-        streaming={"reply_id": active.reply_id, "seq": active.seq} if active else None,
+        streaming=wire.streaming_item(active) if active else None,
+        system_prompt=system_prompt or None,
     )

@@ -21,7 +21,7 @@ import structlog
 from .errors import ErrorCode, GatewayError, ProtocolError
 from .events import Streaming, Subscriber
 from .accounting import Accounting
-from .intake import add_message, context_of, store_errors, take_back_reply
+from .intake import add_message, answer_again, answered_again, context_of, continued, store_errors
 from .metrics import Metrics
 from .producer import Producer
 from .catalog import Catalog, Model
@@ -34,7 +34,7 @@ from .runtime import RegistryLimits
 from .sharing import Alone, Sharing
 from .slots import Slots
 from .tasks import TaskSet
-from .stores import UNOWNED, ConversationStore, StoredMessage
+from .stores import UNOWNED, Branch, ConversationStore, StoredMessage
 from .watchers import Watchers
 
 __all__ = ["RegistryLimits", "Reply", "ReplyRegistry", "ReplyTerms", "StopReason", "resume_unavailable"]
@@ -113,7 +113,9 @@ class ReplyRegistry:
     async def streaming(self, conversation_id: str) -> Streaming | None:
         """The reply streaming in ``conversation_id`` now, if any."""
         reply = self._slots.of(conversation_id)
-        return Streaming(reply.id, reply.log.seq, reply.log.chars) if reply is not None else None
+        if reply is None:
+            return None
+        return Streaming(reply.id, reply.log.seq, reply.log.chars, reply.parent_id, reply.stored_id)
 
     async def follow(
         self, reply_id: str, conversation_id: str | None, subscriber: Subscriber, after_seq: int
@@ -147,47 +149,75 @@ class ReplyRegistry:
         *,
         new: bool = False,
         owner: str = UNOWNED,
+        after: str | None = None,
     ) -> str:
         """Store the user's message, then start a reply for ``subscriber`` and the
         conversation's watchers (other tabs); return its id. ``new``: the conversation
-        is created first, with this id, for ``owner``. The message's ``model`` (a model
-        id of the catalog, or None for the default) answers."""
+        is created first, with this id, for ``owner``. The message goes under the active
+        branch's last message, or ``after`` that one (an edit). The message's ``model``
+        (a model id of the catalog, or None for the default) answers."""
         terms = self._terms()
         model = terms.catalog.choose(message.model)
         reply = self._reserve(conversation_id, message.id, terms, owner, model)
+        reply.parent_id = message.id
         with self._preparing(reply):
             await self.accounting.hold_reply(reply, terms.limits)
             await self.sharing.claim(reply)
             reply.charge = await self.accounting.admit(
                 owner, message.content, terms.limits.quota, terms.limits.reply_reserve
             )
-            history = await add_message(
+            branch = await add_message(
                 self.store, conversation_id, message, new=new, owner=owner,
-                context_messages=terms.limits.context_max_messages,
+                context_messages=terms.limits.context_max_messages, after=after,
             )
-        self._launch(reply, history, subscriber, message.content, terms)
+        self._launch(reply, branch, subscriber, message.content, terms)
         return reply.id
 
     async def regenerate(
         self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str = UNOWNED,
-        model: str | None = None,
+        model: str | None = None, reply_id: str | None = None,
     ) -> str:
-        """Replace the conversation's last reply with a new one for the same user message,
-        by ``model`` (None: the one that message asked for)."""
+        """A new reply to the user's message that ``reply_id`` answers (by default the
+        active branch's last), beside the old one, by ``model`` (None: the one that message
+        asked for)."""
         terms = self._terms()
         chosen = terms.catalog.choose(model) if model is not None else None
-        reply = self._reserve(conversation_id, request_id, terms, owner, chosen or terms.catalog.default)
+        with store_errors(conversation_id):
+            branch, replaced = await answered_again(
+                self.store, conversation_id, terms.limits.context_max_messages, reply_id
+            )
+        question = branch.messages[-1]
+        asked = terms.catalog.get(question.model) if question.model else None
+        reply = self._reserve(conversation_id, request_id, terms, owner, chosen or asked or terms.catalog.default)
+        reply.parent_id, reply.replaces = question.id, replaced
         with self._preparing(reply):
             await self.accounting.hold_reply(reply, terms.limits)
             await self.sharing.claim(reply)
             reply.charge = await self.accounting.admit(owner, "", terms.limits.quota, terms.limits.reply_reserve)
-            history, reply.replaces = await take_back_reply(
-                self.store, conversation_id, terms.limits.context_max_messages, model
+            await answer_again(self.store, conversation_id, branch, model)
+        self._launch(reply, branch, subscriber, None, terms)
+        return reply.id
+
+    async def extend(
+        self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str = UNOWNED,
+        reply_id: str,
+    ) -> str:
+        """Continue the stored reply ``reply_id``, cut short, by the model that wrote it (or
+        the default, if it is no longer offered): the new text extends it."""
+        terms = self._terms()
+        with store_errors(conversation_id):
+            branch = await continued(
+                self.store, conversation_id, terms.limits.context_max_messages, reply_id, terms.limits.max_reply_chars
             )
-            asked = terms.catalog.get(history[-1].model) if history and history[-1].model else None
-            if chosen is None and asked is not None and asked.id != reply.route.requested:
-                reply.reroute(self._route(terms, asked))  # the model the message asked for
-        self._launch(reply, history, subscriber, None, terms)
+        partial = branch.messages[-1]
+        model = terms.catalog.get(partial.model) if partial.model else None
+        reply = self._reserve(conversation_id, request_id, terms, owner, model or terms.catalog.default)
+        reply.continuing(partial)
+        with self._preparing(reply):
+            await self.accounting.hold_reply(reply, terms.limits)
+            await self.sharing.claim(reply)
+            reply.charge = await self.accounting.admit(owner, "", terms.limits.quota, terms.limits.reply_reserve)
+        self._launch(reply, branch, subscriber, None, terms)
         return reply.id
 
     def _reserve(self, conversation_id: str, message_id: str, terms: ReplyTerms, owner: str, model: Model) -> Reply:
@@ -222,7 +252,7 @@ class ReplyRegistry:
     def _launch(
         self,
         reply: Reply,
-        history: list[StoredMessage],
+        branch: Branch,
         subscriber: Subscriber,
         content: str | None,
         terms: ReplyTerms,
@@ -230,7 +260,7 @@ class ReplyRegistry:
         limits, models = terms.limits, terms.catalog.models
 
         def context(model: str) -> Sequence[ChatMessage]:
-            return context_of(history, limits, models[model])
+            return context_of(branch, limits, models[model])
 
         self._replies.add(reply)
         self.stats.started()

@@ -60,6 +60,9 @@ class Reply:
         self.first_delta_at: float | None = None
         self.stop_reason: StopReason | None = None
         self.replaces: str | None = None
+        self.parent_id = ""  # the message it answers
+        self.stored_id = self.id  # the message it writes: its own, or the one it continues
+        self.seeded_seq = self.seeded_chars = 0  # what its log held before the provider's first delta
         self.task: asyncio.Task[None] | None = None
         self.producing = False  # set by its producer's first step
         self.shared: Callable[[Reply], None] | None = None  # told of each new delta (cluster mode)
@@ -92,9 +95,30 @@ class Reply:
         """Whether its end is decided: no more text, no more checkpoints."""
         return self.state is not ReplyState.STREAMING
 
+    @property
+    def continues(self) -> str | None:
+        """The stored reply it extends, if it is a continuation."""
+        return self.stored_id if self.stored_id != self.id else None
+
+    def continuing(self, partial: StoredMessage) -> None:
+        """Before it starts: extend the stored reply ``partial``, whose thinking and text
+        come first in its log."""
+        self.stored_id, self.parent_id = partial.id, partial.parent_id
+        if partial.reasoning:
+            self.log.append(partial.reasoning, reasoning=True)
+        if partial.content:
+            self.log.append(partial.content)
+        self.seeded_seq, self.seeded_chars = self.log.seq, self.log.chars
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the provider's text or thinking went out (its seeded text does not count)."""
+        return self.log.seq > self.seeded_seq
+
     def started(self, content: str | None) -> ReplyStarted:
         return ReplyStarted(
-            self.id, self.conversation_id, self.message_id, self.replaces, content, self.model, self.fallback_from
+            self.id, self.conversation_id, self.message_id, self.replaces, content, self.model, self.fallback_from,
+            self.parent_id or None, self.continues,
         )
 
     def ended_event(self) -> ReplyEnded:
@@ -107,12 +131,13 @@ class Reply:
     def begin(self, requester: Subscriber, watchers: Iterable[Subscriber], content: str | None) -> None:
         """Tell whoever asked for it, and the conversation's other watchers (with the user's
         message), that it starts; they all follow it."""
+        seen = 0 if self.log.seq else None  # a continuation's text so far
         requester.reply_event(self.started(None))
-        self.subscribe(requester)
+        self.subscribe(requester, seen)
         for watcher in watchers:
             if watcher is not requester:
                 watcher.reply_event(self.started(content))
-                self.subscribe(watcher)
+                self.subscribe(watcher, seen)
 
     def subscribe(self, subscriber: Subscriber, after_seq: int | None = None) -> None:
         """Add a follower; with ``after_seq``, first send it what it missed. An ended reply
@@ -175,10 +200,11 @@ class Reply:
     def stored(self) -> StoredMessage:
         """The reply as the store keeps it: a checkpoint while streaming, then final."""
         return StoredMessage(
-            self.id, "assistant", self.log.text,
+            self.stored_id, "assistant", self.log.text,
             created_at=self.created_at,
             finish_reason=self.finish_reason,
             usage=self.usage.as_dict() if self.usage else None,
             model=self.model,
             reasoning=self.log.reasoning or None,
+            parent_id=self.parent_id,
         )

@@ -115,4 +115,5 @@ def upstream_config(config: Config, deployment: DeploymentConfig) -> ProviderCon
     return dataclasses.replace(
         config.provider, name=deployment.provider, upstream_url=deployment.upstream_url, model=deployment.model,
         api_key=deployment.api_key, params={**config.provider.params, **deployment.params},
+        continuation=deployment.continuation or config.provider.continuation,
     )

@@ -99,7 +99,7 @@ async def copy(source: ConversationStore, target: ConversationStore, progress: C
         conv = await source.get(conversation_id)
         if conv is None:  # deleted meanwhile (a gateway still running on the source)
             continue
-        messages = await source.history(conversation_id, -1)
+        messages = await source.messages(conversation_id)
         if await target.restore(conv, messages):
             report.conversations += 1
             report.messages += len(messages)
@@ -130,17 +130,16 @@ async def _same(source: ConversationStore, target: ConversationStore, conversati
     a, b = await source.get(conversation_id), await target.get(conversation_id)
     if a is None or b is None:
         return a is None and b is None
-    if (a.title, a.owner, _close(a.created_at, b.created_at), _close(a.updated_at, b.updated_at)) != (
-        b.title, b.owner, True, True,
-    ):
+    if (a.title, a.owner, a.active, a.system_prompt, _close(a.created_at, b.created_at),
+            _close(a.updated_at, b.updated_at)) != (b.title, b.owner, b.active, b.system_prompt, True, True):
         return False
-    ours, theirs = await source.history(conversation_id, -1), await target.history(conversation_id, -1)
+    ours, theirs = await source.messages(conversation_id), await target.messages(conversation_id)
     return len(ours) == len(theirs) and all(_same_message(m, n) for m, n in zip(ours, theirs))
 
 
 def _same_message(m: StoredMessage, n: StoredMessage) -> bool:
-    return (m.id, m.role, m.content, m.finish_reason, dict(m.usage or {}), m.model, m.reasoning) == (
-        n.id, n.role, n.content, n.finish_reason, dict(n.usage or {}), n.model, n.reasoning,
+    return (m.id, m.parent_id, m.role, m.content, m.finish_reason, dict(m.usage or {}), m.model, m.reasoning) == (
+        n.id, n.parent_id, n.role, n.content, n.finish_reason, dict(n.usage or {}), n.model, n.reasoning,
     ) and _close(m.created_at, n.created_at)
 
 

@@ -14,6 +14,7 @@ import orjson
 import structlog
 
 from .config import ProviderConfig
+from .context import continuation
 from .errors import ErrorCode, UpstreamError
 from .inflate import PIECE, BodyError, BodyTooLarge, Inflater
 from .sse import SSEDecoder, SSEError, SSEEvent
@@ -339,6 +340,7 @@ class OpenAIProvider:
             self._headers["Authorization"] = f"Bearer {cfg.api_key}"
 
     def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[list[Chunk], None]:
+        messages = continuation(messages, self._cfg.continuation or "prompt")
         body = openai.build_body(self.model, messages, self._cfg.params, include_usage=self._cfg.include_usage)
         return stream_sse(
             self._session, self._url, headers=self._headers, body=body, decoder=openai.OpenAIDecoder(),
@@ -362,6 +364,7 @@ class DashScopeProvider:
 
     def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[list[Chunk], None]:
         incremental = self._cfg.incremental_output
+        messages = continuation(messages, self._cfg.continuation or "partial")
         body = dashscope.build_body(self.model, messages, self._cfg.params, incremental=incremental)
         return stream_sse(
             self._session, self._cfg.upstream_url, headers=self._headers, body=body,

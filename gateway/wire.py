@@ -21,7 +21,11 @@ __all__ = [
     "Cancel",
     "ClientMessage",
     "Conversations",
+    "Continue",
     "Delete",
+    "DeleteBranch",
+    "Edit",
+    "Export",
     "Hello",
     "History",
     "Message",
@@ -30,11 +34,14 @@ __all__ = [
     "Regenerate",
     "Rename",
     "Resume",
+    "Select",
+    "Settings",
     "encode",
     "encode_delta",
     "encode_error",
     "history_items",
     "parse_client",
+    "streaming_item",
 ]
 
 SUBPROTOCOL = "chat.v1"
@@ -77,10 +84,64 @@ class Ping:
 
 @dataclass(frozen=True, slots=True)
 class Regenerate:
-    """Replace the conversation's last reply; ``id`` is echoed in ``reply.start``."""
+    """A new reply beside the active branch's last one (or ``reply_id``); ``id`` is echoed
+    in ``reply.start``."""
 
     id: str
     model: str | None = None
+    reply_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """A new version of the user's message ``message_id``: a sibling with ``content``,
+    answered at once; ``id`` is the new message's id."""
+
+    id: str
+    message_id: str
+    content: str
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Select:
+    """Show the branch through ``message_id`` (down to its newest reply)."""
+
+    message_id: str
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Continue:
+    """More of the reply ``reply_id``, cut short; ``id`` is echoed in ``reply.start``."""
+
+    id: str
+    reply_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteBranch:
+    """Delete the message ``message_id`` and everything under it."""
+
+    message_id: str
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The open conversation's own instructions ("": the configured ones)."""
+
+    system_prompt: str
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    """The open conversation as a file: ``markdown`` or ``json``, of the ``branch`` shown or the whole ``tree``."""
+
+    format: str
+    scope: str
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +185,7 @@ class Delete:
 
 ClientMessage = (
     Hello | Message | Cancel | Resume | Ping | History | Regenerate | Refresh | Conversations | Rename | Delete
+    | Edit | Select | Continue | DeleteBranch | Settings | Export
 )
 
 
@@ -160,7 +222,7 @@ def _field(obj: Mapping[str, Any], name: str, kind: type, *, required: bool = Tr
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         expected = {str: "a string", int: "an integer"}.get(kind, kind.__name__)
         raise _bad(f"field {name!r} must be {expected}")
-    limit = {"content": None, "token": MAX_TOKEN_CHARS, "query": MAX_QUERY_CHARS, "title": MAX_TITLE_CHARS}.get(
+    limit = {"content": None, "system_prompt": None, "token": MAX_TOKEN_CHARS, "query": MAX_QUERY_CHARS, "title": MAX_TITLE_CHARS}.get(
         name, MAX_ID_CHARS
     )
     if isinstance(value, str) and limit is not None and len(value) > limit:
@@ -212,7 +274,46 @@ def _history(obj: Mapping[str, Any]) -> History:
 
 
 def _regenerate(obj: Mapping[str, Any]) -> Regenerate:
-    return Regenerate(_field(obj, "id", str), _field(obj, "model", str, required=False))
+    return Regenerate(
+        _field(obj, "id", str), _field(obj, "model", str, required=False), _field(obj, "reply_id", str, required=False)
+    )
+
+
+def _edit(obj: Mapping[str, Any]) -> Edit:
+    msg_id = _field(obj, "id", str)
+    content = _field(obj, "content", str)
+    if not content.strip():
+        raise _bad("field 'content' is empty", msg_id)
+    return Edit(msg_id, _field(obj, "message_id", str), content, _field(obj, "model", str, required=False))
+
+
+def _select(obj: Mapping[str, Any]) -> Select:
+    return Select(_field(obj, "message_id", str), _field(obj, "id", str, required=False))
+
+
+def _continue(obj: Mapping[str, Any]) -> Continue:
+    return Continue(_field(obj, "id", str), _field(obj, "reply_id", str))
+
+
+def _delete_branch(obj: Mapping[str, Any]) -> DeleteBranch:
+    return DeleteBranch(_field(obj, "message_id", str), _field(obj, "id", str, required=False))
+
+
+def _settings(obj: Mapping[str, Any]) -> Settings:
+    return Settings(_field(obj, "system_prompt", str).strip(), _field(obj, "id", str, required=False))
+
+
+EXPORT_FORMATS, EXPORT_SCOPES = ("markdown", "json"), ("branch", "tree")
+
+
+def _export(obj: Mapping[str, Any]) -> Export:
+    fmt = obj.get("format", "markdown")
+    scope = obj.get("scope", "branch")
+    if fmt not in EXPORT_FORMATS:
+        raise _bad("field 'format' must be markdown or json")
+    if scope not in EXPORT_SCOPES:
+        raise _bad("field 'scope' must be branch or tree")
+    return Export(fmt, scope, _field(obj, "id", str, required=False))
 
 
 def _refresh(obj: Mapping[str, Any]) -> Refresh:
@@ -259,6 +360,12 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], ClientMessage]] = {
     "conversations": _conversations,
     "rename": _rename,
     "delete": _delete,
+    "edit": _edit,
+    "select": _select,
+    "continue": _continue,
+    "delete_branch": _delete_branch,
+    "settings": _settings,
+    "export": _export,
 }
 
 
@@ -295,11 +402,26 @@ def encode_error(
     )
 
 
+def streaming_item(active: Any) -> dict[str, Any]:
+    """The reply streaming in a conversation, as ``ready`` and ``branch`` show it."""
+    item = {"reply_id": active.reply_id, "seq": active.seq}
+    if active.parent_id:
+        item["parent_id"] = active.parent_id
+    if active.message_id and active.message_id != active.reply_id:
+        item["continues"] = active.message_id
+    return item
+
+
 def history_items(messages: Sequence[Any]) -> list[dict[str, Any]]:
     """Shape stored messages as the protocol's history entries."""
     items = []
     for m in messages:
         item = {"id": m.id, "role": m.role, "content": m.content}
+        if m.parent_id:
+            item["parent_id"] = m.parent_id
+        if len(m.siblings) > 1:  # versions: an edit's, a regenerated reply's
+            item["siblings"] = list(m.siblings)
+            item["sibling_index"] = m.siblings.index(m.id)
         if m.finish_reason is not None:
             item["finish_reason"] = m.finish_reason
         if m.model:  # the model a user message asked for, or the one that wrote a reply

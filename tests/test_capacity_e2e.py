@@ -8,7 +8,7 @@ from typing import Any
 from conftest import StartGateway, openai_env
 from fakeupstream import FakeUpstream, Pause, Script, openai_sse
 
-from gateway.stores import Conversation, StoredMessage, StoreUnavailable
+from gateway.stores import Branch, Conversation, StoredMessage, StoreUnavailable
 from gateway.stores.memory import MemoryStore
 
 
@@ -33,7 +33,7 @@ async def test_max_replies_gives_overloaded(start_gateway: StartGateway, upstrea
 class BrokenStore(MemoryStore):
     """A store whose writes fail, as a full disk would."""
 
-    async def add(self, conversation_id: str, message: StoredMessage) -> bool:
+    async def append(self, *args: Any, **kwargs: Any) -> Branch | None:
         raise OSError("disk full")
 
 

@@ -131,7 +131,7 @@ async def test_cancel_aborts_the_upstream_request(start_gateway: StartGateway, u
         ready = await chat.hello(start["conversation_id"])
     assert ready["history"][-1] == {
         "id": start["reply_id"], "role": "assistant", "content": "partial text", "finish_reason": "cancelled",
-        "model": "gpt-test",
+        "model": "gpt-test", "parent_id": "m1",
     }
 
 

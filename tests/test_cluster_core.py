@@ -149,7 +149,7 @@ def test_shipping_twice_is_harmless(redis_server: RedisServer) -> None:
     with redis_server.client() as client:
         ship = client.register_script(scripts.SHIP)
         batch = [60_000, 60_000, "me",
-                 "R", "r1", "c1", "m1", "me", 1, 0, "model",
+                 "R", "r1", "c1", "m1", "me", 1, 0, "model", "m1", "r1",
                  "A", "r1", 1, 0, 9, 2, "", "one ", "two's",
                  "E", "r1", 1, 2, b'{"seq":2}', "c1", 0]
         assert ship(args=batch) == [b"ok", b"ok", b"ok"]
@@ -157,7 +157,7 @@ def test_shipping_twice_is_harmless(redis_server: RedisServer) -> None:
         entries = client.xrange(names.log("r1"))
         assert [(i, f[b"t"]) for i, f in entries] == [(b"1-0", b"one "), (b"2-0", "two's".encode())]
         assert client.hget(names.reply("r1"), "state") == b"ended"
-        again = [60_000, 60_000, "me", "R", "r2", "c2", "m2", "me", 1, 0, "model", "A", "r2", 1, 0, 3, 1, "", "abc"]
+        again = [60_000, 60_000, "me", "R", "r2", "c2", "m2", "me", 1, 0, "model", "m2", "r2", "A", "r2", 1, 0, 3, 1, "", "abc"]
         assert ship(args=again) == [b"ok", b"ok"]
         assert ship(args=again) == [b"ok", b"ok"]  # registered once: the retry does not reset it
         assert client.hget(names.reply("r2"), "seq") == b"1" and client.xlen(names.log("r2")) == 1
@@ -170,7 +170,7 @@ def test_reasoning_is_logged_and_published_apart_from_the_text(redis_server: Red
         sub.subscribe(names.reply_channel("r1"))
         assert sub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
         ship = client.register_script(scripts.SHIP)
-        batch = [60_000, 60_000, "me", "R", "r1", "c1", "m1", "me", 1, 0, "model",
+        batch = [60_000, 60_000, "me", "R", "r1", "c1", "m1", "me", 1, 0, "model", "m1", "r1",
                  "A", "r1", 1, 0, 9, 3, "rrt", "hmm ", "so", "Yes"]
         assert ship(args=batch) == [b"ok", b"ok"]
         entries = client.xrange(names.log("r1"))

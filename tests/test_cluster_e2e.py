@@ -547,3 +547,44 @@ async def deltas_after_reasoning(client: Chat, text: str) -> None:
         assert event["type"] in ("reply.reasoning", "reply.delta"), event
         if event["type"] == "reply.delta":
             got += event["text"]
+
+
+async def test_a_killed_owners_continuation_keeps_the_whole_reply_in_its_branch(
+    instances: Callable[..., Awaitable[list[Process]]], upstream: FakeUpstream, cluster_env: dict[str, str]
+) -> None:
+    """A reply continued on one instance, whose owner dies mid-way: the other instance
+    stores all that reached the log as the same message, in the same place of the tree;
+    an edit there then makes a second version of the question."""
+    upstream.enqueue(
+        Script([openai_sse(["Once upon"], finish="length")]),
+        Script([*pieces([" a time", " there"]), Stall()]),
+        Script([openai_sse(["Another story."])]),
+    )
+    first, second = await instances(2, toml="[store]\ncheckpoint_interval = 3600\n")
+    async with chat(first) as a, chat(second) as b:
+        conv = (await a.hello())["conversation_id"]
+        await b.hello(conv)
+        cut = await start_reply(a, "a story")
+        await a.until_done()
+        await b.until_done()
+        await a.send(type="continue", id="c1", reply_id=cut["reply_id"])
+        start = await a.expect("reply.start")
+        watched = await b.expect("reply.start")
+        assert watched["continues"] == start["continues"] == cut["reply_id"] and watched["parent_id"] == "m1"
+        seen, _ = await deltas_until(b, " there")
+        assert seen == "Once upon a time there"
+        first.proc.kill()
+        await second.wait_for_event("reply_taken_over")
+        await b.until_done()
+        url = cluster_env["GATEWAY_DATABASE_URL"]
+        assert await stored(url, cut["reply_id"]) == ("Once upon a time there", "error")
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            cur = await conn.execute("SELECT id, parent_id FROM messages ORDER BY pos")
+            assert await cur.fetchall() == [("m1", ""), (cut["reply_id"], "m1")]  # no row of its own
+        await b.send(type="edit", id="m1b", message_id="m1", content="another story")
+        await b.expect("reply.start")
+        text, _ = await b.until_done()
+        assert text == "Another story."
+        history = (await b.hello(conv))["history"]
+        assert [m["content"] for m in history] == ["another story", "Another story."]
+        assert history[0]["siblings"] == ["m1", "m1b"]

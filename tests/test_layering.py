@@ -38,6 +38,7 @@ PURE = (
     "gateway.stores.postgres_schema",
     "gateway.outbox_queue",
     "gateway.context",
+    "gateway.exports",
     "gateway.errors",
     "gateway.config",
     "gateway.config_values",

@@ -229,6 +229,56 @@ async def test_migration_4_adds_the_reasoning_and_keeps_the_rest(pg_url: str) ->
         assert (await store.history("c3", 1))[0].reasoning == "new thoughts"
     finally:
         await store.close()
-    assert schema_version(pg_url) == SCHEMA_VERSION == 4
+    assert schema_version(pg_url) == SCHEMA_VERSION
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT reasoning FROM messages WHERE id IN ('u1', 'a1')").fetchall() == [(None,), (None,)]
+
+
+async def test_migration_5_makes_what_was_stored_one_branch(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # a database of schema 4, by hand
+        conn.execute("CREATE TABLE gateway_schema (version integer NOT NULL)")
+        for statement in (s for migration in MIGRATIONS[:4] for s in migration):
+            conn.execute(statement)
+        conn.execute("INSERT INTO gateway_schema VALUES (4)")
+        conn.execute(
+            "INSERT INTO conversations (id, title, created_at, updated_at, owner) VALUES"
+            " ('c4', 'v4', to_timestamp(100), to_timestamp(200), 'jwt:bob'),"
+            " ('d4', 'other', to_timestamp(100), to_timestamp(300), 'jwt:bob'),"
+            " ('e4', 'empty', to_timestamp(100), to_timestamp(100), 'jwt:bob')"
+        )
+        rows = [  # two conversations' messages interleaved, as two chats at once leave them
+            ("c4", "u1", "user", "first", None), ("d4", "x1", "user", "elsewhere", None),
+            ("c4", "a1", "assistant", "an answer 🙂", "stop"), ("c4", "u2", "user", "second", None),
+            ("d4", "y1", "assistant", "there", "stop"), ("c4", "a2", "assistant", "cut", "length"),
+        ]
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO messages (conversation_id, id, role, content, finish_reason, reasoning, created_at,"
+                " updated_at) VALUES (%s, %s, %s, %s, %s, 'thought', to_timestamp(101), to_timestamp(102))",
+                rows,
+            )
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        history = await store.history("c4", -1)
+        assert [(m.id, m.parent_id, m.siblings) for m in history] == [
+            ("u1", "", ("u1",)), ("a1", "u1", ("a1",)), ("u2", "a1", ("u2",)), ("a2", "u2", ("a2",)),
+        ]
+        assert [(m.content, m.finish_reason, m.reasoning) for m in history] == [
+            (r[3], r[4], "thought") for r in rows if r[0] == "c4"
+        ]
+        assert [(m.id, m.parent_id) for m in await store.messages("d4")] == [("x1", ""), ("y1", "x1")]
+        convs = [await store.get(c) for c in ("c4", "d4", "e4")]
+        assert [(c.active, c.system_prompt, c.title, c.updated_at) for c in convs if c] == [
+            ("a2", "", "v4", 200.0), ("y1", "", "other", 300.0), ("", "", "empty", 100.0),
+        ]
+        appended = await store.append("c4", StoredMessage("u3", "user", "third"), create=False, history=-1)
+        assert appended is not None and [m.id for m in appended.messages] == ["u1", "a1", "u2", "a2", "u3"]
+    finally:
+        await store.close()
+    assert schema_version(pg_url) == SCHEMA_VERSION
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone() == (7,)
+        assert conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'messages_by_parent'").fetchone() == (
+            "CREATE INDEX messages_by_parent ON public.messages USING btree (conversation_id, parent_id, pos)",
+        )

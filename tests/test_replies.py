@@ -20,7 +20,7 @@ from gateway.replies import RegistryLimits, Reply, ReplyRegistry
 from gateway.routing import Health
 from gateway.slots import Slots
 from gateway.reply import ReplyState, StopReason
-from gateway.stores import StoredMessage, StoreUnavailable
+from gateway.stores import Branch, StoredMessage, StoreUnavailable
 from gateway.stores.memory import MemoryStore
 
 LIMITS = RegistryLimits(
@@ -154,7 +154,7 @@ async def test_following_and_cancelling_by_id() -> None:
     reply_id = await registry.start("c1", StoredMessage("u1", "user", "hello"), first, new=True)
     while first.text != "one ":
         await asyncio.sleep(0)
-    assert await registry.streaming("c1") == (reply_id, 1, 4)
+    assert await registry.streaming("c1") == (reply_id, 1, 4, "u1", reply_id)
     for conversation_id, after_seq, code in (("c2", 0, ErrorCode.RESUME_UNAVAILABLE), ("c1", 2, ErrorCode.BAD_REQUEST)):
         with pytest.raises(GatewayError) as info:
             await registry.follow(reply_id, conversation_id, Watcher(), after_seq)
@@ -245,16 +245,19 @@ async def test_a_reply_keeps_the_terms_it_was_admitted_with() -> None:
 
 
 class Stalls(MemoryStore):
-    """A store whose ``add`` waits until released: a message being stored."""
+    """A store whose ``append`` waits until released: a message being stored."""
 
     def __init__(self) -> None:
         super().__init__(max_conversations=10, max_messages=100)
         self.adding, self.release = asyncio.Event(), asyncio.Event()
 
-    async def add(self, conversation_id: str, message: StoredMessage) -> bool:
+    async def append(
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = "",
+        after: str | None = None,
+    ) -> Branch | None:
         self.adding.set()
         await self.release.wait()
-        return await super().add(conversation_id, message)
+        return await super().append(conversation_id, message, create=create, history=history, owner=owner, after=after)
 
 
 async def test_a_message_cancelled_while_stored_frees_its_slot() -> None:
@@ -268,7 +271,7 @@ async def test_a_message_cancelled_while_stored_frees_its_slot() -> None:
         await storing
     assert registry.in_flight == 0 and await registry.streaming("c1") is None
     store.release.set()
-    reply = _reply(registry, await registry.start("c1", StoredMessage("u2", "user", "b"), Watcher()))
+    reply = _reply(registry, await registry.start("c1", StoredMessage("u2", "user", "b"), Watcher(), new=True))
     await asyncio.wait_for(reply.ended.wait(), 5)
     await registry.close()
 

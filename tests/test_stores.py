@@ -25,9 +25,11 @@ import psycopg
 import pytest
 
 from gateway.stores import (
+    Branch,
     Conversation,
     ConversationNotFound,
     ConversationStore,
+    MessageNotFound,
     OpenReport,
     StoredMessage,
     UsageEntry,
@@ -197,18 +199,19 @@ async def test_add_refuses_a_duplicate_id_and_keeps_the_first(store: Conversatio
 
 
 async def test_append_stores_the_message_and_returns_the_history_in_one_step(store: ConversationStore) -> None:
-    assert await store.append("fresh", user("u1", "Hello there"), create=True, history=10) == [user("u1", "Hello there")]
+    assert await store.append("fresh", user("u1", "Hello there"), create=True, history=10) == Branch(
+        [user("u1", "Hello there")]
+    )
     conv = await store.get("fresh")
     assert conv is not None and conv.title == "Hello there"
     await store.save("fresh", assistant("a1"))
     for n in range(2, 5):
-        assert await store.append("fresh", user(f"u{n}", f"q{n}", created_at=1000.0 + n), create=False, history=3) == (
-            await store.history("fresh", 3)
-        )
-    assert [m.id for m in await store.append("fresh", user("u5", created_at=1005.0), create=False, history=3)] == [
-        "u3", "u4", "u5",
-    ]
-    assert len(await store.append("fresh", user("u6", created_at=1006.0), create=False, history=-1)) == 7
+        appended = await store.append("fresh", user(f"u{n}", f"q{n}", created_at=1000.0 + n), create=False, history=3)
+        assert appended is not None and appended.messages == await store.history("fresh", 3)
+    appended = await store.append("fresh", user("u5", created_at=1005.0), create=False, history=3)
+    assert appended is not None and [m.id for m in appended.messages] == ["u3", "u4", "u5"]
+    appended = await store.append("fresh", user("u6", created_at=1006.0), create=False, history=-1)
+    assert appended is not None and len(appended.messages) == 7
 
 
 async def test_append_of_a_taken_id_writes_nothing(store: ConversationStore) -> None:
@@ -240,7 +243,7 @@ async def test_writes_arriving_together_each_get_their_own_outcome(store: Conver
         *(store.append(f"app{n}", user("u", f"burst {n}"), create=True, history=5) for n in range(5)),
         return_exceptions=True,
     )
-    assert outcomes[27:] == [[user("u", f"burst {n}")] for n in range(5)]
+    assert outcomes[27:] == [Branch([user("u", f"burst {n}")]) for n in range(5)]
     outcomes = outcomes[:27]
     assert outcomes[:20] == [True] * 20
     assert outcomes[20] is False
@@ -287,6 +290,15 @@ async def test_a_replys_writes_are_ordered(store: ConversationStore) -> None:
     await store.save(conv.id, assistant("a1", "once upon a", finish_reason=None))  # a checkpoint, late
     await store.save(conv.id, assistant("a1", "something else", finish_reason="error"))  # a second end
     assert (await store.history(conv.id, 1))[0] == final
+    await store.save(conv.id, assistant("a1", "once upon a ti", finish_reason=None))  # late, shorter
+    assert (await store.history(conv.id, 1))[0] == final
+    # A continuation: a longer text that starts with the final one reopens it, then ends it.
+    await store.save(conv.id, assistant("a1", "once upon a time, a king", finish_reason=None))
+    assert (await store.history(conv.id, 1))[0].finish_reason is None
+    await store.save(conv.id, assistant("a1", "once upon a time, a king slept", finish_reason="length"))
+    await store.save(conv.id, assistant("a1", "once upon a time, a queen slept.", finish_reason="stop"))  # not its start
+    got = (await store.history(conv.id, 1))[0]
+    assert (got.content, got.finish_reason) == ("once upon a time, a king slept", "length")
     await store.save(conv.id, user("u1", "hi"))  # a user's message may be replaced, even by a shorter one
     assert (await store.history(conv.id, 2))[0].content == "hi"
 
@@ -472,13 +484,15 @@ async def test_export_shape(store: ConversationStore) -> None:
         "title": "what is 2+2?",
         "created_at": conv.created_at,
         "updated_at": got.updated_at,
+        "active": "a2",
+        "system_prompt": "",
         "messages": [
             {"id": "u1", "role": "user", "content": "what is 2+2?", "created_at": 1000.5,
-             "finish_reason": None, "usage": None},
+             "finish_reason": None, "usage": None, "parent_id": ""},
             {"id": "a1", "role": "assistant", "content": "4", "created_at": 1001.25,
-             "finish_reason": "stop", "usage": USAGE},
+             "finish_reason": "stop", "usage": USAGE, "parent_id": "u1"},
             {"id": "a2", "role": "assistant", "content": "still going", "created_at": 1002.0,
-             "finish_reason": None, "usage": None},
+             "finish_reason": None, "usage": None, "parent_id": "a1"},
         ],
     }
     assert orjson.loads(orjson.dumps(doc)) == doc  # plain data
@@ -593,7 +607,7 @@ async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
         assert await second.export(conv.id) == before
         assert before is not None
         assert await second.get(conv.id) == Conversation(
-            before["id"], before["title"], before["created_at"], before["updated_at"]
+            before["id"], before["title"], before["created_at"], before["updated_at"], active="a1"
         )
         assert await second.add(conv.id, user("u2")) is True
         assert [m.id for m in await second.history(conv.id, 10)] == ["u1", "a1", "u2"]
@@ -916,17 +930,17 @@ async def test_migration_6_adds_the_reasoning_and_keeps_the_rest(tmp_path: Path)
     store = SQLiteStore(path)
     await store.open()
     try:
-        assert await store.get("c5") == Conversation("c5", "v5 title", 100.0, 200.0, "token:alice")
+        assert await store.get("c5") == Conversation("c5", "v5 title", 100.0, 200.0, "token:alice", active="a2")
         history = await store.history("c5", 10)
         assert history == V5_MESSAGES and [m.reasoning for m in history] == [None, None, None]
         doc = await store.export("c5")
         assert doc is not None and all("reasoning" not in m for m in doc["messages"])
         with raw(path) as conn:
-            assert scalar(conn, "PRAGMA user_version") == 6 == SCHEMA_VERSION
+            assert scalar(conn, "PRAGMA user_version") == SCHEMA_VERSION
             rows = conn.execute("SELECT * FROM messages ORDER BY pos").fetchall()
-            assert [row[:-1] for row in rows] == rows_before
-            assert [row[-1] for row in rows] == [None, None, None]
-            assert [r[1] for r in conn.execute("PRAGMA table_info(messages)")][-1] == "reasoning"
+            assert [row[: len(rows_before[0])] for row in rows] == rows_before
+            columns = [r[1] for r in conn.execute("PRAGMA table_info(messages)")]
+            assert [row[columns.index("reasoning")] for row in rows] == [None, None, None]
         await store.save("c5", assistant("a3", "new", reasoning="new thoughts"))
         assert (await store.history("c5", 1))[0].reasoning == "new thoughts"
     finally:
@@ -937,15 +951,17 @@ async def test_migration_6_adds_the_reasoning_and_keeps_the_rest(tmp_path: Path)
 
 
 async def test_restore_writes_a_conversation_as_given_once(store: ConversationStore) -> None:
-    conv = Conversation("c" * 32, "an old chat", 1000.5, 2000.25)
+    conv = Conversation("c" * 32, "an old chat", 1000.5, 2000.25, active="a2", system_prompt="Be brief.")
     messages = [user("u1", "old question", 1000.5),
                 assistant("a1", "old answer", usage=USAGE, created_at=1001.5, reasoning="old thoughts 🤔"),
                 assistant("a2", "cut", finish_reason=None, created_at=1002.5, reasoning="cut thoughts")]
+    messages = [replace(m, parent_id=parent) for m, parent in zip(messages, ["", "u1", "u1"])]
     assert await store.restore(conv, messages) is True
     assert await store.get(conv.id) == conv
-    assert await store.history(conv.id, -1) == messages
+    assert await store.history(conv.id, -1) == [messages[0], messages[2]]
+    assert [(m.id, m.parent_id) for m in await store.messages(conv.id)] == [("u1", ""), ("a1", "u1"), ("a2", "u1")]
     assert await store.restore(Conversation(conv.id, "other", 1.0, 2.0), [user("x")]) is False
-    assert await store.get(conv.id) == conv and await store.history(conv.id, -1) == messages
+    assert await store.get(conv.id) == conv and await store.messages(conv.id) == messages
 
 
 async def test_ids_page_through_every_conversation_in_order(store: ConversationStore) -> None:
@@ -1149,3 +1165,198 @@ async def test_the_ledger_sums_per_subject_and_model_and_outlives_conversations(
         UsageTotal("token:alice", "m-2", 1, 1, 1, 0),
     ]
     assert await store.usage("nobody", 0) == []
+
+
+# -- the message tree: branches, edits, the active branch ----------------------------
+
+
+async def chat(store: ConversationStore, conversation_id: str = "t") -> None:
+    """u1 → a1 → u2 → a2, each reply saved under the message it answers."""
+    await store.append(conversation_id, user("u1", "first"), create=True, history=10, owner="o")
+    await store.save(conversation_id, replace(assistant("a1"), parent_id="u1"))
+    await store.append(conversation_id, user("u2", "second"), create=False, history=10)
+    await store.save(conversation_id, replace(assistant("a2"), parent_id="u2"))
+
+
+def ids(messages: list[StoredMessage]) -> list[str]:
+    return [m.id for m in messages]
+
+
+async def test_a_branch_follows_each_message_and_reply_in_turn(store: ConversationStore) -> None:
+    await chat(store)
+    history = await store.history("t", 10)
+    assert ids(history) == ["u1", "a1", "u2", "a2"]
+    assert [m.parent_id for m in history] == ["", "u1", "a1", "u2"]
+    assert [m.siblings for m in history] == [("u1",), ("a1",), ("u2",), ("a2",)]
+    conv = await store.get("t")
+    assert conv is not None and conv.active == "a2"
+
+
+async def test_an_edit_is_a_sibling_and_the_old_branch_stays(store: ConversationStore) -> None:
+    await chat(store)
+    edited = await store.append("t", user("u2b", "second, better"), create=False, history=10, after="a1")
+    assert edited is not None and ids(edited.messages) == ["u1", "a1", "u2b"]
+    await store.save("t", replace(assistant("a2b"), parent_id="u2b"))
+    history = await store.history("t", 10)
+    assert ids(history) == ["u1", "a1", "u2b", "a2b"]
+    assert history[2].siblings == ("u2", "u2b") and history[3].siblings == ("a2b",)
+    old = await store.branch("t", "a2", -1)
+    assert old is not None and ids(old.messages) == ["u1", "a1", "u2", "a2"]
+    assert ids(await store.messages("t")) == ["u1", "a1", "u2", "a2", "u2b", "a2b"]
+
+
+async def test_an_edit_of_the_first_message_is_a_second_first(store: ConversationStore) -> None:
+    await chat(store)
+    edited = await store.append("t", user("u1b", "first, again"), create=False, history=10, after="")
+    assert edited is not None and ids(edited.messages) == ["u1b"]
+    history = await store.history("t", 10)
+    assert ids(history) == ["u1b"] and history[0].siblings == ("u1", "u1b") and history[0].parent_id == ""
+
+
+async def test_an_edit_under_an_unknown_message_writes_nothing(store: ConversationStore) -> None:
+    await chat(store)
+    before = await store.get("t")
+    with pytest.raises(MessageNotFound):
+        await store.append("t", user("u3", "lost"), create=False, history=10, after="nope")
+    assert await store.get("t") == before
+    assert ids(await store.messages("t")) == ["u1", "a1", "u2", "a2"]
+
+
+async def test_a_regenerated_reply_is_a_sibling_of_the_old_one(store: ConversationStore) -> None:
+    await chat(store)
+    assert await store.select("t", "u2", descend=False) == "u2"
+    assert ids(await store.history("t", 10)) == ["u1", "a1", "u2"]
+    await store.save("t", replace(assistant("a2b", "", finish_reason=None), parent_id="u2"))  # a checkpoint
+    await store.save("t", replace(assistant("a2b", "again"), parent_id="u2"))
+    history = await store.history("t", 10)
+    assert ids(history) == ["u1", "a1", "u2", "a2b"] and history[-1].siblings == ("a2", "a2b")
+    assert history[-1].content == "again"
+
+
+async def test_a_reply_on_a_branch_not_shown_does_not_take_over(store: ConversationStore) -> None:
+    await chat(store)
+    await store.append("t", user("u2b", "elsewhere"), create=False, history=10, after="a1")
+    await store.select("t", "u2", descend=False)
+    await store.select("t", "u2b")  # the person looks at the other branch while u2's reply streams
+    await store.save("t", replace(assistant("a2c", "late"), parent_id="u2"))
+    assert ids(await store.history("t", 10)) == ["u1", "a1", "u2b"]
+    assert await store.select("t", "u2") == "a2c"  # the newest reply under u2
+
+
+async def test_a_reply_saved_without_a_parent_follows_the_active_branch(store: ConversationStore) -> None:
+    await chat(store)
+    await store.save("t", assistant("a3", "more"))
+    history = await store.history("t", 10)
+    assert ids(history) == ["u1", "a1", "u2", "a2", "a3"] and history[-1].parent_id == "a2"
+    await store.select("t", "u1", descend=False)
+    await store.save("t", assistant("a3", "more, checkpointed"))  # an existing message keeps its place
+    assert ids(await store.history("t", 10)) == ["u1"]
+    assert await store.select("t", "u1") == "a3"
+
+
+async def test_select_descends_to_the_newest_leaf_and_is_remembered(store: ConversationStore) -> None:
+    await chat(store)
+    await store.append("t", user("u2b", "other"), create=False, history=10, after="a1")
+    before = await store.get("t")
+    assert before is not None
+    assert await store.select("t", "u2") == "a2"
+    assert await store.select("t", "a1") == "u2b"  # the newest child at each step
+    assert await store.select("t", "nope") is None
+    conv = await store.get("t")
+    assert conv is not None and conv.active == "u2b" and conv.updated_at == before.updated_at
+    assert await store.select("t", "u2") == "a2"
+    assert ids(await store.history("t", 10)) == ["u1", "a1", "u2", "a2"]
+    assert await store.select("missing", "u2") is None
+
+
+async def test_history_pages_the_active_branch(store: ConversationStore) -> None:
+    await chat(store)
+    await store.append("t", user("u2b", "other"), create=False, history=10, after="a1")
+    await store.save("t", replace(assistant("a2b"), parent_id="u2b"))
+    assert ids(await store.history("t", 2)) == ["u2b", "a2b"]
+    assert ids(await store.history("t", 10, before="u2b")) == ["u1", "a1"]
+    assert ids(await store.history("t", 1, before="a2")) == ["u2"]  # any branch's message pages its own
+    assert await store.history("t", 10, before="u1") == []
+
+
+async def test_branch_reads_the_path_to_any_message(store: ConversationStore) -> None:
+    await chat(store)
+    assert await store.set_system_prompt("t", "Answer in French.", owner="o") is True
+    got = await store.branch("t", "u2", 2)
+    assert got is not None and ids(got.messages) == ["a1", "u2"] and got.system_prompt == "Answer in French."
+    assert got.messages[1] == user("u2", "second")
+    assert await store.branch("t", "nope", 10) is None
+    assert await store.branch("missing", "u1", 10) is None
+
+
+async def test_delete_branch_removes_the_message_and_all_under_it(store: ConversationStore) -> None:
+    await chat(store)
+    await store.append("t", user("u2b", "other"), create=False, history=10, after="a1")
+    await store.save("t", replace(assistant("a2b"), parent_id="u2b"))
+    assert await store.delete_branch("t", "u2b") is True  # the active one: its sibling's shows
+    assert ids(await store.messages("t")) == ["u1", "a1", "u2", "a2"]
+    conv = await store.get("t")
+    assert conv is not None and conv.active == "a2"
+    await store.append("t", user("u2c", "third"), create=False, history=10, after="a1")
+    await store.select("t", "u2")
+    assert await store.delete_branch("t", "u2c") is True  # not the active one: nothing moves
+    assert ids(await store.history("t", 10)) == ["u1", "a1", "u2", "a2"]
+    assert await store.delete_branch("t", "a2") is True  # the last one: its parent ends the branch
+    assert ids(await store.history("t", 10)) == ["u1", "a1", "u2"]
+    assert await store.delete_branch("t", "nope") is False
+    assert await store.delete_branch("t", "u1") is True
+    assert await store.history("t", 10) == [] and await store.messages("t") == []
+    conv = await store.get("t")
+    assert conv is not None and conv.active == ""
+
+
+async def test_instructions_are_the_owners_to_set_per_conversation(store: ConversationStore) -> None:
+    await chat(store)
+    assert await store.set_system_prompt("t", "Be brief. 简短。", owner="someone else") is False
+    assert await store.set_system_prompt("t", "Be brief. 简短。", owner="o") is True
+    conv = await store.get("t")
+    assert conv is not None and conv.system_prompt == "Be brief. 简短。"
+    appended = await store.append("t", user("u3", "third"), create=False, history=2)
+    assert appended is not None and appended.system_prompt == "Be brief. 简短。"
+    assert await store.set_system_prompt("t", "", owner="o") is True
+    conv = await store.get("t")
+    assert conv is not None and conv.system_prompt == ""
+    assert await store.set_system_prompt("missing", "x", owner="o") is False
+
+
+async def test_export_and_copy_carry_the_whole_tree(store: ConversationStore) -> None:
+    await chat(store)
+    await store.append("t", user("u2b", "other"), create=False, history=10, after="a1")
+    await store.select("t", "u2")
+    await store.set_system_prompt("t", "Be kind.", owner="o")
+    doc = await store.export("t")
+    assert doc is not None and (doc["active"], doc["system_prompt"]) == ("a2", "Be kind.")
+    assert [(m["id"], m["parent_id"]) for m in doc["messages"]] == [
+        ("u1", ""), ("a1", "u1"), ("u2", "a1"), ("a2", "u2"), ("u2b", "a1"),
+    ]
+    other = MemoryStore(max_conversations=10, max_messages=100)
+    report = await copy(store, other, [].append)
+    assert report.verified == 1 and not report.mismatched
+    assert [(m.id, m.parent_id) for m in await other.messages("t")] == [
+        (m["id"], m["parent_id"]) for m in doc["messages"]
+    ]
+    assert ids(await other.history("t", 10)) == ["u1", "a1", "u2", "a2"]
+
+
+async def test_migration_7_makes_what_was_stored_one_branch(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    build_v5(path)
+    with raw(path) as conn:
+        conn.executescript(MIGRATIONS[5])
+        conn.execute("PRAGMA user_version = 6")
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        history = await store.history("c5", 10)
+        assert history == V5_MESSAGES and [m.parent_id for m in history] == ["", "u1", "a1"]
+        conv = await store.get("c5")
+        assert conv is not None and (conv.active, conv.system_prompt) == ("a2", "")
+        await store.append("c5", user("u9", "next"), create=False, history=10)
+        assert ids(await store.history("c5", 10)) == ["u1", "a1", "a2", "u9"]
+    finally:
+        await store.close()

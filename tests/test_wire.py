@@ -237,19 +237,22 @@ class Stored:
     created_at: float = 0.0
     model: str | None = None
     reasoning: str | None = None
+    parent_id: str = ""
+    siblings: tuple[str, ...] = ()
 
 
 def test_history_items() -> None:
     messages = [
         Stored("m1", "user", "你好"),
-        Stored("r1", "assistant", "partial", "cancelled"),
-        Stored("r2", "assistant", "done", "stop", model="qwen-plus", reasoning="thought"),
+        Stored("r1", "assistant", "partial", "cancelled", parent_id="m1", siblings=("r1",)),
+        Stored("r2", "assistant", "done", "stop", model="qwen-plus", reasoning="thought", parent_id="r1",
+               siblings=("r0", "r2", "r3")),
     ]
     assert wire.history_items(messages) == [
         {"id": "m1", "role": "user", "content": "你好"},
-        {"id": "r1", "role": "assistant", "content": "partial", "finish_reason": "cancelled"},
+        {"id": "r1", "role": "assistant", "content": "partial", "finish_reason": "cancelled", "parent_id": "m1"},
         {"id": "r2", "role": "assistant", "content": "done", "finish_reason": "stop", "model": "qwen-plus",
-         "reasoning": "thought"},
+         "reasoning": "thought", "parent_id": "r1", "siblings": ["r0", "r2", "r3"], "sibling_index": 1},
     ]
     assert wire.history_items([]) == []
     assert decode(wire.encode("ready", history=wire.history_items(messages)))["history"][0]["content"] == "你好"

@@ -66,14 +66,23 @@ class ClusterBus:
     # starting, and what streams
 
     async def start(
-        self, conversation_id: str, message: StoredMessage, subscriber: Subscriber, *, new: bool, owner: str
+        self, conversation_id: str, message: StoredMessage, subscriber: Subscriber, *, new: bool, owner: str,
+        after: str | None = None,
     ) -> str:
-        return await self.local.start(conversation_id, message, subscriber, new=new, owner=owner)
+        return await self.local.start(conversation_id, message, subscriber, new=new, owner=owner, after=after)
 
     async def regenerate(
-        self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str, model: str | None = None
+        self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str, model: str | None = None,
+        reply_id: str | None = None,
     ) -> str:
-        return await self.local.regenerate(conversation_id, request_id, subscriber, owner=owner, model=model)
+        return await self.local.regenerate(
+            conversation_id, request_id, subscriber, owner=owner, model=model, reply_id=reply_id
+        )
+
+    async def extend(
+        self, conversation_id: str, request_id: str, subscriber: Subscriber, *, owner: str, reply_id: str
+    ) -> str:
+        return await self.local.extend(conversation_id, request_id, subscriber, owner=owner, reply_id=reply_id)
 
     async def streaming(self, conversation_id: str) -> Streaming | None:
         local = await self.local.streaming(conversation_id)
@@ -84,13 +93,16 @@ class ClusterBus:
                 reply_id: Any = await redis.get(names.slot(conversation_id))
                 if reply_id is None:
                     return None
-                meta: Any = await redis.hmget(names.reply(reply_id.decode()), "seq", "chars", "state")
-                seq, chars, state = meta
+                meta: Any = await redis.hmget(
+                    names.reply(reply_id.decode()), "seq", "chars", "state", "parent", "mid"
+                )
+                seq, chars, state, parent, stored = meta
         except LinkDown:
             return None
         if state != b"streaming":
             return None
-        return Streaming(reply_id.decode(), int(seq), int(chars))
+        rid = reply_id.decode()
+        return Streaming(rid, int(seq), int(chars), (parent or b"").decode(), (stored or b"").decode() or rid)
 
     # following a reply
 

@@ -12,8 +12,8 @@ __all__ = ["CANCEL", "CLAIM", "SHIP", "TAKEOVER"]
 # gone with a lost Redis) is free, and so is one whose reply ended on this instance
 # (its end not shipped yet). KEYS: slot, reply, owned:<me>.
 # ARGV: reply id, conversation, message id, owner, ttl (ms), created (s), model, the
-# conversation's reply that ended here ("" if none). Returns the reply holding
-# the slot, or nothing when claimed.
+# conversation's reply that ended here ("" if none), the message it answers, the stored
+# message it writes. Returns the reply holding the slot, or nothing when claimed.
 CLAIM = """
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[1] and cur ~= ARGV[8]
@@ -22,15 +22,15 @@ if cur and cur ~= ARGV[1] and cur ~= ARGV[8]
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[5])
 redis.call('HSET', KEYS[2], 'conv', ARGV[2], 'msg', ARGV[3], 'owner', ARGV[4], 'epoch', '1', 'seq', '0',
-  'chars', '0', 'state', 'streaming', 'created', ARGV[6], 'model', ARGV[7])
+  'chars', '0', 'state', 'streaming', 'created', ARGV[6], 'model', ARGV[7], 'parent', ARGV[9], 'mid', ARGV[10])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('SADD', KEYS[3], ARGV[1])
 return false
 """
 
 # What an owner ships in one step, as records (one status each, in order):
-#   R id conversation message owner epoch created model   register (claimed while Redis was
-#                                           away, or Redis lost it); nothing if it is known
+#   R id conversation message owner epoch created model parent mid   register (claimed while
+#                                           Redis was away, or Redis lost it); nothing if it is known
 #   S id conversation payload               announce the start to the conversation
 #   A id epoch base chars count kinds text...   deltas base+1 .. base+count (copies skipped);
 #                                           kinds: "" (all answer text) or one t/r per delta
@@ -56,13 +56,14 @@ while i <= #ARGV do
     if redis.call('EXISTS', meta) == 0 then  -- once (a retry must not reset it), never an ended one
       redis.call('DEL', 'gateway:log:' .. id)
       redis.call('HSET', meta, 'conv', ARGV[i + 2], 'msg', ARGV[i + 3], 'owner', ARGV[i + 4], 'epoch', ARGV[i + 5],
-        'seq', '0', 'chars', '0', 'state', 'streaming', 'created', ARGV[i + 6], 'model', ARGV[i + 7])
+        'seq', '0', 'chars', '0', 'state', 'streaming', 'created', ARGV[i + 6], 'model', ARGV[i + 7],
+        'parent', ARGV[i + 8], 'mid', ARGV[i + 9])
       redis.call('PEXPIRE', meta, ttl)
       redis.call('SET', 'gateway:slot:' .. ARGV[i + 2], id, 'PX', ttl, 'NX')
       redis.call('SADD', 'gateway:owned:' .. me, id)
     end
     out[#out + 1] = 'ok'
-    i = i + 8
+    i = i + 10
   elseif kind == 'S' then
     redis.call('PUBLISH', 'gateway:c:' .. ARGV[i + 2], ARGV[i + 3])
     out[#out + 1] = 'ok'

@@ -87,7 +87,7 @@ class Shipper:
                 holder = await self._claim(
                     keys=[names.slot(conv), names.reply(reply.id), names.owned(self.me)],
                     args=[reply.id, conv, reply.message_id, self.me, self._ttl_ms(), reply.created_at,
-                          reply.model, self._ended.get(conv, "")],
+                          reply.model, self._ended.get(conv, ""), reply.parent_id, reply.stored_id],
                 )
         except LinkDown:  # alone for now (its own slots still hold): registered once Redis is back
             self._track(reply, registered=False)
@@ -207,7 +207,7 @@ class Shipper:
             if not s.registered:
                 records.append(("R", s, 0))
                 args += ["R", reply.id, reply.conversation_id, reply.message_id, self.me, s.epoch, reply.created_at,
-                         reply.model]
+                         reply.model, reply.parent_id, reply.stored_id]
             if s.start is not None and s.end is not None:
                 s.start = None  # it ended before Redis heard of it: no tab is to be told it starts
             if s.start is not None:

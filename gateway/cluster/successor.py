@@ -24,7 +24,6 @@ from .link import Link, LinkDown
 __all__ = ["Successor"]
 
 _log: Any = structlog.get_logger("gateway.cluster")
-LOOKBACK = 8  # messages read back to find what the dead owner checkpointed of the reply
 
 
 class Successor:
@@ -68,19 +67,20 @@ class Successor:
     async def _end_one(self, reply_id: str, epoch: int) -> None:
         async with self._link.using() as redis:
             async with redis.pipeline(transaction=True) as pipe:
-                pipe.hmget(names.reply(reply_id), "conv", "msg", "seq", "created", "model")
+                pipe.hmget(names.reply(reply_id), "conv", "msg", "seq", "created", "model", "parent", "mid")
                 pipe.xrange(names.log(reply_id), "-", "+")
                 meta, entries = await pipe.execute()
         if meta[0] is None:
             return  # Redis lost it meanwhile: its owner's checkpoint is what is left
         conv, message_id, model = meta[0].decode(), meta[1].decode(), (meta[4] or b"").decode() or None
+        parent, stored_id = (meta[5] or b"").decode(), (meta[6] or b"").decode() or reply_id
         seq = int(meta[2])
         logged = "".join(fields[b"t"].decode() for _, fields in entries if b"t" in fields)
         thought = "".join(fields[b"r"].decode() for _, fields in entries if b"r" in fields)
-        text, reasoning = await self._longest(conv, reply_id, logged, thought)
+        text, reasoning = await self._longest(conv, stored_id, logged, thought)
         await self._store.save(conv, StoredMessage(
-            reply_id, "assistant", text, created_at=float(meta[3] or 0), finish_reason="error", model=model,
-            reasoning=reasoning,
+            stored_id, "assistant", text, created_at=float(meta[3] or 0), finish_reason="error", model=model,
+            reasoning=reasoning, parent_id=parent,
         ))
         error = GatewayError(
             ErrorCode.INTERNAL,
@@ -93,11 +93,12 @@ class Successor:
         self._metrics.takeovers.inc()
         _log.warning("reply_taken_over", reply_id=reply_id, conversation_id=conv, seq=seq, chars=len(text))
 
-    async def _longest(self, conversation_id: str, reply_id: str, logged: str, thought: str) -> tuple[str, str | None]:
+    async def _longest(self, conversation_id: str, stored_id: str, logged: str, thought: str) -> tuple[str, str | None]:
         """The text and reasoning that reached the log, or the owner's checkpoint's where
         it had more (it went on alone while Redis was unreachable)."""
-        for message in await self._store.history(conversation_id, LOOKBACK):
-            if message.id == reply_id:
+        found = await self._store.branch(conversation_id, stored_id, 1)
+        for message in found.messages if found is not None else ():
+            if message.id == stored_id:
                 stored = message.reasoning or ""
                 if len(message.content) > len(logged) and message.content.startswith(logged):
                     logged = message.content

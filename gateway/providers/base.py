@@ -8,7 +8,7 @@ from typing import Any, NamedTuple, Protocol
 
 __all__ = ["Chunk", "ChatMessage", "MAX_TOKENS", "Provider", "Usage", "finish_reason", "usage_of"]
 
-ChatMessage = Mapping[str, str]
+ChatMessage = Mapping[str, Any]  # role and content; to continue a reply, a prefix or partial flag
 MAX_TOKENS = 2**31 - 1
 
 

@@ -53,6 +53,14 @@ def demo_answer(messages: Sequence[ChatMessage]) -> str:
     )
 
 
+def _rest(messages: Sequence[ChatMessage]) -> str:
+    """The answer, or when ``messages`` end with a reply cut short, the rest of it."""
+    if not messages or messages[-1].get("role") != "assistant":
+        return demo_answer(messages)
+    partial, whole = messages[-1].get("content", ""), demo_answer(messages[:-1])
+    return whole[len(partial):] if whole.startswith(partial) else "\n\n(The demo model goes on here.)\n"
+
+
 class DemoProvider:
     name = "demo"
 
@@ -61,7 +69,7 @@ class DemoProvider:
         self._delay = delay_ms / 1000
 
     async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[list[Chunk], None]:
-        tokens = _TOKEN.findall(demo_answer(messages))
+        tokens = _TOKEN.findall(_rest(messages))
         for token in tokens:
             await asyncio.sleep(self._delay)
             yield [Chunk(text=token)]

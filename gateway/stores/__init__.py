@@ -10,9 +10,11 @@ from __future__ import annotations
 from ..config import Config
 from .base import (
     UNOWNED,
+    Branch,
     Conversation,
     ConversationNotFound,
     ConversationStore,
+    MessageNotFound,
     OpenReport,
     Page,
     StoredMessage,
@@ -29,9 +31,11 @@ from .base import (
 
 __all__ = [
     "UNOWNED",
+    "Branch",
     "Conversation",
     "ConversationNotFound",
     "ConversationStore",
+    "MessageNotFound",
     "OpenReport",
     "Page",
     "StoreFull",

@@ -10,14 +10,16 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 __all__ = [
     "UNOWNED",
+    "Branch",
     "Conversation",
     "ConversationNotFound",
     "ConversationStore",
+    "MessageNotFound",
     "OpenReport",
     "Page",
     "StoreFull",
@@ -26,11 +28,14 @@ __all__ = [
     "StoredMessage",
     "UsageEntry",
     "UsageTotal",
+    "descendants",
     "export_document",
+    "leaf_under",
     "new_id",
     "newest_within",
     "title_of",
     "total_usage",
+    "with_siblings",
 ]
 
 Role = Literal["user", "assistant"]
@@ -44,6 +49,10 @@ def new_id() -> str:
 
 class ConversationNotFound(LookupError):
     """The conversation does not exist (never did, or was deleted): nothing was written."""
+
+
+class MessageNotFound(LookupError):
+    """The message named is not in the conversation (never was, or its branch was deleted)."""
 
 
 class StoreUnusable(Exception):
@@ -69,6 +78,11 @@ class StoredMessage:
     usage: Mapping[str, int] | None = None
     model: str | None = None  # a user message: the model it asked for; a reply: the model that wrote it
     reasoning: str | None = None  # a reply: the model's thinking, kept apart from its text (never sent upstream)
+    # Its place in the tree, compared apart (equal messages are equal wherever they are):
+    # the message it follows ("": a first one), and, read with a branch (history), the
+    # ids of the messages that share its parent, oldest first, itself among them.
+    parent_id: str = field(default="", compare=False)
+    siblings: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +103,17 @@ class Conversation:
     created_at: float
     updated_at: float
     owner: str = UNOWNED  # the subject whose conversation it is (docs/protocol.md)
+    active: str = ""  # the last message of the branch shown ("": none yet)
+    system_prompt: str = ""  # this conversation's instructions ("": the configured ones)
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    """What a reply answers: the last messages of a branch, oldest first, and the
+    conversation's own instructions ("" if it has none)."""
+
+    messages: list[StoredMessage]
+    system_prompt: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,19 +167,26 @@ class ConversationStore(Protocol):
         ConversationNotFound if the conversation does not exist."""
 
     async def append(
-        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = UNOWNED
-    ) -> list[StoredMessage] | None:
-        """A user's message, in one step: :meth:`add` it (after creating the conversation
-        with this id for ``owner``, if ``create``), then return the last ``history``
-        messages (all if negative), ``message`` included, oldest first. None (and nothing
-        written) if its id is taken. ConversationNotFound if the conversation does not exist."""
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = UNOWNED,
+        after: str | None = None,
+    ) -> Branch | None:
+        """A user's message, in one step: add it (after creating the conversation with this
+        id for ``owner``, if ``create``) under the active branch's last message, or with
+        ``after`` under that message ("": as a new first message, an edit of the first);
+        make it the active branch's last; return the last ``history`` messages of its
+        branch (all if negative), ``message`` included. None (and nothing written) if its
+        id is taken. ConversationNotFound if the conversation does not exist,
+        MessageNotFound if ``after`` is not one of its messages."""
 
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
         """Insert ``message``, or replace the one with the same id (checkpoints, final text).
-        A reply's writes are ordered: a final one (with a ``finish_reason``) is never
-        replaced, and a checkpoint never replaces a longer text (such a write is dropped),
-        so a late write cannot undo a newer one. ConversationNotFound if the conversation
-        does not exist."""
+        A reply's writes are ordered: a final one (with a ``finish_reason``) is replaced
+        only by a longer text that starts with it (a continuation's), and a checkpoint
+        never replaces a longer text (such a write is dropped), so a late write cannot undo
+        a newer one. A new message goes under its ``parent_id``;
+        when that is the active branch's last message, the new one becomes it (a reply
+        extends the branch it answers). ConversationNotFound if the conversation does not
+        exist."""
 
     async def delete(self, conversation_id: str, message_id: str) -> bool:
         """Remove one message; False if there was none."""
@@ -162,12 +194,36 @@ class ConversationStore(Protocol):
     async def history(
         self, conversation_id: str, limit: int, before: str | None = None, *, max_bytes: int | None = None
     ) -> list[StoredMessage]:
-        """Up to ``limit`` messages (all if negative), oldest first, ending just before message ``before``.
+        """Up to ``limit`` messages (all if negative) of the active branch, oldest first,
+        each with its ``siblings``; or of the branch ending just before message ``before``.
 
         With ``max_bytes``, messages are read newest first and reading stops one message
         after the text read (UTF-8) passes ``max_bytes``: a caller paging by bytes then
         knows whether older messages exist without reading them all.
         """
+
+    async def branch(self, conversation_id: str, message_id: str, limit: int) -> Branch | None:
+        """The last ``limit`` messages (all if negative) of the branch ending with
+        ``message_id``, oldest first, and the conversation's instructions; None if there
+        is no such message."""
+
+    async def messages(self, conversation_id: str) -> list[StoredMessage]:
+        """Every message of the conversation, all branches, in the order they were added."""
+
+    async def select(self, conversation_id: str, message_id: str, *, descend: bool = True) -> str | None:
+        """Make the branch through ``message_id`` the active one, ending at its newest
+        descendant (the newest child's, down to a leaf) or, without ``descend``, at the
+        message itself; return that last message's id, or None (nothing changed) if there
+        is no such message. The conversation's update time is unchanged."""
+
+    async def delete_branch(self, conversation_id: str, message_id: str) -> bool:
+        """Delete the message and every message under it; False if there is no such message.
+        If the active branch went with them, the newest remaining sibling's branch (or else
+        the parent's) becomes active."""
+
+    async def set_system_prompt(self, conversation_id: str, system_prompt: str, *, owner: str) -> bool:
+        """Set ``owner``'s conversation's instructions ("": the configured ones again); False
+        if ``owner`` has none with this id."""
 
     async def conversations(self, owner: str, *, limit: int, after: str | None = None, query: str = "") -> Page:
         """Up to ``limit`` of ``owner``'s conversations, most recently updated first, from
@@ -205,14 +261,14 @@ class ConversationStore(Protocol):
         a starting instance must not end the others' live replies as ``open`` does)."""
 
     async def export(self, conversation_id: str) -> dict[str, Any] | None:
-        """A conversation with all its messages as plain data, or None."""
+        """A conversation with all its messages (every branch) as plain data, or None."""
 
     async def ids(self, after: str | None, limit: int) -> list[str]:
         """Up to ``limit`` conversation ids greater than ``after``, in order (for copies)."""
 
     async def restore(self, conversation: Conversation, messages: Sequence[StoredMessage]) -> bool:
-        """Write ``conversation`` (its times and title as given) and its ``messages``, in
-        order, as one atomic step; False, and nothing written, if a conversation with its
+        """Write ``conversation`` (its times, title, active branch and instructions as given)
+        and its ``messages`` (with their parents), in order, as one atomic step; False, and nothing written, if a conversation with its
         id exists already (so a copy can be run again)."""
 
     async def close(self) -> None: ...
@@ -229,6 +285,43 @@ def newest_within(newest_first: Iterable[StoredMessage], max_bytes: int | None) 
         size += len(message.content.encode()) + (len(message.reasoning.encode()) if message.reasoning else 0)
         past = max_bytes is not None and size > max_bytes
     return taken
+
+
+def leaf_under(messages: Sequence[StoredMessage], message_id: str) -> str:
+    """The newest descendant of ``message_id`` following the newest child at each step,
+    among ``messages`` in the order they were added (the message itself if it has none)."""
+    newest_child: dict[str, str] = {}
+    for m in messages:
+        newest_child[m.parent_id] = m.id
+    leaf, seen = message_id, {message_id}
+    while (child := newest_child.get(leaf)) is not None and child not in seen:
+        leaf = child
+        seen.add(child)
+    return leaf
+
+
+def descendants(tree: Iterable[StoredMessage], message_id: str) -> set[str]:
+    """``message_id`` and the ids of every message under it in ``tree``."""
+    children: dict[str, list[str]] = {}
+    for m in tree:
+        children.setdefault(m.parent_id, []).append(m.id)
+    found: set[str] = set()
+    todo = [message_id]
+    while todo:
+        mid = todo.pop()
+        if mid not in found:
+            found.add(mid)
+            todo += children.get(mid, ())
+    return found
+
+
+def with_siblings(branch: list[StoredMessage], children: Iterable[tuple[str, str]]) -> list[StoredMessage]:
+    """``branch`` with each message's ``siblings``, from ``children``: (parent id, id)
+    pairs, oldest first, covering the branch's parents."""
+    by_parent: dict[str, list[str]] = {}
+    for parent, child in children:
+        by_parent.setdefault(parent, []).append(child)
+    return [replace(m, siblings=tuple(by_parent.get(m.parent_id, (m.id,)))) for m in branch]
 
 
 def total_usage(entries: Iterable[UsageEntry]) -> list[UsageTotal]:
@@ -256,6 +349,8 @@ def export_document(conv: Conversation, messages: list[StoredMessage]) -> dict[s
         "title": conv.title,
         "created_at": conv.created_at,
         "updated_at": conv.updated_at,
+        "active": conv.active,
+        "system_prompt": conv.system_prompt,
         "messages": [_exported(m) for m in messages],
     }
 
@@ -264,6 +359,7 @@ def _exported(m: StoredMessage) -> dict[str, Any]:
     item = {
         "id": m.id, "role": m.role, "content": m.content, "created_at": m.created_at,
         "finish_reason": m.finish_reason, "usage": dict(m.usage) if m.usage else None,
+        "parent_id": m.parent_id,
     }
     if m.model:  # an assistant message stored since the model was recorded
         item["model"] = m.model

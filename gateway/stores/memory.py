@@ -10,19 +10,24 @@ from typing import Any
 
 from .base import (
     UNOWNED,
+    Branch,
     Conversation,
     ConversationNotFound,
+    MessageNotFound,
     OpenReport,
     Page,
     StoredMessage,
     StoreFull,
     UsageEntry,
     UsageTotal,
+    descendants,
     export_document,
+    leaf_under,
     new_id,
     newest_within,
     title_of,
     total_usage,
+    with_siblings,
 )
 from .listing import page_cursor, parse_cursor
 
@@ -70,29 +75,47 @@ class MemoryStore:
         return True
 
     async def append(
-        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = UNOWNED
-    ) -> list[StoredMessage] | None:
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = UNOWNED,
+        after: str | None = None,
+    ) -> Branch | None:
         if create:
             await self.create(conversation_id, owner=owner)
-        if not await self.add(conversation_id, message):
+        entry = self._entries.get(conversation_id)
+        if entry is None:
+            raise ConversationNotFound(conversation_id)
+        if message.id in entry.messages:
             return None
-        return await self.history(conversation_id, history)
+        if after is None:
+            after = entry.conversation.active
+        elif after and after not in entry.messages:
+            raise MessageNotFound(after)
+        self._write(entry, replace(message, parent_id=after), active=True)
+        return Branch(_branch(entry, message.id, history), entry.conversation.system_prompt)
 
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
         entry = self._entries.get(conversation_id)
         if entry is None:
             raise ConversationNotFound(conversation_id)
+        self._write(entry, message, active=False)
+
+    def _write(self, entry: _Entry, message: StoredMessage, *, active: bool) -> None:
         old = entry.messages.get(message.id)
+        conv = entry.conversation
         if old is None:
+            message = replace(message, parent_id=message.parent_id or ("" if active else conv.active))
             entry.messages[message.id] = message
         elif _may_replace(old, message):
-            entry.messages[message.id] = replace(message, created_at=old.created_at)
+            entry.messages[message.id] = message = replace(message, created_at=old.created_at, parent_id=old.parent_id)
+        else:
+            message = old
         while len(entry.messages) > self._max_messages:
             entry.messages.popitem(last=False)
-        conv = entry.conversation
         title = conv.title or (title_of(message.content) if message.role == "user" else "")
-        entry.conversation = replace(conv, title=title, updated_at=time.time())
-        self._entries.move_to_end(conversation_id)
+        moved = active or conv.active == message.parent_id
+        entry.conversation = replace(
+            conv, title=title, updated_at=time.time(), active=message.id if moved else conv.active
+        )
+        self._entries.move_to_end(entry.conversation.id)
 
     async def delete(self, conversation_id: str, message_id: str) -> bool:
         entry = self._entries.get(conversation_id)
@@ -102,16 +125,49 @@ class MemoryStore:
         self, conversation_id: str, limit: int, before: str | None = None, *, max_bytes: int | None = None
     ) -> list[StoredMessage]:
         entry = self._entries.get(conversation_id)
-        if entry is None:
+        if entry is None or limit == 0:
             return []
-        messages = list(entry.messages.values())
-        if before is not None:
-            ids = list(entry.messages)
-            messages = messages[: ids.index(before)] if before in entry.messages else []
-        if limit == 0:
-            return []
-        messages = messages[-limit:] if limit > 0 else messages
-        return list(reversed(newest_within(reversed(messages), max_bytes)))
+        if before is None:
+            last = entry.conversation.active
+        else:
+            last = entry.messages[before].parent_id if before in entry.messages else ""
+        newest_first = reversed(_branch(entry, last, -1))
+        branch = list(reversed(newest_within((m for i, m in enumerate(newest_first) if i < limit or limit < 0), max_bytes)))
+        return with_siblings(branch, ((m.parent_id, m.id) for m in entry.messages.values()))
+
+    async def branch(self, conversation_id: str, message_id: str, limit: int) -> Branch | None:
+        entry = self._entries.get(conversation_id)
+        if entry is None or message_id not in entry.messages:
+            return None
+        return Branch(_branch(entry, message_id, limit), entry.conversation.system_prompt)
+
+    async def messages(self, conversation_id: str) -> list[StoredMessage]:
+        entry = self._entries.get(conversation_id)
+        return list(entry.messages.values()) if entry else []
+
+    async def select(self, conversation_id: str, message_id: str, *, descend: bool = True) -> str | None:
+        entry = self._entries.get(conversation_id)
+        if entry is None or message_id not in entry.messages:
+            return None
+        leaf = leaf_under(list(entry.messages.values()), message_id) if descend else message_id
+        entry.conversation = replace(entry.conversation, active=leaf)
+        return leaf
+
+    async def delete_branch(self, conversation_id: str, message_id: str) -> bool:
+        entry = self._entries.get(conversation_id)
+        target = entry.messages.get(message_id) if entry else None
+        if entry is None or target is None:
+            return False
+        gone = descendants(entry.messages.values(), message_id)
+        for mid in gone:
+            del entry.messages[mid]
+        if entry.conversation.active in gone:
+            leaf = leaf_under(list(entry.messages.values()), target.parent_id)
+            entry.conversation = replace(entry.conversation, active=leaf)
+        return True
+
+    async def set_system_prompt(self, conversation_id: str, system_prompt: str, *, owner: str) -> bool:
+        return self._change(conversation_id, owner, system_prompt=system_prompt)
 
     async def conversations(self, owner: str, *, limit: int, after: str | None = None, query: str = "") -> Page:
         start = parse_cursor(after, float) if after is not None else None
@@ -197,8 +253,22 @@ class MemoryStore:
         self._entries.clear()
 
 
+def _branch(entry: _Entry, last: str, limit: int) -> list[StoredMessage]:
+    """The last ``limit`` messages (all if negative) of the branch ending with ``last``,
+    oldest first (a branch whose start was dropped to bound memory ends where it was cut)."""
+    newest_first: list[StoredMessage] = []
+    message = entry.messages.get(last)
+    while message is not None and (limit < 0 or len(newest_first) < limit):
+        newest_first.append(message)
+        message = entry.messages.get(message.parent_id) if message.parent_id else None
+    return newest_first[::-1]
+
+
 def _may_replace(old: StoredMessage, new: StoredMessage) -> bool:
-    """A reply's writes are ordered: never over a final text, never a shorter checkpoint."""
+    """A reply's writes are ordered: never a shorter checkpoint, never over a final text but
+    by a longer one that starts with it (a continuation's)."""
     if old.role == "user":
+        return True
+    if len(new.content) > len(old.content) and new.content.startswith(old.content):
         return True
     return old.finish_reason is None and (new.finish_reason is not None or len(new.content) >= len(old.content))

@@ -1,9 +1,10 @@
 """Conversations in PostgreSQL, through psycopg 3's asyncio driver and a connection pool.
 
 Every operation is one statement on a pooled connection in autocommit mode, so it is
-atomic and the event loop never waits on the database. Opening migrates the schema
-(:mod:`.postgres_schema`) under an advisory lock and, with ``recover``, ends the
-replies a crash left streaming. A database that cannot be reached, or a statement
+atomic and the event loop never waits on the database; restore, and the changes that read
+a conversation's tree first (select, delete_branch), are one short transaction. Opening
+migrates the schema (:mod:`.postgres_schema`) under an advisory lock and, with
+``recover``, ends the replies a crash left streaming. A database that cannot be reached, or a statement
 that times out, raises :class:`~gateway.stores.base.StoreUnavailable`: nothing was
 half-written, and the caller may try again. Neither the URL nor the password is
 ever put in an error or a log line.
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -23,8 +25,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .base import (
     UNOWNED,
+    Branch,
     Conversation,
     ConversationNotFound,
+    MessageNotFound,
     OpenReport,
     Page,
     StoredMessage,
@@ -32,19 +36,26 @@ from .base import (
     StoreUnusable,
     UsageEntry,
     UsageTotal,
+    descendants,
     export_document,
+    leaf_under,
     new_id,
 )
 from .listing import page_cursor, parse_cursor
 from .postgres_schema import (
     APPEND,
+    BRANCH,
     CLAIM,
     CREATE,
     DELETE,
+    DELETE_MESSAGES,
     GET,
     IDS,
     INSERT,
     LOCK,
+    LOCK_CONVERSATION,
+    MAKE_ACTIVE,
+    MESSAGES,
     MIGRATIONS,
     PRUNE,
     END_STALE,
@@ -55,6 +66,9 @@ from .postgres_schema import (
     RESTORE_CONVERSATION,
     RESTORE_MESSAGE,
     SCHEMA_VERSION,
+    SET_ACTIVE,
+    SET_SYSTEM_PROMPT,
+    TREE,
     UPSERT,
     USAGE,
     StoreTooNew,
@@ -65,6 +79,8 @@ from .postgres_schema import (
 )
 
 __all__ = ["PostgresStore", "StoreTooNew"]
+
+_APPEND_TRIES = 5  # a user's message placed again after its conversation's active branch moved
 
 
 class PostgresStore:
@@ -155,25 +171,36 @@ class PostgresStore:
         return await self._write(INSERT, conversation_id, message)
 
     async def append(
-        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = UNOWNED
-    ) -> list[StoredMessage] | None:
-        """One statement (two for a new conversation): the message added and its history read."""
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = UNOWNED,
+        after: str | None = None,
+    ) -> Branch | None:
+        """One statement (two for a new conversation): the message added and its branch read.
+        Run again, rarely, if the active branch moved between the statement's snapshot and
+        its lock on the conversation (see :data:`APPEND`)."""
         now = time.time()
         params = _params(conversation_id, message, now)
-        params["earlier"] = history - 1 if history > 0 else (0 if history == 0 else None)  # None: all
+        limit = history - 1 if history > 0 else (0 if history == 0 else None)  # None: all
+        params |= {"after": after, "limit": limit, "max_bytes": None}
         try:
             async with self._connection() as conn:
                 if create:
                     await conn.execute(CREATE, {"id": conversation_id, "now": now, "owner": owner})
-                rows = await (await conn.execute(APPEND, params)).fetchall()
+                for _ in range(_APPEND_TRIES):
+                    rows = await (await conn.execute(APPEND, params)).fetchall()
+                    found, known, added, system_prompt = rows[0][:4]
+                    if known or not found or after is not None:
+                        break
+                else:
+                    raise StoreUnavailable("the conversation kept changing while a message was added to it")
         except psycopg.errors.ForeignKeyViolation:  # the conversation was deleted meanwhile
             raise ConversationNotFound(conversation_id) from None
-        found, added = rows[0][:2]
         if not found:
             raise ConversationNotFound(conversation_id)
+        if not known:
+            raise MessageNotFound(after)
         if not added:
             return None
-        return [row_message(row[2:]) for row in reversed(rows)] if history else []
+        return Branch([row_message(row[4:]) for row in reversed(rows)] if history else [], system_prompt)
 
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
         await self._write(UPSERT, conversation_id, message)
@@ -201,15 +228,61 @@ class PostgresStore:
         query, args = history_query(conversation_id, limit, before, max_bytes)
         async with self._connection() as conn:
             rows = await (await conn.execute(query, args)).fetchall()
-        return [row_message(row) for row in reversed(rows)]
+        return [replace(row_message(row), siblings=tuple(row[10])) for row in reversed(rows)]
+
+    async def branch(self, conversation_id: str, message_id: str, limit: int) -> Branch | None:
+        """One statement; with ``limit`` 0, the message alone read (to know that it exists)."""
+        args = {"cid": conversation_id, "start": message_id, "limit": None if limit < 0 else limit or 1}
+        async with self._connection() as conn:
+            rows = await (await conn.execute(BRANCH, args | {"max_bytes": None})).fetchall()
+        if not rows or rows[0][1] is None:
+            return None
+        return Branch([row_message(row[1:]) for row in reversed(rows)] if limit else [], rows[0][0])
+
+    async def messages(self, conversation_id: str) -> list[StoredMessage]:
+        async with self._connection() as conn:
+            rows = await (await conn.execute(MESSAGES, (conversation_id,))).fetchall()
+        return [row_message(row) for row in rows]
+
+    async def select(self, conversation_id: str, message_id: str, *, descend: bool = True) -> str | None:
+        """Without ``descend`` one statement; with it, a transaction that reads the tree
+        with the conversation locked (no message is added under it meanwhile)."""
+        if not descend:
+            async with self._connection() as conn:
+                changed = (await conn.execute(MAKE_ACTIVE, {"cid": conversation_id, "id": message_id})).rowcount
+            return message_id if changed else None
+        async with self._connection() as conn, conn.transaction():
+            _, tree = await _locked_tree(conn, conversation_id)
+            if all(m.id != message_id for m in tree):
+                return None
+            leaf = leaf_under(tree, message_id)
+            await conn.execute(SET_ACTIVE, (leaf, conversation_id))
+        return leaf
+
+    async def delete_branch(self, conversation_id: str, message_id: str) -> bool:
+        async with self._connection() as conn, conn.transaction():
+            active, tree = await _locked_tree(conn, conversation_id)
+            target = next((m for m in tree if m.id == message_id), None)
+            if target is None:
+                return False
+            gone = descendants(tree, message_id)
+            await conn.execute(DELETE_MESSAGES, (conversation_id, sorted(gone)))
+            if active in gone:
+                leaf = leaf_under([m for m in tree if m.id not in gone], target.parent_id)
+                await conn.execute(SET_ACTIVE, (leaf, conversation_id))
+        return True
+
+    async def set_system_prompt(self, conversation_id: str, system_prompt: str, *, owner: str) -> bool:
+        async with self._connection() as conn:
+            return (await conn.execute(SET_SYSTEM_PROMPT, (system_prompt, conversation_id, owner))).rowcount > 0
 
     async def conversations(self, owner: str, *, limit: int, after: str | None = None, query: str = "") -> Page:
         start = parse_cursor(after, int) if after is not None else None
         statement, args = conversations_query(owner, limit + 1, (int(start[0]), start[1]) if start else None, query)
         async with self._connection() as conn:
             rows = await (await conn.execute(statement, args)).fetchall()
-        page = [Conversation(*row[:5]) for row in rows[:limit]]
-        return page, page_cursor(rows[limit - 1][5], rows[limit - 1][0]) if len(rows) > limit and page else None
+        page = [Conversation(*row[:7]) for row in rows[:limit]]
+        return page, page_cursor(rows[limit - 1][7], rows[limit - 1][0]) if len(rows) > limit and page else None
 
     async def rename(self, conversation_id: str, title: str, *, owner: str) -> bool:
         async with self._connection() as conn:
@@ -254,7 +327,8 @@ class PostgresStore:
         conv = conversation
         async with self._connection() as conn, conn.transaction():
             created = await (await conn.execute(
-                RESTORE_CONVERSATION, (conv.id, conv.title, conv.created_at, conv.updated_at, conv.owner)
+                RESTORE_CONVERSATION,
+                (conv.id, conv.title, conv.created_at, conv.updated_at, conv.owner, conv.active, conv.system_prompt),
             )).fetchone()
             if created is None:
                 return False
@@ -266,7 +340,7 @@ class PostgresStore:
         conv = await self.get(conversation_id)
         if conv is None:
             return None
-        return export_document(conv, await self.history(conversation_id, -1))
+        return export_document(conv, await self.messages(conversation_id))
 
 
 async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -292,6 +366,17 @@ async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.execute("UPDATE gateway_schema SET version = %s", (number,))
 
 
+async def _locked_tree(conn: psycopg.AsyncConnection[Any], conversation_id: str) -> tuple[str, list[StoredMessage]]:
+    """In a transaction: the conversation locked as its update would lock it, its active
+    branch's last message and every message's place (ids and parents only), in the order
+    added (no messages if there is no such conversation)."""
+    row = await (await conn.execute(LOCK_CONVERSATION, (conversation_id,))).fetchone()
+    if row is None:
+        return "", []
+    rows = await (await conn.execute(TREE, (conversation_id,))).fetchall()
+    return row[0], [StoredMessage(mid, "user", "", 0.0, parent_id=parent) for mid, parent in rows]
+
+
 def _params(conversation_id: str, message: StoredMessage, now: float) -> dict[str, Any]:
     """The statement parameters of a message write, its usage adapted to JSONB."""
     return message_params(conversation_id, message, now, Jsonb(dict(message.usage)) if message.usage else None)
@@ -300,7 +385,8 @@ def _params(conversation_id: str, message: StoredMessage, now: float) -> dict[st
 def _restored(conv: Conversation, m: StoredMessage) -> tuple[Any, ...]:
     usage = Jsonb(dict(m.usage)) if m.usage else None
     return (
-        conv.id, m.id, m.role, m.content, m.created_at, m.finish_reason, usage, m.model, m.reasoning, conv.updated_at,
+        conv.id, m.id, m.role, m.content, m.created_at, m.finish_reason, usage, m.model, m.reasoning, m.parent_id,
+        conv.updated_at,
     )
 
 

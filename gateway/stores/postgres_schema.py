@@ -15,13 +15,19 @@ from .base import StoredMessage, StoreUnusable, title_of
 from .listing import like_pattern
 
 __all__ = [
+    "APPEND",
+    "BRANCH",
     "CLAIM",
     "CREATE",
     "DELETE",
+    "DELETE_MESSAGES",
     "GET",
     "IDS",
     "INSERT",
     "LOCK",
+    "LOCK_CONVERSATION",
+    "MAKE_ACTIVE",
+    "MESSAGES",
     "MIGRATIONS",
     "PRUNE",
     "END_STALE",
@@ -32,6 +38,9 @@ __all__ = [
     "RESTORE_CONVERSATION",
     "RESTORE_MESSAGE",
     "SCHEMA_VERSION",
+    "SET_ACTIVE",
+    "SET_SYSTEM_PROMPT",
+    "TREE",
     "UPSERT",
     "USAGE",
     "StoreTooNew",
@@ -100,6 +109,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 4: a reply's reasoning (its thinking), kept apart from its text (NULL before this version).
     ("ALTER TABLE messages ADD COLUMN reasoning text",),
+    # 5: messages form a tree (each follows its parent; '' for a first message) and the
+    # conversation remembers its active branch's last message and its own instructions.
+    # What was stored before is one branch, each message following the previous one: one
+    # pass over the table (a window), the index built after it.
+    (
+        "ALTER TABLE messages ADD COLUMN parent_id text NOT NULL DEFAULT ''",
+        """
+        UPDATE messages SET parent_id = previous.id
+        FROM (SELECT pos, lag(id) OVER (PARTITION BY conversation_id ORDER BY pos) AS id FROM messages) previous
+        WHERE messages.pos = previous.pos AND previous.id IS NOT NULL
+        """,
+        "CREATE INDEX messages_by_parent ON messages (conversation_id, parent_id, pos)",
+        "ALTER TABLE conversations ADD COLUMN active text NOT NULL DEFAULT ''",
+        "ALTER TABLE conversations ADD COLUMN system_prompt text NOT NULL DEFAULT ''",
+        """
+        UPDATE conversations c SET active = last.id
+        FROM (SELECT DISTINCT ON (conversation_id) conversation_id, id FROM messages
+              ORDER BY conversation_id DESC, pos DESC) last
+        WHERE c.id = last.conversation_id
+        """,
+    ),
 )
 
 RECORD_USAGE = """
@@ -114,9 +144,29 @@ GROUP BY subject, model ORDER BY subject, model
 """
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_COLUMNS = "id, role, content, extract(epoch FROM created_at)::float8, finish_reason, usage, model, reasoning"
 
-_CONVERSATION = "id, title, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8, owner"
+def _columns(table: str = "") -> str:
+    """The columns :func:`row_message` reads (after ``pos``), of ``table`` if named."""
+    t = f"{table}." if table else ""
+    return (
+        f"{t}id, {t}role, {t}content, extract(epoch FROM {t}created_at)::float8 AS created_at, {t}finish_reason,"
+        f" {t}usage, {t}model, {t}reasoning, {t}parent_id"
+    )
+
+
+def _names(table: str) -> str:
+    """The names :func:`_columns` gives its columns, of ``table`` (a CTE that selected them)."""
+    return ", ".join(f"{table}.{c}" for c in (
+        "id", "role", "content", "created_at", "finish_reason", "usage", "model", "reasoning", "parent_id"
+    ))
+
+
+_COLUMNS = _columns()
+
+_CONVERSATION = (
+    "id, title, extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8, owner, active,"
+    " system_prompt"
+)
 
 # The conversation, created if absent. DO UPDATE (a no-op) rather than DO NOTHING: it waits
 # for a concurrent creator to commit and then returns that row, which a second SELECT in the
@@ -132,77 +182,169 @@ GET = f"SELECT {_CONVERSATION} FROM conversations WHERE id = %s"
 RENAME = "UPDATE conversations SET title = %s WHERE id = %s AND owner = %s"
 REMOVE = "DELETE FROM conversations WHERE id = %(id)s AND (%(owner)s::text IS NULL OR owner = %(owner)s)"
 CLAIM = "UPDATE conversations SET owner = %s WHERE id = %s AND owner = %s"
-
-_NEW_ROW = """
-    SELECT %(cid)s, %(id)s, %(role)s, %(content)s, to_timestamp(%(created_at)s), %(finish_reason)s,
-           %(usage)s, %(model)s, %(reasoning)s, to_timestamp(%(now)s)
-    WHERE EXISTS (SELECT 1 FROM conversations WHERE id = %(cid)s)
+SET_SYSTEM_PROMPT = "UPDATE conversations SET system_prompt = %s WHERE id = %s AND owner = %s"
+# The conversation's row locked (as its update would) for a change that reads its tree first:
+# writes that would move its active branch meanwhile wait. Answers its active branch's last.
+LOCK_CONVERSATION = "SELECT active FROM conversations WHERE id = %s FOR NO KEY UPDATE"
+TREE = "SELECT id, parent_id FROM messages WHERE conversation_id = %s ORDER BY pos"
+SET_ACTIVE = "UPDATE conversations SET active = %s WHERE id = %s"
+# The branch ending with a message made the active one, if the conversation has the message.
+MAKE_ACTIVE = """
+UPDATE conversations SET active = %(id)s
+WHERE id = %(cid)s AND EXISTS (SELECT 1 FROM messages WHERE conversation_id = %(cid)s AND id = %(id)s)
 """
+MESSAGES = f"SELECT pos, {_COLUMNS} FROM messages WHERE conversation_id = %s ORDER BY pos"
+DELETE_MESSAGES = "DELETE FROM messages WHERE conversation_id = %s AND id = ANY(%s)"
+
+
+def _walk(start: str) -> str:
+    """The CTE ``branch`` (of a ``WITH RECURSIVE``): the last %(limit)s messages (NULL: all)
+    of the branch ending with message ``start`` (an SQL expression giving its id), from
+    ``depth`` 1 (that message) up its parents, with ``pos`` and :func:`_columns`. With
+    %(max_bytes)s, only those :func:`~gateway.stores.base.newest_within` would keep: the
+    walk stops there (``newer``: the bytes of text of the messages below each). Each step
+    goes to an older message (a lower ``pos``), so a parent link gone wrong ends a branch
+    rather than loop."""
+    size = "octet_length(m.content) + coalesce(octet_length(m.reasoning), 0)"
+    return f"""
+    branch AS (
+        SELECT 1 AS depth, m.pos, {_columns("m")}, {size} AS size, 0::bigint AS newer
+        FROM messages m
+        WHERE m.conversation_id = %(cid)s AND m.id = {start} AND (%(limit)s::bigint IS NULL OR %(limit)s > 0)
+        UNION ALL
+        SELECT b.depth + 1, m.pos, {_columns("m")}, {size}, b.newer + b.size
+        FROM branch b JOIN messages m ON m.conversation_id = %(cid)s AND m.id = b.parent_id AND m.pos < b.pos
+        WHERE (%(limit)s::bigint IS NULL OR b.depth < %(limit)s)
+          AND (%(max_bytes)s::bigint IS NULL OR b.newer <= %(max_bytes)s OR b.depth = 1)
+    )"""
+
+
+# The last %(limit)s messages (NULL: all) of the branch ending with message %(start)s, newest
+# first, each row the conversation's instructions and the message (NULLs if there is no such
+# message); no row if there is no such conversation.
+BRANCH = f"""
+WITH RECURSIVE {_walk("%(start)s::text")}
+SELECT c.system_prompt, b.pos, {_names("b")}
+FROM conversations c LEFT JOIN branch b ON true
+WHERE c.id = %(cid)s
+ORDER BY b.depth
+"""
+
 _INSERT_INTO = (
     "INSERT INTO messages (conversation_id, id, role, content, created_at, finish_reason, usage, model, reasoning,"
-    " updated_at)"
+    " parent_id, updated_at)"
 )
-_TOUCH = """
+
+
+def _new_row(parent: str, source: str) -> str:
+    """The values of a message written, under ``parent`` (SQL), one row per row of ``source``."""
+    return f"""
+    SELECT %(cid)s, %(id)s, %(role)s, %(content)s, to_timestamp(%(created_at)s), %(finish_reason)s,
+           %(usage)s, %(model)s, %(reasoning)s, {parent}, to_timestamp(%(now)s)
+    FROM {source}
+    """
+
+
+def _touch(active: str) -> str:
+    """The conversation's update of a message written: its time, its title if it had none,
+    and its active branch's last message, ``active`` (SQL)."""
+    return f"""
     UPDATE conversations
-    SET updated_at = to_timestamp(%(now)s), title = CASE WHEN title = '' THEN %(title)s ELSE title END
+    SET updated_at = to_timestamp(%(now)s), title = CASE WHEN title = '' THEN %(title)s ELSE title END,
+        active = {active}
     WHERE id = %(cid)s
-"""
+    """
+
+
+# The conversation's row, locked as its update would lock it but before the message is
+# written: a write that moves its active branch meanwhile is waited for, and read as it
+# committed. No row if there is no such conversation.
+_LOCKED = "conv AS (SELECT active, system_prompt FROM conversations WHERE id = %(cid)s FOR NO KEY UPDATE)"
+# The parent of a new message: its own, or else the active branch's last message.
+_PARENT = "CASE WHEN %(parent_id)s = '' THEN conv.active ELSE %(parent_id)s END"
+# The active branch extended by the message when it ended with the message's parent.
+_EXTENDED = "CASE WHEN active = {} THEN %(id)s ELSE active END"
 
 # A new message; nothing written (not even the conversation touched) if its id is taken.
 # Answers (conversation exists, message added).
 INSERT = f"""
-WITH added AS ({_INSERT_INTO} {_NEW_ROW} ON CONFLICT (conversation_id, id) DO NOTHING RETURNING 1),
-touched AS ({_TOUCH} AND EXISTS (SELECT 1 FROM added) RETURNING 1)
-SELECT EXISTS (SELECT 1 FROM conversations WHERE id = %(cid)s), EXISTS (SELECT 1 FROM added)
+WITH {_LOCKED},
+added AS ({_INSERT_INTO} {_new_row(_PARENT, "conv")} ON CONFLICT (conversation_id, id) DO NOTHING RETURNING parent_id),
+touched AS ({_touch(_EXTENDED.format("(SELECT parent_id FROM added)"))} AND EXISTS (SELECT 1 FROM added) RETURNING 1)
+SELECT EXISTS (SELECT 1 FROM conv), EXISTS (SELECT 1 FROM added)
 """
 
-# A user's message added, and (if it was) the history it ends, in one statement: rows of
-# (conversation exists, message added, then a history_query row or NULLs), newest first.
+# A user's message added under %(after)s (NULL: the active branch's last message) and made
+# the active branch's last, and (if it was added) the branch it ends, in one statement:
+# rows of (conversation exists, its parent known, message added, the conversation's
+# instructions, then the message's pos and :func:`_columns`, or NULLs), newest first.
 # The earlier messages are read in the statement's snapshot, without the new one, which
-# comes from the insert itself. %(earlier)s: how many earlier messages (NULL: all).
+# comes from the insert itself; %(limit)s: how many of them (NULL: all). "Parent known"
+# is false when %(after)s is not a message of the conversation, or when, without it, the
+# active branch changed after the snapshot (its last message may be one the snapshot
+# does not hold): nothing is written, and the statement may be run again.
 APPEND = f"""
-WITH added AS (
-    {_INSERT_INTO} {_NEW_ROW} ON CONFLICT (conversation_id, id) DO NOTHING
+WITH RECURSIVE seen AS (SELECT active FROM conversations WHERE id = %(cid)s),
+{_LOCKED},
+place AS (
+    SELECT coalesce(%(after)s::text, active) AS parent, CASE
+        WHEN %(after)s::text IS NULL THEN active = (SELECT active FROM seen)
+        ELSE %(after)s = '' OR EXISTS (SELECT 1 FROM messages WHERE conversation_id = %(cid)s AND id = %(after)s)
+    END AS known
+    FROM conv
+),
+added AS (
+    {_INSERT_INTO} {_new_row("place.parent", "place WHERE place.known")}
+    ON CONFLICT (conversation_id, id) DO NOTHING
     RETURNING pos, {_COLUMNS}
 ),
-touched AS ({_TOUCH} AND EXISTS (SELECT 1 FROM added) RETURNING 1),
-flags AS (
-    SELECT EXISTS (SELECT 1 FROM conversations WHERE id = %(cid)s) AS found, EXISTS (SELECT 1 FROM added) AS added
-)
-SELECT flags.found, flags.added, m.* FROM flags LEFT JOIN (
-    SELECT * FROM added
+touched AS ({_touch("%(id)s")} AND EXISTS (SELECT 1 FROM added) RETURNING 1),
+{_walk("(SELECT parent FROM place WHERE EXISTS (SELECT 1 FROM added))")}
+SELECT f.found, f.known, f.added, f.system_prompt, m.pos, {_names("m")} FROM (
+    SELECT EXISTS (SELECT 1 FROM conv) AS found, coalesce((SELECT known FROM place), false) AS known,
+           EXISTS (SELECT 1 FROM added) AS added, (SELECT system_prompt FROM conv) AS system_prompt
+) f LEFT JOIN (
+    SELECT 0 AS depth, pos, {_names("added")} FROM added
     UNION ALL
-    (SELECT pos, {_COLUMNS} FROM messages WHERE conversation_id = %(cid)s ORDER BY pos DESC LIMIT %(earlier)s)
-) m ON flags.added
-ORDER BY m.pos DESC NULLS LAST
+    SELECT depth, pos, {_names("branch")} FROM branch
+) m ON f.added
+ORDER BY m.depth NULLS LAST
 """
 
 # A message inserted or replaced. A reply's writes are ordered: a final text (one with a
-# finish_reason) is never replaced, and a checkpoint never replaces a longer text.
-# Answers (conversation exists, message written).
+# finish_reason) is never replaced but by a longer one that starts with it (a
+# continuation's), and a checkpoint never replaces a longer text. A replaced message
+# keeps its parent. Answers (conversation exists, message written).
 UPSERT = f"""
-WITH written AS (
-    {_INSERT_INTO} {_NEW_ROW}
+WITH {_LOCKED},
+stored AS (SELECT parent_id FROM messages WHERE conversation_id = %(cid)s AND id = %(id)s),
+written AS (
+    {_INSERT_INTO} {_new_row(_PARENT, "conv")}
     ON CONFLICT (conversation_id, id) DO UPDATE SET
         content = excluded.content, finish_reason = excluded.finish_reason, usage = excluded.usage,
         model = excluded.model, reasoning = excluded.reasoning, updated_at = excluded.updated_at
     WHERE messages.role = 'user' OR (
         messages.finish_reason IS NULL AND (
             excluded.finish_reason IS NOT NULL OR char_length(excluded.content) >= char_length(messages.content)))
-    RETURNING 1
+        OR (char_length(excluded.content) > char_length(messages.content)
+            AND starts_with(excluded.content, messages.content))
+    RETURNING parent_id
 ),
-touched AS ({_TOUCH} RETURNING 1)
+touched AS (
+    {_touch(_EXTENDED.format("coalesce((SELECT parent_id FROM written), (SELECT parent_id FROM stored))"))}
+    RETURNING 1
+)
 SELECT EXISTS (SELECT 1 FROM touched), EXISTS (SELECT 1 FROM written)
 """
 
 DELETE = "DELETE FROM messages WHERE conversation_id = %s AND id = %s"
 IDS = "SELECT id FROM conversations WHERE id > %s ORDER BY id LIMIT %s"
 RESTORE_CONVERSATION = """
-INSERT INTO conversations (id, title, created_at, updated_at, owner)
-VALUES (%s, %s, to_timestamp(%s), to_timestamp(%s), %s)
+INSERT INTO conversations (id, title, created_at, updated_at, owner, active, system_prompt)
+VALUES (%s, %s, to_timestamp(%s), to_timestamp(%s), %s, %s, %s)
 ON CONFLICT (id) DO NOTHING RETURNING 1
 """
-RESTORE_MESSAGE = f"{_INSERT_INTO} VALUES (%s, %s, %s, %s, to_timestamp(%s), %s, %s, %s, %s, to_timestamp(%s))"
+RESTORE_MESSAGE = f"{_INSERT_INTO} VALUES (%s, %s, %s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, to_timestamp(%s))"
 PRUNE = "DELETE FROM conversations WHERE updated_at < to_timestamp(%s)"
 RECOVER = "UPDATE messages SET finish_reason = 'error' WHERE role = 'assistant' AND finish_reason IS NULL"
 END_STALE = RECOVER + " AND created_at < to_timestamp(%s)"
@@ -238,30 +380,22 @@ def conversations_query(owner: str, limit: int, after: tuple[int, str] | None, q
 def history_query(
     conversation_id: str, limit: int, before: str | None, max_bytes: int | None
 ) -> tuple[str, dict[str, Any]]:
-    """The newest ``limit`` messages (all if negative) before message ``before``, newest
-    first; with ``max_bytes``, only those :func:`~gateway.stores.base.newest_within` would
-    keep (counted in the database: the rest never leaves it)."""
-    args: dict[str, Any] = {"cid": conversation_id, "limit": limit if limit >= 0 else None}
-    where = "conversation_id = %(cid)s"
-    if before is not None:
-        where += " AND pos < (SELECT pos FROM messages WHERE conversation_id = %(cid)s AND id = %(before)s)"
+    """The newest ``limit`` messages (all if negative) of the active branch, or of the
+    branch ending just before message ``before``, newest first; with ``max_bytes``, only
+    those :func:`~gateway.stores.base.newest_within` would keep (counted in the database:
+    the rest is never read). Each row: pos, :func:`_columns`, then the ids of the
+    message's siblings (itself among them), oldest first."""
+    args: dict[str, Any] = {"cid": conversation_id, "limit": limit if limit >= 0 else None, "max_bytes": max_bytes}
+    if before is None:
+        start = "(SELECT active FROM conversations WHERE id = %(cid)s)"
+    else:
+        start = "(SELECT parent_id FROM messages WHERE conversation_id = %(cid)s AND id = %(before)s)"
         args["before"] = before
-    page = f"SELECT pos, {_COLUMNS}, octet_length(content) + coalesce(octet_length(reasoning), 0) AS size" \
-        f" FROM messages WHERE {where}" \
-        " ORDER BY pos DESC LIMIT %(limit)s"
-    if max_bytes is None:
-        return f"SELECT * FROM ({page}) page ORDER BY pos DESC", args
-    # A message is kept while the text of those before it, but the one just before, fits.
-    args["max_bytes"] = max_bytes
-    return f"""
-        SELECT * FROM (
-            SELECT *, coalesce(sum(size) OVER (ORDER BY pos DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 2 PRECEDING), 0)
-                AS before_last
-            FROM ({page}) page
-        ) counted
-        WHERE before_last <= %(max_bytes)s
-        ORDER BY pos DESC
-    """, args
+    siblings = (
+        "array(SELECT s.id FROM messages s WHERE s.conversation_id = %(cid)s AND s.parent_id = b.parent_id"
+        " ORDER BY s.pos)"
+    )
+    return f"WITH RECURSIVE {_walk(start)} SELECT b.pos, {_names('b')}, {siblings} FROM branch b ORDER BY b.depth", args
 
 
 def message_params(conversation_id: str, m: StoredMessage, now: float, usage: Any) -> dict[str, Any]:
@@ -269,13 +403,13 @@ def message_params(conversation_id: str, m: StoredMessage, now: float, usage: An
     return {
         "cid": conversation_id, "id": m.id, "role": m.role, "content": m.content, "created_at": m.created_at,
         "finish_reason": m.finish_reason, "usage": usage, "model": m.model, "reasoning": m.reasoning,
-        "now": now, "title": title_of(m.content) if m.role == "user" else "",
+        "parent_id": m.parent_id, "now": now, "title": title_of(m.content) if m.role == "user" else "",
     }
 
 
 def row_message(row: Any) -> StoredMessage:
-    """The message of a :func:`history_query` row."""
-    _pos, msg_id, role, content, created_at, finish_reason, usage, model, reasoning = row[:9]
+    """The message of a row of pos and :func:`_columns` (the first ten of ``row``)."""
+    _pos, msg_id, role, content, created_at, finish_reason, usage, model, reasoning, parent_id = row[:10]
     parsed: Mapping[str, int] | None = dict(usage) if usage else None
-    return StoredMessage(msg_id, role, content, created_at, finish_reason, parsed, model, reasoning)
+    return StoredMessage(msg_id, role, content, created_at, finish_reason, parsed, model, reasoning, parent_id)
 

@@ -18,33 +18,42 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from .base import (
     UNOWNED,
+    Branch,
     Conversation,
     ConversationNotFound,
+    MessageNotFound,
     OpenReport,
     Page,
     StoredMessage,
     UsageEntry,
     UsageTotal,
+    descendants,
     export_document,
+    leaf_under,
     new_id,
     newest_within,
     title_of,
+    with_siblings,
 )
 from .listing import page_cursor, parse_cursor
 from .sqlite_batch import Batcher, Undo
 from .sqlite_schema import (
+    COLUMNS,
     CONVERSATION_COLUMNS,
     INSERT_MESSAGE,
     MIGRATIONS,
     RECORD_USAGE,
     SCHEMA_VERSION,
+    SIBLINGS,
     UPSERT_MESSAGE,
     USAGE,
     StoreCorrupt,
+    branch_query,
     conversations_query,
     end_interrupted,
     history_query,
@@ -137,42 +146,68 @@ class SQLiteStore:
         return await self._run(self._write, conversation_id, message, False, grouped=True)
 
     async def append(
-        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = UNOWNED
-    ) -> list[StoredMessage] | None:
+        self, conversation_id: str, message: StoredMessage, *, create: bool, history: int, owner: str = UNOWNED,
+        after: str | None = None,
+    ) -> Branch | None:
         return await self._run(
-            self._append, conversation_id, message, owner if create else None, history, grouped=True
+            self._append, conversation_id, message, owner if create else None, history, after, grouped=True
         )
 
     def _append(
-        self, conversation_id: str, message: StoredMessage, create_for: str | None, limit: int
-    ) -> list[StoredMessage]:
+        self, conversation_id: str, message: StoredMessage, create_for: str | None, limit: int, after: str | None
+    ) -> Branch:
         if create_for is not None:
             self._create(conversation_id, create_for)
+        conv = self._get(conversation_id)
+        if conv is None:
+            raise ConversationNotFound(conversation_id)
+        if after is None:
+            after = conv.active
+        elif after and not self._has(conversation_id, after):
+            raise MessageNotFound(after)
+        message = replace(message, parent_id=after)
         try:
-            self._write(conversation_id, message, False)
+            self._write(conversation_id, message, False, active=message.id)
         except Undo:
             raise Undo(None) from None
-        return self._history(conversation_id, limit, None, None)
+        return Branch(self._branch(conversation_id, message.id, limit), conv.system_prompt)
+
+    def _has(self, conversation_id: str, message_id: str) -> bool:
+        return self.conn.execute(
+            "SELECT 1 FROM messages WHERE conversation_id = ? AND id = ?", (conversation_id, message_id)
+        ).fetchone() is not None
+
+    def _branch(self, conversation_id: str, last: str, limit: int) -> list[StoredMessage]:
+        return [row_message(row) for row in reversed(self.conn.execute(*branch_query(conversation_id, last, limit)).fetchall())]
 
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
         await self._run(self._write, conversation_id, message, True, grouped=True)
 
-    def _write(self, conversation_id: str, message: StoredMessage, upsert: bool) -> bool:
+    def _write(self, conversation_id: str, message: StoredMessage, upsert: bool, active: str | None = None) -> bool:
         """Insert (or with ``upsert`` replace) a message and touch its conversation, in the
-        batch's transaction; a message not added (its id taken) leaves nothing changed."""
+        batch's transaction; a message not added (its id taken) leaves nothing changed.
+        The active branch ends with it if ``active`` is its id, or if it ended with its
+        parent (a new message without one goes under the active branch's last)."""
         conn = self.conn
-        now = time.time()
-        title = title_of(message.content) if message.role == "user" else ""
-        touched = conn.execute(
-            "UPDATE conversations SET updated_at = ?, title = CASE WHEN title = '' THEN ? ELSE title END WHERE id = ?",
-            (now, title, conversation_id),
-        ).rowcount
-        if touched != 1:
+        row = conn.execute("SELECT active FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        if row is None:
             raise ConversationNotFound(conversation_id)
+        if active is None and not message.parent_id:
+            stored = conn.execute(
+                "SELECT parent_id FROM messages WHERE conversation_id = ? AND id = ?", (conversation_id, message.id)
+            ).fetchone()
+            message = replace(message, parent_id=stored[0] if stored else row[0])
         insert = UPSERT_MESSAGE if upsert else INSERT_MESSAGE
+        now = time.time()
         added = conn.execute(insert, (conversation_id, *message_row(message), now)).rowcount == 1
         if not (added or upsert):
             raise Undo(False)
+        title = title_of(message.content) if message.role == "user" else ""
+        conn.execute(
+            "UPDATE conversations SET updated_at = ?, title = CASE WHEN title = '' THEN ? ELSE title END,"
+            " active = CASE WHEN ? IS NOT NULL OR active = ? THEN ? ELSE active END WHERE id = ?",
+            (now, title, active, message.parent_id, message.id, conversation_id),
+        )
         return added
 
     async def delete(self, conversation_id: str, message_id: str) -> bool:
@@ -191,9 +226,78 @@ class SQLiteStore:
     ) -> list[StoredMessage]:
         cursor = self.conn.execute(*history_query(conversation_id, limit, before))
         try:  # rows are read one at a time: a byte-bounded page does not load the rest
-            return list(reversed(newest_within(map(row_message, cursor), max_bytes)))
+            branch = list(reversed(newest_within(map(row_message, cursor), max_bytes)))
         finally:
             cursor.close()
+        parents = sorted({m.parent_id for m in branch})
+        children: list[tuple[str, str]] = []
+        for i in range(0, len(parents), 500):
+            chunk = parents[i : i + 500]
+            query = SIBLINGS.format(", ".join("?" * len(chunk)))
+            children += self.conn.execute(query, (conversation_id, *chunk)).fetchall()
+        return with_siblings(branch, children)
+
+    async def branch(self, conversation_id: str, message_id: str, limit: int) -> Branch | None:
+        return await self._run(self._branch_to, conversation_id, message_id, limit)
+
+    def _branch_to(self, conversation_id: str, message_id: str, limit: int) -> Branch | None:
+        conv = self._get(conversation_id)
+        messages = self._branch(conversation_id, message_id, limit) if conv is not None and limit else []
+        if conv is None or (limit and not messages) or (not limit and not self._has(conversation_id, message_id)):
+            return None
+        return Branch(messages, conv.system_prompt)
+
+    async def messages(self, conversation_id: str) -> list[StoredMessage]:
+        return await self._run(self._messages, conversation_id)
+
+    def _messages(self, conversation_id: str) -> list[StoredMessage]:
+        rows = self.conn.execute(
+            f"SELECT {COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY pos", (conversation_id,)
+        ).fetchall()
+        return [row_message(row) for row in rows]
+
+    async def select(self, conversation_id: str, message_id: str, *, descend: bool = True) -> str | None:
+        return await self._run(self._select, conversation_id, message_id, descend, grouped=True)
+
+    def _select(self, conversation_id: str, message_id: str, descend: bool) -> str | None:
+        if not self._has(conversation_id, message_id):
+            return None
+        leaf = leaf_under(self._tree(conversation_id), message_id) if descend else message_id
+        self.conn.execute("UPDATE conversations SET active = ? WHERE id = ?", (leaf, conversation_id))
+        return leaf
+
+    def _tree(self, conversation_id: str) -> list[StoredMessage]:
+        """Every message's place in the tree (ids and parents only), in the order added."""
+        rows = self.conn.execute(
+            "SELECT id, parent_id FROM messages WHERE conversation_id = ? ORDER BY pos", (conversation_id,)
+        ).fetchall()
+        return [StoredMessage(mid, "user", "", 0.0, parent_id=parent) for mid, parent in rows]
+
+    async def delete_branch(self, conversation_id: str, message_id: str) -> bool:
+        return await self._run(self._delete_branch, conversation_id, message_id, grouped=True)
+
+    def _delete_branch(self, conversation_id: str, message_id: str) -> bool:
+        conv = self._get(conversation_id)
+        tree = self._tree(conversation_id) if conv is not None else []
+        target = next((m for m in tree if m.id == message_id), None)
+        if conv is None or target is None:
+            return False
+        gone = descendants(tree, message_id)
+        self.conn.executemany(
+            "DELETE FROM messages WHERE conversation_id = ? AND id = ?", [(conversation_id, mid) for mid in gone]
+        )
+        if conv.active in gone:
+            remaining = [m for m in tree if m.id not in gone]
+            leaf = leaf_under(remaining, target.parent_id)
+            self.conn.execute("UPDATE conversations SET active = ? WHERE id = ?", (leaf, conversation_id))
+        return True
+
+    async def set_system_prompt(self, conversation_id: str, system_prompt: str, *, owner: str) -> bool:
+        cursor = await self._run(
+            self.conn.execute, "UPDATE conversations SET system_prompt = ? WHERE id = ? AND owner = ?",
+            (system_prompt, conversation_id, owner), grouped=True,
+        )
+        return bool(cursor.rowcount)
 
     async def conversations(self, owner: str, *, limit: int, after: str | None = None, query: str = "") -> Page:
         start = parse_cursor(after, float) if after is not None else None
@@ -256,7 +360,7 @@ class SQLiteStore:
         conv = await self.get(conversation_id)
         if conv is None:
             return None
-        return export_document(conv, await self.history(conversation_id, -1))
+        return export_document(conv, await self.messages(conversation_id))
 
     async def ids(self, after: str | None, limit: int) -> list[str]:
         rows = await self._run(
@@ -272,4 +376,5 @@ class SQLiteStore:
     async def integrity_check(self) -> str:
         row = await self._run(lambda: self.conn.execute("PRAGMA integrity_check").fetchone())
         return str(row[0]) if row else "no answer"
+
 

@@ -28,8 +28,10 @@ __all__ = [
     "RECORD_USAGE",
     "SCHEMA_VERSION",
     "UPSERT_MESSAGE",
+    "SIBLINGS",
     "USAGE",
     "StoreCorrupt",
+    "branch_query",
     "conversations_query",
     "end_interrupted",
     "history_query",
@@ -97,6 +99,19 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE messages ADD COLUMN reasoning TEXT;
     """,
+    # 7: messages form a tree (each follows its parent; '' for a first message) and the
+    # conversation remembers its active branch's last message and its own instructions.
+    # What was stored before is one branch, each message following the previous one.
+    """
+    ALTER TABLE messages ADD COLUMN parent_id TEXT NOT NULL DEFAULT '';
+    UPDATE messages SET parent_id = coalesce((SELECT p.id FROM messages p
+        WHERE p.conversation_id = messages.conversation_id AND p.pos < messages.pos ORDER BY p.pos DESC LIMIT 1), '');
+    CREATE INDEX messages_by_parent ON messages(conversation_id, parent_id, pos);
+    ALTER TABLE conversations ADD COLUMN active TEXT NOT NULL DEFAULT '';
+    ALTER TABLE conversations ADD COLUMN system_prompt TEXT NOT NULL DEFAULT '';
+    UPDATE conversations SET active = coalesce((SELECT m.id FROM messages m
+        WHERE m.conversation_id = conversations.id ORDER BY m.pos DESC LIMIT 1), '');
+    """,
 )
 
 RECORD_USAGE = (
@@ -109,19 +124,22 @@ USAGE = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-COLUMNS = "id, role, content, created_at, finish_reason, usage, model, reasoning"
+COLUMNS = "id, role, content, created_at, finish_reason, usage, model, reasoning, parent_id"
 
 INSERT_MESSAGE = (
-    f"INSERT OR IGNORE INTO messages (conversation_id, {COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT OR IGNORE INTO messages (conversation_id, {COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 UPSERT_MESSAGE = (
-    f"INSERT INTO messages (conversation_id, {COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO messages (conversation_id, {COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (conversation_id, id) DO UPDATE SET content = excluded.content,"
     " finish_reason = excluded.finish_reason, usage = excluded.usage, model = excluded.model,"
     " reasoning = excluded.reasoning, updated_at = excluded.updated_at"
-    # A reply's writes are ordered: never over a final text, never a shorter checkpoint.
+    # A reply's writes are ordered: never a shorter checkpoint, never over a final text
+    # but by a longer one that starts with it (a continuation's).
     " WHERE messages.role = 'user' OR (messages.finish_reason IS NULL AND"
     " (excluded.finish_reason IS NOT NULL OR length(excluded.content) >= length(messages.content)))"
+    " OR (length(excluded.content) > length(messages.content)"
+    " AND substr(excluded.content, 1, length(messages.content)) = messages.content)"
 )
 
 
@@ -160,8 +178,9 @@ def restore(conn: sqlite3.Connection, conv: Conversation, messages: list[StoredM
     conn.execute("BEGIN IMMEDIATE")
     try:
         created = conn.execute(
-            "INSERT OR IGNORE INTO conversations (id, title, created_at, updated_at, owner) VALUES (?, ?, ?, ?, ?)",
-            (conv.id, conv.title, conv.created_at, conv.updated_at, conv.owner),
+            "INSERT OR IGNORE INTO conversations (id, title, created_at, updated_at, owner, active, system_prompt)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (conv.id, conv.title, conv.created_at, conv.updated_at, conv.owner, conv.active, conv.system_prompt),
         ).rowcount == 1
         if created:
             conn.executemany(INSERT_MESSAGE, [(conv.id, *message_row(m), conv.updated_at) for m in messages])
@@ -172,7 +191,7 @@ def restore(conn: sqlite3.Connection, conv: Conversation, messages: list[StoredM
     return created
 
 
-CONVERSATION_COLUMNS = "id, title, created_at, updated_at, owner"
+CONVERSATION_COLUMNS = "id, title, created_at, updated_at, owner, active, system_prompt"
 
 
 def conversations_query(owner: str, limit: int, after: tuple[float, str] | None, query: str) -> tuple[str, tuple[Any, ...]]:
@@ -192,28 +211,51 @@ def conversations_query(owner: str, limit: int, after: tuple[float, str] | None,
     return sql + " ORDER BY updated_at DESC, id DESC LIMIT ?", (*args, limit)
 
 
+_BRANCH = f"""
+WITH RECURSIVE branch(id, depth) AS (
+    SELECT ?, 0
+    UNION ALL
+    SELECT m.parent_id, b.depth + 1 FROM branch b JOIN messages m ON m.conversation_id = ? AND m.id = b.id
+    WHERE m.parent_id != '' AND b.depth < 1000000 LIMIT ?
+)
+SELECT {", ".join("m." + c for c in COLUMNS.split(", "))} FROM branch b
+JOIN messages m ON m.conversation_id = ? AND m.id = b.id ORDER BY b.depth
+"""
+
+
+def branch_query(conversation_id: str, last: str, limit: int) -> tuple[str, tuple[Any, ...]]:
+    """The query, and its arguments, for the ``limit`` newest messages (all if negative)
+    of the branch ending with message ``last``, newest first, as :data:`COLUMNS`."""
+    return _BRANCH, (last, conversation_id, limit, conversation_id)
+
+
 def history_query(conversation_id: str, limit: int, before: str | None) -> tuple[str, tuple[Any, ...]]:
-    """The query, and its arguments, for the newest ``limit`` messages of a conversation
-    (of those before the message ``before`` if given), newest first, as :data:`COLUMNS`."""
-    query = f"SELECT {COLUMNS} FROM messages WHERE conversation_id = ?"
-    args: tuple[Any, ...] = (conversation_id,)
-    if before is not None:
-        query += " AND pos < (SELECT pos FROM messages WHERE conversation_id = ? AND id = ?)"
-        args += (conversation_id, before)
-    return query + " ORDER BY pos DESC LIMIT ?", (*args, limit)
+    """The query, and its arguments, for the newest ``limit`` messages of the active branch
+    (of the branch ending just before the message ``before`` if given), newest first, as
+    :data:`COLUMNS`."""
+    if before is None:
+        start = "(SELECT active FROM conversations WHERE id = ?)"
+        args: tuple[Any, ...] = (conversation_id,)
+    else:
+        start = "(SELECT parent_id FROM messages WHERE conversation_id = ? AND id = ?)"
+        args = (conversation_id, before)
+    return _BRANCH.replace("SELECT ?, 0", f"SELECT {start}, 0", 1), (*args, conversation_id, limit, conversation_id)
+
+
+SIBLINGS = "SELECT parent_id, id FROM messages WHERE conversation_id = ? AND parent_id IN ({}) ORDER BY pos"
 
 
 def message_row(m: StoredMessage) -> tuple[Any, ...]:
     """The values of :data:`COLUMNS` for ``m``."""
     usage = orjson.dumps(dict(m.usage)).decode() if m.usage else None
-    return (m.id, m.role, m.content, m.created_at, m.finish_reason, usage, m.model, m.reasoning)
+    return (m.id, m.role, m.content, m.created_at, m.finish_reason, usage, m.model, m.reasoning, m.parent_id)
 
 
 def row_message(row: Any) -> StoredMessage:
     """The message a row selected with :data:`COLUMNS` holds."""
-    msg_id, role, content, created_at, finish_reason, usage, model, reasoning = row
+    msg_id, role, content, created_at, finish_reason, usage, model, reasoning, parent_id = row
     parsed: Mapping[str, int] | None = orjson.loads(usage) if usage else None
-    return StoredMessage(msg_id, role, content, created_at, finish_reason, parsed, model, reasoning)
+    return StoredMessage(msg_id, role, content, created_at, finish_reason, parsed, model, reasoning, parent_id)
 
 
 def _version(conn: sqlite3.Connection) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from . import wire
 from .connection import Hub
 from .errors import ErrorCode, ProtocolError
-from .exports import EXPORT_MAX_BYTES, export_file
+from .exports import EXPORT_MAX_BYTES, EXPORT_MAX_FRAME, export_file
 from .intake import store_errors
 from .ready import read_page
 from .stores import Conversation, ConversationStore
@@ -60,12 +60,15 @@ async def export(store: ConversationStore, subject: str, conversation_id: str, m
         else:
             messages = await store.history(conversation_id, -1, max_bytes=EXPORT_MAX_BYTES)
     if sum(len(m.content.encode()) + len((m.reasoning or "").encode()) for m in messages) > EXPORT_MAX_BYTES:
-        raise ProtocolError(ErrorCode.TOO_LARGE, "this conversation is too large to export here; ask the operator")
+        raise _too_large()
     file = export_file(conv, messages, fmt=msg.format, scope=msg.scope)
-    return wire.encode(
+    frame = wire.encode(
         "export", id=msg.id, conversation_id=conversation_id, format=msg.format, scope=msg.scope,
         filename=file.filename, media_type=file.media_type, content=file.content,
     )
+    if len(frame) > EXPORT_MAX_FRAME:
+        raise _too_large()
+    return frame
 
 
 async def _branch(hub: Hub, conversation_id: str, ref: str | None) -> bytes:
@@ -82,6 +85,10 @@ async def _own(store: ConversationStore, subject: str, conversation_id: str) -> 
     if conv is None or conv.owner != subject:
         raise ProtocolError(ErrorCode.NOT_FOUND, "no such conversation")
     return conv
+
+
+def _too_large() -> ProtocolError:
+    return ProtocolError(ErrorCode.TOO_LARGE, "this conversation is too large to export here; ask the operator")
 
 
 def _no_message() -> ProtocolError:

@@ -18,7 +18,8 @@ class ReplyStarted(NamedTuple):
     """A reply began. ``content`` is the user's message, for connections that did not send it;
     ``model`` the model asked to answer (``fallback_from``: the one picked, if it is another);
     ``parent_id`` the message it answers; ``continues`` the reply it extends, if it is a
-    continuation (its text then starts with that reply's)."""
+    continuation (its text then starts with that reply's); ``message_parent_id`` the
+    message that a new user's message (``message``, ``edit``) follows."""
 
     reply_id: str
     conversation_id: str
@@ -29,6 +30,7 @@ class ReplyStarted(NamedTuple):
     fallback_from: str | None = None
     parent_id: str | None = None
     continues: str | None = None
+    message_parent_id: str | None = None
 
 
 class ReplyDelta(NamedTuple):

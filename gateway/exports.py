@@ -13,9 +13,12 @@ import orjson
 
 from .stores import Conversation, StoredMessage, export_document
 
-__all__ = ["EXPORT_MAX_BYTES", "Exported", "export_file"]
+__all__ = ["EXPORT_MAX_BYTES", "EXPORT_MAX_FRAME", "Exported", "export_file"]
 
-EXPORT_MAX_BYTES = 32 << 20  # a conversation larger than this is exported by the operator's CLI
+# A conversation larger than this (its text, or its file as sent) is exported by the
+# operator's CLI: one frame of it must stay well within the output budget of all clients.
+EXPORT_MAX_BYTES = 8 << 20
+EXPORT_MAX_FRAME = 16 << 20
 _UNSAFE = re.compile(r"[^\w\- ]+")
 
 

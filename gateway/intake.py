@@ -30,7 +30,7 @@ from .stores import (
 
 __all__ = [
     "CONTINUABLE", "add_message", "answer_again", "answered_again", "context_of", "continued", "edited_parent",
-    "store_errors",
+    "reopened", "store_errors",
 ]
 
 _log: Any = structlog.get_logger("gateway.replies")
@@ -116,11 +116,11 @@ async def answer_again(
     the old one); with ``model``, that message asks for it from now on (stored: the
     conversation's model is its latest message's)."""
     question = branch.messages[-1]
+    if await store.select(conversation_id, question.id, descend=False) is None:
+        raise ProtocolError(ErrorCode.NOT_FOUND, "no such message in this conversation")
     if model is not None and question.model != model:
         branch.messages[-1] = dataclasses.replace(question, model=model)
         await store.save(conversation_id, branch.messages[-1])
-    if await store.select(conversation_id, question.id, descend=False) is None:
-        raise ProtocolError(ErrorCode.NOT_FOUND, "no such message in this conversation")
 
 
 CONTINUABLE = ("length", "error", "cancelled")
@@ -142,6 +142,16 @@ async def continued(
     if len(partial.content) + len(partial.reasoning or "") >= max_chars:
         raise ProtocolError(ErrorCode.TOO_LARGE, "this reply is as long as a reply may be")
     return found
+
+
+async def reopened(store: ConversationStore, conversation_id: str, partial: StoredMessage) -> None:
+    """Make the reply ``partial`` unfinished again for its continuation, unless a message
+    follows it or it changed since it was read (another continuation won)."""
+    if not await store.reopen(conversation_id, partial.id, partial.content):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            "only the last reply of a branch can be continued, as it is stored: reload the conversation",
+        )
 
 
 def context_of(branch: Branch, limits: RegistryLimits, model: Model) -> Sequence[ChatMessage]:

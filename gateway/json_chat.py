@@ -169,7 +169,7 @@ class JsonConnection(SigningConnection):
             if self.conversation_id is None or (msg.conversation_id and msg.conversation_id != self.conversation_id):
                 await self._hello(msg.conversation_id)
             model = msg.model or self._sticky_model().id
-            await self._start(StoredMessage(msg.id, "user", msg.content, model=model))
+            await self._start(StoredMessage(msg.id, "user", msg.content, model=model), after=msg.parent_id)
             self.model = model
 
     async def _edit(self, msg: wire.Edit) -> None:
@@ -265,7 +265,7 @@ class JsonConnection(SigningConnection):
                 "reply.start", id=event.message_id, reply_id=event.reply_id,
                 conversation_id=event.conversation_id, content=event.content, replaces=event.replaces,
                 model=event.model, fallback_from=event.fallback_from, parent_id=event.parent_id,
-                continues=event.continues,
+                continues=event.continues, message_parent_id=event.message_parent_id,
             )
         )
 

@@ -21,7 +21,7 @@ import structlog
 from .errors import ErrorCode, GatewayError, ProtocolError
 from .events import Streaming, Subscriber
 from .accounting import Accounting
-from .intake import add_message, answer_again, answered_again, context_of, continued, store_errors
+from .intake import add_message, answer_again, answered_again, context_of, continued, reopened, store_errors
 from .metrics import Metrics
 from .producer import Producer
 from .catalog import Catalog, Model
@@ -170,6 +170,7 @@ class ReplyRegistry:
                 self.store, conversation_id, message, new=new, owner=owner,
                 context_messages=terms.limits.context_max_messages, after=after,
             )
+        reply.message_parent_id = branch.messages[-1].parent_id or None
         self._launch(reply, branch, subscriber, message.content, terms)
         return reply.id
 
@@ -217,6 +218,7 @@ class ReplyRegistry:
             await self.accounting.hold_reply(reply, terms.limits)
             await self.sharing.claim(reply)
             reply.charge = await self.accounting.admit(owner, "", terms.limits.quota, terms.limits.reply_reserve)
+            await reopened(self.store, conversation_id, partial)  # as read: no other continuation won
         self._launch(reply, branch, subscriber, None, terms)
         return reply.id
 

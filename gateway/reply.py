@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from .errors import GatewayError
 from .events import ReplyDelta, ReplyEnded, ReplyReasoning, ReplyStarted, Subscriber
@@ -63,6 +63,8 @@ class Reply:
         self.parent_id = ""  # the message it answers
         self.stored_id = self.id  # the message it writes: its own, or the one it continues
         self.seeded_seq = self.seeded_chars = 0  # what its log held before the provider's first delta
+        self.prior_usage: Mapping[str, int] | None = None  # a continued reply's usage before
+        self.message_parent_id: str | None = None  # the parent of the user's message it answers, when new
         self.task: asyncio.Task[None] | None = None
         self.producing = False  # set by its producer's first step
         self.shared: Callable[[Reply], None] | None = None  # told of each new delta (cluster mode)
@@ -103,7 +105,7 @@ class Reply:
     def continuing(self, partial: StoredMessage) -> None:
         """Before it starts: extend the stored reply ``partial``, whose thinking and text
         come first in its log."""
-        self.stored_id, self.parent_id = partial.id, partial.parent_id
+        self.stored_id, self.parent_id, self.prior_usage = partial.id, partial.parent_id, partial.usage
         if partial.reasoning:
             self.log.append(partial.reasoning, reasoning=True)
         if partial.content:
@@ -118,7 +120,7 @@ class Reply:
     def started(self, content: str | None) -> ReplyStarted:
         return ReplyStarted(
             self.id, self.conversation_id, self.message_id, self.replaces, content, self.model, self.fallback_from,
-            self.parent_id or None, self.continues,
+            self.parent_id or None, self.continues, self.message_parent_id,
         )
 
     def ended_event(self) -> ReplyEnded:
@@ -203,8 +205,15 @@ class Reply:
             self.stored_id, "assistant", self.log.text,
             created_at=self.created_at,
             finish_reason=self.finish_reason,
-            usage=self.usage.as_dict() if self.usage else None,
+            usage=_added(self.prior_usage, self.usage.as_dict() if self.usage else None),
             model=self.model,
             reasoning=self.log.reasoning or None,
             parent_id=self.parent_id,
         )
+
+
+def _added(before: Mapping[str, int] | None, now: Mapping[str, int] | None) -> Mapping[str, int] | None:
+    """A continued reply's usage: its earlier parts' and this one's, summed."""
+    if before is None or now is None:
+        return now or before
+    return {k: before.get(k, 0) + now.get(k, 0) for k in {*before, *now}}

@@ -53,7 +53,7 @@ class ReplyStats:
         usage = reply.usage.as_dict() if reply.usage and not reply.usage.estimated else {}
         m = self.metrics
         m.replies.labels(reply.finish_reason).inc()
-        m.deltas.inc(reply.log.seq)
+        m.deltas.inc(reply.log.seq - reply.seeded_seq)
         m.duration.observe(now - reply.started_at)
         if reply.first_delta_at is not None:
             m.ttft.observe(reply.first_delta_at - reply.started_at)
@@ -76,8 +76,9 @@ class ReplyStats:
             attempts=reply.route.attempts,
             finish_reason=reply.finish_reason,
             error_code=str(reply.error.code) if reply.error else None,
-            deltas=reply.log.seq,
-            chars=reply.log.chars,
+            deltas=reply.log.seq - reply.seeded_seq,
+            chars=reply.log.chars - reply.seeded_chars,
+            continues=reply.continues,
             reasoning_chars=reply.reasoning_chars,
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),

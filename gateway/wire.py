@@ -64,6 +64,7 @@ class Message:
     content: str
     conversation_id: str | None = None
     model: str | None = None  # a ready.models id; None: the conversation's model
+    parent_id: str | None = None  # the message it follows ("": a first one); None: the branch shown's last
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +243,8 @@ def _message(obj: Mapping[str, Any]) -> Message:
     if not content.strip():
         raise _bad("field 'content' is empty", msg_id)
     return Message(
-        msg_id, content, _field(obj, "conversation_id", str, required=False), _field(obj, "model", str, required=False)
+        msg_id, content, _field(obj, "conversation_id", str, required=False), _field(obj, "model", str, required=False),
+        _field(obj, "parent_id", str, required=False),
     )
 
 

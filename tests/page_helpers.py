@@ -109,6 +109,28 @@ async def shot(page: Page, name: str) -> None:
     await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), animations="disabled", caret="hide")
 
 
+async def open_page(browser: Browser, url: str, **options: Any) -> Watched:
+    """A new watched page at ``url`` (``options``: the browser context's), ready to send."""
+    from playwright.async_api import expect
+
+    w = await new_page(browser, **options)
+    await w.page.goto(url)
+    await expect(w.page.get_by_test_id("send")).to_be_enabled()
+    return w
+
+
+async def another_tab(first: Watched, url: str) -> Watched:
+    """Another tab of ``first``'s browser (its storage, so its anonymous key), watched the same way."""
+    from playwright.async_api import expect
+
+    page = await first.context.new_page()
+    w = Watched(page, first.context)
+    page.on("pageerror", lambda exc: w.page_errors.append(str(exc)))
+    await page.goto(url)
+    await expect(page.get_by_test_id("send")).to_be_enabled()
+    return w
+
+
 def sse_pieces(*texts: str) -> list[bytes]:
     """One OpenAI SSE event per text (no finish, no [DONE]): the middle of a stream."""
     return [openai_sse([t], finish=None, usage=None, done=False).split(b"\n\n", 1)[1] for t in texts]

@@ -266,7 +266,9 @@ async def test_another_subject_can_neither_open_nor_export_a_conversation(
         refused = await answer(bob, type="hello", conversation_id=conv)
         assert (refused["type"], refused["code"]) == ("error", "not_found")
         for frame in ({"type": "export"}, {"type": "select", "message_id": "m1"},
-                      {"type": "edit", "id": "e", "message_id": "m1", "content": "x"}):
+                      {"type": "edit", "id": "e", "message_id": "m1", "content": "x"},
+                      {"type": "continue", "id": "c", "reply_id": "m1"},
+                      {"type": "delete_branch", "message_id": "m1"}):
             error = await answer(bob, **frame)
             assert (error["type"], error["code"]) == ("error", "not_found"), frame
 
@@ -298,6 +300,7 @@ async def test_a_second_tab_follows_an_edit(start_gateway: StartGateway, upstrea
         await tab1.send(type="edit", id="m2b", message_id="m2", content="two, better")
         start = await tab2.expect("reply.start")
         assert (start["content"], start["parent_id"], start["id"]) == ("two, better", "m2b", "m2b")
+        assert start["message_parent_id"] == a1  # not the last message tab 2 shows: the branch changed
         text, events = await tab2.until_done()
         assert text == "the new answer" and events[-1]["finish_reason"] == "stop"
         await tab1.until_done()
@@ -350,3 +353,56 @@ async def test_a_new_conversation_has_no_message_to_name(start_gateway: StartGat
             assert (error["type"], error["code"]) == ("error", "not_found" if frame["type"] != "regenerate"
                                                       else "bad_request"), frame
         assert (await chat.hello())["history"] == []
+
+
+async def test_a_message_lands_in_the_branch_its_sender_shows(
+    start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
+    answers(upstream, "A1", "A2", "A2b", "A3")
+    gw = await start_gateway(openai_env(upstream))
+    async with gw.chat() as tab1, gw.chat() as tab2:
+        conv, a1, a2 = await two_turns(tab1)
+        edited, _, _ = await reply(tab1, type="edit", id="m2b", message_id="m2", content="two, better")
+        await tab2.hello(conv)
+        await answer(tab2, type="select", message_id="m2")  # tab 2 looks at the old version
+        start, _, _ = await reply(tab1, type="message", id="m3", content="three", parent_id=edited["reply_id"])
+        assert start["parent_id"] == "m3"
+        assert sent(upstream, 3)[-2:] == [{"role": "assistant", "content": "A2b"}, {"role": "user", "content": "three"}]
+        other = await tab2.expect("reply.start")
+        assert other["message_parent_id"] != a2  # tab 2 shows a2: it knows the branch moved
+        await tab2.until_done()
+        error = await answer(tab1, type="message", id="m4", content="x", parent_id="nope")
+        assert (error["type"], error["code"], error["id"]) == ("error", "not_found", "m4")
+
+
+async def test_refusals_change_nothing_and_continue_only_the_last_reply(
+    start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
+    gate = asyncio.Event()
+    upstream.enqueue(
+        Script([openai_sse(["Cut"], finish="length")]), Script([openai_sse(["A2"])]),
+        Script([openai_sse(["long"], finish=None, usage=None, done=False), Pause(gate), openai_sse(["er"])]),
+    )
+    gw = await start_gateway(openai_env(upstream))
+    async with gw.chat() as chat:
+        conv = (await chat.hello())["conversation_id"]
+        cut, _, _ = await reply(chat, type="message", id="m1", content="one")
+        await reply(chat, type="message", id="m2", content="two")
+        error = await answer(chat, type="continue", id="c1", reply_id=cut["reply_id"])
+        assert (error["code"], error["id"]) == ("bad_request", "c1")  # a message follows it
+        await chat.send(type="message", id="m3", content="three")
+        streaming = await chat.expect("reply.start")
+        async with gw.chat() as viewer:
+            before = (await viewer.hello(conv))["history"]
+        for frame in ({"type": "regenerate", "id": "g", "reply_id": cut["reply_id"], "model": "gpt-test"},
+                      {"type": "delete_branch", "message_id": "m2"},
+                      {"type": "edit", "id": "e", "message_id": "m1", "content": "again"}):
+            refused = await answer(chat, **frame)
+            while refused["type"] != "error":
+                refused = await chat.recv()
+            assert refused["code"] == "busy", frame
+        async with gw.chat() as viewer:
+            assert (await viewer.hello(conv))["history"] == before
+        gate.set()
+        text, _ = await chat.until_done()
+        assert text.endswith("er")

@@ -585,6 +585,10 @@ async def test_a_killed_owners_continuation_keeps_the_whole_reply_in_its_branch(
         await b.expect("reply.start")
         text, _ = await b.until_done()
         assert text == "Another story."
-        history = (await b.hello(conv))["history"]
-        assert [m["content"] for m in history] == ["another story", "Another story."]
-        assert history[0]["siblings"] == ["m1", "m1b"]
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            cur = await conn.execute("SELECT id, parent_id, content, finish_reason FROM messages ORDER BY pos")
+            rows = await cur.fetchall()
+            active = await (await conn.execute("SELECT active FROM conversations")).fetchone()
+        assert rows[:3] == [("m1", "", "a story", None), (cut["reply_id"], "m1", "Once upon a time there", "error"),
+                            ("m1b", "", "another story", None)]  # two versions of the first message
+        assert rows[3][1:] == ("m1b", "Another story.", "stop") and active == (rows[3][0],)

@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 from conftest import TIMEOUT, StartGateway, openai_env
 from fakeupstream import FakeUpstream, Pause, Script, openai_error_body, openai_sse
+from page_helpers import another_tab as _tab
 from page_helpers import (  # noqa: F401  (browser is a fixture)
     Watched,
     browser,
     free_port,
     missing_browser_reason,
     new_page,
+    open_page,
     shot,
     sse_end,
     sse_pieces,
@@ -41,20 +43,7 @@ Spawn = Callable[..., Any]
 
 
 async def _open(browser: Browser, url: str, **options: Any) -> Watched:
-    w = await new_page(browser, **{**DESKTOP, **options})
-    await w.page.goto(url)
-    await expect(w.page.get_by_test_id("send")).to_be_enabled()
-    return w
-
-
-async def _tab(first: Watched, url: str) -> Watched:
-    """Another tab of ``first``'s browser (its storage, so its anonymous key), watched the same way."""
-    page = await first.context.new_page()
-    w = Watched(page, first.context)
-    page.on("pageerror", lambda exc: w.page_errors.append(str(exc)))
-    await page.goto(url)
-    await expect(page.get_by_test_id("send")).to_be_enabled()
-    return w
+    return await open_page(browser, url, **{**DESKTOP, **options})
 
 
 async def _send(page: Page, text: str) -> None:

@@ -290,15 +290,8 @@ async def test_a_replys_writes_are_ordered(store: ConversationStore) -> None:
     await store.save(conv.id, assistant("a1", "once upon a", finish_reason=None))  # a checkpoint, late
     await store.save(conv.id, assistant("a1", "something else", finish_reason="error"))  # a second end
     assert (await store.history(conv.id, 1))[0] == final
-    await store.save(conv.id, assistant("a1", "once upon a ti", finish_reason=None))  # late, shorter
+    await store.save(conv.id, assistant("a1", "once upon a time, longer", finish_reason=None))  # late, longer
     assert (await store.history(conv.id, 1))[0] == final
-    # A continuation: a longer text that starts with the final one reopens it, then ends it.
-    await store.save(conv.id, assistant("a1", "once upon a time, a king", finish_reason=None))
-    assert (await store.history(conv.id, 1))[0].finish_reason is None
-    await store.save(conv.id, assistant("a1", "once upon a time, a king slept", finish_reason="length"))
-    await store.save(conv.id, assistant("a1", "once upon a time, a queen slept.", finish_reason="stop"))  # not its start
-    got = (await store.history(conv.id, 1))[0]
-    assert (got.content, got.finish_reason) == ("once upon a time, a king slept", "length")
     await store.save(conv.id, user("u1", "hi"))  # a user's message may be replaced, even by a shorter one
     assert (await store.history(conv.id, 2))[0].content == "hi"
 
@@ -417,19 +410,57 @@ async def test_history_before_unknown_is_empty(store: ConversationStore) -> None
     assert await store.history(conv.id, 10, before="elsewhere") == []  # another conversation's id
 
 
-async def test_end_stale_ends_only_replies_started_long_ago(store: ConversationStore) -> None:
+def written_ago(store: ConversationStore, conversation_id: str, message_id: str, seconds: float) -> None:
+    """Make the message's last write ``seconds`` old, as a dead owner's last checkpoint is."""
+    when = time.time() - seconds
+    if isinstance(store, MemoryStore):
+        store._entries[conversation_id].written[message_id] = when
+    elif isinstance(store, PostgresStore):
+        with psycopg.connect(store._url) as pg:
+            pg.execute("UPDATE messages SET updated_at = to_timestamp(%s) WHERE conversation_id = %s AND id = %s",
+                       (when, conversation_id, message_id))
+    else:
+        assert isinstance(store, SQLiteStore)
+        with raw(store.path) as conn:
+            conn.execute("UPDATE messages SET updated_at = ? WHERE conversation_id = ? AND id = ?",
+                         (when, conversation_id, message_id))
+
+
+async def test_end_stale_ends_only_replies_last_written_long_ago(store: ConversationStore) -> None:
     conv, now = await store.create(), time.time()
     await store.add(conv.id, user("u1", created_at=now - 7200))
     await store.save(conv.id, assistant("orphan", "half a reply", None, created_at=now - 3600))  # its owner died
+    written_ago(store, conv.id, "orphan", 3600)
     await store.add(conv.id, user("u2", created_at=now - 3500))
     await store.save(conv.id, assistant("done", "whole", "stop", created_at=now - 3400))
     await store.add(conv.id, user("u3", created_at=now - 20))
     await store.save(conv.id, assistant("live", "streaming now", None, created_at=now - 10))
+    await store.add(conv.id, user("u4", created_at=now - 7000))
+    await store.save(conv.id, assistant("continued", "old, and going on", None, created_at=now - 7000))
     assert await store.end_stale(600) == 1
     assert await store.end_stale(600) == 0
-    ended = {m.id: (m.content, m.finish_reason) for m in await store.history(conv.id, 10)}
+    ended = {m.id: (m.content, m.finish_reason) for m in await store.messages(conv.id)}
     assert ended["orphan"] == ("half a reply", "error")
     assert ended["done"] == ("whole", "stop") and ended["live"] == ("streaming now", None)
+    assert ended["continued"] == ("old, and going on", None)  # an old reply, written now: a continuation
+
+
+async def test_only_a_reply_cut_short_with_nothing_after_it_reopens(store: ConversationStore) -> None:
+    conv = await store.create()
+    await store.add(conv.id, user("u1"))
+    await store.save(conv.id, replace(assistant("a1", "cut", "length"), parent_id="u1"))
+    await store.save(conv.id, replace(assistant("a1", "cut, rewritten late", None), parent_id="u1"))
+    assert [m.content for m in await store.messages(conv.id)] == ["hello", "cut"]  # a final is never replaced
+    assert await store.reopen(conv.id, "a1", "not its text") is False
+    assert await store.reopen(conv.id, "u1", "hello") is False
+    assert await store.reopen(conv.id, "a1", "cut") is True
+    assert await store.reopen(conv.id, "a1", "cut") is False  # once: a second continuation is refused
+    await store.save(conv.id, replace(assistant("a1", "cut and more", "stop"), parent_id="u1"))
+    assert (await store.history(conv.id, 1))[0].content == "cut and more"
+    await store.save(conv.id, replace(assistant("b1", "cut again", "cancelled"), parent_id="u1"))
+    await store.save(conv.id, replace(user("u2"), parent_id="b1"))
+    assert await store.reopen(conv.id, "b1", "cut again") is False  # a message follows it
+    assert await store.reopen("missing", "a1", "cut") is False
 
 
 async def test_prune_deletes_only_idle_conversations(store: ConversationStore) -> None:
@@ -1360,3 +1391,13 @@ async def test_migration_7_makes_what_was_stored_one_branch(tmp_path: Path) -> N
         assert ids(await store.history("c5", 10)) == ["u1", "a1", "a2", "u9"]
     finally:
         await store.close()
+
+
+async def test_a_reply_whose_branch_was_deleted_is_not_stored(store: ConversationStore) -> None:
+    await chat(store)
+    await store.append("t", user("u3", "third"), create=False, history=10)
+    assert await store.delete_branch("t", "u3") is True  # while its reply streamed, say
+    await store.save("t", replace(assistant("a3", "late", None), parent_id="u3"))
+    await store.save("t", replace(assistant("a3", "late and final"), parent_id="u3"))
+    assert ids(await store.messages("t")) == ["u1", "a1", "u2", "a2"]
+    assert ids(await store.history("t", 10)) == ["u1", "a1", "u2", "a2"]

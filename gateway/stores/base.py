@@ -180,11 +180,11 @@ class ConversationStore(Protocol):
 
     async def save(self, conversation_id: str, message: StoredMessage) -> None:
         """Insert ``message``, or replace the one with the same id (checkpoints, final text).
-        A reply's writes are ordered: a final one (with a ``finish_reason``) is replaced
-        only by a longer text that starts with it (a continuation's), and a checkpoint
-        never replaces a longer text (such a write is dropped), so a late write cannot undo
-        a newer one. A new message goes under its ``parent_id``;
-        when that is the active branch's last message, the new one becomes it (a reply
+        A reply's writes are ordered: a final one (with a ``finish_reason``) is never
+        replaced (a continuation :meth:`reopen` s it first), and a checkpoint never
+        replaces a longer text (such a write is dropped), so a late write cannot undo a
+        newer one. A new message goes under its ``parent_id`` (it is dropped if that message
+        is gone: its branch was deleted); when that is the active branch's last message, the new one becomes it (a reply
         extends the branch it answers). ConversationNotFound if the conversation does not
         exist."""
 
@@ -254,8 +254,13 @@ class ConversationStore(Protocol):
     async def prune(self, older_than: float) -> int:
         """Delete conversations idle for ``older_than`` seconds; return how many."""
 
+    async def reopen(self, conversation_id: str, message_id: str, content: str) -> bool:
+        """Make the reply ``message_id`` unfinished again, for its continuation: only if it
+        was cut short (``finish_reason`` length, error or cancelled), its text is still
+        ``content`` and no message follows it. False, and nothing changed, otherwise."""
+
     async def end_stale(self, older_than: float) -> int:
-        """End the replies still unfinished that started more than ``older_than`` seconds
+        """End the replies still unfinished that were last written more than ``older_than`` seconds
         ago (``finish_reason`` error, their text kept); return how many. Safe beside live
         gateways when ``older_than`` is longer than any reply may last (cluster mode, where
         a starting instance must not end the others' live replies as ``open`` does)."""

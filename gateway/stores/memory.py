@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .base import (
@@ -38,6 +38,7 @@ __all__ = ["MemoryStore"]
 class _Entry:
     conversation: Conversation
     messages: OrderedDict[str, StoredMessage]
+    written: dict[str, float] = field(default_factory=dict)  # when each message was last written
 
 
 class MemoryStore:
@@ -102,14 +103,17 @@ class MemoryStore:
         old = entry.messages.get(message.id)
         conv = entry.conversation
         if old is None:
+            if not active and message.parent_id and message.parent_id not in entry.messages:
+                return  # its branch was deleted meanwhile: it would be out of every branch
             message = replace(message, parent_id=message.parent_id or ("" if active else conv.active))
             entry.messages[message.id] = message
         elif _may_replace(old, message):
             entry.messages[message.id] = message = replace(message, created_at=old.created_at, parent_id=old.parent_id)
         else:
             message = old
+        entry.written[message.id] = time.time()
         while len(entry.messages) > self._max_messages:
-            entry.messages.popitem(last=False)
+            entry.written.pop(entry.messages.popitem(last=False)[0], None)
         title = conv.title or (title_of(message.content) if message.role == "user" else "")
         moved = active or conv.active == message.parent_id
         entry.conversation = replace(
@@ -161,6 +165,7 @@ class MemoryStore:
         gone = descendants(entry.messages.values(), message_id)
         for mid in gone:
             del entry.messages[mid]
+            entry.written.pop(mid, None)
         if entry.conversation.active in gone:
             leaf = leaf_under(list(entry.messages.values()), target.parent_id)
             entry.conversation = replace(entry.conversation, active=leaf)
@@ -224,11 +229,24 @@ class MemoryStore:
             del self._entries[cid]
         return len(old)
 
+    async def reopen(self, conversation_id: str, message_id: str, content: str) -> bool:
+        entry = self._entries.get(conversation_id)
+        message = entry.messages.get(message_id) if entry else None
+        if entry is None or message is None or message.role != "assistant" or message.content != content:
+            return False
+        if message.finish_reason not in ("length", "error", "cancelled"):
+            return False
+        if any(m.parent_id == message_id for m in entry.messages.values()):
+            return False
+        entry.messages[message_id] = replace(message, finish_reason=None)
+        entry.written[message_id] = time.time()
+        return True
+
     async def end_stale(self, older_than: float) -> int:
         cutoff, ended = time.time() - older_than, 0
         for entry in self._entries.values():
             for mid, m in list(entry.messages.items()):
-                if m.role == "assistant" and m.finish_reason is None and m.created_at < cutoff:
+                if m.role == "assistant" and m.finish_reason is None and entry.written.get(mid, 0.0) < cutoff:
                     entry.messages[mid] = replace(m, finish_reason="error")
                     ended += 1
         return ended
@@ -257,18 +275,17 @@ def _branch(entry: _Entry, last: str, limit: int) -> list[StoredMessage]:
     """The last ``limit`` messages (all if negative) of the branch ending with ``last``,
     oldest first (a branch whose start was dropped to bound memory ends where it was cut)."""
     newest_first: list[StoredMessage] = []
+    seen: set[str] = set()
     message = entry.messages.get(last)
-    while message is not None and (limit < 0 or len(newest_first) < limit):
+    while message is not None and message.id not in seen and (limit < 0 or len(newest_first) < limit):
         newest_first.append(message)
+        seen.add(message.id)
         message = entry.messages.get(message.parent_id) if message.parent_id else None
     return newest_first[::-1]
 
 
 def _may_replace(old: StoredMessage, new: StoredMessage) -> bool:
-    """A reply's writes are ordered: never a shorter checkpoint, never over a final text but
-    by a longer one that starts with it (a continuation's)."""
+    """A reply's writes are ordered: never over a final text, never a shorter checkpoint."""
     if old.role == "user":
-        return True
-    if len(new.content) > len(old.content) and new.content.startswith(old.content):
         return True
     return old.finish_reason is None and (new.finish_reason is not None or len(new.content) >= len(old.content))

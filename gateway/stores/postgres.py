@@ -61,6 +61,7 @@ from .postgres_schema import (
     END_STALE,
     RECORD_USAGE,
     RECOVER,
+    REOPEN,
     REMOVE,
     RENAME,
     RESTORE_CONVERSATION,
@@ -313,6 +314,10 @@ class PostgresStore:
         """Delete conversations not updated for ``older_than`` seconds; return how many."""
         async with self._connection() as conn:
             return (await conn.execute(PRUNE, (time.time() - older_than,))).rowcount
+
+    async def reopen(self, conversation_id: str, message_id: str, content: str) -> bool:
+        async with self._connection() as conn:
+            return bool((await conn.execute(REOPEN, (conversation_id, message_id, content))).rowcount)
 
     async def end_stale(self, older_than: float) -> int:
         async with self._connection() as conn:

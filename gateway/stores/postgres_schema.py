@@ -33,6 +33,7 @@ __all__ = [
     "END_STALE",
     "RECORD_USAGE",
     "RECOVER",
+    "REOPEN",
     "REMOVE",
     "RENAME",
     "RESTORE_CONVERSATION",
@@ -312,22 +313,22 @@ ORDER BY m.depth NULLS LAST
 """
 
 # A message inserted or replaced. A reply's writes are ordered: a final text (one with a
-# finish_reason) is never replaced but by a longer one that starts with it (a
-# continuation's), and a checkpoint never replaces a longer text. A replaced message
+# finish_reason) is never replaced (a continuation reopens it first: REOPEN), and a
+# checkpoint never replaces a longer text. A replaced message
 # keeps its parent. Answers (conversation exists, message written).
 UPSERT = f"""
 WITH {_LOCKED},
 stored AS (SELECT parent_id FROM messages WHERE conversation_id = %(cid)s AND id = %(id)s),
 written AS (
     {_INSERT_INTO} {_new_row(_PARENT, "conv")}
+    WHERE %(parent_id)s = '' OR EXISTS (SELECT 1 FROM stored)
+        OR EXISTS (SELECT 1 FROM messages p WHERE p.conversation_id = %(cid)s AND p.id = %(parent_id)s)
     ON CONFLICT (conversation_id, id) DO UPDATE SET
         content = excluded.content, finish_reason = excluded.finish_reason, usage = excluded.usage,
         model = excluded.model, reasoning = excluded.reasoning, updated_at = excluded.updated_at
     WHERE messages.role = 'user' OR (
         messages.finish_reason IS NULL AND (
             excluded.finish_reason IS NOT NULL OR char_length(excluded.content) >= char_length(messages.content)))
-        OR (char_length(excluded.content) > char_length(messages.content)
-            AND starts_with(excluded.content, messages.content))
     RETURNING parent_id
 ),
 touched AS (
@@ -347,7 +348,14 @@ ON CONFLICT (id) DO NOTHING RETURNING 1
 RESTORE_MESSAGE = f"{_INSERT_INTO} VALUES (%s, %s, %s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, to_timestamp(%s))"
 PRUNE = "DELETE FROM conversations WHERE updated_at < to_timestamp(%s)"
 RECOVER = "UPDATE messages SET finish_reason = 'error' WHERE role = 'assistant' AND finish_reason IS NULL"
-END_STALE = RECOVER + " AND created_at < to_timestamp(%s)"
+END_STALE = RECOVER + " AND updated_at < to_timestamp(%s)"
+# A reply cut short, with no message after it, unfinished again for its continuation.
+REOPEN = (
+    "UPDATE messages m SET finish_reason = NULL, updated_at = now()"
+    " WHERE m.conversation_id = %s AND m.id = %s AND m.role = 'assistant' AND m.content = %s"
+    " AND m.finish_reason IN ('length', 'error', 'cancelled') AND NOT EXISTS"
+    " (SELECT 1 FROM messages c WHERE c.conversation_id = m.conversation_id AND c.parent_id = m.id)"
+)
 
 
 class StoreTooNew(StoreUnusable):

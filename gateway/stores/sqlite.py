@@ -48,6 +48,7 @@ from .sqlite_schema import (
     INSERT_MESSAGE,
     MIGRATIONS,
     RECORD_USAGE,
+    REOPEN,
     SCHEMA_VERSION,
     SIBLINGS,
     UPSERT_MESSAGE,
@@ -192,11 +193,14 @@ class SQLiteStore:
         row = conn.execute("SELECT active FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
         if row is None:
             raise ConversationNotFound(conversation_id)
-        if active is None and not message.parent_id:
+        if active is None:
             stored = conn.execute(
                 "SELECT parent_id FROM messages WHERE conversation_id = ? AND id = ?", (conversation_id, message.id)
             ).fetchone()
-            message = replace(message, parent_id=stored[0] if stored else row[0])
+            if not message.parent_id:
+                message = replace(message, parent_id=stored[0] if stored else row[0])
+            elif stored is None and not self._has(conversation_id, message.parent_id):
+                return False  # its branch was deleted meanwhile: it would be out of every branch
         insert = UPSERT_MESSAGE if upsert else INSERT_MESSAGE
         now = time.time()
         added = conn.execute(insert, (conversation_id, *message_row(message), now)).rowcount == 1
@@ -346,11 +350,17 @@ class SQLiteStore:
         )
         return int(cursor.rowcount)
 
+    async def reopen(self, conversation_id: str, message_id: str, content: str) -> bool:
+        cursor = await self._run(
+            self.conn.execute, REOPEN, (time.time(), conversation_id, message_id, content), grouped=True
+        )
+        return bool(cursor.rowcount)
+
     async def end_stale(self, older_than: float) -> int:
         cursor = await self._run(
             self.conn.execute,
             "UPDATE messages SET finish_reason = 'error'"
-            " WHERE role = 'assistant' AND finish_reason IS NULL AND created_at < ?",
+            " WHERE role = 'assistant' AND finish_reason IS NULL AND updated_at < ?",
             (time.time() - older_than,),
         )
         return int(cursor.rowcount)

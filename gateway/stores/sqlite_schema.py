@@ -28,6 +28,7 @@ __all__ = [
     "RECORD_USAGE",
     "SCHEMA_VERSION",
     "UPSERT_MESSAGE",
+    "REOPEN",
     "SIBLINGS",
     "USAGE",
     "StoreCorrupt",
@@ -134,12 +135,17 @@ UPSERT_MESSAGE = (
     " ON CONFLICT (conversation_id, id) DO UPDATE SET content = excluded.content,"
     " finish_reason = excluded.finish_reason, usage = excluded.usage, model = excluded.model,"
     " reasoning = excluded.reasoning, updated_at = excluded.updated_at"
-    # A reply's writes are ordered: never a shorter checkpoint, never over a final text
-    # but by a longer one that starts with it (a continuation's).
+    # A reply's writes are ordered: never over a final text (a continuation reopens it
+    # first: REOPEN), never a shorter checkpoint.
     " WHERE messages.role = 'user' OR (messages.finish_reason IS NULL AND"
     " (excluded.finish_reason IS NOT NULL OR length(excluded.content) >= length(messages.content)))"
-    " OR (length(excluded.content) > length(messages.content)"
-    " AND substr(excluded.content, 1, length(messages.content)) = messages.content)"
+)
+# A reply cut short, with no message after it, unfinished again for its continuation.
+REOPEN = (
+    "UPDATE messages SET finish_reason = NULL, updated_at = ? WHERE conversation_id = ? AND id = ?"
+    " AND role = 'assistant' AND content = ? AND finish_reason IN ('length', 'error', 'cancelled')"
+    " AND NOT EXISTS (SELECT 1 FROM messages c WHERE c.conversation_id = messages.conversation_id"
+    " AND c.parent_id = messages.id)"
 )
 
 

@@ -50,6 +50,15 @@ const ui = {
   emptyModel: $("empty-model"),
   messages: $("messages"),
   older: $("older"),
+  menuWrap: $("conv-menu-wrap"),
+  menuButton: $("conv-menu-button"),
+  menu: $("conv-menu"),
+  settings: $("settings"),
+  settingsForm: $("settings-form"),
+  settingsPrompt: $("settings-prompt"),
+  settingsError: $("settings-error"),
+  settingsSave: $("settings-save"),
+  settingsCancel: $("settings-cancel"),
   form: $("composer-form"),
   input: $("composer"),
   send: $("send"),
@@ -77,6 +86,12 @@ class Reply {
     this.model = null; // the model that answers (reply.start), then answered (reply.done)
     this.fallbackFrom = null;
     this.usage = null;
+    this.msgId = id; // the stored message it writes: its own id, or the reply it continues
+    this.parentId = null; // the message it answers
+    this.siblings = null; // the ids of its versions (null: the only one)
+    this.sibIndex = 0;
+    this.fresh = false; // a continuation showing the old text until its first frame replaces it
+    this.after = ""; // "sync": check the branch's versions once it ends
   }
 }
 
@@ -113,12 +128,17 @@ const S = {
   bannerKind: "",
   countdown: 0,
   renaming: null,
-  older: null, // {conv, probe} while a history page is requested
+  histQ: [], // the history requests sent on this socket, oldest first: {conv, kind}
   moreHistory: false, // older messages exist on the gateway
   models: [], // ready.models: [{id, label, default?, reasoning?}]
   provider: "", // ready.provider
   model: null, // the open conversation's model (its picker's value)
   picked: null, // {conv, id}: a model the person picked, not yet confirmed by a reply.start
+  systemPrompt: "", // the open conversation's own instructions (ready.system_prompt)
+  maxChars: 0, // ready.limits.max_content_chars
+  settingsReq: null, // the id of the settings frame awaiting its answer
+  editing: null, // the user entry whose editor is open
+  anchor: null, // {req, id, prev, top, focus}: keeps the reader's place across a branch switch
 };
 
 // ---------------------------------------------------------------------------- helpers
@@ -214,13 +234,51 @@ function banner(text, action = null, kind = "") {
 
 // ---------------------------------------------------------------------------- view entries
 
+function actButton(action, label, iconName, testid = action) {
+  const b = el("button", "act");
+  b.type = "button";
+  b.dataset.action = action;
+  if (testid) b.dataset.testid = testid;
+  b.title = label;
+  b.setAttribute("aria-label", label);
+  b.append(icon(iconName));
+  return b;
+}
+
+/** "‹ 2/3 ›": the versions of a message (hidden while it has none). */
+function makeVersions() {
+  const group = el("div", "versions");
+  group.setAttribute("role", "group");
+  group.dataset.testid = "versions";
+  group.hidden = true;
+  const prev = actButton("prev-version", "Previous version", "prev");
+  const count = el("span", "versions-count");
+  count.dataset.testid = "version-count";
+  count.setAttribute("aria-hidden", "true"); // the group's name says it
+  const next = actButton("next-version", "Next version", "next");
+  group.append(prev, count, next);
+  return { el: group, prev, count, next };
+}
+
 function makeUser(id, text) {
   const node = el("article", "msg msg-user");
   node.dataset.role = "user";
   if (id) node.dataset.messageId = id;
   node.setAttribute("aria-label", "You said");
-  node.append(el("div", "bubble", text));
-  return { kind: "user", key: `u:${id}`, id, text, el: node };
+  const bubble = el("div", "bubble", text);
+  const actions = el("div", "msg-actions user-actions");
+  const versions = makeVersions();
+  const edit = actButton("edit", "Edit message", "edit");
+  const del = actButton("delete-version", "Delete this version", "trash");
+  actions.append(versions.el, edit, del);
+  node.append(bubble, actions);
+  return {
+    kind: "user", key: `u:${id}`, id, text, el: node, bubble, actions, versions, edit, del,
+    stored: false, // the gateway has it (history, or its reply started)
+    parentId: null,
+    siblings: null,
+    sibIndex: 0,
+  };
 }
 
 function makeAssistant(reply) {
@@ -243,17 +301,21 @@ function makeAssistant(reply) {
   meta.dataset.testid = "reply-meta";
   meta.hidden = true;
   const actions = el("div", "msg-actions");
-  const copy = el("button", "act");
-  copy.type = "button";
-  copy.dataset.action = "copy-reply";
-  copy.title = "Copy reply";
-  copy.setAttribute("aria-label", "Copy reply");
-  copy.append(icon("copy"));
-  actions.append(copy);
+  const versions = makeVersions();
+  const copy = actButton("copy-reply", "Copy reply", "copy", null);
+  const del = actButton("delete-version", "Delete this version", "trash");
+  const more = el("button", "btn small continue");
+  more.type = "button";
+  more.dataset.action = "continue";
+  more.dataset.testid = "continue";
+  more.title = "Continue this reply where it stopped";
+  more.append(icon("continue"), "Continue");
+  more.hidden = true;
+  actions.append(more, versions.el, copy, del);
   node.append(thinking, body, note, meta, actions);
   const entry = {
     kind: "assistant",
-    key: reply.id ? `a:${reply.id}` : `p:${newId()}`,
+    key: reply.msgId ? `a:${reply.msgId}` : `p:${newId()}`,
     reply,
     el: node,
     body,
@@ -264,6 +326,10 @@ function makeAssistant(reply) {
     summary,
     thought,
     actions,
+    versions,
+    copy,
+    del,
+    more,
     shown: null,
     shownThought: null,
   };
@@ -271,28 +337,53 @@ function makeAssistant(reply) {
   return entry;
 }
 
+/** The stored message an entry shows (null: not stored yet). */
+function msgIdOf(e) {
+  return e.kind === "user" ? (e.stored ? e.id : null) : e.reply.msgId;
+}
+
+/** Entries that show stored, ended messages: what a history page lists. */
+function storedEntries() {
+  return S.entries.filter((e) => (e.kind === "user" ? e.stored : !!e.reply.msgId && e.reply.state !== "streaming" && !(e.reply.error && e.reply.error.unsent)));
+}
+
+function lastStoredId() {
+  const shown = storedEntries();
+  return shown.length ? msgIdOf(shown[shown.length - 1]) : null;
+}
+
+function paint(e) {
+  if (e.reply) renderEntry(e);
+  else renderUser(e);
+}
+
 function mount(entries) {
   for (const e of S.entries) if (e.reply && e.reply.entry === e && !entries.includes(e)) e.reply.entry = null;
   S.entries = entries;
-  for (const e of entries) if (e.reply) e.reply.entry = e;
+  for (const e of entries) {
+    if (!e.reply) continue;
+    e.reply.entry = e;
+    if (e.reply.id) S.replies.set(e.reply.id, e.reply);
+  }
+  if (S.editing && !entries.includes(S.editing)) S.editing = null;
   // Forget ended replies no longer shown; streaming ones may be shown again.
   for (const [id, r] of S.replies) if (!r.entry && r.state !== "streaming") S.replies.delete(id);
   ui.messages.replaceChildren(...entries.map((e) => e.el));
-  for (const e of entries) if (e.reply) renderEntry(e);
+  for (const e of entries) paint(e);
   syncUI();
 }
 
 function prepend(entries) {
   S.entries.unshift(...entries);
   ui.messages.prepend(...entries.map((e) => e.el));
-  for (const e of entries) if (e.reply) renderEntry(e);
+  for (const e of entries) paint(e);
 }
 
 function append(...entries) {
   for (const e of entries) {
     S.entries.push(e);
     ui.messages.append(e.el);
-    if (e.reply) renderEntry(e);
+    paint(e);
   }
 }
 
@@ -304,12 +395,15 @@ function replaceEntry(old, entry) {
   }
   S.entries[i] = entry;
   if (old.reply && old.reply.entry === old) old.reply.entry = null;
+  const hadFocus = old.el.contains(document.activeElement);
   old.el.replaceWith(entry.el);
-  renderEntry(entry);
+  paint(entry);
+  if (hadFocus) ui.input.focus();
 }
 
-function entryOfReply(replyId) {
-  return S.entries.find((e) => e.reply && e.reply.id === replyId) || null;
+/** The entry showing the stored message ``id``. */
+function entryOfMessage(id) {
+  return S.entries.find((e) => msgIdOf(e) === id) || null;
 }
 
 function lastAssistant() {
@@ -317,9 +411,12 @@ function lastAssistant() {
   return null;
 }
 
-/** The reply streaming (or about to) in the shown conversation, if any. */
+/** The reply streaming (or about to) in the shown conversation, if any: shown, or
+ * followed in a branch not shown (the gateway allows one at a time either way). */
 function activeReply() {
   for (const e of S.entries) if (e.reply && e.reply.state === "streaming") return e.reply;
+  const gen = S.socket ? S.socket.gen : -1;
+  for (const r of S.replies.values()) if (r.state === "streaming" && r.id && r.conv === S.conv && r.gen === gen) return r;
   return null;
 }
 
@@ -413,15 +510,63 @@ function renderEntry(entry) {
   S.dirty.delete(entry);
   renderBody(entry);
   node.dataset.state = r.state;
-  if (r.id) {
-    node.dataset.replyId = r.id;
-    entry.key = `a:${r.id}`;
+  if (r.id) node.dataset.replyId = r.id;
+  if (r.msgId) {
+    node.dataset.messageId = r.msgId;
+    entry.key = `a:${r.msgId}`;
   }
   if (r.state === "streaming") node.setAttribute("aria-busy", "true");
   else node.removeAttribute("aria-busy");
-  entry.actions.firstChild.hidden = !r.text;
+  entry.copy.hidden = !r.text;
+  entry.del.hidden = !r.siblings || !r.msgId;
+  entry.more.hidden = !continuable(r) || !!activeReply();
+  entry.more.disabled = !canSend();
+  renderVersions(entry);
   renderNote(entry);
   renderMeta(entry);
+}
+
+function renderUser(entry) {
+  entry.edit.hidden = !entry.stored;
+  entry.del.hidden = !entry.stored || !entry.siblings;
+  renderVersions(entry);
+}
+
+/** The switcher: which version this is, of how many. */
+function renderVersions(entry) {
+  const src = entry.kind === "user" ? entry : entry.reply;
+  const v = entry.versions;
+  const n = src.siblings ? src.siblings.length : 0;
+  v.el.hidden = n < 2;
+  if (n < 2) return;
+  const i = Math.min(Math.max(src.sibIndex, 0), n - 1);
+  v.count.textContent = `${i + 1}/${n}`;
+  v.el.setAttribute("aria-label", `Version ${i + 1} of ${n}`);
+  v.prev.disabled = i === 0 || !S.live;
+  v.next.disabled = i === n - 1 || !S.live;
+}
+
+/** A history item's place in the tree, onto an entry (user) or a Reply. */
+function setBranchInfo(target, h) {
+  target.parentId = typeof h.parent_id === "string" && h.parent_id ? h.parent_id : null;
+  const siblings = Array.isArray(h.siblings) ? h.siblings.filter((x) => typeof x === "string") : [];
+  target.siblings = siblings.length > 1 ? siblings : null;
+  const at = Number.isInteger(h.sibling_index) ? h.sibling_index : siblings.indexOf(h.id);
+  target.sibIndex = target.siblings ? Math.max(0, at) : 0;
+}
+
+/** A new version of a message: its siblings are the old one's, then itself. */
+function addVersion(target, old, oldId, id) {
+  const siblings = old && old.siblings ? old.siblings.slice() : [oldId];
+  if (!siblings.includes(id)) siblings.push(id);
+  target.siblings = siblings;
+  target.sibIndex = siblings.indexOf(id);
+}
+
+/** Cut short (length, error, cancelled), stored and not streaming: it can be continued. */
+function continuable(r) {
+  return !!r.msgId && !!r.text && r.state !== "streaming" && !(r.error && r.error.unsent) &&
+    (r.finish === "length" || r.finish === "error" || r.finish === "cancelled" || r.state === "error" || r.state === "cancelled");
 }
 
 function renderNote(entry) {
@@ -468,11 +613,12 @@ function paintRetry(entry, button) {
 // ---------------------------------------------------------------------------- composer, buttons
 
 function canSend(ignoreBusy = false) {
-  return S.live && S.status === "live" && (ignoreBusy || !activeReply()) && !hasPendingRegenerate();
+  return S.live && S.status === "live" && (ignoreBusy || !activeReply()) && !hasPendingRequest();
 }
 
-function hasPendingRegenerate() {
-  for (const p of S.pending.values()) if (p.kind === "regenerate") return true;
+/** A regenerate or continue sent, its reply not started yet. */
+function hasPendingRequest() {
+  for (const p of S.pending.values()) if (p.kind === "regenerate" || p.kind === "continue") return true;
   return false;
 }
 
@@ -496,7 +642,7 @@ function syncUI() {
   ui.empty.hidden = S.entries.length > 0 || !S.conv;
   // Regenerate lives on the last reply once it has ended (unless Retry is offered there).
   const last = lastAssistant();
-  const show = last && last.reply.id && last.reply.state !== "streaming" && !last.note.querySelector(".retry");
+  const show = last && last.reply.msgId && last.reply.state !== "streaming" && !last.note.querySelector(".retry");
   if (show) {
     if (!regenerateButton) {
       regenerateButton = el("button", "act");
@@ -507,7 +653,7 @@ function syncUI() {
       regenerateButton.setAttribute("aria-label", "Regenerate reply");
       regenerateButton.append(icon("regenerate"));
     }
-    if (regenerateButton.parentNode !== last.actions) last.actions.append(regenerateButton);
+    if (regenerateButton.parentNode !== last.actions) last.actions.insertBefore(regenerateButton, last.del);
     regenerateButton.disabled = !canSend();
   } else if (regenerateButton) {
     if (regenerateButton === focused) ui.input.focus();
@@ -519,8 +665,27 @@ function syncUI() {
     if (entry !== last) renderNote(entry); // Retry is offered on the last reply only
     else b.disabled = !canSend(true) || (entry.reply.error && entry.reply.error.retryAt > Date.now());
   }
+  paintActions(active);
   ui.older.hidden = !S.conv || !S.moreHistory;
-  ui.older.disabled = !S.live || !!S.older;
+  ui.older.disabled = !S.live || S.histQ.some((q) => q.kind === "older");
+  ui.menuButton.disabled = !S.conv;
+  if (!ui.menu.hidden) paintMenu();
+  ui.settingsSave.disabled = !S.live || S.settingsReq !== null;
+}
+
+/** What the message buttons allow now: versions switch any time, the rest waits for the reply. */
+function paintActions(active) {
+  const ok = canSend();
+  for (const e of S.entries) {
+    e.del.disabled = !ok;
+    if (e.kind === "user") e.edit.disabled = !S.live;
+    else {
+      e.more.hidden = !continuable(e.reply) || !!active;
+      e.more.disabled = !ok;
+    }
+    if (!e.versions.el.hidden) renderVersions(e);
+  }
+  if (S.editing && S.editing.editor) S.editing.editor.save.disabled = !ok || !S.editing.editor.input.value.trim();
 }
 
 function autosize() {
@@ -542,11 +707,14 @@ function sendMessage(text) {
   if (!canSend()) return false;
   const id = newId();
   const frame = { type: "message", id, content: text, conversation_id: S.conv };
+  const after = lastStoredId();
+  if (after) frame.parent_id = after; // the branch shown here, whatever another tab selected
   const picked = pickedModel();
   if (picked) frame.model = picked; // otherwise the gateway's own choice for the conversation
   if (!S.socket.send(frame)) return false;
   const reply = new Reply(null, S.conv);
   const user = makeUser(id, text);
+  user.parentId = lastStoredId();
   const entry = makeAssistant(reply);
   S.pending.set(id, { kind: "message", id, content: text, user, entry, conv: S.conv });
   append(user, entry);
@@ -578,12 +746,192 @@ function stop() {
 
 function regenerate() {
   const last = lastAssistant();
-  if (!last || !last.reply.id || !canSend()) return;
+  if (!last || !last.reply.msgId || !canSend()) return;
   const id = newId();
+  const frame = { type: "regenerate", id, reply_id: last.reply.msgId };
   const picked = pickedModel();
-  if (!S.socket.send(picked ? { type: "regenerate", id, model: picked } : { type: "regenerate", id })) return;
-  S.pending.set(id, { kind: "regenerate", id, replaces: last.reply.id, conv: S.conv });
+  if (picked) frame.model = picked;
+  if (!S.socket.send(frame)) return;
+  S.pending.set(id, { kind: "regenerate", id, replaces: last.reply.msgId, conv: S.conv });
   syncUI();
+}
+
+/** More of a reply cut short: the stream replaces its bubble's text (it starts with it). */
+function continueReply(entry) {
+  const r = entry.reply;
+  if (!continuable(r) || !canSend()) return;
+  const id = newId();
+  if (!S.socket.send({ type: "continue", id, reply_id: r.msgId })) return;
+  S.pending.set(id, { kind: "continue", id, target: r.msgId, conv: S.conv });
+  syncUI();
+}
+
+// ---------------------------------------------------------------------------- editing, versions
+
+const MAC = /Mac|iPhone|iPad/.test(navigator.platform || "");
+
+/** Open the inline editor on a user message (``text``: what to start with). */
+function startEdit(entry, text = entry.text) {
+  if (S.editing && S.editing !== entry) closeEdit(S.editing, false);
+  if (entry.editor) {
+    entry.editor.input.focus();
+    return;
+  }
+  S.editing = entry;
+  const form = el("form", "edit-form");
+  form.dataset.testid = "editor";
+  form.noValidate = true;
+  const input = el("textarea", "edit-input");
+  input.value = text;
+  input.rows = 2;
+  input.setAttribute("aria-label", "Edited message");
+  input.dataset.testid = "edit-input";
+  if (ui.input.maxLength > 0) input.maxLength = ui.input.maxLength;
+  const hintId = `edit-hint-${newId()}`;
+  input.setAttribute("aria-describedby", hintId);
+  const bar = el("div", "edit-bar");
+  const hint = el("span", "edit-hint", `${MAC ? "⌘" : "Ctrl"}+Enter to send, Esc to cancel`);
+  hint.id = hintId;
+  const cancel = el("button", "btn small", "Cancel");
+  cancel.type = "button";
+  cancel.dataset.testid = "edit-cancel";
+  const save = el("button", "btn small primary", "Save and send");
+  save.type = "submit";
+  save.dataset.testid = "edit-save";
+  bar.append(hint, cancel, save);
+  form.append(input, bar);
+  entry.editor = { form, input, save };
+  entry.el.classList.add("editing");
+  entry.el.append(form);
+  const fit = () => {
+    input.style.height = "auto";
+    input.style.height = `${Math.min(input.scrollHeight + 2, 320)}px`;
+    save.disabled = !canSend() || !input.value.trim();
+  };
+  input.addEventListener("input", fit);
+  input.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey) && !ev.isComposing) {
+      ev.preventDefault();
+      form.requestSubmit();
+    } else if (ev.key === "Escape") {
+      ev.preventDefault();
+      ev.stopPropagation();
+      closeEdit(entry, true);
+    }
+  });
+  form.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape") {
+      ev.preventDefault();
+      ev.stopPropagation();
+      closeEdit(entry, true);
+    }
+  });
+  cancel.addEventListener("click", () => closeEdit(entry, true));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    saveEdit(entry, input.value);
+  });
+  fit();
+  input.focus();
+  input.setSelectionRange(input.value.length, input.value.length);
+}
+
+function closeEdit(entry, refocus) {
+  if (!entry.editor) return;
+  entry.editor.form.remove();
+  entry.editor = null;
+  entry.el.classList.remove("editing");
+  if (S.editing === entry) S.editing = null;
+  if (refocus && entry.el.isConnected) entry.edit.focus();
+}
+
+/** Send the edit: the view drops the old version and what followed it, and shows the new one answered. */
+function saveEdit(entry, text) {
+  if (!text.trim() || !canSend() || !entry.stored) return;
+  const i = S.entries.indexOf(entry);
+  if (i === -1) return;
+  const id = newId();
+  const frame = { type: "edit", id, message_id: entry.id, content: text };
+  const picked = pickedModel();
+  if (picked) frame.model = picked;
+  if (!S.socket.send(frame)) return;
+  closeEdit(entry, false);
+  const user = makeUser(id, text);
+  user.parentId = entry.parentId;
+  addVersion(user, entry, entry.id, id);
+  const reply = new Reply(null, S.conv);
+  const answer = makeAssistant(reply);
+  const kept = S.entries.slice(0, i);
+  S.pending.set(id, { kind: "edit", id, content: text, user, entry: answer, conv: S.conv, was: S.entries.slice(), edited: entry });
+  mount([...kept, user, answer]);
+  if (S.bannerKind !== "conn") banner("");
+  scrollToBottom();
+  if (window.matchMedia("(pointer: fine)").matches) ui.input.focus();
+}
+
+/** An edit the gateway refused: the old branch comes back, and the editor with the text. */
+function editRefused(p, info) {
+  mount(p.was);
+  banner(info.message);
+  if (p.edited && S.entries.includes(p.edited)) startEdit(p.edited, p.content);
+}
+
+/** Show another version of a message (``step``: -1 previous, +1 next). */
+function selectVersion(entry, step, button) {
+  const src = entry.kind === "user" ? entry : entry.reply;
+  if (!src.siblings || !S.live) return;
+  const target = src.siblings[src.sibIndex + step];
+  if (!target) return;
+  const id = `select:${newId()}`;
+  if (!S.socket.send({ type: "select", message_id: target, id })) return;
+  const i = S.entries.indexOf(entry);
+  const prev = i > 0 ? msgIdOf(S.entries[i - 1]) : null;
+  S.anchor = { req: id, id: target, prev, top: entry.el.getBoundingClientRect().top, focus: button.dataset.action };
+}
+
+/** "Delete this version?" in place of the message's buttons; Cancel is focused. */
+function askDeleteVersion(entry, button) {
+  if (entry.el.querySelector(".confirm")) return;
+  const box = el("div", "confirm");
+  box.setAttribute("role", "group");
+  box.setAttribute("aria-label", "Confirm deletion");
+  box.dataset.testid = "confirm-delete";
+  const text = el("span", "confirm-text",
+    entry.kind === "user" ? "Delete this version and its replies?" : "Delete this version of the reply and what followed it?");
+  const yes = el("button", "btn small danger", "Delete");
+  yes.type = "button";
+  yes.dataset.testid = "confirm-delete-yes";
+  const no = el("button", "btn small", "Cancel");
+  no.type = "button";
+  no.dataset.testid = "confirm-delete-no";
+  box.append(text, yes, no);
+  entry.actions.hidden = true;
+  entry.actions.after(box);
+  const close = (refocus) => {
+    box.remove();
+    entry.actions.hidden = false;
+    if (refocus && button.isConnected) button.focus();
+  };
+  no.addEventListener("click", () => close(true));
+  box.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape") {
+      ev.preventDefault();
+      ev.stopPropagation();
+      close(true);
+    }
+  });
+  yes.addEventListener("click", () => {
+    const msg = msgIdOf(entry);
+    if (!msg || !canSend()) return;
+    const id = `delbranch:${newId()}`;
+    if (!S.socket.send({ type: "delete_branch", message_id: msg, id })) return;
+    const i = S.entries.indexOf(entry);
+    const prev = i > 0 ? msgIdOf(S.entries[i - 1]) : null;
+    S.anchor = { req: id, id: null, prev, top: entry.el.getBoundingClientRect().top, focus: "" };
+    close(false);
+    ui.input.focus();
+  });
+  no.focus();
 }
 
 function retry(entry) {
@@ -806,11 +1154,112 @@ function syncSidebarMode() {
   ui.sidebarToggle.setAttribute("aria-expanded", String(expanded));
 }
 
+// ---------------------------------------------------------------------------- menu, settings, export
+
+function menuItems() {
+  return [...ui.menu.querySelectorAll("button[data-menu]")].filter((b) => !b.disabled);
+}
+
+function paintMenu() {
+  const stored = S.entries.some((e) => msgIdOf(e));
+  for (const b of ui.menu.querySelectorAll("button[data-menu]")) {
+    b.disabled = !S.live || (b.dataset.menu !== "settings" && !stored);
+  }
+}
+
+function openMenu(at = 0) {
+  paintMenu();
+  ui.menu.hidden = false;
+  ui.menuButton.setAttribute("aria-expanded", "true");
+  const items = menuItems();
+  if (items.length) items[at < 0 ? items.length - 1 : at].focus();
+}
+
+function closeMenu(refocus) {
+  if (ui.menu.hidden) return;
+  ui.menu.hidden = true;
+  ui.menuButton.setAttribute("aria-expanded", "false");
+  if (refocus) ui.menuButton.focus();
+}
+
+function openSettings() {
+  if (!S.live || !S.conv) return;
+  ui.settingsPrompt.value = S.systemPrompt;
+  ui.settingsError.hidden = true;
+  ui.settingsError.textContent = "";
+  S.settingsReq = null;
+  syncUI();
+  ui.settings.showModal();
+  ui.settingsPrompt.focus();
+}
+
+function saveSettings() {
+  if (!S.live || S.settingsReq) return;
+  const id = `settings:${newId()}`;
+  if (!S.socket.send({ type: "settings", system_prompt: ui.settingsPrompt.value, id })) return;
+  S.settingsReq = id;
+  ui.settingsError.hidden = true;
+  syncUI();
+}
+
+function settingsRefused(info) {
+  S.settingsReq = null;
+  ui.settingsError.textContent = info.code === "too_large" && S.maxChars
+    ? `The instructions are too long: at most ${new Intl.NumberFormat().format(S.maxChars)} characters.`
+    : info.message;
+  ui.settingsError.hidden = false;
+  syncUI();
+}
+
+function onSettings(m) {
+  if (m.conversation_id !== S.conv) return;
+  S.systemPrompt = typeof m.system_prompt === "string" ? m.system_prompt : "";
+  if (S.conv) convs.touch(S.conv, {}); // stored now, even before its first message
+  if (typeof m.id === "string" && m.id === S.settingsReq) {
+    S.settingsReq = null;
+    if (ui.settings.open) ui.settings.close();
+    announce(S.systemPrompt ? "Instructions saved." : "Instructions removed.");
+  }
+  syncUI();
+}
+
+function exportConversation(format, scope) {
+  if (!S.live) return;
+  S.socket.send({ type: "export", format, scope, id: `export:${newId()}` });
+}
+
+/** The gateway's file: downloaded as is (a Blob behind an <a download>). */
+function onExport(m) {
+  if (typeof m.content !== "string") return;
+  const name = typeof m.filename === "string" && m.filename ? m.filename : "conversation.txt";
+  const type = typeof m.media_type === "string" && m.media_type ? m.media_type : "text/plain";
+  const url = URL.createObjectURL(new Blob([m.content], { type: `${type};charset=utf-8` }));
+  const a = el("a");
+  a.href = url;
+  a.download = name;
+  a.hidden = true;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  announce(`Downloaded ${name}.`);
+}
+
+function onBranch(m) {
+  if (m.conversation_id !== S.conv) return;
+  const anchor = S.anchor && S.anchor.req === m.id ? S.anchor : null;
+  if (anchor) S.anchor = null;
+  const items = Array.isArray(m.messages) ? m.messages : [];
+  const streaming = m.streaming && typeof m.streaming === "object" ? m.streaming : null;
+  showBranch(items, m.has_more === true, streaming, anchor);
+}
+
 // ---------------------------------------------------------------------------- protocol
 
 function onOpen() {
   S.live = false;
   S.resuming.clear();
+  S.histQ = [];
   S.helloFor = S.target;
   const hello = helloFrame(S.target);
   if (S.token) hello.token = S.token; // the first frame signs in (never the URL)
@@ -916,6 +1365,9 @@ const HANDLERS = {
   "reply.done": onDone,
   error: onError,
   history: onHistory,
+  branch: onBranch,
+  settings: onSettings,
+  export: onExport,
   conversations: onConversations,
   renamed: (m) => typeof m.conversation_id === "string" && convs.renamedOnGateway(m.conversation_id, m.title),
   deleted: (m) => typeof m.conversation_id === "string" && convs.deletedOnGateway(m.conversation_id),
@@ -933,6 +1385,151 @@ function stateOf(finish) {
   if (finish === "cancelled") return "cancelled";
   if (finish === "error") return "error";
   return "done";
+}
+
+/** History items → view entries, reusing ``old``'s (key → entry) that did not change. */
+function entriesFrom(items, conv, old, skip) {
+  const next = [];
+  for (const h of items) {
+    if (!h || typeof h.id !== "string" || typeof h.content !== "string") continue;
+    if (h.role === "user") {
+      const e = old.get(`u:${h.id}`);
+      const u = e && e.text === h.content ? e : makeUser(h.id, h.content);
+      u.stored = true;
+      setBranchInfo(u, h);
+      next.push(u);
+    } else if (h.role === "assistant" && h.id !== skip && h.finish_reason) {
+      let r = replyOfMessage(h.id);
+      if (!r) {
+        r = new Reply(h.id, conv);
+        S.replies.set(h.id, r);
+      }
+      if (r.state === "streaming" || r.text !== h.content || r.finish !== h.finish_reason) {
+        r.text = h.content;
+        r.state = stateOf(h.finish_reason);
+        r.finish = h.finish_reason;
+        r.fresh = false;
+        if (r.state !== "error") r.error = null;
+      }
+      fromHistory(r, h);
+      const e = old.get(`a:${h.id}`);
+      next.push(e && e.reply === r ? e : makeAssistant(r));
+    }
+  }
+  return next;
+}
+
+/** The Reply writing the stored message ``id`` (a continuation's stream id differs). */
+function replyOfMessage(id) {
+  const r = S.replies.get(id);
+  if (r) return r;
+  for (const x of S.replies.values()) if (x.msgId === id) return x;
+  return null;
+}
+
+/** Where a streaming reply goes in ``next``: after the message it answers, if that
+ * ends what is shown (a continuation: right after it, where the old text was); -1: it
+ * streams in a branch not shown. */
+function placeOf(next, r) {
+  if (!r.parentId) return next.length; // a gateway that does not say
+  const ids = next.map(msgIdOf);
+  if (r.msgId !== r.id) {
+    const at = ids.indexOf(r.parentId);
+    return at === -1 ? -1 : at + 1;
+  }
+  return ids.length && ids[ids.length - 1] === r.parentId ? next.length : -1;
+}
+
+/** ``streaming`` (of ready or branch): follow that reply, and show it if its branch is shown. */
+function attachStreaming(next, s, conv, old) {
+  const live = s.reply_id;
+  let r = S.replies.get(live);
+  const following = r && r.state === "streaming" && r.gen === S.socket.gen;
+  if (!r) {
+    r = new Reply(live, conv);
+    S.replies.set(live, r);
+  }
+  if (typeof s.parent_id === "string" && s.parent_id) r.parentId = s.parent_id;
+  if (typeof s.continues === "string" && s.continues) r.msgId = s.continues;
+  if (!following) {
+    if (r.state !== "streaming") {
+      r.state = "streaming";
+      r.text = "";
+      r.reasoning = "";
+      r.seq = 0;
+    }
+    r.fresh = false; // the replay starts from r.seq: what is held stays
+    r.gen = S.socket.gen;
+    S.resuming.add(live);
+    S.socket.send({ type: "resume", reply_id: live, after_seq: r.seq });
+  }
+  const at = placeOf(next, r);
+  if (at === -1) return;
+  const e = old.get(`a:${r.msgId}`);
+  next.splice(at, 0, e && e.reply === r ? e : makeAssistant(r));
+}
+
+/** Replies this socket follows in the shown conversation, shown where their branch is. */
+function attachFollowed(next, old) {
+  for (const r of S.replies.values()) {
+    if (r.state !== "streaming" || !r.id || r.conv !== S.conv || r.gen !== S.socket.gen || next.some((e) => e.reply === r)) continue;
+    const at = placeOf(next, r);
+    if (at === -1) continue;
+    const e = old.get(`a:${r.msgId}`);
+    next.splice(at, 0, e && e.reply === r ? e : makeAssistant(r));
+  }
+}
+
+/** Messages shown here that the gateway does not have (yet): sent and waiting, or unsent. */
+function localTail(next) {
+  const out = [];
+  for (let i = 0; i < S.entries.length; i++) {
+    const e = S.entries[i];
+    if (e.kind !== "assistant" || e.reply.msgId || next.includes(e)) continue;
+    const u = S.entries[i - 1];
+    if (u && u.kind === "user" && !u.stored && !next.includes(u)) out.push(u);
+    out.push(e);
+  }
+  return out;
+}
+
+/** Show a branch the gateway sent (branch event, a refreshed page): replace the view. */
+function showBranch(items, hasMore, streaming, anchor) {
+  const old = new Map(S.entries.map((e) => [e.key, e]));
+  const live = streaming && typeof streaming.reply_id === "string" ? streaming : null;
+  const next = entriesFrom(items, S.conv, old, live ? live.reply_id : null);
+  if (live) attachStreaming(next, live, S.conv, old);
+  attachFollowed(next, old);
+  next.push(...localTail(next));
+  const stick = !anchor && nearBottom();
+  const top = ui.log.scrollTop;
+  S.moreHistory = hasMore;
+  mount(next);
+  if (anchor) restoreAnchor(anchor);
+  else if (stick) scrollToBottom();
+  else ui.log.scrollTop = top;
+}
+
+/** After a branch switch: the message switched to stays where the reader saw it. */
+function restoreAnchor(anchor) {
+  let target = anchor.id ? S.entries.find((e) => msgIdOf(e) === anchor.id) : null;
+  if (!target && anchor.prev) {
+    const i = S.entries.findIndex((e) => msgIdOf(e) === anchor.prev);
+    if (i !== -1) target = S.entries[i + 1] || S.entries[i];
+  }
+  if (!target) {
+    scrollToBottom();
+    return;
+  }
+  ui.log.scrollTop += target.el.getBoundingClientRect().top - anchor.top;
+  if (anchor.focus) {
+    const want = target.el.querySelector(`button[data-action="${anchor.focus}"]`);
+    const other = target.el.querySelector(`button[data-action="${anchor.focus === "prev-version" ? "next-version" : "prev-version"}"]`);
+    const b = want && !want.disabled ? want : other && !other.disabled ? other : null;
+    if (b) b.focus();
+    const src = target.kind === "user" ? target : target.reply;
+    if (src.siblings) announce(`Showing version ${src.sibIndex + 1} of ${src.siblings.length}.`);
+  }
 }
 
 function onReady(m) {
@@ -955,8 +1552,14 @@ function onReady(m) {
   convs.setCurrent(conv);
   setHash(conv);
   showModels(m);
+  S.systemPrompt = typeof m.system_prompt === "string" ? m.system_prompt : "";
   const max = m.limits && m.limits.max_content_chars;
-  if (Number.isInteger(max) && max > 0) ui.input.maxLength = max;
+  if (Number.isInteger(max) && max > 0) {
+    ui.input.maxLength = max;
+    ui.settingsPrompt.maxLength = max;
+    S.maxChars = max;
+  }
+  if (switching && ui.settings.open) ui.settings.close();
 
   const history = Array.isArray(m.history) ? m.history : [];
   const title = typeof m.title === "string" ? m.title : "";
@@ -965,61 +1568,19 @@ function onReady(m) {
 
   // Rebuild the view from the history, reusing the entries that did not change.
   const old = new Map((switching ? [] : S.entries).map((e) => [e.key, e]));
-  const live = m.streaming && typeof m.streaming.reply_id === "string" ? m.streaming.reply_id : null;
-  const next = [];
-  const inHistory = new Set();
-  for (const h of history) {
-    if (!h || typeof h.id !== "string" || typeof h.content !== "string") continue;
-    inHistory.add(h.id);
-    if (h.role === "user") {
-      const e = old.get(`u:${h.id}`);
-      next.push(e && e.text === h.content ? e : makeUser(h.id, h.content));
-    } else if (h.role === "assistant" && h.id !== live && h.finish_reason) {
-      let r = S.replies.get(h.id);
-      if (!r) {
-        r = new Reply(h.id, conv);
-        S.replies.set(h.id, r);
-      }
-      if (r.state === "streaming" || r.text !== h.content || r.finish !== h.finish_reason) {
-        r.text = h.content;
-        r.state = stateOf(h.finish_reason);
-        r.finish = h.finish_reason;
-        if (r.state !== "error") r.error = null;
-      }
-      fromHistory(r, h);
-      const e = old.get(`a:${h.id}`);
-      next.push(e && e.reply === r ? e : makeAssistant(r));
-    }
-  }
-  if (live) {
-    let r = S.replies.get(live);
-    const following = r && r.state === "streaming" && r.gen === S.socket.gen;
-    if (!r) {
-      r = new Reply(live, conv);
-      S.replies.set(live, r);
-    }
-    if (!following) {
-      if (r.state !== "streaming") {
-        r.state = "streaming";
-        r.text = "";
-        r.reasoning = "";
-        r.seq = 0;
-      }
-      r.gen = S.socket.gen;
-      S.resuming.add(live);
-      S.socket.send({ type: "resume", reply_id: live, after_seq: r.seq });
-    }
-    const e = old.get(`a:${live}`);
-    next.push(e && e.reply === r ? e : makeAssistant(r));
-  }
+  const streaming = m.streaming && typeof m.streaming.reply_id === "string" ? m.streaming : null;
+  const live = streaming ? streaming.reply_id : null;
+  const next = entriesFrom(history, conv, old, live);
+  const inHistory = new Set(history.filter((h) => h && typeof h.id === "string").map((h) => h.id));
+  // Replies followed on an earlier socket that are not streaming any more: their end is in the history.
+  for (const [id, r] of S.replies) if (r.state === "streaming" && r.id && id !== live && r.gen !== S.socket.gen) S.replies.delete(id);
+  if (streaming) attachStreaming(next, streaming, conv, old);
   // Messages sent but never acknowledged (the socket dropped first): the history says
   // whether the gateway stored them.
   for (const [id, p] of S.pending) {
-    if (p.kind !== "message") {
-      S.pending.delete(id);
-      continue;
-    }
     S.pending.delete(id);
+    if (p.kind === "edit" && !inHistory.has(id) && p.conv === conv) banner("Your edit was not sent: the connection dropped first. Edit the message again.");
+    if (p.kind !== "message") continue;
     if (inHistory.has(id) || p.conv !== conv) continue;
     p.entry.reply.state = "error";
     p.entry.reply.error = { message: "Not sent: the connection dropped first.", retryable: true, unsent: true, content: p.content };
@@ -1037,13 +1598,8 @@ function onReady(m) {
   }
   const stick = switching || nearBottom();
   S.moreHistory = false;
-  S.older = null;
   const first = history.find((h) => h && typeof h.id === "string");
-  if (first) {
-    // Are there older messages? One tiny page tells (ready does not say).
-    S.older = { conv, probe: true };
-    S.socket.send({ type: "history", before: first.id, limit: 1 });
-  }
+  if (first) askHistory("probe", { before: first.id, limit: 1 }); // are there older messages? (ready does not say)
   mount(next);
   if (stick) scrollToBottom();
   if (S.bannerKind === "conn") banner("");
@@ -1090,26 +1646,67 @@ function pickModel() {
   showModel(id);
 }
 
+/** Ask for a history page; answers come in the order asked (``kind`` says what it is for). */
+function askHistory(kind, frame) {
+  if (!S.socket || !S.live || !S.conv) return;
+  if (S.socket.send({ type: "history", ...frame })) S.histQ.push({ conv: S.conv, kind });
+}
+
+/** Check the newest messages against the view: their versions (after an edit or a
+ * regenerate), and where a new message went (another tab may have shown another
+ * branch meanwhile). A branch that changed elsewhere is then fetched whole. */
+function syncBranch() {
+  askHistory("sync", { limit: 2 });
+}
+
+function refreshBranch() {
+  askHistory("refresh", { limit: 50 });
+}
+
 function loadOlder() {
-  const first = S.entries.find((e) => (e.kind === "user" ? e.id : e.reply.id));
-  if (!first || !S.live || S.older) return;
-  const before = first.kind === "user" ? first.id : first.reply.id;
-  S.older = { conv: S.conv, probe: false };
-  S.socket.send({ type: "history", before, limit: 50 });
+  const first = S.entries.find((e) => msgIdOf(e));
+  if (!first || !S.live || S.histQ.some((q) => q.kind === "older")) return;
+  askHistory("older", { before: msgIdOf(first), limit: 50 });
   syncUI();
 }
 
+/** A page that matches the tail of the view: update the versions in place. */
+function updateInPlace(items, hasMore) {
+  const valid = items.filter((h) => h && typeof h.id === "string");
+  const shown = storedEntries();
+  if (!valid.length) return shown.length === 0;
+  const k = shown.findIndex((e) => msgIdOf(e) === valid[0].id);
+  if (k === -1 || shown.length - k !== valid.length) return false;
+  if (!valid.every((h, i) => msgIdOf(shown[k + i]) === h.id)) return false;
+  // What comes before the page must be what the view shows before it.
+  if (k > 0 && (!hasMore || (typeof valid[0].parent_id === "string" && valid[0].parent_id !== msgIdOf(shown[k - 1])))) return false;
+  valid.forEach((h, i) => {
+    const e = shown[k + i];
+    setBranchInfo(e.kind === "user" ? e : e.reply, h);
+    paint(e);
+  });
+  syncUI();
+  return true;
+}
+
 function onHistory(m) {
-  const req = S.older;
-  S.older = null;
+  const req = S.histQ.shift();
   if (!req || req.conv !== S.conv || m.conversation_id !== S.conv) {
     syncUI();
     return;
   }
   const messages = Array.isArray(m.messages) ? m.messages : [];
-  if (req.probe) {
+  if (req.kind === "probe") {
     S.moreHistory = messages.length > 0;
     syncUI();
+    return;
+  }
+  if (req.kind === "sync") {
+    if (!updateInPlace(messages, m.has_more === true)) refreshBranch();
+    return;
+  }
+  if (req.kind === "refresh") {
+    showBranch(messages, m.has_more === true, null, null);
     return;
   }
   S.moreHistory = m.has_more === true;
@@ -1117,8 +1714,12 @@ function onHistory(m) {
   const entries = [];
   for (const h of messages) {
     if (!h || typeof h.id !== "string" || typeof h.content !== "string") continue;
-    if (h.role === "user" && !known.has(`u:${h.id}`)) entries.push(makeUser(h.id, h.content));
-    else if (h.role === "assistant" && h.finish_reason && !known.has(`a:${h.id}`)) {
+    if (h.role === "user" && !known.has(`u:${h.id}`)) {
+      const u = makeUser(h.id, h.content);
+      u.stored = true;
+      setBranchInfo(u, h);
+      entries.push(u);
+    } else if (h.role === "assistant" && h.finish_reason && !known.has(`a:${h.id}`)) {
       const r = new Reply(h.id, S.conv);
       r.text = h.content;
       r.state = stateOf(h.finish_reason);
@@ -1137,36 +1738,74 @@ function onHistory(m) {
 function fromHistory(r, h) {
   r.reasoning = typeof h.reasoning === "string" ? h.reasoning : "";
   if (typeof h.model === "string") r.model = h.model;
+  setBranchInfo(r, h);
 }
 
 function onStart(m) {
   if (typeof m.reply_id !== "string") return;
   const conv = typeof m.conversation_id === "string" ? m.conversation_id : S.conv;
   const p = typeof m.id === "string" ? S.pending.get(m.id) : undefined;
+  const parent = typeof m.parent_id === "string" && m.parent_id ? m.parent_id : null;
+  const continues = typeof m.continues === "string" && m.continues ? m.continues : null;
   let reply;
-  if (p && p.kind === "message") {
+  let atEnd = true;
+  if (p && (p.kind === "message" || p.kind === "edit")) {
     S.pending.delete(m.id);
     reply = p.entry.reply;
     reply.id = m.reply_id;
+    reply.msgId = m.reply_id;
     reply.conv = conv;
+    reply.parentId = parent || p.id;
+    p.user.stored = true;
+    if (p.user.el.isConnected) renderUser(p.user);
+    if (p.kind === "edit") reply.after = "sync"; // the new version's switcher: checked once it ends
+    else if (conv === S.conv) syncBranch(); // stored where the view says?
   } else {
     if (S.replies.has(m.reply_id)) return;
     if (p) S.pending.delete(m.id);
     reply = new Reply(m.reply_id, conv);
-    const replaces = typeof m.replaces === "string" ? m.replaces : p ? p.replaces : null;
-    if (conv === S.conv) {
-      const old = replaces ? entryOfReply(replaces) : null;
-      if (old) replaceEntry(old, makeAssistant(reply));
-      else {
-        if (!replaces && typeof m.content === "string") {
-          append(makeUser(m.id, m.content));
-          const item = convs.get(conv);
-          if (!item || !item.title) convs.touch(conv, { title: titleFrom(m.content) });
-        }
-        append(makeAssistant(reply));
+    reply.parentId = parent;
+    const replaces = typeof m.replaces === "string" ? m.replaces : p && p.kind === "regenerate" ? p.replaces : null;
+    if (continues) {
+      // Its stream starts with the stored text: it takes the old bubble's place, and the
+      // old text stays up until the first delta replaces it.
+      reply.msgId = continues;
+      const old = conv === S.conv ? entryOfMessage(continues) : null;
+      if (old) {
+        const was = old.reply;
+        reply.text = was.text;
+        reply.reasoning = was.reasoning;
+        reply.thoughtFor = was.thoughtFor;
+        reply.fresh = true;
+        reply.siblings = was.siblings;
+        reply.sibIndex = was.sibIndex;
+        reply.parentId = parent || was.parentId;
+        atEnd = old === S.entries[S.entries.length - 1];
+        replaceEntry(old, makeAssistant(reply));
+        S.replies.delete(was.id);
+      } // else: it streams in a branch not shown; followed, not drawn
+    } else if (conv === S.conv) {
+      const old = replaces ? entryOfMessage(replaces) : null;
+      if (old) {
+        // A new version of the reply, beside the old one: shown in its place.
+        addVersion(reply, old.reply, replaces, m.reply_id);
+        reply.after = "sync";
+        replaceEntry(old, makeAssistant(reply));
+        S.replies.delete(old.reply.id);
+      } else if (!replaces && typeof m.content === "string") {
+        // Another tab's message, or its edit: shown at once; the page says which.
+        const user = makeUser(m.id, m.content);
+        user.stored = true;
+        append(user, makeAssistant(reply));
+        const item = convs.get(conv);
+        if (!item || !item.title) convs.touch(conv, { title: titleFrom(m.content) });
+        syncBranch();
+      } else if (!replaces && (!parent || lastStoredId() === parent)) {
+        append(makeAssistant(reply)); // the first reply to a message left unanswered
+      } else {
+        refreshBranch(); // the branch changed elsewhere: fetch it; the reply is shown with it
       }
     }
-    if (replaces) S.replies.delete(replaces);
   }
   reply.gen = S.socket.gen;
   if (typeof m.model === "string") reply.model = m.model;
@@ -1180,7 +1819,15 @@ function onStart(m) {
   if (reply.entry) renderEntry(reply.entry);
   if (reply.cancelWanted) S.socket.send({ type: "cancel", reply_id: m.reply_id });
   syncUI();
-  if (reply.entry && conv === S.conv) scrollToBottom();
+  if (reply.entry && conv === S.conv && atEnd) scrollToBottom();
+}
+
+/** A continuation's first frame: its text starts over (with the stored text). */
+function restart(r) {
+  if (!r.fresh) return;
+  r.fresh = false;
+  r.text = "";
+  r.reasoning = "";
 }
 
 function onDelta(m) {
@@ -1190,6 +1837,7 @@ function onDelta(m) {
     if (m.seq <= r.seq) return; // already have it
     r.seq = m.seq;
   }
+  restart(r);
   if (r.thinkingSince && !r.thoughtFor && !r.text) r.thoughtFor = Math.max(1, Math.round((Date.now() - r.thinkingSince) / 1000));
   r.text += m.text;
   if (r.entry) queueRender(r.entry);
@@ -1202,7 +1850,8 @@ function onReasoning(m) {
     if (m.seq <= r.seq) return; // already have it
     r.seq = m.seq; // one sequence with the text: the resume point either way
   }
-  if (!r.thinkingSince && !S.resuming.has(r.id)) r.thinkingSince = Date.now(); // timed only when seen from its start
+  restart(r);
+  if (!r.thinkingSince && !S.resuming.has(r.id) && r.msgId === r.id) r.thinkingSince = Date.now(); // timed only when seen from its start
   r.reasoning += m.text;
   if (r.entry) queueRender(r.entry);
 }
@@ -1219,7 +1868,12 @@ function onDone(m) {
   r.fallbackFrom = typeof m.fallback_from === "string" ? m.fallback_from : null;
   r.usage = m.usage && typeof m.usage === "object" ? m.usage : null;
   if (r.state === "error" && !r.error) r.error = { message: "The reply failed.", retryable: true };
-  if (!r.entry) return;
+  if (r.after === "sync" && r.conv === S.conv) syncBranch(); // the versions as the gateway has them now
+  r.after = "";
+  if (!r.entry) {
+    syncUI(); // a reply of a branch not shown: the composer is free again
+    return;
+  }
   const stick = nearBottom();
   renderEntry(r.entry);
   syncUI();
@@ -1266,6 +1920,15 @@ function onError(m) {
     else convs.renamedOnGateway(id, (convs.get(id) || { title: "" }).title);
     return;
   }
+  if (typeof m.id === "string" && /^(settings|export|select|delbranch):/.test(m.id)) {
+    if (m.id.startsWith("settings:") && m.id === S.settingsReq) {
+      settingsRefused(info);
+      return;
+    }
+    if (S.anchor && S.anchor.req === m.id) S.anchor = null;
+    banner(info.code === "busy" ? "Wait for the reply to finish, or stop it, then try again." : info.message);
+    return;
+  }
   const p = typeof m.id === "string" ? S.pending.get(m.id) : undefined;
   if (info.code === "bad_request" && /^no model /.test(info.message)) {
     S.picked = null; // the gateway's models changed (a reload): ask for them again
@@ -1280,6 +1943,8 @@ function onError(m) {
       if (info.code === "too_large") r.error.retryable = false;
       if (r.entry) renderEntry(r.entry);
       p.user.el.classList.add("unsent");
+    } else if (p.kind === "edit") {
+      editRefused(p, info);
     } else {
       banner(/no reply to regenerate/.test(info.message) ? "There is no reply to regenerate." : info.message);
     }
@@ -1377,7 +2042,75 @@ ui.messages.addEventListener("click", async (ev) => {
     regenerate();
   } else if (action === "retry" && entry) {
     retry(entry);
+  } else if (action === "continue" && entry) {
+    continueReply(entry);
+  } else if (action === "edit" && entry) {
+    startEdit(entry);
+  } else if ((action === "prev-version" || action === "next-version") && entry) {
+    selectVersion(entry, action === "prev-version" ? -1 : 1, button);
+  } else if (action === "delete-version" && entry) {
+    askDeleteVersion(entry, button);
   }
+});
+
+// The conversation menu: settings and export. A menu button: arrows move, Esc closes.
+ui.menuButton.addEventListener("click", () => (ui.menu.hidden ? openMenu() : closeMenu(true)));
+ui.menuButton.addEventListener("keydown", (ev) => {
+  if ((ev.key === "ArrowDown" || ev.key === "ArrowUp") && ui.menu.hidden) {
+    ev.preventDefault();
+    openMenu(ev.key === "ArrowUp" ? -1 : 0);
+  }
+});
+ui.menu.addEventListener("keydown", (ev) => {
+  const items = menuItems();
+  const i = items.indexOf(document.activeElement);
+  let to = -2;
+  if (ev.key === "ArrowDown") to = (i + 1) % items.length;
+  else if (ev.key === "ArrowUp") to = (i - 1 + items.length) % items.length;
+  else if (ev.key === "Home") to = 0;
+  else if (ev.key === "End") to = items.length - 1;
+  else if (ev.key === "Escape") {
+    ev.preventDefault();
+    ev.stopPropagation();
+    closeMenu(true);
+    return;
+  } else if (ev.key === "Tab") {
+    closeMenu(false);
+    return;
+  }
+  if (to !== -2 && items.length) {
+    ev.preventDefault();
+    items[to].focus();
+  }
+});
+ui.menu.addEventListener("click", (ev) => {
+  const item = ev.target instanceof Element ? ev.target.closest("button[data-menu]") : null;
+  if (!item || item.disabled) return;
+  const what = item.dataset.menu;
+  if (what === "settings") {
+    closeMenu(false);
+    openSettings();
+    return;
+  }
+  closeMenu(true);
+  if (what === "export-md") exportConversation("markdown", "branch");
+  else if (what === "export-json") exportConversation("json", "branch");
+  else if (what === "export-tree") exportConversation("json", "tree");
+});
+document.addEventListener("pointerdown", (ev) => {
+  if (!ui.menu.hidden && !(ev.target instanceof Node && ui.menuWrap.contains(ev.target))) closeMenu(false);
+});
+ui.settingsForm.addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  saveSettings();
+});
+ui.settingsCancel.addEventListener("click", () => ui.settings.close());
+ui.settingsPrompt.addEventListener("input", () => {
+  ui.settingsError.hidden = true;
+});
+ui.settings.addEventListener("close", () => {
+  S.settingsReq = null;
+  if (ui.menuButton.isConnected) ui.menuButton.focus();
 });
 
 ui.convSearch.addEventListener("input", onSearch);

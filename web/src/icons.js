@@ -7,6 +7,9 @@ const PATHS = {
   retry: ["M20 11a8 8 0 1 0-2.3 5.7", "M20 5v6h-6"],
   edit: ["M4 20h4L19 9l-4-4L4 16v4z", "M13.5 6.5l4 4"],
   trash: ["M4 7h16", "M9 7V4h6v3", "M6 7l1 13h10l1-13"],
+  prev: ["M15 6l-6 6 6 6"],
+  next: ["M9 6l6 6-6 6"],
+  continue: ["M5 12h12", "M13 7l5 5-5 5"],
 };
 
 const SVG = "http://www.w3.org/2000/svg";

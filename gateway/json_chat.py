@@ -240,17 +240,18 @@ class JsonConnection(SigningConnection):
 
     async def _history(self, msg: wire.History) -> None:
         if self.conversation_id is None:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first")
-        with store_errors(self.conversation_id):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first", ref=msg.id)
+        with self._answering(msg.id), store_errors(self.conversation_id):
             messages, has_more, _ = await read_page(self.hub, self.conversation_id, msg.limit, msg.before)
-        self.outbox.put(
-            wire.encode(
-                "history",
-                conversation_id=self.conversation_id,
-                messages=wire.history_items(messages),
-                has_more=has_more,
+            self.outbox.put(
+                wire.encode(
+                    "history",
+                    id=msg.id,
+                    conversation_id=self.conversation_id,
+                    messages=wire.history_items(messages),
+                    has_more=has_more,
+                )
             )
-        )
 
     def _on_reasoning(self, event: ReplyReasoning) -> None:
         self.outbox.put_delta(event.reply_id, event.seq, event.text, reasoning=True)

@@ -151,6 +151,7 @@ class History:
 
     before: str | None = None
     limit: int = 50
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +273,7 @@ def _history(obj: Mapping[str, Any]) -> History:
     limit = obj.get("limit", 50)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 200:
         raise _bad("field 'limit' must be an integer from 1 to 200")
-    return History(_field(obj, "before", str, required=False), limit)
+    return History(_field(obj, "before", str, required=False), limit, _field(obj, "id", str, required=False))
 
 
 def _regenerate(obj: Mapping[str, Any]) -> Regenerate:

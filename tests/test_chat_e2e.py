@@ -300,3 +300,18 @@ async def test_regenerate_refusals(start_gateway: StartGateway, upstream: FakeUp
         assert event["code"] == "busy" and event["id"] == "r1"
         gate.set()
         await chat.until_done()
+
+
+async def test_a_history_request_s_id_is_echoed_in_its_answer_and_its_error(start_gateway: StartGateway) -> None:
+    gw = await start_gateway(toml=DEMO_FAST)
+    async with gw.chat() as chat:
+        await chat.send(type="history", id="h0")
+        error = await chat.expect("error")
+        assert (error["code"], error["id"]) == ("bad_request", "h0")
+        await chat.hello()
+        await chat.ask("one")
+        await chat.send(type="history", id="h1", limit=1)
+        page = await chat.expect("history")
+        assert (page["id"], [m["role"] for m in page["messages"]], page["has_more"]) == ("h1", ["assistant"], True)
+        await chat.send(type="history")
+        assert "id" not in await chat.expect("history")

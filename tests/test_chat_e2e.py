@@ -315,3 +315,15 @@ async def test_a_history_request_s_id_is_echoed_in_its_answer_and_its_error(star
         assert (page["id"], [m["role"] for m in page["messages"]], page["has_more"]) == ("h1", ["assistant"], True)
         await chat.send(type="history")
         assert "id" not in await chat.expect("history")
+
+
+async def test_the_demo_answers_a_chinese_question_in_chinese(start_gateway: StartGateway) -> None:
+    gw = await start_gateway(toml=DEMO_FAST)
+    async with gw.chat() as chat:
+        await chat.hello()
+        text, events = await chat.ask("你好，请介绍一下你自己")
+        assert text.startswith("这是网关内置的**演示模型**") and "> 你好，请介绍一下你自己" in text
+        assert "**11 个字符**" in text and "demo model" not in text
+        assert len([e for e in events if e["type"] == "reply.delta"]) > 100, "Chinese streams character by character"
+        english, _ = await chat.ask("And in English?", "m2")
+        assert english.startswith("This is the **demo model**")

@@ -136,9 +136,9 @@ def sse_pieces(*texts: str) -> list[bytes]:
     return [openai_sse([t], finish=None, usage=None, done=False).split(b"\n\n", 1)[1] for t in texts]
 
 
-def sse_end() -> bytes:
+def sse_end(finish: str = "stop") -> bytes:
     """The end of an OpenAI stream: finish reason, usage, [DONE]."""
-    return openai_sse([], finish="stop").split(b"\n\n", 1)[1]
+    return openai_sse([], finish=finish).split(b"\n\n", 1)[1]
 
 
 def free_port() -> int:

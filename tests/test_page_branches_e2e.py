@@ -35,7 +35,7 @@ _reason = missing_browser_reason()
 if _reason:
     pytest.skip(_reason, allow_module_level=True)
 
-from playwright.async_api import Browser, Locator, Page, expect  # noqa: E402
+from playwright.async_api import Browser, Locator, Page, WebSocketRoute, expect  # noqa: E402
 
 expect.set_options(timeout=int(TIMEOUT * 1000))
 DESKTOP = {"viewport": {"width": 1100, "height": 760}}
@@ -90,8 +90,20 @@ async def _shown(page: Page, users: list[str], replies: list[str]) -> None:
     await expect(_assistants(page).locator(".msg-body")).to_have_text(replies)
 
 
+def _sent_frames(page: Page) -> list[dict[str, Any]]:
+    """Every JSON frame the page sends from now on (its sockets opened from now on)."""
+    frames: list[dict[str, Any]] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: frames.append(json.loads(payload))))
+    return frames
+
+
+async def _live(page: Page) -> None:
+    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "live")
+
+
 async def _no_sideways_scroll(page: Page) -> None:
-    assert await page.evaluate("document.documentElement.scrollWidth") <= 360, "sideways scrolling"
+    root = "document.documentElement"
+    assert await page.evaluate(f"{root}.scrollWidth <= {root}.clientWidth"), "sideways scrolling"
     assert await page.evaluate("document.getElementById('log').scrollWidth <= document.getElementById('log').clientWidth")
 
 
@@ -204,7 +216,7 @@ async def test_continue_extends_a_reply_cut_short_in_its_own_bubble(
     await _send(page, "Tell me a story")
     reply = _assistants(page).last
     await expect(reply.locator(".msg-body")).to_have_text("Once upon a time")
-    await expect(reply.locator(".msg-note")).to_contain_text("Cut off at the length limit.")
+    await expect(reply.locator(".msg-note")).to_have_text("Cut off at the length limit.")
     message_id = await reply.get_attribute("data-message-id")
     more = page.get_by_role("button", name="Continue")
     await expect(more).to_have_count(1)
@@ -231,6 +243,81 @@ async def test_continue_extends_a_reply_cut_short_in_its_own_bubble(
     await w.assert_clean()
 
 
+async def test_continue_is_offered_on_the_last_reply_only(
+    browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
+    gate = asyncio.Event()
+    upstream.enqueue(
+        Script([openai_sse(["First, cut"], finish="length")]),
+        Script([*sse_pieces("Second"), Pause(gate), *sse_pieces(", cut"), sse_end("length")]),
+    )
+    gw = await start_gateway(env=openai_env(upstream))
+    w = await _open(browser, gw.http_url + "/")
+    page = w.page
+    await _send(page, "one")
+    first, more = _assistants(page).first, page.get_by_role("button", name="Continue")
+    await expect(first.get_by_role("button", name="Continue")).to_be_visible()
+    await page.get_by_test_id("composer").fill("two")
+    await page.get_by_test_id("composer").press("Enter")
+    await expect(_assistants(page).last.locator(".msg-body")).to_have_text("Second")
+    await expect(more).to_have_count(0)  # a reply streams
+    gate.set()
+    await expect(_assistants(page).last).to_have_attribute("data-state", "done")
+    await _shown(page, ["one", "two"], ["First, cut", "Second, cut"])
+    await expect(_assistants(page).locator(".msg-note")).to_have_text(["Cut off at the length limit."] * 2)
+    await expect(more).to_have_count(1)  # the gateway continues the last reply of a branch only
+    await expect(_assistants(page).last.get_by_role("button", name="Continue")).to_be_visible()
+    await page.reload()
+    await _live(page)
+    await _shown(page, ["one", "two"], ["First, cut", "Second, cut"])
+    await expect(more).to_have_count(1)
+    await expect(_assistants(page).last.get_by_role("button", name="Continue")).to_be_visible()
+    await w.assert_clean()
+
+
+async def test_a_continuation_is_not_drawn_beside_another_version(
+    browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
+    gate = asyncio.Event()
+    upstream.enqueue(
+        Script([openai_sse(["Reply 1"], finish="length")]),
+        Script([openai_sse(["Reply 2"])]),
+        Script([openai_sse(["Reply 3"])]),
+        Script([*sse_pieces(" and more"), Pause(gate), *sse_pieces(" at last."), sse_end()]),
+    )
+    gw = await start_gateway(env=openai_env(upstream))
+    a = await _open(browser, gw.http_url + "/")
+    await _send(a.page, "Pick")
+    reply = _assistants(a.page).last
+    for n in (2, 3):
+        await a.page.get_by_role("button", name="Regenerate reply").click()
+        await expect(reply.get_by_test_id("version-count")).to_have_text(f"{n}/{n}")
+        await expect(reply).to_have_attribute("data-state", "done")
+    conversation_id = a.page.url.rsplit("/", 1)[1]
+    b = await _tab(a, f"{gw.http_url}/#/c/{conversation_id}")
+    await _shown(b.page, ["Pick"], ["Reply 3"])
+    for n in (2, 1):  # tab A goes back to the first version, cut short, and continues it
+        await reply.get_by_role("button", name="Previous version").click()
+        await expect(reply.get_by_test_id("version-count")).to_have_text(f"{n}/3")
+    await reply.get_by_role("button", name="Continue").click()
+    await expect(reply.locator(".msg-body")).to_have_text("Reply 1 and more")
+    await expect(b.page.get_by_test_id("stop")).to_be_visible()  # tab B follows it, in a branch it does not show
+    await _assistants(b.page).last.get_by_role("button", name="Previous version").click()
+    await expect(_assistants(b.page).last.get_by_test_id("version-count")).to_have_text("2/3")
+    await _shown(b.page, ["Pick"], ["Reply 2"])  # the branch of version 2: the continuation is not in it
+    await expect(b.page.get_by_test_id("stop")).to_be_visible()
+    gate.set()
+    await expect(reply).to_have_attribute("data-state", "done")
+    await _shown(a.page, ["Pick"], ["Reply 1 and more at last."])
+    await expect(b.page.get_by_test_id("send")).to_be_visible()
+    await _shown(b.page, ["Pick"], ["Reply 2"])
+    await _assistants(b.page).last.get_by_role("button", name="Previous version").click()
+    await _shown(b.page, ["Pick"], ["Reply 1 and more at last."])
+    await expect(_assistants(b.page).last.get_by_test_id("version-count")).to_have_text("1/3")
+    for w in (a, b):
+        await w.assert_clean()
+
+
 async def test_a_continuation_followed_after_a_reload_shows_its_whole_text_once(
     browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream
 ) -> None:
@@ -255,6 +342,113 @@ async def test_a_continuation_followed_after_a_reload_shows_its_whole_text_once(
     await expect(reply).to_have_attribute("data-state", "done")
     assert await reply.locator(".msg-body").inner_text() == "Part one. Part two. Part three."
     await _shown(page, ["Go on and on"], ["Part one. Part two. Part three."])
+    await w.assert_clean()
+
+
+async def test_a_continuation_cut_off_before_its_first_frame_shows_its_text_once(
+    browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
+    gate = asyncio.Event()
+    upstream.enqueue(
+        Script([openai_sse(["Part one."], finish="length")]),
+        Script([*sse_pieces(" Part two."), Pause(gate), *sse_pieces(" Part three."), sse_end()]),
+    )
+    gw = await start_gateway(env=openai_env(upstream))
+    w = await _open(browser, gw.http_url + "/")
+    page = w.page
+    dropped = False
+
+    def route(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+        closed = False
+
+        async def from_server(message: str | bytes) -> None:
+            nonlocal dropped, closed
+            if closed:
+                return
+            ws.send(message)
+            if not dropped and json.loads(message).get("continues"):  # its reply.start, then the link drops
+                dropped = closed = True
+                await ws.close(code=1001)
+
+        server.on_message(from_server)
+
+    await page.route_web_socket("**/chat", route)
+    await page.reload()
+    await _live(page)
+    await _send(page, "Go on")
+    await page.get_by_role("button", name="Continue").click()
+    reply = _assistants(page).last
+    # Resumed from 0 on the next socket: its first frame is the stored text again.
+    await expect(reply.locator(".msg-body")).to_have_text("Part one. Part two.")
+    await expect(reply).to_have_attribute("data-state", "streaming")
+    assert dropped
+    gate.set()
+    await expect(reply).to_have_attribute("data-state", "done")
+    await _shown(page, ["Go on"], ["Part one. Part two. Part three."])
+    await w.assert_clean()
+
+
+async def test_a_regenerate_picked_up_after_a_reload_gets_its_versions(
+    browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
+    gate = asyncio.Event()
+    upstream.enqueue(
+        Script([openai_sse(["First."])]),
+        Script([*sse_pieces("Second"), Pause(gate), *sse_pieces(" one."), sse_end()]),
+    )
+    gw = await start_gateway(env=openai_env(upstream))
+    w = await _open(browser, gw.http_url + "/")
+    page = w.page
+    await _send(page, "q")
+    await page.get_by_role("button", name="Regenerate reply").click()
+    await expect(_assistants(page).last.locator(".msg-body")).to_have_text("Second")
+    await page.reload()  # ready.streaming names the new version; nothing says it has siblings
+    await _live(page)
+    reply = _assistants(page).last
+    await expect(reply).to_have_attribute("data-state", "streaming")
+    await expect(reply.locator(".msg-body")).to_have_text("Second")
+    gate.set()
+    await expect(reply).to_have_attribute("data-state", "done")
+    await _shown(page, ["q"], ["Second one."])
+    await expect(reply.get_by_test_id("version-count")).to_have_text("2/2")
+    await expect(reply.get_by_role("button", name="Delete this version")).to_be_visible()
+    await reply.get_by_role("button", name="Previous version").click()
+    await _shown(page, ["q"], ["First."])
+    await w.assert_clean()
+
+
+async def test_a_message_left_without_reply_is_offered_an_answer(
+    browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
+    numbered(upstream)
+    gw = await start_gateway(env=openai_env(upstream))
+    w = await _open(browser, gw.http_url + "/")
+    page = w.page
+    await _send(page, "Hello")
+    await _send(page, "Still there?")
+    conversation_id = page.url.rsplit("/", 1)[1]
+    reply_id = await _assistants(page).last.get_attribute("data-message-id")
+    key = await page.evaluate("localStorage.getItem('gateway.anonKey')")
+    async with gw.chat() as chat:  # as after a crash before the reply's first checkpoint: no reply stored
+        await chat.send(type="hello", token=key, conversation_id=conversation_id)
+        await chat.expect("ready")
+        await chat.send(type="delete_branch", message_id=reply_id, id="d1")
+        assert (await chat.expect("branch"))["messages"][-1]["content"] == "Still there?"
+    await page.reload()
+    await _live(page)
+    await _shown(page, ["Hello", "Still there?"], ["Reply 1 to Hello"])
+    answer = _users(page).last.get_by_role("button", name="Answer this message")
+    await expect(answer).to_have_text("Answer")
+    await expect(page.get_by_role("button", name="Regenerate reply")).to_have_count(0)  # it would fork Reply 1
+    await shot(page, "branches-answer")
+    await answer.click()
+    await expect(_assistants(page).last).to_have_attribute("data-state", "done")
+    await _shown(page, ["Hello", "Still there?"], ["Reply 1 to Hello", "Reply 3 to Still there?"])
+    assert sent(upstream, 2) == [("user", "Hello"), ("assistant", "Reply 1 to Hello"), ("user", "Still there?")]
+    await expect(answer).to_have_count(0)
+    await expect(_assistants(page).last.get_by_role("button", name="Regenerate reply")).to_be_visible()
+    await expect(_assistants(page).first.get_by_role("button", name="Regenerate reply")).to_have_count(0)
     await w.assert_clean()
 
 
@@ -301,6 +495,50 @@ async def test_instructions_for_a_conversation_are_kept_and_sent_first(
     await w.assert_clean()
 
 
+async def test_instructions_lost_to_a_dropped_connection_can_be_saved_again(
+    browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
+    numbered(upstream)
+    gw = await start_gateway(env=openai_env(upstream))
+    w = await _open(browser, gw.http_url + "/")
+    page = w.page
+    dropping = True
+
+    def route(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        async def from_page(message: str | bytes) -> None:
+            if dropping and json.loads(message).get("type") == "settings":
+                await ws.close(code=1001)  # the save never reaches the gateway
+            else:
+                server.send(message)
+
+        ws.on_message(from_page)
+
+    await page.route_web_socket("**/chat", route)
+    await page.reload()
+    await _live(page)
+    await _send(page, "hello")
+    await page.get_by_role("button", name="Conversation menu").click()
+    await page.get_by_role("menuitem", name="Conversation settings").click()
+    dialog = page.get_by_test_id("settings")
+    prompt = dialog.get_by_role("textbox", name="Instructions for this conversation")
+    await prompt.fill("Be brief.")
+    await dialog.get_by_role("button", name="Save").click()
+    await expect(dialog.get_by_role("alert")).to_have_text("Not saved: the connection dropped. Try again.")
+    await _live(page)
+    await expect(dialog).to_be_visible()
+    await expect(prompt).to_have_value("Be brief.")
+    save = dialog.get_by_role("button", name="Save")
+    await expect(save).to_be_enabled()
+    dropping = False
+    await save.click()
+    await expect(dialog).to_be_hidden()
+    await _send(page, "and again")
+    assert sent(upstream, 1)[0] == ("system", "Be brief.")
+    await w.assert_clean()
+
+
 async def test_export_downloads_markdown_json_and_every_branch(
     browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream
 ) -> None:
@@ -328,7 +566,7 @@ async def test_export_downloads_markdown_json_and_every_branch(
     async with page.expect_download() as info:
         await page.keyboard.press("Enter")
     download = await info.value
-    assert download.suggested_filename.endswith(".md")
+    assert download.suggested_filename == "Name-a-colour.md"
     markdown = Path(await download.path()).read_text()
     assert markdown.startswith("# Name a colour\n"), markdown
     for text in ("Name a colour", "Reply 1 to Name a colour", "A warm one", "Reply 3 to A warm one"):
@@ -341,7 +579,7 @@ async def test_export_downloads_markdown_json_and_every_branch(
     async with page.expect_download() as info:
         await page.get_by_role("menuitem", name="Export as JSON").click()
     download = await info.value
-    assert download.suggested_filename.endswith(".json")
+    assert download.suggested_filename == "Name-a-colour.json"
     doc = json.loads(Path(await download.path()).read_text())
     assert doc["title"] == "Name a colour" and doc["scope"] == "branch"
     messages = [(m["role"], m["content"]) for m in doc["messages"]]
@@ -355,7 +593,9 @@ async def test_export_downloads_markdown_json_and_every_branch(
     await menu.click()
     async with page.expect_download() as info:
         await page.get_by_role("menuitem", name="Export all branches (JSON)").click()
-    tree = json.loads(Path(await (await info.value).path()).read_text())
+    download = await info.value
+    assert download.suggested_filename == "Name-a-colour.json"
+    tree = json.loads(Path(await download.path()).read_text())
     assert tree["scope"] == "tree"
     contents = {m["content"]: m for m in tree["messages"]}
     assert set(contents) == {
@@ -381,8 +621,9 @@ async def test_deleting_a_version_asks_first_then_shows_the_one_left(
     await expect(reply.get_by_test_id("version-count")).to_have_text("2/2")
     delete = reply.get_by_role("button", name="Delete this version")
     await delete.click()
-    confirm = reply.get_by_test_id("confirm-delete")
-    await expect(confirm).to_contain_text("Delete this version")
+    confirm = reply.get_by_role("group", name="Confirm deletion")
+    await expect(confirm.locator(".confirm-text")).to_have_text("Delete this version of the reply and what followed it?")
+    await expect(confirm).to_have_accessible_description("Delete this version of the reply and what followed it?")
     await expect(confirm.get_by_role("button", name="Cancel")).to_be_focused()  # the safe choice first
     await shot(page, "branches-delete-confirm")
     await page.keyboard.press("Escape")
@@ -394,6 +635,8 @@ async def test_deleting_a_version_asks_first_then_shows_the_one_left(
     await confirm.get_by_role("button", name="Delete", exact=True).click()
     await expect(reply.get_by_test_id("versions")).to_be_hidden()
     await _shown(page, ["Say something"], ["Reply 1 to Say something"])
+    await expect(page.get_by_test_id("announcer")).to_have_text("Version deleted.")
+    await expect(page.get_by_test_id("composer")).to_be_focused()
     await page.reload()
     await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "live")
     await _shown(page, ["Say something"], ["Reply 1 to Say something"])
@@ -447,13 +690,61 @@ async def test_a_message_lands_in_the_branch_its_tab_shows_and_the_other_tab_fol
     b = await _tab(a, f"{gw.http_url}/#/c/{conversation_id}")
     await _assistants(b.page).last.get_by_role("button", name="Previous version").click()  # tab B looks at the first
     await _shown(b.page, ["q"], ["Reply 1 to q"])
-    await _shown(a.page, ["q"], ["Reply 2 to q"])  # tab A is not told
-    await _send(a.page, "and then?")  # sent with the message tab A shows last: its branch
+    await _send(a.page, "and then?")  # sent with the message tab A shows last (Reply 2): its branch
     for w in (a, b):
         await _shown(w.page, ["q", "and then?"], ["Reply 2 to q", "Reply 3 to and then?"])
         await expect(_assistants(w.page).first.get_by_test_id("version-count")).to_have_text("2/2")
         await w.assert_clean()
     assert sent(upstream, 2) == [("user", "q"), ("assistant", "Reply 2 to q"), ("user", "and then?")]
+
+
+async def test_a_version_switch_waits_for_its_branch(
+    browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
+    numbered(upstream)
+    gw = await start_gateway(env=openai_env(upstream))
+    w = await _open(browser, gw.http_url + "/")
+    page = w.page
+    await _send(page, "Pick a number")
+    reply = _assistants(page).last
+    for n in (2, 3):
+        await page.get_by_role("button", name="Regenerate reply").click()
+        await expect(reply.get_by_test_id("version-count")).to_have_text(f"{n}/{n}")
+        await expect(reply).to_have_attribute("data-state", "done")
+    for n in (2, 1):
+        await reply.get_by_role("button", name="Previous version").click()
+        await expect(reply.get_by_test_id("version-count")).to_have_text(f"{n}/3")
+    frames = _sent_frames(page)
+    await page.reload()
+    await _live(page)
+    await expect(reply.get_by_test_id("version-count")).to_have_text("1/3")
+
+    await reply.get_by_role("button", name="Next version").dblclick()  # one switch, not two
+    await expect(reply.get_by_test_id("version-count")).to_have_text("2/3")
+    await _shown(page, ["Pick a number"], ["Reply 2 to Pick a number"])
+    await expect(reply.get_by_role("button", name="Next version")).to_be_focused()
+
+    # While the switch is on its way: no other switch, no send; the composer keeps its text.
+    await page.get_by_test_id("composer").fill("draft")
+    during = await reply.get_by_role("button", name="Next version").evaluate(
+        """b => {
+          b.click();
+          const send = document.getElementById("send");
+          const prev = b.parentNode.querySelector('[data-action="prev-version"]');
+          return [b.disabled, prev.disabled, send.disabled];
+        }"""
+    )
+    assert during == [True, True, True]
+    await expect(reply.get_by_test_id("version-count")).to_have_text("3/3")
+    await _shown(page, ["Pick a number"], ["Reply 3 to Pick a number"])
+    await expect(page.get_by_test_id("send")).to_be_enabled()
+    await expect(page.get_by_test_id("composer")).to_have_value("draft")
+    await expect(reply.get_by_role("button", name="Previous version")).to_be_enabled()
+    ids = [f.get("id") for f in frames if f["type"] == "history"]
+    assert ids and all(isinstance(i, str) for i in ids) and len(set(ids)) == len(ids)  # answers matched by id
+    selects = [f["message_id"] for f in frames if f["type"] == "select"]
+    assert len(selects) == 2, selects  # the double click sent one
+    await w.assert_clean()
 
 
 async def test_a_reply_streaming_in_a_branch_not_shown_is_resumed_when_shown_again(
@@ -490,14 +781,34 @@ async def test_a_reply_streaming_in_a_branch_not_shown_is_resumed_when_shown_aga
     await w.assert_clean()
 
 
-async def test_branch_controls_fit_a_small_screen(browser: Browser, start_gateway: StartGateway) -> None:
-    gw = await start_gateway(toml="[provider]\ndemo_delay_ms = 2\n")
+async def test_branch_controls_fit_a_small_screen(
+    browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(
+        Script([openai_sse(["A first answer."])]),
+        Script([openai_sse(["A second answer that stops before its end"], finish="length")]),
+    )
+    gw = await start_gateway(env=openai_env(upstream))
     w = await _open(browser, gw.http_url + "/", viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True)
     page = w.page
     await _send(page, "A question typed on a phone, long enough to wrap over a few lines of the bubble")
     await page.get_by_role("button", name="Regenerate reply").tap()
-    await expect(_assistants(page).last.get_by_test_id("version-count")).to_have_text("2/2")
-    await expect(_assistants(page).last).to_have_attribute("data-state", "done")
+    reply = _assistants(page).last
+    await expect(reply.get_by_test_id("version-count")).to_have_text("2/2")
+    await expect(reply).to_have_attribute("data-state", "done")
+    for name in ("Continue", "Previous version", "Next version", "Copy reply", "Regenerate reply", "Delete this version"):
+        await expect(reply.get_by_role("button", name=name)).to_be_visible()
+    for width in (360, 320):  # the row wraps rather than squeeze its buttons below a touch target
+        await page.set_viewport_size({"width": width, "height": 740})
+        await _no_sideways_scroll(page)
+        widths = await reply.locator(".msg-actions button:visible").evaluate_all(
+            "bs => bs.map(b => b.getBoundingClientRect().width)"
+        )
+        assert len(widths) == 6 and min(widths) >= 28, widths
+        actions = await reply.locator(".msg-actions").bounding_box()
+        assert actions is not None and actions["x"] >= 0 and actions["x"] + actions["width"] <= width
+    await shot(page, "branches-mobile-actions")
+    await page.set_viewport_size({"width": 360, "height": 740})
     await _users(page).first.get_by_role("button", name="Edit message").tap()
     await expect(page.get_by_role("button", name="Save and send")).to_be_visible()
     await _no_sideways_scroll(page)

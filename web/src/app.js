@@ -128,7 +128,7 @@ const S = {
   bannerKind: "",
   countdown: 0,
   renaming: null,
-  histQ: [], // the history requests sent on this socket, oldest first: {conv, kind}
+  hist: new Map(), // history requests in flight on this socket: id -> {conv, kind}
   moreHistory: false, // older messages exist on the gateway
   models: [], // ready.models: [{id, label, default?, reasoning?}]
   provider: "", // ready.provider
@@ -137,6 +137,7 @@ const S = {
   systemPrompt: "", // the open conversation's own instructions (ready.system_prompt)
   maxChars: 0, // ready.limits.max_content_chars
   settingsReq: null, // the id of the settings frame awaiting its answer
+  selecting: null, // the id of the select awaiting its branch
   editing: null, // the user entry whose editor is open
   anchor: null, // {req, id, prev, top, focus}: keeps the reader's place across a branch switch
 };
@@ -160,6 +161,11 @@ const nearBottom = () => ui.log.scrollHeight - ui.log.scrollTop - ui.log.clientH
 const scrollToBottom = () => {
   ui.log.scrollTop = ui.log.scrollHeight;
 };
+
+/** The composer takes focus where a keyboard is at hand (not on touch: no keyboard pops up). */
+function focusComposer() {
+  if (window.matchMedia("(pointer: fine)").matches) ui.input.focus();
+}
 
 function announce(text) {
   ui.announcer.textContent = "";
@@ -245,6 +251,18 @@ function actButton(action, label, iconName, testid = action) {
   return b;
 }
 
+/** A small button with a visible label (``name``: its accessible name when it differs). */
+function textButton(action, label, iconName, title, name = null) {
+  const b = el("button", `btn small ${action}`);
+  b.type = "button";
+  b.dataset.action = action;
+  b.dataset.testid = action;
+  b.title = title;
+  if (name) b.setAttribute("aria-label", name);
+  b.append(icon(iconName), label);
+  return b;
+}
+
 /** "‹ 2/3 ›": the versions of a message (hidden while it has none). */
 function makeVersions() {
   const group = el("div", "versions");
@@ -304,12 +322,7 @@ function makeAssistant(reply) {
   const versions = makeVersions();
   const copy = actButton("copy-reply", "Copy reply", "copy", null);
   const del = actButton("delete-version", "Delete this version", "trash");
-  const more = el("button", "btn small continue");
-  more.type = "button";
-  more.dataset.action = "continue";
-  more.dataset.testid = "continue";
-  more.title = "Continue this reply where it stopped";
-  more.append(icon("continue"), "Continue");
+  const more = textButton("continue", "Continue", "continue", "Continue this reply where it stopped");
   more.hidden = true;
   actions.append(more, versions.el, copy, del);
   node.append(thinking, body, note, meta, actions);
@@ -398,12 +411,16 @@ function replaceEntry(old, entry) {
   const hadFocus = old.el.contains(document.activeElement);
   old.el.replaceWith(entry.el);
   paint(entry);
-  if (hadFocus) ui.input.focus();
+  if (hadFocus) focusComposer();
 }
 
 /** The entry showing the stored message ``id``. */
 function entryOfMessage(id) {
   return S.entries.find((e) => msgIdOf(e) === id) || null;
+}
+
+function lastEntry() {
+  return S.entries.length ? S.entries[S.entries.length - 1] : null;
 }
 
 function lastAssistant() {
@@ -519,7 +536,7 @@ function renderEntry(entry) {
   else node.removeAttribute("aria-busy");
   entry.copy.hidden = !r.text;
   entry.del.hidden = !r.siblings || !r.msgId;
-  entry.more.hidden = !continuable(r) || !!activeReply();
+  entry.more.hidden = !offersContinue(entry, activeReply());
   entry.more.disabled = !canSend();
   renderVersions(entry);
   renderNote(entry);
@@ -542,8 +559,9 @@ function renderVersions(entry) {
   const i = Math.min(Math.max(src.sibIndex, 0), n - 1);
   v.count.textContent = `${i + 1}/${n}`;
   v.el.setAttribute("aria-label", `Version ${i + 1} of ${n}`);
-  v.prev.disabled = i === 0 || !S.live;
-  v.next.disabled = i === n - 1 || !S.live;
+  const off = !S.live || !!S.selecting; // one select at a time: its branch comes first
+  v.prev.disabled = i === 0 || off;
+  v.next.disabled = i === n - 1 || off;
 }
 
 /** A history item's place in the tree, onto an entry (user) or a Reply. */
@@ -561,6 +579,12 @@ function addVersion(target, old, oldId, id) {
   if (!siblings.includes(id)) siblings.push(id);
   target.siblings = siblings;
   target.sibIndex = siblings.indexOf(id);
+}
+
+/** Continue is offered on the last entry only (the gateway continues the last reply of a
+ * branch), while no reply streams. */
+function offersContinue(entry, active) {
+  return entry === lastEntry() && continuable(entry.reply) && !active;
 }
 
 /** Cut short (length, error, cancelled), stored and not streaming: it can be continued. */
@@ -613,7 +637,7 @@ function paintRetry(entry, button) {
 // ---------------------------------------------------------------------------- composer, buttons
 
 function canSend(ignoreBusy = false) {
-  return S.live && S.status === "live" && (ignoreBusy || !activeReply()) && !hasPendingRequest();
+  return S.live && S.status === "live" && (ignoreBusy || !activeReply()) && !hasPendingRequest() && !S.selecting;
 }
 
 /** A regenerate or continue sent, its reply not started yet. */
@@ -622,7 +646,19 @@ function hasPendingRequest() {
   return false;
 }
 
-let regenerateButton = null;
+const regenerateButton = actButton("regenerate", "Regenerate reply", "regenerate");
+const answerButton = textButton("answer", "Answer", "continue", "Answer this message", "Answer this message");
+
+/** Put ``button`` among ``entry``'s actions (null: take it away). */
+function placeButton(button, entry, focused) {
+  if (entry) {
+    if (button.parentNode !== entry.actions) entry.actions.insertBefore(button, entry.del);
+    button.disabled = !canSend();
+  } else if (button.parentNode) {
+    if (button === focused) focusComposer();
+    button.remove();
+  }
+}
 
 function syncUI() {
   const active = activeReply();
@@ -631,7 +667,7 @@ function syncUI() {
   ui.stop.hidden = !active;
   ui.stop.disabled = !active || active.stopping || !S.live;
   const sendable = S.live && S.status === "live";
-  ui.send.disabled = !sendable;
+  ui.send.disabled = !sendable || !!S.selecting;
   if (sendable && !S.interactive) {
     S.interactive = true;
     performance.mark("chat:interactive");
@@ -640,25 +676,13 @@ function syncUI() {
   else if (!active && focused === ui.stop) ui.input.focus();
 
   ui.empty.hidden = S.entries.length > 0 || !S.conv;
-  // Regenerate lives on the last reply once it has ended (unless Retry is offered there).
+  // Regenerate lives on the last entry once it is a reply that has ended (unless Retry is
+  // offered there); a stored message left without reply (a crash) is offered Answer.
+  const end = lastEntry();
+  const reply = end && end.kind === "assistant" && end.reply.msgId && end.reply.state !== "streaming" && !end.note.querySelector(".retry");
+  placeButton(regenerateButton, reply ? end : null, focused);
+  placeButton(answerButton, end && end.kind === "user" && end.stored && !active ? end : null, focused);
   const last = lastAssistant();
-  const show = last && last.reply.msgId && last.reply.state !== "streaming" && !last.note.querySelector(".retry");
-  if (show) {
-    if (!regenerateButton) {
-      regenerateButton = el("button", "act");
-      regenerateButton.type = "button";
-      regenerateButton.dataset.action = "regenerate";
-      regenerateButton.dataset.testid = "regenerate";
-      regenerateButton.title = "Regenerate reply";
-      regenerateButton.setAttribute("aria-label", "Regenerate reply");
-      regenerateButton.append(icon("regenerate"));
-    }
-    if (regenerateButton.parentNode !== last.actions) last.actions.insertBefore(regenerateButton, last.del);
-    regenerateButton.disabled = !canSend();
-  } else if (regenerateButton) {
-    if (regenerateButton === focused) ui.input.focus();
-    regenerateButton.remove();
-  }
   for (const b of ui.messages.querySelectorAll("button.retry")) {
     const entry = S.entries.find((e) => e.note === b.parentNode);
     if (!entry) continue;
@@ -667,7 +691,7 @@ function syncUI() {
   }
   paintActions(active);
   ui.older.hidden = !S.conv || !S.moreHistory;
-  ui.older.disabled = !S.live || S.histQ.some((q) => q.kind === "older");
+  ui.older.disabled = !S.live || asking("older");
   ui.menuButton.disabled = !S.conv;
   if (!ui.menu.hidden) paintMenu();
   ui.settingsSave.disabled = !S.live || S.settingsReq !== null;
@@ -680,7 +704,7 @@ function paintActions(active) {
     e.del.disabled = !ok;
     if (e.kind === "user") e.edit.disabled = !S.live;
     else {
-      e.more.hidden = !continuable(e.reply) || !!active;
+      e.more.hidden = !offersContinue(e, active);
       e.more.disabled = !ok;
     }
     if (!e.versions.el.hidden) renderVersions(e);
@@ -744,22 +768,26 @@ function stop() {
   syncUI();
 }
 
+/** A new version of the last reply shown, or (``reply_id`` absent: the branch's last
+ * message) the first reply to a stored message left unanswered. */
 function regenerate() {
-  const last = lastAssistant();
-  if (!last || !last.reply.msgId || !canSend()) return;
+  const last = lastEntry();
+  const replaces = last && last.kind === "assistant" ? last.reply.msgId : null;
+  if (!last || !(replaces || (last.kind === "user" && last.stored)) || !canSend()) return;
   const id = newId();
-  const frame = { type: "regenerate", id, reply_id: last.reply.msgId };
+  const frame = { type: "regenerate", id };
+  if (replaces) frame.reply_id = replaces;
   const picked = pickedModel();
   if (picked) frame.model = picked;
   if (!S.socket.send(frame)) return;
-  S.pending.set(id, { kind: "regenerate", id, replaces: last.reply.msgId, conv: S.conv });
+  S.pending.set(id, { kind: "regenerate", id, replaces, conv: S.conv });
   syncUI();
 }
 
 /** More of a reply cut short: the stream replaces its bubble's text (it starts with it). */
 function continueReply(entry) {
   const r = entry.reply;
-  if (!continuable(r) || !canSend()) return;
+  if (!offersContinue(entry, activeReply()) || !canSend()) return;
   const id = newId();
   if (!S.socket.send({ type: "continue", id, reply_id: r.msgId })) return;
   S.pending.set(id, { kind: "continue", id, target: r.msgId, conv: S.conv });
@@ -866,7 +894,7 @@ function saveEdit(entry, text) {
   mount([...kept, user, answer]);
   if (S.bannerKind !== "conn") banner("");
   scrollToBottom();
-  if (window.matchMedia("(pointer: fine)").matches) ui.input.focus();
+  focusComposer();
 }
 
 /** An edit the gateway refused: the old branch comes back, and the editor with the text. */
@@ -879,7 +907,7 @@ function editRefused(p, info) {
 /** Show another version of a message (``step``: -1 previous, +1 next). */
 function selectVersion(entry, step, button) {
   const src = entry.kind === "user" ? entry : entry.reply;
-  if (!src.siblings || !S.live) return;
+  if (!src.siblings || !S.live || S.selecting) return;
   const target = src.siblings[src.sibIndex + step];
   if (!target) return;
   const id = `select:${newId()}`;
@@ -887,6 +915,8 @@ function selectVersion(entry, step, button) {
   const i = S.entries.indexOf(entry);
   const prev = i > 0 ? msgIdOf(S.entries[i - 1]) : null;
   S.anchor = { req: id, id: target, prev, top: entry.el.getBoundingClientRect().top, focus: button.dataset.action };
+  S.selecting = id;
+  syncUI();
 }
 
 /** "Delete this version?" in place of the message's buttons; Cancel is focused. */
@@ -898,6 +928,8 @@ function askDeleteVersion(entry, button) {
   box.dataset.testid = "confirm-delete";
   const text = el("span", "confirm-text",
     entry.kind === "user" ? "Delete this version and its replies?" : "Delete this version of the reply and what followed it?");
+  text.id = `confirm-${newId()}`;
+  box.setAttribute("aria-describedby", text.id);
   const yes = el("button", "btn small danger", "Delete");
   yes.type = "button";
   yes.dataset.testid = "confirm-delete-yes";
@@ -927,9 +959,9 @@ function askDeleteVersion(entry, button) {
     if (!S.socket.send({ type: "delete_branch", message_id: msg, id })) return;
     const i = S.entries.indexOf(entry);
     const prev = i > 0 ? msgIdOf(S.entries[i - 1]) : null;
-    S.anchor = { req: id, id: null, prev, top: entry.el.getBoundingClientRect().top, focus: "" };
+    S.anchor = { req: id, id: null, prev, top: entry.el.getBoundingClientRect().top, focus: "", said: "Version deleted." };
     close(false);
-    ui.input.focus();
+    focusComposer();
   });
   no.focus();
 }
@@ -1246,12 +1278,17 @@ function onExport(m) {
 }
 
 function onBranch(m) {
-  if (m.conversation_id !== S.conv) return;
+  if (S.selecting === m.id) S.selecting = null;
+  if (m.conversation_id !== S.conv) {
+    syncUI();
+    return;
+  }
   const anchor = S.anchor && S.anchor.req === m.id ? S.anchor : null;
   if (anchor) S.anchor = null;
   const items = Array.isArray(m.messages) ? m.messages : [];
   const streaming = m.streaming && typeof m.streaming === "object" ? m.streaming : null;
   showBranch(items, m.has_more === true, streaming, anchor);
+  if (anchor && anchor.said) announce(anchor.said);
 }
 
 // ---------------------------------------------------------------------------- protocol
@@ -1259,7 +1296,14 @@ function onBranch(m) {
 function onOpen() {
   S.live = false;
   S.resuming.clear();
-  S.histQ = [];
+  S.hist.clear();
+  S.selecting = null; // its answer went with the old socket
+  S.anchor = null;
+  if (S.settingsReq) {
+    S.settingsReq = null;
+    ui.settingsError.textContent = "Not saved: the connection dropped. Try again.";
+    ui.settingsError.hidden = false;
+  }
   S.helloFor = S.target;
   const hello = helloFrame(S.target);
   if (S.token) hello.token = S.token; // the first frame signs in (never the URL)
@@ -1427,17 +1471,12 @@ function replyOfMessage(id) {
   return null;
 }
 
-/** Where a streaming reply goes in ``next``: after the message it answers, if that
- * ends what is shown (a continuation: right after it, where the old text was); -1: it
- * streams in a branch not shown. */
+/** Where a streaming reply goes in ``next``: at the end, if the message it answers ends
+ * what is shown (a continuation too: the history leaves the continued reply out, and only
+ * the last reply of a branch is continued); -1: it streams in a branch not shown. */
 function placeOf(next, r) {
   if (!r.parentId) return next.length; // a gateway that does not say
-  const ids = next.map(msgIdOf);
-  if (r.msgId !== r.id) {
-    const at = ids.indexOf(r.parentId);
-    return at === -1 ? -1 : at + 1;
-  }
-  return ids.length && ids[ids.length - 1] === r.parentId ? next.length : -1;
+  return next.length && msgIdOf(next[next.length - 1]) === r.parentId ? next.length : -1;
 }
 
 /** ``streaming`` (of ready or branch): follow that reply, and show it if its branch is shown. */
@@ -1458,13 +1497,19 @@ function attachStreaming(next, s, conv, old) {
       r.reasoning = "";
       r.seq = 0;
     }
-    r.fresh = false; // the replay starts from r.seq: what is held stays
+    // The replay starts after r.seq: what is held stays. From 0 it is the whole text again
+    // (a continuation still showing the old text clears it at its first frame).
+    if (r.seq === 0 && !r.fresh) {
+      r.text = "";
+      r.reasoning = "";
+    }
     r.gen = S.socket.gen;
     S.resuming.add(live);
     S.socket.send({ type: "resume", reply_id: live, after_seq: r.seq });
   }
   const at = placeOf(next, r);
   if (at === -1) return;
+  r.after = "sync"; // picked up mid-stream: its versions are learnt once it ends
   const e = old.get(`a:${r.msgId}`);
   next.splice(at, 0, e && e.reply === r ? e : makeAssistant(r));
 }
@@ -1646,10 +1691,17 @@ function pickModel() {
   showModel(id);
 }
 
-/** Ask for a history page; answers come in the order asked (``kind`` says what it is for). */
+/** Ask for a history page (``kind`` says what it is for); its answer or error echoes the id. */
 function askHistory(kind, frame) {
   if (!S.socket || !S.live || !S.conv) return;
-  if (S.socket.send({ type: "history", ...frame })) S.histQ.push({ conv: S.conv, kind });
+  const id = `history:${newId()}`;
+  if (S.socket.send({ type: "history", id, ...frame })) S.hist.set(id, { conv: S.conv, kind });
+}
+
+/** A history request of ``kind`` is in flight. */
+function asking(kind) {
+  for (const q of S.hist.values()) if (q.kind === kind) return true;
+  return false;
 }
 
 /** Check the newest messages against the view: their versions (after an edit or a
@@ -1665,7 +1717,7 @@ function refreshBranch() {
 
 function loadOlder() {
   const first = S.entries.find((e) => msgIdOf(e));
-  if (!first || !S.live || S.histQ.some((q) => q.kind === "older")) return;
+  if (!first || !S.live || asking("older")) return;
   askHistory("older", { before: msgIdOf(first), limit: 50 });
   syncUI();
 }
@@ -1690,7 +1742,8 @@ function updateInPlace(items, hasMore) {
 }
 
 function onHistory(m) {
-  const req = S.histQ.shift();
+  const req = typeof m.id === "string" ? S.hist.get(m.id) : undefined;
+  if (req) S.hist.delete(m.id);
   if (!req || req.conv !== S.conv || m.conversation_id !== S.conv) {
     syncUI();
     return;
@@ -1792,19 +1845,23 @@ function onStart(m) {
         reply.after = "sync";
         replaceEntry(old, makeAssistant(reply));
         S.replies.delete(old.reply.id);
-      } else if (!replaces && typeof m.content === "string") {
-        // Another tab's message, or its edit: shown at once; the page says which.
+      } else if (!replaces && typeof m.content === "string" && follows(m) === lastStoredId()) {
+        // Another tab's message after what is shown here: shown at once (a short page then
+        // says its versions).
         const user = makeUser(m.id, m.content);
         user.stored = true;
         append(user, makeAssistant(reply));
-        const item = convs.get(conv);
-        if (!item || !item.title) convs.touch(conv, { title: titleFrom(m.content) });
         syncBranch();
-      } else if (!replaces && (!parent || lastStoredId() === parent)) {
+      } else if (!replaces && typeof m.content !== "string" && (!parent || lastStoredId() === parent)) {
         append(makeAssistant(reply)); // the first reply to a message left unanswered
       } else {
-        refreshBranch(); // the branch changed elsewhere: fetch it; the reply is shown with it
+        // The branch changed elsewhere (another tab's edit, select or regenerate): fetch
+        // it; the reply is shown with it, and its versions are learnt once it ends.
+        reply.after = "sync";
+        refreshBranch();
       }
+      const item = convs.get(conv);
+      if (typeof m.content === "string" && (!item || !item.title)) convs.touch(conv, { title: titleFrom(m.content) });
     }
   }
   reply.gen = S.socket.gen;
@@ -1820,6 +1877,11 @@ function onStart(m) {
   if (reply.cancelWanted) S.socket.send({ type: "cancel", reply_id: m.reply_id });
   syncUI();
   if (reply.entry && conv === S.conv && atEnd) scrollToBottom();
+}
+
+/** The message another tab's new message follows (null: it is a first message). */
+function follows(m) {
+  return typeof m.message_parent_id === "string" && m.message_parent_id ? m.message_parent_id : null;
 }
 
 /** A continuation's first frame: its text starts over (with the stored text). */
@@ -1920,12 +1982,15 @@ function onError(m) {
     else convs.renamedOnGateway(id, (convs.get(id) || { title: "" }).title);
     return;
   }
-  if (typeof m.id === "string" && /^(settings|export|select|delbranch):/.test(m.id)) {
-    if (m.id.startsWith("settings:") && m.id === S.settingsReq) {
+  if (typeof m.id === "string" && /^(settings|export|select|delbranch|history):/.test(m.id)) {
+    if (m.id === S.settingsReq) {
       settingsRefused(info);
       return;
     }
     if (S.anchor && S.anchor.req === m.id) S.anchor = null;
+    if (S.selecting === m.id) S.selecting = null;
+    S.hist.delete(m.id);
+    syncUI();
     banner(info.code === "busy" ? "Wait for the reply to finish, or stop it, then try again." : info.message);
     return;
   }
@@ -2038,7 +2103,7 @@ ui.messages.addEventListener("click", async (ev) => {
     if (code) flash(button, (await copyText(code.textContent)) ? "Copied" : "Copy failed");
   } else if (action === "copy-reply" && entry) {
     if (await copyText(entry.reply.text)) flash(button, "Copied");
-  } else if (action === "regenerate") {
+  } else if (action === "regenerate" || action === "answer") {
     regenerate();
   } else if (action === "retry" && entry) {
     retry(entry);
@@ -2200,5 +2265,5 @@ export async function start() {
   });
   S.cred = new Credential(cfg && typeof cfg === "object" ? cfg.auth : null, askToken);
   await signIn("");
-  if (window.matchMedia("(pointer: fine)").matches) ui.input.focus();
+  focusComposer();
 }

@@ -262,7 +262,7 @@ async def test_migration_5_makes_what_was_stored_one_branch(pg_url: str) -> None
     try:
         history = await store.history("c4", -1)
         assert [(m.id, m.parent_id, m.siblings) for m in history] == [
-            ("u1", "", ("u1",)), ("a1", "u1", ("a1",)), ("u2", "a1", ("u2",)), ("a2", "u2", ("a2",)),
+            ("u1", "", ()), ("a1", "u1", ()), ("u2", "a1", ()), ("a2", "u2", ()),  # one branch: no versions
         ]
         assert [(m.content, m.finish_reason, m.reasoning) for m in history] == [
             (r[3], r[4], "thought") for r in rows if r[0] == "c4"

@@ -80,7 +80,8 @@ class StoredMessage:
     reasoning: str | None = None  # a reply: the model's thinking, kept apart from its text (never sent upstream)
     # Its place in the tree, compared apart (equal messages are equal wherever they are):
     # the message it follows ("": a first one), and, read with a branch (history), the
-    # ids of the messages that share its parent, oldest first, itself among them.
+    # ids of the messages that share its parent, oldest first, itself among them, when
+    # there are others (() when it is the only one, or was not read with a branch).
     parent_id: str = field(default="", compare=False)
     siblings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -321,12 +322,12 @@ def descendants(tree: Iterable[StoredMessage], message_id: str) -> set[str]:
 
 
 def with_siblings(branch: list[StoredMessage], children: Iterable[tuple[str, str]]) -> list[StoredMessage]:
-    """``branch`` with each message's ``siblings``, from ``children``: (parent id, id)
-    pairs, oldest first, covering the branch's parents."""
+    """``branch`` with the ``siblings`` of each message that has some, from ``children``:
+    (parent id, id) pairs, oldest first, covering the branch's parents."""
     by_parent: dict[str, list[str]] = {}
     for parent, child in children:
         by_parent.setdefault(parent, []).append(child)
-    return [replace(m, siblings=tuple(by_parent.get(m.parent_id, (m.id,)))) for m in branch]
+    return [m if len(ids := by_parent.get(m.parent_id, ())) < 2 else replace(m, siblings=tuple(ids)) for m in branch]
 
 
 def total_usage(entries: Iterable[UsageEntry]) -> list[UsageTotal]:

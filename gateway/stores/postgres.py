@@ -229,7 +229,10 @@ class PostgresStore:
         query, args = history_query(conversation_id, limit, before, max_bytes)
         async with self._connection() as conn:
             rows = await (await conn.execute(query, args)).fetchall()
-        return [replace(row_message(row), siblings=tuple(row[10])) for row in reversed(rows)]
+        return [
+            replace(row_message(row), siblings=tuple(row[10])) if len(row[10]) > 1 else row_message(row)
+            for row in reversed(rows)
+        ]
 
     async def branch(self, conversation_id: str, message_id: str, limit: int) -> Branch | None:
         """One statement; with ``limit`` 0, the message alone read (to know that it exists)."""

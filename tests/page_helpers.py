@@ -8,6 +8,7 @@ fixtures.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
+DOC_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+LOCALE = "en-US"  # the browser's language unless a test asks for another: the page follows it
 
 try:
     from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Dialog, Page, async_playwright
@@ -84,8 +87,9 @@ class Watched:
 
 
 async def new_page(browser: Browser, **context_options: Any) -> Watched:
-    """A page in a fresh context (its own localStorage), watched for errors and dialogs."""
-    context = await browser.new_context(**context_options)
+    """A page in a fresh context (its own localStorage), watched for errors and dialogs.
+    The context's ``locale`` (navigator.languages) is en-US unless given."""
+    context = await browser.new_context(**{"locale": LOCALE, **context_options})
     await context.add_init_script(_WATCH_CSP)
     page = await context.new_page()
     watched = Watched(page, context)
@@ -107,6 +111,13 @@ async def new_page(browser: Browser, **context_options: Any) -> Watched:
 async def shot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), animations="disabled", caret="hide")
+
+
+async def doc_shot(page: Page, name: str) -> None:
+    """A screenshot for the docs: test-artifacts/screenshots/ and docs/images/."""
+    await shot(page, name)
+    DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(SCREENSHOTS / f"{name}.png", DOC_IMAGES / f"{name}.png")
 
 
 async def open_page(browser: Browser, url: str, **options: Any) -> Watched:

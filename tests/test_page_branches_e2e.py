@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ from conftest import TIMEOUT, StartGateway, openai_env
 from fakeupstream import FakeUpstream, Pause, Recorded, Script, openai_sse
 from page_helpers import another_tab as _tab
 from page_helpers import (  # noqa: F401  (browser is a fixture)
-    SCREENSHOTS,
     Watched,
     browser,
+    doc_shot,
     missing_browser_reason,
     open_page,
     shot,
@@ -39,14 +38,6 @@ from playwright.async_api import Browser, Locator, Page, WebSocketRoute, expect 
 
 expect.set_options(timeout=int(TIMEOUT * 1000))
 DESKTOP = {"viewport": {"width": 1100, "height": 760}}
-DOC_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
-
-
-async def doc_shot(page: Page, name: str) -> None:
-    """A screenshot for the docs: test-artifacts/screenshots/ and docs/images/."""
-    await shot(page, name)
-    DOC_IMAGES.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(SCREENSHOTS / f"{name}.png", DOC_IMAGES / f"{name}.png")
 
 
 def numbered(upstream: FakeUpstream) -> None:

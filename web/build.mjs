@@ -1,7 +1,7 @@
 // Builds the chat page into ../static (committed; the gateway serves it, no Node needed):
 //
 //   static/index.html               from src/index.html, naming the hashed assets
-//   static/assets/app-<hash>.js     src/main.js and the libraries, bundled and minified
+//   static/assets/app-<hash>.js     src/main.js, the catalogues (src/i18n/) and the libraries, bundled and minified
 //   static/assets/app-<hash>.css    the styles
 //   static/favicon.svg
 //   static/licenses/                each bundled library's license + README.txt
@@ -29,8 +29,26 @@ function clean() {
   mkdirSync(LICENSES, { recursive: true });
 }
 
+// `import catalogues from "i18n:catalogues"`: every src/i18n/<tag>.js, by tag, so adding
+// a language is adding its file.
+const catalogues = {
+  name: "catalogues",
+  setup(b) {
+    const dir = join(SRC, "i18n");
+    b.onResolve({ filter: /^i18n:catalogues$/ }, () => ({ path: "all", namespace: "catalogues" }));
+    b.onLoad({ filter: /.*/, namespace: "catalogues" }, () => {
+      const files = readdirSync(dir).filter((f) => /^[a-z]{2,3}(-[A-Za-z0-9]+)*\.js$/.test(f)).sort();
+      if (!files.includes("en.js")) throw new Error("src/i18n/en.js (the reference catalogue) is missing");
+      const imports = files.map((f, i) => `import c${i} from "./${f}";`);
+      const entries = files.map((f, i) => `${JSON.stringify(f.slice(0, -3))}: c${i}`);
+      return { contents: `${imports.join("\n")}\nexport default { ${entries.join(", ")} };\n`, resolveDir: dir, loader: "js", watchDirs: [dir] };
+    });
+  },
+};
+
 async function bundle() {
   const result = await build({
+    plugins: [catalogues],
     absWorkingDir: ROOT,
     entryPoints: { app: "src/main.js" },
     outdir: ASSETS,

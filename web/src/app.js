@@ -2,20 +2,25 @@
 // conversation view, the sidebar of local conversations and the composer.
 //
 // Model text reaches the DOM only through MarkdownView (markdown-it without raw HTML,
-// then DOMPurify); user text only through textContent.
+// then DOMPurify); user text only through textContent. The page's own texts come from
+// the catalogues (i18n.js): a message to show is {key, params}, rendered when painted,
+// so a change of language repaints it.
 
 import { Conversations, isConversationId, titleFrom } from "./conversations.js";
 import { icon } from "./icons.js";
+import { ago, formatDate, formatNumber, inSeconds, language, languages, onLanguage, setLanguage, t, tr, translate } from "./i18n.js";
 import { MarkdownView } from "./markdown.js";
 import { Credential, jwtExpiry } from "./signin.js";
 import { Socket } from "./socket.js";
 
-const APP_NAME = "LLM Gateway";
-const EMPTY_LIST = "Your conversations appear here.";
 const ANNOUNCE_MAX = 600;
 const OFFLINE_AFTER = 4; // consecutive failed connections before the status says offline
 const CONN_BANNER_AFTER = 2; // … and before a banner explains it
 const MOBILE = window.matchMedia("(max-width: 800px)");
+const ERROR_CODES = new Set([
+  "bad_request", "unauthorized", "forbidden", "not_found", "too_large", "busy", "rate_limited", "budget_exceeded",
+  "upstream_error", "upstream_timeout", "upstream_unavailable", "resume_unavailable", "overloaded", "internal",
+]);
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -43,6 +48,7 @@ const ui = {
   statusText: $("status-text"),
   banner: $("banner"),
   bannerText: $("banner-text"),
+  language: $("language"),
   bannerAction: $("banner-action"),
   bannerClose: $("banner-close"),
   log: $("log"),
@@ -75,7 +81,7 @@ class Reply {
     this.seq = 0; // last reply.delta or reply.reasoning seq received (the resume point)
     this.state = "streaming"; // streaming | done | error | cancelled
     this.finish = "";
-    this.error = null; // {message, code, retryable, retryAt, unsent?, content?}
+    this.error = null; // {text, code, raw, retryable, retryAt, unsent?, content?}
     this.gen = 0; // socket generation that receives it live
     this.entry = null; // its view entry while shown
     this.stopping = false;
@@ -126,6 +132,8 @@ const S = {
   interactive: false,
   bannerRun: null,
   bannerKind: "",
+  banner: null, // {msg, action}: what the banner shows
+  bannerTimer: 0,
   countdown: 0,
   renaming: null,
   hist: new Map(), // history requests in flight on this socket: id -> {conv, kind}
@@ -204,62 +212,102 @@ async function copyText(text) {
   return ok;
 }
 
-function flash(button, label) {
-  const old = button.dataset.label || button.textContent;
-  button.dataset.label = old;
+/** A button says it worked for a moment (a code block's Copy shows ``key`` meanwhile). */
+function flash(button, key) {
+  const copy = button.classList.contains("copy");
   button.classList.add("done");
-  if (button.classList.contains("copy")) button.textContent = label;
-  setTimeout(() => {
+  if (copy) tr(button, { text: key });
+  clearTimeout(button.flashTimer);
+  button.flashTimer = setTimeout(() => {
     button.classList.remove("done");
-    if (button.classList.contains("copy")) button.textContent = old;
+    if (copy) tr(button, { text: "code.copy" });
   }, 1500);
 }
 
-// ---------------------------------------------------------------------------- status, banner
+/** The text of a message {key, params, until?, then?}. Params that are messages are said
+ * first, {date} ones formatted; ``until`` counts down {when} and {seconds}, and once it is
+ * past the message ``then`` is said instead. */
+function say(m) {
+  const params = {};
+  for (const [k, v] of Object.entries(m.params || {})) {
+    params[k] = v && typeof v === "object" ? (v.key ? say(v) : formatDate(v.date)) : v;
+  }
+  if (m.until) {
+    const secs = Math.ceil((m.until - Date.now()) / 1000);
+    if (secs <= 0 && m.then) return say(m.then);
+    params.seconds = Math.max(secs, 0);
+    params.when = inSeconds(params.seconds);
+  }
+  return t(m.key, params);
+}
 
-const STATUS_TEXT = { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…", offline: "Offline" };
+const said = new Map(); // element -> the message it shows (repainted with the language)
+
+/** Show ``msg`` in ``node`` (null: empty and hidden). */
+function show(node, msg) {
+  if (msg) said.set(node, msg);
+  else said.delete(node);
+  node.textContent = msg ? say(msg) : "";
+  node.hidden = !msg;
+}
+
+// ---------------------------------------------------------------------------- status, banner
 
 function setStatus(status) {
   if (S.status === status) return;
   S.status = status;
   ui.status.dataset.state = status;
-  ui.statusText.textContent = STATUS_TEXT[status];
-  ui.status.title = `Connection: ${STATUS_TEXT[status]}`;
+  paintStatus();
   syncUI();
 }
 
-/** Show ``text`` in the banner; ``action`` = {label, run}; ``kind`` "conn" clears on ready. */
-function banner(text, action = null, kind = "") {
-  S.bannerKind = text ? kind : "";
-  ui.banner.hidden = !text;
-  ui.bannerText.textContent = text || "";
-  ui.bannerAction.hidden = !action;
+function paintStatus() {
+  const text = t(`status.${S.status}`);
+  ui.statusText.textContent = text;
+  ui.status.title = t("status.title", { state: text });
+}
+
+/** Show ``msg`` (a message, see say; null: hide) in the banner; ``action`` = {label (a key),
+ * run}; ``kind`` "conn" clears on ready. */
+function banner(msg, action = null, kind = "") {
+  S.bannerKind = msg ? kind : "";
+  S.banner = msg ? { msg, action } : null;
   S.bannerRun = action ? action.run : null;
-  if (action) ui.bannerAction.textContent = action.label;
+  paintBanner();
+}
+
+function paintBanner() {
+  clearTimeout(S.bannerTimer);
+  const b = S.banner;
+  ui.banner.hidden = !b;
+  ui.bannerText.textContent = b ? say(b.msg) : "";
+  ui.bannerAction.hidden = !(b && b.action);
+  if (b && b.action) ui.bannerAction.textContent = t(b.action.label);
+  const left = b && b.msg.until ? b.msg.until - Date.now() : 0;
+  if (left > 0) S.bannerTimer = setTimeout(paintBanner, left % 1000 || 1000); // a countdown: each second
 }
 
 // ---------------------------------------------------------------------------- view entries
 
-function actButton(action, label, iconName, testid = action) {
+/** An icon button named by the key ``name``. */
+function actButton(action, name, iconName, testid = action) {
   const b = el("button", "act");
   b.type = "button";
   b.dataset.action = action;
   if (testid) b.dataset.testid = testid;
-  b.title = label;
-  b.setAttribute("aria-label", label);
+  tr(b, { aria: name, title: name });
   b.append(icon(iconName));
   return b;
 }
 
-/** A small button with a visible label (``name``: its accessible name when it differs). */
+/** A small button with a visible label (keys; ``name``: its accessible name when it differs). */
 function textButton(action, label, iconName, title, name = null) {
   const b = el("button", `btn small ${action}`);
   b.type = "button";
   b.dataset.action = action;
   b.dataset.testid = action;
-  b.title = title;
-  if (name) b.setAttribute("aria-label", name);
-  b.append(icon(iconName), label);
+  tr(b, { title, aria: name });
+  b.append(icon(iconName), tr(el("span"), { text: label }));
   return b;
 }
 
@@ -269,11 +317,11 @@ function makeVersions() {
   group.setAttribute("role", "group");
   group.dataset.testid = "versions";
   group.hidden = true;
-  const prev = actButton("prev-version", "Previous version", "prev");
+  const prev = actButton("prev-version", "versions.prev", "prev");
   const count = el("span", "versions-count");
   count.dataset.testid = "version-count";
   count.setAttribute("aria-hidden", "true"); // the group's name says it
-  const next = actButton("next-version", "Next version", "next");
+  const next = actButton("next-version", "versions.next", "next");
   group.append(prev, count, next);
   return { el: group, prev, count, next };
 }
@@ -282,12 +330,12 @@ function makeUser(id, text) {
   const node = el("article", "msg msg-user");
   node.dataset.role = "user";
   if (id) node.dataset.messageId = id;
-  node.setAttribute("aria-label", "You said");
+  tr(node, { aria: "message.you" });
   const bubble = el("div", "bubble", text);
   const actions = el("div", "msg-actions user-actions");
   const versions = makeVersions();
-  const edit = actButton("edit", "Edit message", "edit");
-  const del = actButton("delete-version", "Delete this version", "trash");
+  const edit = actButton("edit", "message.edit", "edit");
+  const del = actButton("delete-version", "message.deleteVersion", "trash");
   actions.append(versions.el, edit, del);
   node.append(bubble, actions);
   return {
@@ -302,7 +350,7 @@ function makeUser(id, text) {
 function makeAssistant(reply) {
   const node = el("article", "msg msg-assistant");
   node.dataset.role = "assistant";
-  node.setAttribute("aria-label", "Assistant");
+  tr(node, { aria: "message.assistant" });
   const thinking = el("details", "thinking");
   thinking.dataset.testid = "thinking";
   thinking.hidden = true;
@@ -310,7 +358,7 @@ function makeAssistant(reply) {
   const thought = el("div", "thinking-body");
   thought.tabIndex = 0; // it scrolls: keyboard users can too
   thought.setAttribute("role", "region");
-  thought.setAttribute("aria-label", "Thoughts");
+  tr(thought, { aria: "message.thoughts" });
   thinking.append(summary, thought);
   const body = el("div", "msg-body md");
   const note = el("div", "msg-note");
@@ -320,9 +368,9 @@ function makeAssistant(reply) {
   meta.hidden = true;
   const actions = el("div", "msg-actions");
   const versions = makeVersions();
-  const copy = actButton("copy-reply", "Copy reply", "copy", null);
-  const del = actButton("delete-version", "Delete this version", "trash");
-  const more = textButton("continue", "Continue", "continue", "Continue this reply where it stopped");
+  const copy = actButton("copy-reply", "message.copy", "copy", null);
+  const del = actButton("delete-version", "message.deleteVersion", "trash");
+  const more = textButton("continue", "message.continue", "continue", "message.continueTitle");
   more.hidden = true;
   actions.append(more, versions.el, copy, del);
   node.append(thinking, body, note, meta, actions);
@@ -485,7 +533,7 @@ function renderThinking(entry) {
     entry.shownThought = r.reasoning;
     if (live && atEnd) box.scrollTop = box.scrollHeight;
   }
-  const label = live ? "Thinking…" : r.thoughtFor ? `Thought for ${r.thoughtFor} s` : "Thoughts";
+  const label = live ? t("message.thinking") : r.thoughtFor ? t("message.thoughtFor", { seconds: r.thoughtFor }) : t("message.thoughts");
   if (entry.summary.textContent !== label) entry.summary.textContent = label;
   if (entry.thinking.dataset.live !== String(live)) {
     entry.thinking.dataset.live = String(live);
@@ -503,21 +551,23 @@ function renderMeta(entry) {
   const r = entry.reply;
   const parts = [];
   if (r.model && (S.models.length > 1 || r.fallbackFrom)) parts.push(modelLabel(r.model));
-  if (r.fallbackFrom) parts.push(`instead of ${modelLabel(r.fallbackFrom)}, which was unavailable`);
+  if (r.fallbackFrom) parts.push(t("meta.fallback", { model: modelLabel(r.fallbackFrom) }));
   const u = r.usage;
   if (u && Number.isInteger(u.total_tokens) && r.state !== "streaming") {
-    const n = new Intl.NumberFormat();
-    let tokens = `${u.estimated ? "about " : ""}${n.format(u.total_tokens)} tokens`;
-    if (Number.isInteger(u.reasoning_tokens) && u.reasoning_tokens > 0) tokens += ` (${n.format(u.reasoning_tokens)} thinking)`;
+    let tokens = t(u.estimated ? "meta.tokensAbout" : "meta.tokens", { count: u.total_tokens });
+    if (Number.isInteger(u.reasoning_tokens) && u.reasoning_tokens > 0) tokens = t("meta.thinking", { tokens, count: u.reasoning_tokens });
     parts.push(tokens);
-    if (typeof u.cost === "number") parts.push(`cost ${u.cost.toFixed(u.cost < 0.01 ? 6 : 4)}`);
+    if (typeof u.cost === "number") {
+      const digits = u.cost < 0.01 ? 6 : 4;
+      parts.push(t("meta.cost", { cost: formatNumber(u.cost, { minimumFractionDigits: digits, maximumFractionDigits: digits }) }));
+    }
   }
   const text = parts.join(" · ");
   entry.meta.hidden = !text;
   if (entry.meta.textContent !== text) entry.meta.textContent = text;
   if (u && Number.isInteger(u.prompt_tokens)) {
-    entry.meta.title = `${u.prompt_tokens} in, ${u.completion_tokens} out` +
-      (Number.isInteger(u.cached_tokens) ? `, ${u.cached_tokens} cached` : "");
+    const counts = { prompt: u.prompt_tokens, completion: Number(u.completion_tokens) || 0, cached: u.cached_tokens };
+    entry.meta.title = t(Number.isInteger(u.cached_tokens) ? "meta.usageCached" : "meta.usage", counts);
   }
 }
 
@@ -557,8 +607,8 @@ function renderVersions(entry) {
   v.el.hidden = n < 2;
   if (n < 2) return;
   const i = Math.min(Math.max(src.sibIndex, 0), n - 1);
-  v.count.textContent = `${i + 1}/${n}`;
-  v.el.setAttribute("aria-label", `Version ${i + 1} of ${n}`);
+  v.count.textContent = t("versions.count", { index: i + 1, count: n });
+  v.el.setAttribute("aria-label", t("versions.label", { index: i + 1, count: n }));
   const off = !S.live || !!S.selecting; // one select at a time: its branch comes first
   v.prev.disabled = i === 0 || off;
   v.next.disabled = i === n - 1 || off;
@@ -598,20 +648,20 @@ function renderNote(entry) {
   const note = entry.note;
   note.replaceChildren();
   note.className = "msg-note";
-  let text = "";
+  let text = null;
   if (r.state === "cancelled") {
-    text = "Stopped.";
+    text = { key: "message.stopped" };
     note.classList.add("muted");
   } else if (r.state === "error") {
-    text = (r.error && r.error.message) || "The reply failed.";
+    text = (r.error && r.error.text) || { key: "message.failed" };
     note.classList.add("error");
   } else if (r.state === "done" && r.finish === "length") {
-    text = "Cut off at the length limit.";
+    text = { key: "message.cutOff" };
     note.classList.add("muted");
   }
   note.hidden = !text;
   if (!text) return;
-  note.append(el("span", "note-text", text));
+  note.append(el("span", "note-text", say(text)));
   if (r.state === "error" && entry === lastAssistant() && (!r.error || r.error.retryable !== false)) {
     const retry = el("button", "btn small retry");
     retry.type = "button";
@@ -625,7 +675,7 @@ function renderNote(entry) {
 function paintRetry(entry, button) {
   const r = entry.reply;
   const wait = r.error && r.error.retryAt ? Math.ceil((r.error.retryAt - Date.now()) / 1000) : 0;
-  button.replaceChildren(icon("retry"), wait > 0 ? `Retry in ${wait} s` : "Retry");
+  button.replaceChildren(icon("retry"), wait > 0 ? t("message.retryIn", { seconds: wait }) : t("message.retry"));
   button.disabled = wait > 0 || !canSend(true);
   clearTimeout(S.countdown);
   if (wait > 0) {
@@ -646,8 +696,8 @@ function hasPendingRequest() {
   return false;
 }
 
-const regenerateButton = actButton("regenerate", "Regenerate reply", "regenerate");
-const answerButton = textButton("answer", "Answer", "continue", "Answer this message", "Answer this message");
+const regenerateButton = actButton("regenerate", "message.regenerate", "regenerate");
+const answerButton = textButton("answer", "message.answer", "continue", "message.answerTitle", "message.answerTitle");
 
 /** Put ``button`` among ``entry``'s actions (null: take it away). */
 function placeButton(button, entry, focused) {
@@ -720,9 +770,8 @@ function autosize() {
 
 function setTitle() {
   const item = S.conv ? convs.get(S.conv) : null;
-  const title = item && item.title ? item.title : "New chat";
-  ui.title.textContent = title;
-  document.title = item && item.title ? `${item.title} · ${APP_NAME}` : APP_NAME;
+  ui.title.textContent = item && item.title ? item.title : t("conversations.new");
+  document.title = item && item.title ? t("app.pageTitle", { title: item.title, app: t("app.name") }) : t("app.name");
 }
 
 // ---------------------------------------------------------------------------- sending
@@ -744,7 +793,7 @@ function sendMessage(text) {
   append(user, entry);
   const item = convs.get(S.conv);
   convs.touch(S.conv, { title: item && item.title ? undefined : titleFrom(text), bump: true });
-  if (S.bannerKind !== "conn") banner("");
+  if (S.bannerKind !== "conn") banner(null);
   syncUI();
   scrollToBottom();
   return true;
@@ -812,18 +861,18 @@ function startEdit(entry, text = entry.text) {
   const input = el("textarea", "edit-input");
   input.value = text;
   input.rows = 2;
-  input.setAttribute("aria-label", "Edited message");
+  tr(input, { aria: "edit.label" });
   input.dataset.testid = "edit-input";
   if (ui.input.maxLength > 0) input.maxLength = ui.input.maxLength;
   const hintId = `edit-hint-${newId()}`;
   input.setAttribute("aria-describedby", hintId);
   const bar = el("div", "edit-bar");
-  const hint = el("span", "edit-hint", `${MAC ? "⌘" : "Ctrl"}+Enter to send, Esc to cancel`);
+  const hint = tr(el("span", "edit-hint"), { text: MAC ? "edit.hintMac" : "edit.hint" });
   hint.id = hintId;
-  const cancel = el("button", "btn small", "Cancel");
+  const cancel = tr(el("button", "btn small"), { text: "common.cancel" });
   cancel.type = "button";
   cancel.dataset.testid = "edit-cancel";
-  const save = el("button", "btn small primary", "Save and send");
+  const save = tr(el("button", "btn small primary"), { text: "edit.save" });
   save.type = "submit";
   save.dataset.testid = "edit-save";
   bar.append(hint, cancel, save);
@@ -892,7 +941,7 @@ function saveEdit(entry, text) {
   const kept = S.entries.slice(0, i);
   S.pending.set(id, { kind: "edit", id, content: text, user, entry: answer, conv: S.conv, was: S.entries.slice(), edited: entry });
   mount([...kept, user, answer]);
-  if (S.bannerKind !== "conn") banner("");
+  if (S.bannerKind !== "conn") banner(null);
   scrollToBottom();
   focusComposer();
 }
@@ -900,7 +949,7 @@ function saveEdit(entry, text) {
 /** An edit the gateway refused: the old branch comes back, and the editor with the text. */
 function editRefused(p, info) {
   mount(p.was);
-  banner(info.message);
+  banner(errorBanner(info));
   if (p.edited && S.entries.includes(p.edited)) startEdit(p.edited, p.content);
 }
 
@@ -924,16 +973,15 @@ function askDeleteVersion(entry, button) {
   if (entry.el.querySelector(".confirm")) return;
   const box = el("div", "confirm");
   box.setAttribute("role", "group");
-  box.setAttribute("aria-label", "Confirm deletion");
+  tr(box, { aria: "confirm.label" });
   box.dataset.testid = "confirm-delete";
-  const text = el("span", "confirm-text",
-    entry.kind === "user" ? "Delete this version and its replies?" : "Delete this version of the reply and what followed it?");
+  const text = tr(el("span", "confirm-text"), { text: entry.kind === "user" ? "confirm.user" : "confirm.assistant" });
   text.id = `confirm-${newId()}`;
   box.setAttribute("aria-describedby", text.id);
-  const yes = el("button", "btn small danger", "Delete");
+  const yes = tr(el("button", "btn small danger"), { text: "confirm.delete" });
   yes.type = "button";
   yes.dataset.testid = "confirm-delete-yes";
-  const no = el("button", "btn small", "Cancel");
+  const no = tr(el("button", "btn small"), { text: "common.cancel" });
   no.type = "button";
   no.dataset.testid = "confirm-delete-no";
   box.append(text, yes, no);
@@ -959,7 +1007,7 @@ function askDeleteVersion(entry, button) {
     if (!S.socket.send({ type: "delete_branch", message_id: msg, id })) return;
     const i = S.entries.indexOf(entry);
     const prev = i > 0 ? msgIdOf(S.entries[i - 1]) : null;
-    S.anchor = { req: id, id: null, prev, top: entry.el.getBoundingClientRect().top, focus: "", said: "Version deleted." };
+    S.anchor = { req: id, id: null, prev, top: entry.el.getBoundingClientRect().top, focus: "", said: "versions.deleted" };
     close(false);
     focusComposer();
   });
@@ -1033,27 +1081,31 @@ function renderSidebar() {
   if (S.renaming) return;
   const items = shownConversations();
   ui.convEmpty.hidden = items.length > 0;
-  ui.convEmpty.textContent = S.search ? "No conversation matches." : EMPTY_LIST;
+  ui.convEmpty.textContent = t(S.search ? "conversations.noMatch" : "conversations.empty");
   ui.convMore.hidden = !!S.search || !S.listNext;
   const nodes = items.map((c) => {
     const li = el("li", "conv");
     li.dataset.testid = "conversation";
     li.dataset.conversationId = c.id;
-    const a = el("a", "conv-open", c.title || "Untitled conversation");
+    const name = c.title || t("conversations.untitled");
+    const a = el("a", "conv-open", name);
     a.href = `#/c/${c.id}`;
-    a.title = c.title || c.id;
+    a.title = c.updated ? t("conversations.lastActive", { title: c.title || c.id, when: ago(c.updated) }) : c.title || c.id;
     if (c.id === S.conv) {
       a.setAttribute("aria-current", "page");
       li.classList.add("current");
     }
     const actions = el("div", "conv-actions");
-    for (const [action, label, name] of [["rename", "Rename", "edit"], ["delete", "Delete", "trash"]]) {
+    for (const [action, aria, title, iconName] of [
+      ["rename", "conversations.renameNamed", "conversations.rename", "edit"],
+      ["delete", "conversations.deleteNamed", "conversations.delete", "trash"],
+    ]) {
       const b = el("button", "icon-btn small");
       b.type = "button";
       b.dataset.action = action;
-      b.setAttribute("aria-label", `${label} “${c.title || "Untitled conversation"}”`);
-      b.title = action === "delete" ? "Delete this conversation" : label;
-      b.append(icon(name));
+      b.setAttribute("aria-label", t(aria, { title: name }));
+      b.title = t(title);
+      b.append(icon(iconName));
       actions.append(b);
     }
     li.append(a, actions);
@@ -1072,7 +1124,7 @@ function startRename(li) {
   input.type = "text";
   input.value = item.title;
   input.maxLength = 80;
-  input.setAttribute("aria-label", "Conversation name");
+  tr(input, { aria: "conversations.name" });
   li.querySelector(".conv-open").replaceWith(input);
   input.focus();
   input.select();
@@ -1217,8 +1269,7 @@ function closeMenu(refocus) {
 function openSettings() {
   if (!S.live || !S.conv) return;
   ui.settingsPrompt.value = S.systemPrompt;
-  ui.settingsError.hidden = true;
-  ui.settingsError.textContent = "";
+  show(ui.settingsError, null);
   S.settingsReq = null;
   syncUI();
   ui.settings.showModal();
@@ -1230,16 +1281,13 @@ function saveSettings() {
   const id = `settings:${newId()}`;
   if (!S.socket.send({ type: "settings", system_prompt: ui.settingsPrompt.value, id })) return;
   S.settingsReq = id;
-  ui.settingsError.hidden = true;
+  show(ui.settingsError, null);
   syncUI();
 }
 
 function settingsRefused(info) {
   S.settingsReq = null;
-  ui.settingsError.textContent = info.code === "too_large" && S.maxChars
-    ? `The instructions are too long: at most ${new Intl.NumberFormat().format(S.maxChars)} characters.`
-    : info.message;
-  ui.settingsError.hidden = false;
+  show(ui.settingsError, info.code === "too_large" && S.maxChars ? { key: "settings.tooLong", params: { count: S.maxChars } } : info.text);
   syncUI();
 }
 
@@ -1250,7 +1298,7 @@ function onSettings(m) {
   if (typeof m.id === "string" && m.id === S.settingsReq) {
     S.settingsReq = null;
     if (ui.settings.open) ui.settings.close();
-    announce(S.systemPrompt ? "Instructions saved." : "Instructions removed.");
+    announce(t(S.systemPrompt ? "settings.saved" : "settings.removed"));
   }
   syncUI();
 }
@@ -1274,7 +1322,7 @@ function onExport(m) {
   a.click();
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 60_000);
-  announce(`Downloaded ${name}.`);
+  announce(t("export.done", { name }));
 }
 
 function onBranch(m) {
@@ -1288,7 +1336,7 @@ function onBranch(m) {
   const items = Array.isArray(m.messages) ? m.messages : [];
   const streaming = m.streaming && typeof m.streaming === "object" ? m.streaming : null;
   showBranch(items, m.has_more === true, streaming, anchor);
-  if (anchor && anchor.said) announce(anchor.said);
+  if (anchor && anchor.said) announce(t(anchor.said));
 }
 
 // ---------------------------------------------------------------------------- protocol
@@ -1301,8 +1349,7 @@ function onOpen() {
   S.anchor = null;
   if (S.settingsReq) {
     S.settingsReq = null;
-    ui.settingsError.textContent = "Not saved: the connection dropped. Try again.";
-    ui.settingsError.hidden = false;
+    show(ui.settingsError, { key: "settings.dropped" });
   }
   S.helloFor = S.target;
   const hello = helloFrame(S.target);
@@ -1318,34 +1365,40 @@ function onClose({ code, reason, fatal, delay, failures }) {
     S.refusals++;
     S.cred.forget();
     setStatus("connecting");
-    signIn(S.cred.asks ? "That token was not accepted. Check it and try again." : "").then(() => syncUI());
+    signIn(S.cred.asks ? { key: "signin.refused" } : null).then(() => syncUI());
     syncUI();
     return;
   }
+  if (reason) console.debug("close", code, reason); // the gateway's words, in English: the page says its own
   if (fatal) {
     setStatus("offline");
-    const why =
-      code === 1008
-        ? `The gateway refused this page${reason ? ` (${reason})` : ""}. Sign in again, or ask its operator.`
-        : `Cannot connect to the gateway${reason ? `: ${reason}` : "."}`;
-    banner(why, { label: S.cred && S.cred.mode !== "none" ? "Sign in" : "Try again", run: () => signIn("") }, "conn");
+    const action = { label: S.cred && S.cred.mode !== "none" ? "signin.submit" : "conn.tryAgain", run: () => signIn(null) };
+    banner({ key: code === 1008 ? "conn.refused" : "conn.failed" }, action, "conn");
     syncUI();
     return;
   }
   const offline = navigator.onLine === false || failures >= OFFLINE_AFTER;
   setStatus(offline ? "offline" : "reconnecting");
-  const secs = Math.max(1, Math.round(delay / 1000));
-  if (code === 1013) banner(`${reason || "The gateway is busy"}. Reconnecting in ${secs} s…`, null, "conn");
-  else if (code === 1009) banner("The last message was too large for the gateway. Reconnecting…", null, "conn");
-  else if (code === 1011) banner("The gateway hit an internal error. Reconnecting…", null, "conn");
+  const until = Date.now() + delay;
+  if (code === 1013) banner({ key: busyKey(reason), until, then: { key: "conn.reconnecting" } }, null, "conn");
+  else if (code === 1009) banner({ key: "conn.tooLarge" }, null, "conn");
+  else if (code === 1011) banner({ key: "conn.internal" }, null, "conn");
   else if (code !== 1001 && code !== 1012 && failures >= CONN_BANNER_AFTER) {
-    banner(`Cannot reach the gateway. Retrying in ${secs} s.`, { label: "Retry now", run: reconnectNow }, "conn");
+    banner({ key: "conn.unreachable", until, then: { key: "conn.retrying" } }, { label: "conn.retryNow", run: reconnectNow }, "conn");
   }
   syncUI();
 }
 
+/** Which "try again later" (1013) it is, told by the close reason (docs/protocol.md §5). */
+function busyKey(reason) {
+  if (/too many connections/.test(reason)) return "conn.tooMany";
+  if (/full/.test(reason)) return "conn.full";
+  if (/slow/.test(reason)) return "conn.slow";
+  return "conn.busy";
+}
+
 function reconnectNow() {
-  banner("");
+  banner(null);
   setStatus("connecting");
   S.socket.connect();
 }
@@ -1355,18 +1408,17 @@ async function signIn(error) {
   S.token = await S.cred.get(error);
   if (!S.token && S.cred.mode !== "none" && S.cred.mode !== "proxy") {
     setStatus("offline");
-    const how = S.cred.asks ? "Sign in with your access token to chat." : "Could not get a sign-in token.";
-    banner(how, { label: "Sign in", run: () => signIn("") }, "conn");
+    banner({ key: S.cred.asks ? "signin.needed" : "signin.noToken" }, { label: "signin.submit", run: () => signIn(null) }, "conn");
     return;
   }
   reconnectNow();
 }
 
-/** The sign-in dialog (tokens mode): resolves with the typed token, or null if dismissed. */
+/** The sign-in dialog (tokens mode), ``error`` a message or null: resolves with the typed
+ * token, or null if dismissed. */
 function askToken(error) {
   return new Promise((resolve) => {
-    ui.signinError.textContent = error;
-    ui.signinError.hidden = !error;
+    show(ui.signinError, error || null);
     ui.signinToken.value = "";
     const done = (value) => {
       ui.signinForm.onsubmit = null;
@@ -1573,7 +1625,7 @@ function restoreAnchor(anchor) {
     const b = want && !want.disabled ? want : other && !other.disabled ? other : null;
     if (b) b.focus();
     const src = target.kind === "user" ? target : target.reply;
-    if (src.siblings) announce(`Showing version ${src.sibIndex + 1} of ${src.siblings.length}.`);
+    if (src.siblings) announce(t("versions.showing", { index: src.sibIndex + 1, count: src.siblings.length }));
   }
 }
 
@@ -1624,11 +1676,11 @@ function onReady(m) {
   // whether the gateway stored them.
   for (const [id, p] of S.pending) {
     S.pending.delete(id);
-    if (p.kind === "edit" && !inHistory.has(id) && p.conv === conv) banner("Your edit was not sent: the connection dropped first. Edit the message again.");
+    if (p.kind === "edit" && !inHistory.has(id) && p.conv === conv) banner({ key: "edit.dropped" });
     if (p.kind !== "message") continue;
     if (inHistory.has(id) || p.conv !== conv) continue;
     p.entry.reply.state = "error";
-    p.entry.reply.error = { message: "Not sent: the connection dropped first.", retryable: true, unsent: true, content: p.content };
+    p.entry.reply.error = { text: { key: "message.unsent" }, retryable: true, unsent: true, content: p.content };
     next.push(p.user, p.entry);
   }
   // Unsent messages shown with an error stay at the end until they are retried.
@@ -1647,7 +1699,7 @@ function onReady(m) {
   if (first) askHistory("probe", { before: first.id, limit: 1 }); // are there older messages? (ready does not say)
   mount(next);
   if (stick) scrollToBottom();
-  if (S.bannerKind === "conn") banner("");
+  if (S.bannerKind === "conn") banner(null);
   renderSidebar();
   setStatus("live");
   syncUI();
@@ -1929,7 +1981,7 @@ function onDone(m) {
   if (typeof m.model === "string") r.model = m.model;
   r.fallbackFrom = typeof m.fallback_from === "string" ? m.fallback_from : null;
   r.usage = m.usage && typeof m.usage === "object" ? m.usage : null;
-  if (r.state === "error" && !r.error) r.error = { message: "The reply failed.", retryable: true };
+  if (r.state === "error" && !r.error) r.error = { text: { key: "message.failed" }, retryable: true };
   if (r.after === "sync" && r.conv === S.conv) syncBranch(); // the versions as the gateway has them now
   r.after = "";
   if (!r.entry) {
@@ -1941,9 +1993,9 @@ function onDone(m) {
   syncUI();
   if (stick) scrollToBottom();
   if (wasStreaming) {
-    if (r.state === "done") announce(r.text ? `Reply finished: ${plainText(r.entry.body)}` : "Reply finished, with thoughts only.");
-    else if (r.state === "cancelled") announce("Reply stopped.");
-    else announce(`Reply failed: ${r.error.message}`);
+    if (r.state === "done") announce(r.text ? t("announce.done", { text: plainText(r.entry.body) }) : t("announce.thoughtsOnly"));
+    else if (r.state === "cancelled") announce(t("announce.stopped"));
+    else announce(t("announce.failed", { message: say(r.error.text) }));
   }
 }
 
@@ -1955,17 +2007,32 @@ function onlyUnstored() {
   });
 }
 
+/** An error frame: the page's own words for its code (``text``, a message); the gateway's
+ * English ``message`` (``raw``) only tells cases apart, and goes to the console. */
 function errorInfo(m) {
   const code = typeof m.code === "string" ? m.code : "error";
-  let message = typeof m.message === "string" && m.message ? m.message : `Error: ${code.replace(/_/g, " ")}.`;
-  message = message.charAt(0).toUpperCase() + message.slice(1);
+  const raw = typeof m.message === "string" ? m.message : "";
+  if (raw) console.debug("error", code, raw);
   const after = Number(m.retry_after);
   return {
     code,
-    message,
+    raw,
+    text: errorText(code, m),
     retryable: m.retryable !== false,
     retryAt: after > 0 ? Date.now() + after * 1000 : 0,
   };
+}
+
+function errorText(code, m) {
+  if (code === "too_large" && S.maxChars) return { key: "error.tooLargeMax", params: { count: S.maxChars } };
+  if (code === "budget_exceeded" && Number.isFinite(m.resets_at)) return { key: "error.budgetResets", params: { time: { date: m.resets_at * 1000 } } };
+  return ERROR_CODES.has(code) ? { key: `error.${code}` } : { key: "error.unknown", params: { code } };
+}
+
+/** An error for the banner: with its ``retry_after`` counted down. */
+function errorBanner(info) {
+  if (!info.retryAt) return info.text;
+  return { key: "error.retryWhen", params: { message: info.text }, until: info.retryAt, then: info.text };
 }
 
 function onError(m) {
@@ -1991,11 +2058,11 @@ function onError(m) {
     if (S.selecting === m.id) S.selecting = null;
     S.hist.delete(m.id);
     syncUI();
-    banner(info.code === "busy" ? "Wait for the reply to finish, or stop it, then try again." : info.message);
+    banner(errorBanner(info));
     return;
   }
   const p = typeof m.id === "string" ? S.pending.get(m.id) : undefined;
-  if (info.code === "bad_request" && /^no model /.test(info.message)) {
+  if (info.code === "bad_request" && /^no model /.test(info.raw)) {
     S.picked = null; // the gateway's models changed (a reload): ask for them again
     if (S.live) S.socket.send(helloFrame(S.conv));
   }
@@ -2011,7 +2078,7 @@ function onError(m) {
     } else if (p.kind === "edit") {
       editRefused(p, info);
     } else {
-      banner(/no reply to regenerate/.test(info.message) ? "There is no reply to regenerate." : info.message);
+      banner(/no reply to regenerate/.test(info.raw) ? { key: "error.noReply" } : errorBanner(info));
     }
     syncUI();
     return;
@@ -2026,13 +2093,13 @@ function onError(m) {
       if (p.kind !== "message" || !carry.includes(p.entry)) continue;
       S.pending.delete(id);
       p.entry.reply.state = "error";
-      p.entry.reply.error = { message: "Not sent: the connection dropped first.", retryable: true, unsent: true, content: p.content };
+      p.entry.reply.error = { text: { key: "message.unsent" }, retryable: true, unsent: true, content: p.content };
       p.user.el.classList.add("unsent");
     }
     if (carry.length) convs.remove(gone);
     else if (gone && convs.get(gone)) {
       convs.remove(gone);
-      banner("That conversation is no longer on the gateway, so it was removed from your list.");
+      banner({ key: "conversations.gone" });
     }
     S.conv = null;
     mount(carry);
@@ -2045,7 +2112,7 @@ function onError(m) {
       const r = S.replies.get(id);
       if (r && r.state === "streaming") {
         r.state = "error";
-        r.error = { message: "This reply could not be resumed.", retryable: true };
+        r.error = { text: { key: "error.resume_unavailable" }, retryable: true };
         if (r.entry) renderEntry(r.entry);
       }
     }
@@ -2057,9 +2124,9 @@ function onError(m) {
     syncUI();
     return;
   }
-  if (info.code === "bad_request" && /already receives/.test(info.message)) return;
+  if (info.code === "bad_request" && /already receives/.test(info.raw)) return;
   if (info.code === "unauthorized" || info.code === "forbidden") return; // the 1008 close that follows says it
-  banner(info.message);
+  banner(errorBanner(info));
 }
 
 // ---------------------------------------------------------------------------- events
@@ -2085,7 +2152,7 @@ ui.newChat.addEventListener("click", newChat);
 ui.sidebarToggle.addEventListener("click", () => toggleSidebar());
 ui.sidebarClose.addEventListener("click", () => toggleSidebar(false));
 ui.scrim.addEventListener("click", () => toggleSidebar(false));
-ui.bannerClose.addEventListener("click", () => banner(""));
+ui.bannerClose.addEventListener("click", () => banner(null));
 ui.bannerAction.addEventListener("click", () => S.bannerRun && S.bannerRun());
 MOBILE.addEventListener("change", syncSidebarMode);
 document.addEventListener("keydown", (ev) => {
@@ -2100,9 +2167,9 @@ ui.messages.addEventListener("click", async (ev) => {
   const action = button.dataset.action;
   if (action === "copy-code") {
     const code = button.closest(".code-block").querySelector("code");
-    if (code) flash(button, (await copyText(code.textContent)) ? "Copied" : "Copy failed");
+    if (code) flash(button, (await copyText(code.textContent)) ? "code.copied" : "code.copyFailed");
   } else if (action === "copy-reply" && entry) {
-    if (await copyText(entry.reply.text)) flash(button, "Copied");
+    if (await copyText(entry.reply.text)) flash(button, "code.copied");
   } else if (action === "regenerate" || action === "answer") {
     regenerate();
   } else if (action === "retry" && entry) {
@@ -2170,9 +2237,7 @@ ui.settingsForm.addEventListener("submit", (ev) => {
   saveSettings();
 });
 ui.settingsCancel.addEventListener("click", () => ui.settings.close());
-ui.settingsPrompt.addEventListener("input", () => {
-  ui.settingsError.hidden = true;
-});
+ui.settingsPrompt.addEventListener("input", () => show(ui.settingsError, null));
 ui.settings.addEventListener("close", () => {
   S.settingsReq = null;
   if (ui.menuButton.isConnected) ui.menuButton.focus();
@@ -2235,10 +2300,41 @@ function wsUrl(configured) {
 function showWho(m) {
   const named = typeof m.subject === "string" && !/^anon(ymous)?(:|$)/.test(m.subject);
   ui.who.hidden = !named;
-  ui.who.textContent = named ? `Signed in as ${typeof m.name === "string" && m.name ? m.name : m.subject}` : "";
+  if (named) tr(ui.who, { text: "who" }, { name: typeof m.name === "string" && m.name ? m.name : m.subject });
+}
+
+/** The language switch: each language named in itself. */
+function showLanguages() {
+  const options = languages().map(({ code, name }) => {
+    const o = el("option", "", name);
+    o.value = code;
+    o.lang = code;
+    return o;
+  });
+  ui.language.replaceChildren(...options);
+  ui.language.value = language();
+}
+
+/** The language changed (here or in another tab): every text the page wrote is written
+ * again; the conversation (messages, a streaming reply, the composer) is left as it is. */
+function relabel() {
+  ui.language.value = language();
+  translate(regenerateButton);
+  translate(answerButton);
+  paintStatus();
+  paintBanner();
+  for (const [node, msg] of said) node.textContent = say(msg);
+  renderSidebar();
+  setTitle();
+  for (const e of S.entries) paint(e);
+  syncUI();
 }
 
 export async function start() {
+  translate(document);
+  showLanguages();
+  ui.language.addEventListener("change", () => setLanguage(ui.language.value));
+  onLanguage(relabel);
   setStatus("connecting");
   syncSidebarMode();
   const linked = routeTarget();
@@ -2264,6 +2360,6 @@ export async function start() {
     waiting: () => setStatus("offline"),
   });
   S.cred = new Credential(cfg && typeof cfg === "object" ? cfg.auth : null, askToken);
-  await signIn("");
+  await signIn(null);
   focusComposer();
 }

@@ -7,7 +7,8 @@
 //      attributes (no style, no event handlers, no img, no button, no form) before
 //      anything reaches the live DOM.
 // The code-block header (language + Copy) and table wrappers are added after
-// sanitising, with createElement, so the allow-list stays minimal.
+// sanitising, with createElement, so the allow-list stays minimal; their labels carry
+// i18n keys (data-* attributes, which DOMPurify never lets model output set).
 
 import MarkdownIt from "markdown-it";
 import DOMPurify from "dompurify";
@@ -28,6 +29,7 @@ import sql from "highlight.js/lib/languages/sql";
 import typescript from "highlight.js/lib/languages/typescript";
 import xml from "highlight.js/lib/languages/xml";
 import yaml from "highlight.js/lib/languages/yaml";
+import { tr } from "./i18n.js";
 
 const LANGUAGES = { bash, c, cpp, css, diff, go, java, javascript, json, plaintext, python, rust, sql, typescript, xml, yaml };
 for (const [name, language] of Object.entries(LANGUAGES)) hljs.registerLanguage(name, language);
@@ -172,15 +174,16 @@ function decorate(root) {
     block.className = "code-block";
     const head = document.createElement("div");
     head.className = "code-head";
+    const plain = lang === "plaintext" || lang === "text";
     const label = document.createElement("span");
     label.className = "code-lang";
-    label.textContent = lang === "plaintext" ? "text" : lang;
+    if (plain) tr(label, { text: "code.plain" });
+    else label.textContent = lang;
     const copy = document.createElement("button");
     copy.type = "button";
     copy.className = "copy";
     copy.dataset.action = "copy-code";
-    copy.setAttribute("aria-label", `Copy ${label.textContent} code`);
-    copy.textContent = "Copy";
+    tr(copy, { text: "code.copy", aria: plain ? "code.copyPlain" : "code.copyLabel" }, plain ? null : { lang });
     head.append(label, copy);
     pre.replaceWith(block);
     pre.tabIndex = 0; // a scrollable region must be reachable by keyboard

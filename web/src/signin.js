@@ -40,7 +40,7 @@ export function jwtExpiry(token) {
 export class Credential {
   /**
    * @param {{mode?: string, token_url?: string} | null} auth from /config.json
-   * @param {(error: string) => Promise<string|null>} ask shows the sign-in dialog
+   * @param {(error: object | null) => Promise<string | null>} ask shows the sign-in dialog (error: why it asks again)
    */
   constructor(auth, ask) {
     this.mode = auth && typeof auth.mode === "string" ? auth.mode : "none";
@@ -55,7 +55,7 @@ export class Credential {
   }
 
   /** The credential for the next connection's `hello`, or null (proxy; or not signed in). */
-  async get(error = "") {
+  async get(error = null) {
     if (this.mode === "none") return this.anonKey();
     if (this.mode === "tokens") return this.token(error);
     if (this.mode === "jwt") return this.jwt();

@@ -148,7 +148,7 @@ export class Socket {
     this.pingTimer = setInterval(() => {
       if (!this.open) return;
       if (Date.now() - this.lastRx > SILENCE_MS) {
-        this.lost(4000, "no answer from the gateway");
+        this.lost(4000, "silent"); // no answer from the gateway
         return;
       }
       this.send({ type: "ping", id: `p${++this.pings}` });

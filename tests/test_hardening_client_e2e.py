@@ -154,22 +154,27 @@ async def test_non_reading_clients_share_one_output_budget(
         await _fill(chat, 8, 30_000)
 
     readers = []
-    for _ in range(12):
-        ws = await _non_reader(gw.ws_url)
-        await ws.send(f'{{"type":"hello","conversation_id":"{conversation_id}"}}')
-        for _ in range(8):
-            await ws.send('{"type":"history","limit":200}')
-        readers.append(ws)
-    # 12 clients x up to 1 MiB each would be 12 MiB; together they may hold 1 MiB.
-    async with gw.chat(max_size=None) as chat:  # a client that reads is not the one evicted
-        await chat.hello()
-        text, events = await chat.ask("still served?")
-    assert text == "ok" and events[-1]["finish_reason"] == "stop"
-    assert await _metric(gw.http_url, "gateway_output_queued_bytes") <= 1048576
-
-    assert await _metric(gw.http_url, "gateway_slow_client_disconnects_total") >= 1
-    for ws in readers:
-        ws.transport.abort()
+    try:
+        for _ in range(12):
+            ws = await _non_reader(gw.ws_url)
+            readers.append(ws)
+            await ws.send(f'{{"type":"hello","conversation_id":"{conversation_id}"}}')
+            for _ in range(8):
+                await ws.send('{"type":"history","limit":200}')
+        # 12 clients x up to 1 MiB each would be 12 MiB; together they may hold 1 MiB.
+        async with gw.chat(max_size=None) as chat:  # a client that reads is not the one evicted
+            await chat.hello()
+            text, events = await chat.ask("still served?")
+        assert text == "ok" and events[-1]["finish_reason"] == "stop"
+        assert await _metric(gw.http_url, "gateway_output_queued_bytes") <= 1048576
+        # The non-readers' requests are answered concurrently: wait for the first eviction.
+        slow = gw.gateway.metrics.slow_clients
+        await _until(lambda: slow._value.get() >= 1)
+        assert await _metric(gw.http_url, "gateway_slow_client_disconnects_total") >= 1
+        assert await _metric(gw.http_url, "gateway_output_queued_bytes") <= 1048576
+    finally:
+        for ws in readers:
+            ws.transport.abort()
     assert gw.gateway.hub is not None
     for conn in list(gw.gateway.hub.connections):
         await asyncio.wait_for(conn.ws.wait_closed(), TIMEOUT)

@@ -8,6 +8,7 @@ fixtures.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 from collections.abc import AsyncIterator
@@ -114,10 +115,12 @@ async def shot(page: Page, name: str) -> None:
 
 
 async def doc_shot(page: Page, name: str) -> None:
-    """A screenshot for the docs: test-artifacts/screenshots/ and docs/images/."""
+    """A screenshot for the docs: test-artifacts/screenshots/, and docs/images/ (tracked)
+    only when ``GATEWAY_DOC_SHOTS=1``, so that a test run leaves the working tree alone."""
     await shot(page, name)
-    DOC_IMAGES.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(SCREENSHOTS / f"{name}.png", DOC_IMAGES / f"{name}.png")
+    if os.environ.get("GATEWAY_DOC_SHOTS") == "1":
+        DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SCREENSHOTS / f"{name}.png", DOC_IMAGES / f"{name}.png")
 
 
 async def open_page(browser: Browser, url: str, **options: Any) -> Watched:

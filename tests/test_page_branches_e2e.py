@@ -4,8 +4,8 @@ reply cut short in place, the conversation's own instructions, exporting (Markdo
 JSON, all branches), deleting a version, another tab following an edit, and a reply
 that keeps streaming in a branch not shown.
 
-Screenshots for the docs go to docs/images/ (branches-*.png) as well as
-test-artifacts/screenshots/.
+Screenshots for the docs go to test-artifacts/screenshots/ (branches-*.png), and to
+docs/images/ with GATEWAY_DOC_SHOTS=1.
 """
 
 from __future__ import annotations

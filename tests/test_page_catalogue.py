@@ -106,6 +106,7 @@ class Literal:
     before: str  # the source just before it (what it is assigned or passed to)
 
 
+BEFORE = 400  # how much source a literal keeps before it: enough for the statement it is in
 _REGEX_AFTER = set("(,=:[!&|?{};+-*%<>~^")
 _REGEX_WORDS = {"return", "typeof", "case", "of", "in", "do", "else", "void", "delete", "new", "instanceof", "yield", "await"}
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
@@ -168,7 +169,7 @@ class _Scanner:
                 out.append(s[self.i])
                 self.i += 1
         self.i += 1
-        self.found.append(Literal(self.line(start), "".join(out), s[max(0, start - 80):start]))
+        self.found.append(Literal(self.line(start), "".join(out), s[max(0, start - BEFORE):start]))
 
     def escape(self) -> str:
         s = self.s
@@ -195,7 +196,7 @@ class _Scanner:
                 out.append(s[self.i])
                 self.i += 1
         self.i += 1
-        self.found.append(Literal(self.line(start), "".join(out), s[max(0, start - 80):start]))
+        self.found.append(Literal(self.line(start), "".join(out), s[max(0, start - BEFORE):start]))
 
     def regex(self) -> None:
         s, in_class = self.s, False
@@ -226,32 +227,68 @@ def js_literals(source: str) -> list[Literal]:
 CJK = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")
 KEY_NAMES = {"Enter", "Escape", "Tab", "Home", "End", "ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight"}
 ALLOWED = {"noopener noreferrer"}  # a link's rel
-SVG_PATH = re.compile(r"[MmLlHhVvCcSsQqTtAaZz0-9.,\s-]+")
-# Where a literal becomes text on the page, whatever it looks like.
+# SVG path data: a moveto and its numbers first, then commands and numbers ("M5 12h14").
+SVG_PATH = re.compile(r"[Mm]\s*-?[\d.]+[MmLlHhVvCcSsQqTtAaZz0-9.,\s-]*")
+# Where a literal becomes text on the page, whatever it looks like: what follows one of
+# these in the same statement, outside any call made there (see in_sink).
 SINKS = re.compile(
-    r"(\.(textContent|innerText|innerHTML|title|placeholder|label|alt|ariaLabel)\s*=\s*"
+    r"\.(textContent|innerText|innerHTML|title|placeholder|label|alt|ariaLabel)\s*=(?!=)"
     r"|setAttribute\(\s*[\"'](aria-(label|description|roledescription|valuetext|placeholder)"
-    r"|title|placeholder|alt|label)[\"']\s*,\s*"
-    r"|\bel\(\s*[\"'][^\"']*[\"']\s*,\s*[^,()]*,\s*"
-    r"|\.(append|prepend|replaceChildren|after|before)\((?:[^();]|\([^();]*\))*"
-    r"|\b(announce|confirm|alert|prompt)\(\s*)$"
+    r"|title|placeholder|alt|label)[\"']\s*,"
+    r"|\bel\(\s*[\"'][^\"']*[\"']\s*,[^,()]*,"
+    r"|\.(append|prepend|replaceChildren|after|before)\("
+    r"|\b(announce|confirm|alert|prompt)\("
 )
+_STRINGS = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|`(?:[^`\\]|\\.)*`')
+
+
+def _outside_calls(between: str) -> bool:
+    """``between`` (source from a sink to a literal) stays in one statement and leaves the
+    literal outside any call opened in it (grouping parentheses and arrays do not count)."""
+    between = _STRINGS.sub('""', between)
+    if ";" in between:
+        return False
+    calls: list[bool] = []
+    for i, c in enumerate(between):
+        if c in "([":
+            calls.append(c == "(" and re.search(r"[\w$)\]]\s*$", between[:i]) is not None)
+        elif c in ")]":
+            if not calls:
+                return False  # the sink's own call closed before the literal
+            calls.pop()
+    return not any(calls)
+
+
+def in_sink(before: str) -> bool:
+    """Whether a literal after ``before`` is shown by a sink: any part of what is assigned
+    (both arms of a ternary, an array joined) or passed, but not an argument of a call made
+    there (``b.title = t("key")``)."""
+    return any(_outside_calls(before[m.end():]) for m in SINKS.finditer(before))
+
+
+def page_sources(root: Path = SRC, ext: str = "js") -> list[Path]:
+    """The page's source files under ``root``, at any depth, but the catalogues."""
+    return sorted(p for p in root.rglob(f"*.{ext}") if root / "i18n" not in p.parents)
 
 
 def css_classes() -> set[str]:
     """Class names: the stylesheets', and those the page's code selects (``.retry``)."""
-    css = "".join(p.read_text() for p in (SRC / "styles").glob("*.css"))
-    js = "".join(p.read_text() for p in SRC.glob("*.js"))
+    css = "".join(p.read_text() for p in page_sources(ext="css"))
+    js = "".join(p.read_text() for p in page_sources())
     return set(re.findall(r"\.([a-zA-Z][\w-]*)", css)) | set(re.findall(r"[\"'`\w]\.([a-z][\w-]*)[\"'`]", js))
 
 
 def code_token(token: str, classes: set[str]) -> bool:
-    """A token of code, not of prose: a CSS class, a hyphenated name, a selector or markup piece, a placeholder."""
+    """A token of code, not of prose: a CSS class, a hyphenated name, a placeholder, a
+    selector (``#id``, ``.class``, ``[attr="…"]``), a key or property path (``status.live``),
+    an identifier in camelCase. Punctuation alone does not make one: ``Error:`` is prose."""
     return (
         token in classes
         or token == "{}"
-        or re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)+", token) is not None
-        or re.search(r"[.#\[\]=:()\"'>*{}/]", token) is not None
+        or re.fullmatch(r"[a-z0-9]+(-([a-z0-9]+|\{\}))+", token) is not None
+        or re.match(r"[#.\[]", token) is not None
+        or re.fullmatch(r"[a-z]+(\.\w+)+", token) is not None
+        or re.fullmatch(r"[a-z]+([A-Z0-9][a-z0-9]*)+", token) is not None
     )
 
 
@@ -260,10 +297,12 @@ def user_visible(lit: Literal, classes: set[str]) -> str | None:
     text = re.sub(r"<[^<>]*>", "", lit.text)  # markup is code; what it encloses is not
     if CJK.search(text):
         return "Chinese text"
-    if not re.search(r"[A-Za-z]", text) or text in ALLOWED or SVG_PATH.fullmatch(text):
+    if not re.search(r"[A-Za-z]", text):
         return None
-    if SINKS.search(lit.before):
+    if in_sink(lit.before):
         return "shown on the page"
+    if text in ALLOWED or SVG_PATH.fullmatch(text) or re.search(r"matchMedia\(\s*$", lit.before):
+        return None
     if text != text.strip():
         return "a piece of a sentence"
     tokens = text.split()
@@ -283,6 +322,23 @@ def lint_js(source: str) -> list[str]:
         why = user_visible(lit, classes)
         if why:
             out.append(f"line {lit.line}: {lit.text!r} ({why})")
+    return out
+
+
+def _css_unescape(text: str) -> str:
+    text = re.sub(r"\\([0-9a-fA-F]{1,6})\s?", lambda m: chr(int(m.group(1), 16)), text)
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def lint_css(source: str) -> list[str]:
+    """Text in a stylesheet's ``content:`` (generated content is read out and shown)."""
+    source = re.sub(r"/\*.*?\*/", lambda m: re.sub(r"[^\n]", " ", m.group()), source, flags=re.S)
+    out = []
+    for m in re.finditer(r"(?<![\w-])content\s*:([^;}]*)", source):
+        for q in _STRINGS.finditer(m.group(1)):
+            text = _css_unescape(q.group()[1:-1])
+            if re.search(r"[A-Za-z]", text) or CJK.search(text):
+                out.append(f"line {source.count(chr(10), 0, m.start()) + 1}: content {text!r}")
     return out
 
 
@@ -331,10 +387,6 @@ def lint_html(source: str) -> tuple[list[str], set[str]]:
     return parser.found, parser.keys
 
 
-def page_sources() -> list[Path]:
-    return sorted(SRC.glob("*.js"))
-
-
 def test_the_lint_catches_texts_in_code_and_markup() -> None:
     assert lint_js('button.textContent = "Send";')
     assert lint_js('b.setAttribute("aria-label", "close");')
@@ -344,6 +396,20 @@ def test_the_lint_catches_texts_in_code_and_markup() -> None:
     assert lint_js('note.append(el("span", "note-text", "done"));')
     assert lint_js('x.title = "重试";')
     assert lint_js('announce("saved");')
+    # A sink comes first: words that happen to be SVG path letters are shown all the same …
+    assert lint_js('button.textContent = "Chat";')
+    assert lint_js('x.title = "Last";')
+    # … punctuation does not make a sentence code …
+    assert lint_js('banner(`Error: ${code}.`);')
+    assert lint_js('const m = "Retry (failed).";')
+    # … every part of what a sink is given counts, not only what follows it at once …
+    assert len(lint_js('x.textContent = ok ? "copied" : "failed";')) == 2
+    assert lint_js('x.setAttribute("aria-label", busy ? t("a.b") : "wait");')
+    assert lint_js('note.append(icon("retry"), ok ? "done" : "");')
+    # … and stylesheets' generated content is text too.
+    assert lint_css('.x::after { content: "New"; }')
+    assert lint_css(".x::before { content: '\\201C' 'Quote'; }")
+    assert lint_css('.x::after { content: "新"; }')
     assert lint_html('<button aria-label="Close"></button>')[0]
     assert lint_html("<p>Your conversations appear here.</p>")[0]
     assert lint_html('<input placeholder="Search">')[0]
@@ -352,14 +418,36 @@ def test_the_lint_catches_texts_in_code_and_markup() -> None:
         'const a = el("div", "msg msg-user"); if (ev.key === "Escape") x.dataset.testid = "send";'
         ' q(`[data-conversation-id="${id}"] .conv-open`); t("status.live"); const r = /Mac|iPhone/.test(s) ? "a/b" : 1 / 2;'
         ' // "Not a literal": a comment\n/* "Nor this" */ send({ type: "reply.start", id: `c${n}` });'
+        ' b.title = t("status.title", { state: "live" }); x.textContent = ok ? t("code.copied") : "";'
+        ' path.setAttribute("d", "M5 12h14"); const icons = { a: ["M20 11a8 8 0 1 0-2.3 5.7", "M4 7h16"] };'
+        ' matchMedia("(max-width: 800px)"); x.className = `hljs language-${lang}`; el("span", "msg-note", t("k.v"));'
     )
+    assert not lint_css('.a::after { content: ""; } .b::before { content: "\\2022" "\\201C" "·"; justify-content: center; }')
     keyed = '<button data-i18n-aria-label="banner.dismiss"><span data-i18n="conversations.new"></span></button>'
     assert lint_html(keyed) == ([], {"banner.dismiss", "conversations.new"})
 
 
-@pytest.mark.parametrize("path", page_sources(), ids=lambda p: p.name)
+def test_the_lint_reads_every_source_but_the_catalogues(tmp_path: Path) -> None:
+    for name in ["app.js", "parts/deep/widget.js", "i18n/en.js", "i18n/zh-CN.js", "styles/main.css"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    assert page_sources(tmp_path) == [tmp_path / "app.js", tmp_path / "parts/deep/widget.js"]
+    assert page_sources(tmp_path, "css") == [tmp_path / "styles/main.css"]
+    assert SRC / "icons.js" in page_sources() and not [p for p in page_sources() if I18N in p.parents]
+
+
+def _rel(p: Path) -> str:
+    return str(p.relative_to(SRC))
+
+
+@pytest.mark.parametrize("path", page_sources(), ids=_rel)
 def test_no_text_for_people_in_the_page_s_code(path: Path) -> None:
-    assert lint_js(path.read_text(encoding="utf-8")) == [], f"{path.name}: put these in web/src/i18n/en.js (and every catalogue)"
+    assert lint_js(path.read_text(encoding="utf-8")) == [], f"{_rel(path)}: put these in web/src/i18n/en.js (and every catalogue)"
+
+
+@pytest.mark.parametrize("path", page_sources(ext="css"), ids=_rel)
+def test_no_text_for_people_in_the_page_s_styles(path: Path) -> None:
+    assert lint_css(path.read_text(encoding="utf-8")) == [], f"{_rel(path)}: generated content with text; put it in the markup, keyed"
 
 
 def test_no_text_for_people_in_index_html() -> None:

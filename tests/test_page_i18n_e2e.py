@@ -4,18 +4,20 @@ The browser's language (the context's ``locale``, so ``navigator.languages``) pi
 page's language; the switch in the sidebar overrides it and is remembered. The page's
 chrome is checked to be entirely in one language; errors are said in the page's words;
 typing with an input method never sends on the Enter that picks a candidate; Chinese
-text wraps at 360 px. Screenshots for the docs go to docs/images/zh-CN-*.png.
+text wraps at 360 px. Screenshots for the docs (zh-CN-*.png) go to docs/images/ with
+GATEWAY_DOC_SHOTS=1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, StartGateway, openai_env
-from fakeupstream import FakeUpstream, Pause, Script, openai_error_body
+from conftest import TIMEOUT, Running, StartGateway, openai_env
+from fakeupstream import FakeUpstream, Pause, Script, openai_error_body, openai_sse
 from page_helpers import another_tab
 from page_helpers import (  # noqa: F401  (browser is a fixture)
     Watched,
@@ -23,6 +25,7 @@ from page_helpers import (  # noqa: F401  (browser is a fixture)
     doc_shot,
     free_port,
     missing_browser_reason,
+    new_page,
     open_page,
     shot,
     sse_end,
@@ -33,7 +36,7 @@ _reason = missing_browser_reason()
 if _reason:
     pytest.skip(_reason, allow_module_level=True)
 
-from playwright.async_api import Browser, Locator, Page, expect  # noqa: E402
+from playwright.async_api import Browser, Locator, Page, WebSocketRoute, expect  # noqa: E402
 
 expect.set_options(timeout=int(TIMEOUT * 1000))
 
@@ -99,10 +102,23 @@ def _english_words(texts: list[str], *theirs: str) -> list[str]:
     return sorted({w for text in texts for w in re.findall(r"[A-Za-z]+", text) if w not in allowed})
 
 
-async def _retry_seconds(retry: Locator) -> int:
-    m = re.fullmatch(r"(\d+) 秒后重试", (await retry.text_content() or "").strip())
-    assert m, await retry.text_content()
-    return int(m.group(1))
+# The first second of a minute on the gateway's clock (the day test_limits_e2e.py pins).
+MINUTE = 20_833 * 86_400 + 12 * 3600.0
+
+
+def _pin_minute(gw: Running, second: float) -> None:
+    """Stop the gateway's clock for limits at ``second`` of a minute: a test's messages all
+    count in that minute, and a refusal's ``retry_after`` is 60 - ``second``, whenever it runs."""
+    assert gw.gateway.hub is not None
+    gw.gateway.hub.registry.accounting.clock = lambda: MINUTE + second
+
+
+async def _stop_page_clock(page: Page) -> int:
+    """Stop the page's ``Date`` (its timers still run) at the present second, returned:
+    a countdown then moves only when the test moves the clock (``set_fixed_time``)."""
+    now = int(await page.evaluate("Date.now()") / 1000)
+    await page.clock.set_fixed_time(now)
+    return now
 
 
 @pytest.mark.parametrize("locale", ["zh-CN", "en-US"])
@@ -189,26 +205,153 @@ async def test_the_switch_changes_the_language_keeps_the_conversation_and_is_rem
     await w.assert_clean()
 
 
-async def test_a_rate_limit_is_said_in_chinese_with_its_seconds_counting_down(
+class _Relay:
+    """The page's sockets through Playwright: the gateway's frames pass to the page, but
+    its errors are kept while ``holding``, until :meth:`release`."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.held: list[tuple[WebSocketRoute, str | bytes]] = []
+        self.got = asyncio.Event()
+
+    async def attach(self, page: Page) -> None:
+        def route(ws: WebSocketRoute) -> None:
+            server = ws.connect_to_server()
+
+            def down(message: str | bytes) -> None:
+                if self.holding and isinstance(message, str) and json.loads(message).get("type") == "error":
+                    self.held.append((ws, message))
+                    self.got.set()
+                else:
+                    ws.send(message)
+
+            server.on_message(down)
+
+        await page.route_web_socket(re.compile(r"/chat$"), route)
+
+    def release(self) -> None:
+        self.holding = False
+        for ws, message in self.held:
+            ws.send(message)
+        self.held.clear()
+
+
+async def test_a_language_switch_relabels_what_is_open_and_what_comes_back(
+    browser: Browser, start_gateway: StartGateway
+) -> None:
+    gw = await start_gateway(toml=DEMO_TOML + "[limits]\nmessages_per_minute = 2\n")
+    _pin_minute(gw, 1)  # a message, a regenerate, then refusals with retry_after = 59
+    relay = _Relay()
+    w = await new_page(browser, **DESKTOP)
+    page = w.page
+    await relay.attach(page)
+    await page.goto(gw.http_url + "/")
+    await expect(page.get_by_test_id("send")).to_be_enabled()
+    asked = ["Introduce yourself, please", "And once more", "Introduce yourself again"]
+    await _send(page, asked[0])
+    reply = page.locator('[data-role="assistant"]').first
+    await expect(reply).to_have_attribute("data-state", "done")
+    await page.get_by_role("button", name="Regenerate reply").click()
+    await expect(reply.get_by_role("group", name="Version 2 of 2")).to_be_visible()  # the version switcher
+    await expect(reply).to_have_attribute("data-state", "done")
+    now = await _stop_page_clock(page)
+    await _send(page, asked[1])  # refused: an error note with a Retry counting down
+    failed = _assistant(page)
+    await expect(failed).to_have_attribute("data-state", "error")
+    await expect(failed.get_by_role("button", name="Retry in 59 seconds")).to_be_disabled()
+    user = page.locator('[data-role="user"]').first
+    await user.get_by_role("button", name="Edit message").click()  # the inline editor
+    await expect(user.get_by_role("textbox", name="Edited message")).to_be_focused()
+    await reply.get_by_role("button", name="Delete this version").click()  # the delete confirmation
+    await expect(reply.get_by_role("group", name="Confirm deletion")).to_be_visible()
+    await page.get_by_role("button", name="Conversation menu").click()
+    await page.get_by_role("menuitem", name="Conversation settings").click()  # the settings dialog
+    await expect(page.get_by_role("dialog", name="Conversation settings")).to_be_visible()
+
+    # Switched in another tab (the dialog is modal here): this page follows, without a reload.
+    other = await another_tab(w, gw.http_url + "/")
+    await other.page.get_by_role("combobox", name="Language").select_option("zh-CN")
+    await expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+    dialog = page.get_by_role("dialog", name="对话设置")
+    await expect(dialog.get_by_role("textbox", name="此对话的指令")).to_be_visible()
+    texts = await _chrome(page)
+    assert _english_words(texts, *asked) == [], [t for t in texts if _english_words([t], *asked)]
+    await dialog.get_by_role("button", name="取消").click()
+    confirm = reply.get_by_role("group", name="确认删除")
+    await expect(confirm.get_by_role("button", name="删除")).to_be_visible()
+    await expect(user.get_by_role("textbox", name="编辑后的消息")).to_be_visible()
+    await expect(user.get_by_role("button", name="保存并发送")).to_be_visible()
+    await expect(failed.get_by_role("button", name="59秒钟后重试")).to_be_disabled()
+    await expect(page.get_by_role("article", name="你的消息")).to_have_count(2)
+    await expect(page.get_by_role("button", name="Retry in 59 seconds")).to_have_count(0)
+    await confirm.get_by_role("button", name="取消").click()
+    await expect(reply.get_by_role("group", name="第 2 个版本，共 2 个")).to_be_visible()
+
+    # An edit refused while the language changes: the branch put back, out of the document
+    # meanwhile, speaks the new language too.
+    relay.holding = True
+    await user.get_by_role("textbox", name="编辑后的消息").fill(asked[2])
+    await user.get_by_role("button", name="保存并发送").click()
+    await asyncio.wait_for(relay.got.wait(), TIMEOUT)
+    await expect(page.locator('[data-role="user"] .bubble')).to_have_text([asked[2]])  # the old branch is out
+    await other.page.get_by_role("combobox", name="语言").select_option("en")
+    await expect(page.locator("html")).to_have_attribute("lang", "en")
+    relay.release()
+    await expect(page.locator('[data-role="user"] .bubble')).to_have_text(asked[:2])
+    banner = page.get_by_test_id("banner")
+    sentence = "Too many requests: the rate limit was reached. Try again in {} seconds."
+    await expect(banner.locator(".banner-text")).to_have_text(sentence.format(59))
+    await expect(page.get_by_role("article", name="You said")).to_have_count(2)
+    await expect(page.get_by_role("article", name="Assistant")).to_have_count(2)
+    await expect(reply.get_by_role("button", name="Copy reply")).to_be_visible()
+    await expect(reply.get_by_role("button", name="Previous version")).to_be_enabled()
+    await expect(user.get_by_role("textbox", name="Edited message")).to_have_value(asked[2])  # the editor is back
+    assert [t for t in await _chrome(page) if CJK.search(t)] == []
+
+    # The banner is an alert: its sentence is said once; the seconds tick in a copy kept from
+    # screen readers, and the end of the countdown is said again.
+    said = banner.locator("#banner-said")
+    await expect(said).to_have_text(sentence.format(59))
+    await expect(banner.locator(".banner-text")).to_have_attribute("aria-hidden", "true")
+    await page.clock.set_fixed_time(now + 1)
+    await expect(banner.locator(".banner-text")).to_have_text(sentence.format(58))
+    await expect(said).to_have_text(sentence.format(59))
+    await expect(failed.get_by_role("button", name="Retry in 58 seconds")).to_be_disabled()
+    await page.clock.set_fixed_time(now + 60)
+    await expect(banner.locator(".banner-text")).to_have_text("Too many requests: the rate limit was reached. Try again in a moment.")
+    await expect(banner.locator(".banner-text")).not_to_have_attribute("aria-hidden", "true")
+    await expect(said).to_have_text("")
+    await expect(failed.get_by_role("button", name="Retry", exact=True)).to_be_enabled()
+    await other.page.close()
+    await w.assert_clean()
+
+
+async def test_a_rate_limit_is_said_in_chinese_with_its_time_counting_down(
     browser: Browser, start_gateway: StartGateway
 ) -> None:
     gw = await start_gateway(toml=DEMO_TOML + "[limits]\nmessages_per_minute = 1\n")
+    _pin_minute(gw, 0)  # the second message is refused with retry_after = 60
     w = await _open(browser, gw.http_url + "/", **CHINESE)
     page = w.page
     await _send(page, "第一条消息")
     await expect(_assistant(page)).to_have_attribute("data-state", "done")
+    now = await _stop_page_clock(page)
     await _send(page, "第二条消息")
     reply = _assistant(page)
     await expect(reply).to_have_attribute("data-state", "error")
     await expect(reply.locator(".note-text")).to_have_text("请求过于频繁，已达到速率限制。请稍后再试。")
     retry = reply.get_by_test_id("retry")
-    await expect(retry).to_have_text(re.compile(r"^\d+ 秒后重试$"))
+    await expect(retry).to_have_text("1分钟后重试")  # a minute and more: in minutes
     await expect(retry).to_be_disabled()
-    first = await _retry_seconds(retry)
-    assert 1 < first <= 60, first
-    await expect(retry).not_to_have_text(f"{first} 秒后重试", timeout=3000)
-    assert await _retry_seconds(retry) < first, "the seconds count down"
+    await page.clock.set_fixed_time(now + 1)
+    await expect(retry).to_have_text("59秒钟后重试")  # the banner's words (Intl), the same spacing
+    await page.clock.set_fixed_time(now + 2)
+    await expect(retry).to_have_text("58秒钟后重试")
+    await expect(retry).to_be_disabled()
     await shot(page, "i18n-rate-limited")
+    await page.clock.set_fixed_time(now + 60)
+    await expect(retry).to_have_text("重试")
+    await expect(retry).to_be_enabled()
     await w.assert_clean()
 
 
@@ -295,7 +438,7 @@ async def test_a_chinese_reply_streams_and_its_actions_are_named_in_chinese(
     await expect(page.get_by_test_id("announcer")).to_contain_text("回复完成：这是网关内置的演示模型")
     await expect(reply.get_by_role("article", name="助手")).to_have_count(0)  # it is that article
     await expect(page.get_by_role("article", name="助手")).to_have_count(1)
-    await expect(page.get_by_role("article", name="你说")).to_have_count(1)
+    await expect(page.get_by_role("article", name="你的消息")).to_have_count(1)
     await expect(reply.get_by_test_id("reply-meta")).to_have_text(re.compile(r"^\d[\d,]* 个词元$"))
 
     code = reply.get_by_role("button", name="复制 bash 代码")
@@ -379,45 +522,98 @@ async def test_enter_that_picks_an_input_method_candidate_does_not_send(
     await expect(composer).to_have_value("")
     keys = await page.evaluate("window.__keys")
     assert keys[-1] == {"key": "Enter", "keyCode": 13, "isComposing": False}, keys
+
+    # In the editor, Escape and Ctrl+Enter that belong to a composition neither cancel nor send.
+    user = page.locator('[data-role="user"]')
+    await user.get_by_role("button", name="编辑消息").click()
+    editor = user.get_by_role("textbox", name="编辑后的消息")
+    await expect(editor).to_be_focused()
+    await cdp.send("Input.imeSetComposition", {"text": "zaijian", "selectionStart": 7, "selectionEnd": 7})
+    await _raw_key(cdp, "Escape", 27)
+    await _raw_key(cdp, "Enter", 13, modifiers=2)  # Ctrl
+    await cdp.send("Input.insertText", {"text": "再见"})
+    await _raw_key(cdp, "Escape", 229)  # after compositionend, as Safari sends it
+    await expect(editor).to_have_value("你好再见")
+    await expect(page.locator('[data-role="user"] .bubble')).to_have_text(["你好"])
+    await editor.press("Escape")  # composition over: this Escape cancels
+    await expect(editor).to_have_count(0)
     await w.assert_clean()
 
 
+async def _raw_key(cdp: Any, key: str, key_code: int, modifiers: int = 0) -> None:
+    """A keydown with no character (an input method takes it) and its keyup, as the system sends them."""
+    down = {"key": key, "code": key, "windowsVirtualKeyCode": key_code, "nativeVirtualKeyCode": key_code, "modifiers": modifiers}
+    await cdp.send("Input.dispatchKeyEvent", {"type": "rawKeyDown", **down})
+    await cdp.send("Input.dispatchKeyEvent", {"type": "keyUp", **down})
+
+
 async def _raw_enter(cdp: Any, key_code: int) -> None:
-    """An Enter keydown (no character: an input method takes it) and keyup, as the system sends it."""
-    enter = {"key": "Enter", "code": "Enter", "windowsVirtualKeyCode": key_code, "nativeVirtualKeyCode": key_code}
-    await cdp.send("Input.dispatchKeyEvent", {"type": "rawKeyDown", **enter})
-    await cdp.send("Input.dispatchKeyEvent", {"type": "keyUp", **enter})
+    await _raw_key(cdp, "Enter", key_code)
 
 
-async def test_chinese_text_wraps_at_360_px(browser: Browser, start_gateway: StartGateway) -> None:
+PHONE = {"viewport": {"width": 360, "height": 740}, "is_mobile": True, "has_touch": True}
+# Runs with no place to break a line: a URL, a long Latin word, full-width punctuation.
+URL = "https://example.com/docs/" + "streaming-replies-after-a-reconnect-" * 2
+LATIN = "Pneumonoultramicroscopicsilicovolcanoconiosis"
+PUNCTUATION = "！！！？？？。。。，，，；；；：：："
+
+# How far the page's parts reach at 360 px, and whether anything scrolls sideways.
+_WIDTHS = """() => {
+  const log = document.getElementById("log");
+  const box = (sel) => [...document.querySelectorAll(sel)].map((n) => n.getBoundingClientRect().right);
+  const wrap = document.querySelector(".table-wrap");
+  return {
+    page: document.documentElement.scrollWidth, log: [log.scrollWidth, log.clientWidth],
+    right: Math.max(...box(".msg, .bubble, .msg-body > *, .msg-body a, .code-block, .table-wrap, td, .msg-note, .msg-actions")),
+    table: [wrap.scrollWidth, wrap.clientWidth],
+    bubbleLines: document.querySelector(".bubble").getClientRects().length
+      && Math.round(document.querySelector(".bubble").getBoundingClientRect().height / 20),
+  };
+}"""
+
+
+def _fits(sizes: dict[str, Any]) -> None:
+    assert sizes["page"] <= 360, sizes
+    assert sizes["log"][0] <= sizes["log"][1], sizes
+    assert sizes["right"] <= 360, sizes
+    assert sizes["table"][0] <= sizes["table"][1], f"the table wraps instead of scrolling: {sizes}"
+    assert sizes["bubbleLines"] > 3, sizes
+
+
+async def test_chinese_text_wraps_at_360_px(
+    browser: Browser, start_gateway: StartGateway, upstream: FakeUpstream
+) -> None:
     gw = await start_gateway(toml=DEMO_TOML)
-    phone = {"viewport": {"width": 360, "height": 740}, "is_mobile": True, "has_touch": True}
-    w = await open_page(browser, gw.http_url + "/", **phone, **CHINESE)
+    w = await open_page(browser, gw.http_url + "/", **PHONE, **CHINESE)
     page = w.page
-    long_question = QUESTION + "，" + "我想知道网关如何在断线后继续接收流式回复并保存对话" * 6
+    long_question = (
+        f"{QUESTION}，看看这个链接：{URL} {LATIN}{PUNCTUATION}"
+        + "我想知道网关如何在断线后继续接收流式回复并保存对话" * 2
+    )
     await _send(page, long_question)
     reply = _assistant(page)
     await expect(reply).to_have_attribute("data-state", "done")
     await expect(reply.locator(".code-block")).to_have_count(1)
     await expect(reply.locator("table")).to_have_count(1)
-    sizes = await page.evaluate("""() => {
-      const log = document.getElementById("log");
-      const box = (sel) => [...document.querySelectorAll(sel)].map((n) => n.getBoundingClientRect().right);
-      const wrap = document.querySelector(".table-wrap");
-      return {
-        page: document.documentElement.scrollWidth, log: [log.scrollWidth, log.clientWidth],
-        right: Math.max(...box(".msg, .bubble, .msg-body > *, .code-block, .table-wrap, .msg-note, .msg-actions")),
-        table: [wrap.scrollWidth, wrap.clientWidth],
-        bubbleLines: document.querySelector(".bubble").getClientRects().length
-          && Math.round(document.querySelector(".bubble").getBoundingClientRect().height / 20),
-      };
-    }""")
-    assert sizes["page"] <= 360, sizes
-    assert sizes["log"][0] <= sizes["log"][1], sizes
-    assert sizes["right"] <= 360, sizes
-    assert sizes["table"][0] <= sizes["table"][1], f"the Chinese table wraps instead of scrolling: {sizes}"
-    assert sizes["bubbleLines"] > 3, sizes
+    quote = reply.locator("blockquote")  # the demo quotes the question
+    await expect(quote).to_contain_text(LATIN + PUNCTUATION)
+    await expect(quote.locator("a")).to_have_attribute("href", URL)
+    _fits(await page.evaluate(_WIDTHS))
     await shot(page, "i18n-zh-CN-360")
+    await w.assert_clean()
+
+    # A long URL in a table cell (a real model's table) wraps in its cell, too.
+    table = f"| 链接 | 说明 |\n|---|---|\n| {URL} | 断线后继续接收流式回复{PUNCTUATION} |\n| `{LATIN}` | {LATIN}{LATIN} |\n"
+    upstream.enqueue(Script([openai_sse(["这些链接值得一看：\n\n", table])]))
+    modelled = await start_gateway(env=openai_env(upstream))
+    w = await open_page(browser, modelled.http_url + "/", **PHONE, **CHINESE)
+    page = w.page
+    await _send(page, long_question)
+    reply = _assistant(page)
+    await expect(reply).to_have_attribute("data-state", "done")
+    await expect(reply.locator("td a").first).to_have_attribute("href", URL)
+    _fits(await page.evaluate(_WIDTHS))
+    await shot(page, "i18n-zh-CN-360-table")
     await w.assert_clean()
 
 

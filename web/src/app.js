@@ -8,7 +8,7 @@
 
 import { Conversations, isConversationId, titleFrom } from "./conversations.js";
 import { icon } from "./icons.js";
-import { ago, formatDate, formatNumber, inSeconds, language, languages, onLanguage, setLanguage, t, tr, translate } from "./i18n.js";
+import { ago, formatDate, formatNumber, inTime, language, languages, onLanguage, setLanguage, t, tr, translate } from "./i18n.js";
 import { MarkdownView } from "./markdown.js";
 import { Credential, jwtExpiry } from "./signin.js";
 import { Socket } from "./socket.js";
@@ -48,6 +48,7 @@ const ui = {
   statusText: $("status-text"),
   banner: $("banner"),
   bannerText: $("banner-text"),
+  bannerSaid: $("banner-said"),
   language: $("language"),
   bannerAction: $("banner-action"),
   bannerClose: $("banner-close"),
@@ -132,7 +133,7 @@ const S = {
   interactive: false,
   bannerRun: null,
   bannerKind: "",
-  banner: null, // {msg, action}: what the banner shows
+  banner: null, // {msg, action, saidIn?}: what the banner shows (saidIn: the language its countdown was said in)
   bannerTimer: 0,
   countdown: 0,
   renaming: null,
@@ -236,7 +237,7 @@ function say(m) {
     const secs = Math.ceil((m.until - Date.now()) / 1000);
     if (secs <= 0 && m.then) return say(m.then);
     params.seconds = Math.max(secs, 0);
-    params.when = inSeconds(params.seconds);
+    params.when = inTime(params.seconds);
   }
   return t(m.key, params);
 }
@@ -280,10 +281,22 @@ function paintBanner() {
   clearTimeout(S.bannerTimer);
   const b = S.banner;
   ui.banner.hidden = !b;
-  ui.bannerText.textContent = b ? say(b.msg) : "";
+  const text = b ? say(b.msg) : "";
+  const left = b && b.msg.until ? b.msg.until - Date.now() : 0;
+  // The banner is an alert: any change in it is said again. A countdown ticks in an
+  // aria-hidden copy; the spoken one is written once, and again only when more than its
+  // number changes (another message, another language); once it ends, the text is plain.
+  ui.bannerText.textContent = text;
+  if (left > 0) {
+    ui.bannerText.setAttribute("aria-hidden", "true");
+    if (b.saidIn !== language()) ui.bannerSaid.textContent = text;
+    b.saidIn = language();
+  } else {
+    ui.bannerText.removeAttribute("aria-hidden");
+    ui.bannerSaid.textContent = "";
+  }
   ui.bannerAction.hidden = !(b && b.action);
   if (b && b.action) ui.bannerAction.textContent = t(b.action.label);
-  const left = b && b.msg.until ? b.msg.until - Date.now() : 0;
   if (left > 0) S.bannerTimer = setTimeout(paintBanner, left % 1000 || 1000); // a countdown: each second
 }
 
@@ -414,6 +427,7 @@ function lastStoredId() {
 }
 
 function paint(e) {
+  translate(e.el); // its labels, in the language now (it may have been out of the document when it changed)
   if (e.reply) renderEntry(e);
   else renderUser(e);
 }
@@ -550,8 +564,8 @@ function modelLabel(id) {
 function renderMeta(entry) {
   const r = entry.reply;
   const parts = [];
-  if (r.model && (S.models.length > 1 || r.fallbackFrom)) parts.push(modelLabel(r.model));
-  if (r.fallbackFrom) parts.push(t("meta.fallback", { model: modelLabel(r.fallbackFrom) }));
+  if (r.model && r.fallbackFrom) parts.push(t("meta.fallback", { model: modelLabel(r.fallbackFrom), fallback: modelLabel(r.model) }));
+  else if (r.model && S.models.length > 1) parts.push(modelLabel(r.model));
   const u = r.usage;
   if (u && Number.isInteger(u.total_tokens) && r.state !== "streaming") {
     let tokens = t(u.estimated ? "meta.tokensAbout" : "meta.tokens", { count: u.total_tokens });
@@ -675,7 +689,7 @@ function renderNote(entry) {
 function paintRetry(entry, button) {
   const r = entry.reply;
   const wait = r.error && r.error.retryAt ? Math.ceil((r.error.retryAt - Date.now()) / 1000) : 0;
-  button.replaceChildren(icon("retry"), wait > 0 ? t("message.retryIn", { seconds: wait }) : t("message.retry"));
+  button.replaceChildren(icon("retry"), wait > 0 ? t("message.retryIn", { when: inTime(wait) }) : t("message.retry"));
   button.disabled = wait > 0 || !canSend(true);
   clearTimeout(S.countdown);
   if (wait > 0) {
@@ -847,6 +861,9 @@ function continueReply(entry) {
 
 const MAC = /Mac|iPhone|iPad/.test(navigator.platform || "");
 
+/** A key pressed for an input method (picking a candidate, cancelling a composition), not for the page. */
+const composing = (ev) => ev.isComposing || ev.keyCode === 229;
+
 /** Open the inline editor on a user message (``text``: what to start with). */
 function startEdit(entry, text = entry.text) {
   if (S.editing && S.editing !== entry) closeEdit(S.editing, false);
@@ -887,7 +904,8 @@ function startEdit(entry, text = entry.text) {
   };
   input.addEventListener("input", fit);
   input.addEventListener("keydown", (ev) => {
-    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey) && !ev.isComposing) {
+    if (composing(ev)) return;
+    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) {
       ev.preventDefault();
       form.requestSubmit();
     } else if (ev.key === "Escape") {
@@ -897,7 +915,7 @@ function startEdit(entry, text = entry.text) {
     }
   });
   form.addEventListener("keydown", (ev) => {
-    if (ev.key === "Escape") {
+    if (ev.key === "Escape" && !composing(ev)) {
       ev.preventDefault();
       ev.stopPropagation();
       closeEdit(entry, true);
@@ -1141,6 +1159,7 @@ function startRename(li) {
     if (refocus && again) again.focus();
   };
   input.addEventListener("keydown", (ev) => {
+    if (composing(ev)) return;
     if (ev.key === "Enter") {
       ev.preventDefault();
       finish(true, true);
@@ -2029,10 +2048,15 @@ function errorText(code, m) {
   return ERROR_CODES.has(code) ? { key: `error.${code}` } : { key: "error.unknown", params: { code } };
 }
 
+// Errors whose words end "try again in a moment": counting down, they say when instead.
+const RETRY_WHEN = { rate_limited: "error.rateLimitedWhen", overloaded: "error.overloadedWhen" };
+
 /** An error for the banner: with its ``retry_after`` counted down. */
 function errorBanner(info) {
   if (!info.retryAt) return info.text;
-  return { key: "error.retryWhen", params: { message: info.text }, until: info.retryAt, then: info.text };
+  const own = info.text.key === `error.${info.code}` && RETRY_WHEN[info.code];
+  const msg = own ? { key: own } : { key: "error.retryWhen", params: { message: info.text } };
+  return { ...msg, until: info.retryAt, then: info.text };
 }
 
 function onError(m) {
@@ -2137,7 +2161,8 @@ ui.form.addEventListener("submit", (ev) => {
 });
 ui.input.addEventListener("input", autosize);
 ui.input.addEventListener("keydown", (ev) => {
-  if (ev.key === "Enter" && !ev.shiftKey && !ev.altKey && !ev.isComposing && ev.keyCode !== 229) {
+  if (composing(ev)) return;
+  if (ev.key === "Enter" && !ev.shiftKey && !ev.altKey) {
     ev.preventDefault();
     submit();
   } else if (ev.key === "Escape" && activeReply()) {

@@ -43,7 +43,8 @@ export function match(tag) {
 function preferred() {
   const chosen = match(stored());
   if (chosen) return chosen;
-  for (const tag of navigator.languages || [navigator.language]) {
+  const tags = navigator.languages && navigator.languages.length ? navigator.languages : [navigator.language];
+  for (const tag of tags) {
     const found = match(tag);
     if (found) return found;
   }
@@ -103,22 +104,25 @@ export function t(key, params = {}) {
 
 export const formatNumber = (n, options) => (options ? new Intl.NumberFormat(lang, options) : fmt.number).format(n);
 
-/** "in 5 seconds", "5秒钟后". */
-export const inSeconds = (s) => fmt.seconds.format(s, "second");
+/** A countdown: "in 5 seconds", "5秒钟后"; from 60 s on in minutes (rounded up: never
+ * sooner than it is), "in 2 minutes", "2分钟后". */
+export const inTime = (s) => (s >= 60 ? fmt.seconds.format(Math.ceil(s / 60), "minute") : fmt.seconds.format(s, "second"));
 
 /** A date and time ("Dec 7, 2026, 9:30 AM", "2026年12月7日 09:30"). */
 export const formatDate = (ms) => fmt.date.format(new Date(ms));
 
-const UNITS = [["minute", 60], ["hour", 3600], ["day", 86400]];
+// A unit, its seconds, and how many of it (rounded) make the next unit.
+const UNITS = [["minute", 60, 60], ["hour", 3600, 24], ["day", 86400, Infinity]];
 
-/** How long ago ``ms`` was: "2 minutes ago", "2分钟前", "yesterday"; a date after a week. */
+/** How long ago ``ms`` was: "2 minutes ago", "2分钟前", "yesterday"; a date after a week.
+ * The unit is chosen after rounding: 59.6 minutes is "1 hour ago", not "60 minutes ago". */
 export function ago(ms, now = Date.now()) {
-  const s = Math.round((ms - now) / 1000);
-  if (-s >= 7 * 86400) return fmt.day.format(new Date(ms));
-  if (-s < 60) return fmt.relative.format(0, "second");
-  let unit = UNITS[0];
-  for (const u of UNITS) if (-s >= u[1]) unit = u;
-  return fmt.relative.format(Math.round(s / unit[1]), unit[0]);
+  const s = Math.round((now - ms) / 1000);
+  if (s >= 7 * 86400) return fmt.day.format(new Date(ms));
+  if (s < 60) return fmt.relative.format(0, "second");
+  let i = 0;
+  while (Math.round(s / UNITS[i][1]) >= UNITS[i][2]) i++;
+  return fmt.relative.format(-Math.round(s / UNITS[i][1]), UNITS[i][0]);
 }
 
 /**

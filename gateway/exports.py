@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 import orjson
 
 from .stores import Conversation, StoredMessage, export_document
@@ -22,11 +23,11 @@ EXPORT_MAX_FRAME = 16 << 20
 _UNSAFE = re.compile(r"[^\w\- ]+")
 
 
+@dataclass(frozen=True, slots=True)
 class Exported:
-    __slots__ = ("filename", "media_type", "content")
-
-    def __init__(self, filename: str, media_type: str, content: str) -> None:
-        self.filename, self.media_type, self.content = filename, media_type, content
+    filename: str
+    media_type: str
+    content: str
 
 
 def export_file(conv: Conversation, messages: Sequence[StoredMessage], *, fmt: str, scope: str) -> Exported:

@@ -19,6 +19,7 @@ from .errors import ErrorCode, GatewayError, ProtocolError
 from .providers import ChatMessage
 from .runtime import RegistryLimits
 from .stores import (
+    CONTINUABLE,
     Branch,
     ConversationNotFound,
     ConversationStore,
@@ -29,7 +30,7 @@ from .stores import (
 )
 
 __all__ = [
-    "CONTINUABLE", "add_message", "answer_again", "answered_again", "context_of", "continued", "edited_parent",
+    "add_message", "answer_again", "answered_again", "context_of", "continued", "edited_parent",
     "reopened", "store_errors",
 ]
 
@@ -121,9 +122,6 @@ async def answer_again(
     if model is not None and question.model != model:
         branch.messages[-1] = dataclasses.replace(question, model=model)
         await store.save(conversation_id, branch.messages[-1])
-
-
-CONTINUABLE = ("length", "error", "cancelled")
 
 
 async def continued(

@@ -83,9 +83,7 @@ class JsonConnection(SigningConnection):
 
     async def _tree(self, msg: wire.Select | wire.DeleteBranch | wire.Settings | wire.Export) -> None:
         """The open conversation's branches, instructions and files."""
-        conv_id = self.conversation_id
-        if conv_id is None:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first", ref=msg.id)
+        conv_id = self._open(msg.id)
         assert self.principal is not None
         subject, hub = self.principal.subject, self.hub
         with self._answering(msg.id):
@@ -176,7 +174,7 @@ class JsonConnection(SigningConnection):
         """A new version of a user's message, answered at once; the old one's branch stays."""
         if len(msg.content) > (limit := self.hub.runtime.config.limits.max_content_chars):
             raise ProtocolError(ErrorCode.TOO_LARGE, f"the message is longer than {limit} characters", ref=msg.id)
-        conv_id = self._saved(msg.id)
+        conv_id = self._open(msg.id)
         with self._answering(msg.id):
             if msg.model is not None:
                 self.hub.runtime.catalog.choose(msg.model)
@@ -187,24 +185,23 @@ class JsonConnection(SigningConnection):
             self.model = model
 
     async def _continue(self, msg: wire.Continue) -> None:
-        conv_id = self._saved(msg.id)
+        conv_id = self._open(msg.id)
         with self._answering(msg.id):
             assert self.principal is not None
             await self.hub.bus.extend(conv_id, msg.id, self, owner=self.principal.subject, reply_id=msg.reply_id)
 
-    def _saved(self, ref: str) -> str:
-        """The open conversation (a new one has no message to name: not_found)."""
+    def _open(self, ref: str | None) -> str:
+        """The conversation open on this connection (``bad_request`` about ``ref`` if none)."""
         if self.conversation_id is None:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first", ref=ref)
         return self.conversation_id
 
     async def _regenerate(self, msg: wire.Regenerate) -> None:
-        if self.conversation_id is None:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first", ref=msg.id)
+        conv_id = self._open(msg.id)
         with self._answering(msg.id):
             assert self.principal is not None
             await self.hub.bus.regenerate(
-                self.conversation_id, msg.id, self, owner=self.principal.subject, model=msg.model,
+                conv_id, msg.id, self, owner=self.principal.subject, model=msg.model,
                 reply_id=msg.reply_id,
             )
             self.model = msg.model or self.model
@@ -239,15 +236,14 @@ class JsonConnection(SigningConnection):
             raise
 
     async def _history(self, msg: wire.History) -> None:
-        if self.conversation_id is None:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "send hello first", ref=msg.id)
-        with self._answering(msg.id), store_errors(self.conversation_id):
-            messages, has_more, _ = await read_page(self.hub, self.conversation_id, msg.limit, msg.before)
+        conv_id = self._open(msg.id)
+        with self._answering(msg.id), store_errors(conv_id):
+            messages, has_more, _ = await read_page(self.hub, conv_id, msg.limit, msg.before)
             self.outbox.put(
                 wire.encode(
                     "history",
                     id=msg.id,
-                    conversation_id=self.conversation_id,
+                    conversation_id=conv_id,
                     messages=wire.history_items(messages),
                     has_more=has_more,
                 )

@@ -161,11 +161,7 @@ class ReplyRegistry:
         reply = self._reserve(conversation_id, message.id, terms, owner, model)
         reply.parent_id = message.id
         with self._preparing(reply):
-            await self.accounting.hold_reply(reply, terms.limits)
-            await self.sharing.claim(reply)
-            reply.charge = await self.accounting.admit(
-                owner, message.content, terms.limits.quota, terms.limits.reply_reserve
-            )
+            await self._admit(reply, owner, message.content, terms)
             branch = await add_message(
                 self.store, conversation_id, message, new=new, owner=owner,
                 context_messages=terms.limits.context_max_messages, after=after,
@@ -192,9 +188,7 @@ class ReplyRegistry:
         reply = self._reserve(conversation_id, request_id, terms, owner, chosen or asked or terms.catalog.default)
         reply.parent_id, reply.replaces = question.id, replaced
         with self._preparing(reply):
-            await self.accounting.hold_reply(reply, terms.limits)
-            await self.sharing.claim(reply)
-            reply.charge = await self.accounting.admit(owner, "", terms.limits.quota, terms.limits.reply_reserve)
+            await self._admit(reply, owner, "", terms)
             await answer_again(self.store, conversation_id, branch, model)
         self._launch(reply, branch, subscriber, None, terms)
         return reply.id
@@ -215,12 +209,17 @@ class ReplyRegistry:
         reply = self._reserve(conversation_id, request_id, terms, owner, model or terms.catalog.default)
         reply.continuing(partial)
         with self._preparing(reply):
-            await self.accounting.hold_reply(reply, terms.limits)
-            await self.sharing.claim(reply)
-            reply.charge = await self.accounting.admit(owner, "", terms.limits.quota, terms.limits.reply_reserve)
+            await self._admit(reply, owner, "", terms)
             await reopened(self.store, conversation_id, partial)  # as read: no other continuation won
         self._launch(reply, branch, subscriber, None, terms)
         return reply.id
+
+    async def _admit(self, reply: Reply, owner: str, content: str, terms: ReplyTerms) -> None:
+        """Hold the reply among its subject's, claim its conversation (cluster mode) and
+        reserve its tokens, charged to ``owner`` for ``content``."""
+        await self.accounting.hold_reply(reply, terms.limits)
+        await self.sharing.claim(reply)
+        reply.charge = await self.accounting.admit(owner, content, terms.limits.quota, terms.limits.reply_reserve)
 
     def _reserve(self, conversation_id: str, message_id: str, terms: ReplyTerms, owner: str, model: Model) -> Reply:
         route = self._route(terms, model)
@@ -309,5 +308,3 @@ class ReplyRegistry:
         await self._refunds.wait(2.0)
         await self.accounting.close(2.0)  # within systemd's stop timeout, after the drain
         self._replies.clear()
-
-

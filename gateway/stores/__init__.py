@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..config import Config
 from .base import (
+    CONTINUABLE,
     UNOWNED,
     Branch,
     Conversation,
@@ -30,6 +31,7 @@ from .base import (
 )
 
 __all__ = [
+    "CONTINUABLE",
     "UNOWNED",
     "Branch",
     "Conversation",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 __all__ = [
+    "CONTINUABLE",
     "UNOWNED",
     "Branch",
     "Conversation",
@@ -93,6 +94,8 @@ class OpenReport:
 
     recovered: int = 0
 
+
+CONTINUABLE = ("length", "error", "cancelled")  # how a reply that can be continued ended
 
 UNOWNED = ""  # the owner of conversations stored before owners existed: nobody yet
 

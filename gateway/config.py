@@ -45,6 +45,7 @@ __all__ = [
     "ServerConfig",
     "Setting",
     "StoreConfig",
+    "SttConfig",
     "load",
     "own_origins",
     "parse_duration",
@@ -222,6 +223,44 @@ class ProviderConfig:
         "demo: milliseconds between tokens")
 
 
+STT_PROVIDERS = ("none", "vosk", "openai")
+
+
+@dataclass(frozen=True, slots=True)
+class SttConfig:
+    """``[stt]``: voice input (docs/voice.md): a recogniser turns a dictation's audio into text."""
+
+    provider: Literal["none", "vosk", "openai"] = key(v.choice(*STT_PROVIDERS), "none", "GATEWAY_STT_PROVIDER",
+        "none (no voice input), vosk (embedded, offline: pip install 'llm-ws-gateway[voice]') or openai "
+        "(an OpenAI-compatible /audio/transcriptions endpoint)")
+    model_path: str = key(v.path, "", "GATEWAY_STT_MODEL_PATH",
+        "vosk: the model's directory (VOSK_MODEL_PATH is read too)")
+    sample_rate: int = key(v.integer(8000, 48_000), 16_000, "GATEWAY_STT_SAMPLE_RATE",
+        "audio samples per second clients send unless they ask for another (VOSK_SAMPLE_RATE is read too)")
+    url: str = key(v.string, "", "GATEWAY_STT_URL",
+        "openai: the API's base URL, ending in /v1 (…/audio/transcriptions is added), or the endpoint's own URL")
+    model: str = key(v.string, "whisper-1", "GATEWAY_STT_MODEL", "openai: the transcription model")
+    api_key: str = key(v.string, "", "GATEWAY_STT_API_KEY",
+        "openai: API key (prefer api_key_file or systemd credentials)", secret=True)
+    api_key_file: str = key(v.path, "", "GATEWAY_STT_API_KEY_FILE",
+        "openai: file holding the API key; default $CREDENTIALS_DIRECTORY/stt_api_key if present; none: no key sent")
+    language: str = key(v.string, "", None, "openai: the language hint sent when a dictation gives none (e.g. en)")
+    timeout: float = key(v.number(1, 600), 60.0, None, "openai: seconds a transcription may take")
+    max_seconds: float = key(v.number(1, 3600), 60.0, "GATEWAY_STT_MAX_SECONDS",
+        "seconds of audio in one dictation; at the limit it ends by itself with its text so far")
+    max_frame_bytes: int = key(v.integer(512, 1 << 20), 32_768, None,
+        "largest binary audio frame (the page sends 3,200 bytes: 100 ms at 16 kHz)")
+    max_dictations: int = key(v.integer(0, 10_000), 0, "GATEWAY_STT_MAX_DICTATIONS",
+        "dictations at once in the process (one per connection); past it 'overloaded'; 0: what the recogniser "
+        "keeps up with: vosk 4 per worker, openai 16")
+    workers: int = key(v.integer(0, 256), 0, None,
+        "vosk: threads recognising at once; 0: one fewer than the CPUs, at least one (chats keep a core)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.provider != "none"
+
+
 AuthMode = Literal["none", "tokens", "proxy", "jwt"]
 
 
@@ -278,6 +317,7 @@ class Config:
     provider: ProviderConfig = section(ProviderConfig)
     routing: RoutingConfig = section(RoutingConfig)
     auth: AuthConfig = section(AuthConfig)
+    stt: SttConfig = section(SttConfig)
     log: LogConfig = section(LogConfig)
     models: tuple[ModelConfig, ...] = tables(ModelConfig)
     deployments: tuple[DeploymentConfig, ...] = tables(DeploymentConfig)
@@ -288,6 +328,8 @@ class Config:
 
 SETTINGS: tuple[Setting, ...] = settings(Config)
 _KNOWN_ENV = {s.env for s in SETTINGS if s.env} | {"GATEWAY_CONFIG", "GATEWAY_SITE"}
+# The variables of the system voice input came from, still read (docs/voice.md).
+LEGACY_STT_ENV = {"VOSK_MODEL_PATH": "model_path", "VOSK_SAMPLE_RATE": "sample_rate"}
 
 
 def load(
@@ -323,6 +365,7 @@ def load(
         deployments=deployments,
         routing=RoutingConfig(**values["routing"]),
         auth=_auth(values["auth"], env, values["server"]),
+        stt=_stt(values["stt"], raw.get("stt", {}), env),
         log=LogConfig(**values["log"]),
         unknown_env=tuple(sorted(k for k in env if k.startswith("GATEWAY_") and k not in _KNOWN_ENV)),
         single_model=not values["models"],
@@ -356,6 +399,42 @@ def _cluster(values: dict[str, Any], backend: str, env: Mapping[str, str]) -> Cl
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError("cluster.password_file", f"cannot read {password_file}: {exc}") from None
     return ClusterConfig(**values)
+
+
+def _stt(values: dict[str, Any], table: Mapping[str, Any], env: Mapping[str, str]) -> SttConfig:
+    """The old ``VOSK_*`` variables fill what neither the file nor ``GATEWAY_STT_*`` sets
+    (``USE_REAL_VOSK=1`` chooses vosk); the key is read from its file; what cannot work is refused."""
+    spec = {s.key: s for s in declared(SttConfig, "stt")}
+    for var, name in LEGACY_STT_ENV.items():
+        if env.get(var, "").strip() and name not in table and not env.get(spec[name].env or "", "").strip():
+            try:
+                values[name] = spec[name].parse(env[var].strip())
+            except ValueError as exc:
+                raise ConfigError(var, str(exc)) from None
+    if env.get("USE_REAL_VOSK", "").strip().lower() in ("1", "true", "yes") and "provider" not in table and (
+        not env.get("GATEWAY_STT_PROVIDER", "").strip()
+    ):
+        values["provider"] = "vosk"
+    provider = values["provider"]
+    if provider == "vosk" and not values["model_path"]:
+        raise ConfigError("stt.model_path", "vosk needs a model directory (GATEWAY_STT_MODEL_PATH; docs/voice.md)")
+    if provider == "openai":
+        url = values["url"].strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError("stt.url", f"openai needs the transcription API's http(s) URL, got {url!r}")
+        values["url"] = url
+        values["api_key"] = _stt_key(values, env)
+    return SttConfig(**values)
+
+
+def _stt_key(values: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    """GATEWAY_STT_API_KEY > key file > $CREDENTIALS_DIRECTORY/stt_api_key > TOML api_key."""
+    if env.get("GATEWAY_STT_API_KEY", "").strip():
+        return env["GATEWAY_STT_API_KEY"].strip()
+    key_file = values["api_key_file"] or _credential(env, "stt_api_key")
+    if key_file:
+        return _read_secret(key_file, "stt.api_key_file")
+    return str(values["api_key"]).strip()
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from websockets.asyncio.server import ServerConnection, broadcast
@@ -24,6 +24,9 @@ from .outbox import Close, Frame, Outbox, OutputBudget
 from .replies import ReplyRegistry
 from .runtime import Runtime
 from .stores import ConversationStore, StoredMessage
+
+if TYPE_CHECKING:
+    from .voice import Voice
 
 __all__ = ["CLOSE_GOING_AWAY", "CLOSE_OVERLOADED", "CLOSE_POLICY", "CLOSE_SERVICE_RESTART", "Connection", "Hub"]
 
@@ -51,6 +54,7 @@ class Hub:
         self.cut_off = 0  # connections closed for not reading, ever
         self.metrics.queued_bytes.set_function(lambda: self.budget.total)
         self.connections: set[Connection] = set()
+        self.voice: Voice | None = None  # [stt] on: the recogniser and its slots
 
     async def join(self, conn: Connection, subject: str) -> bool:
         """Count ``conn`` among ``subject``'s connections (on every instance, in a cluster);

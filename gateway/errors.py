@@ -102,6 +102,7 @@ class ProtocolError(GatewayError):
     def __init__(self, code: ErrorCode, message: str, *, ref: str | None = None) -> None:
         super().__init__(code, message)
         self.ref = ref
+        self.frame_type: str | None = None  # the refused frame's type, when it had one
 
 
 class UpstreamError(GatewayError):

@@ -35,6 +35,7 @@ _SECTIONS = {
     "models": "Models people pick (the first is the default); without any, [provider] is the one model.",
     "deployments": "The upstreams that serve the models (each model lists its deployments).",
     "auth": "Client authentication (off unless a token file is configured).",
+    "stt": "Voice input: speech to text for the page's microphone (off by default; docs/voice.md).",
     "log": "Structured logs on stdout (JSON lines for journald, console on a terminal).",
 }
 

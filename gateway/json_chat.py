@@ -20,6 +20,8 @@ from .intake import edited_parent, store_errors
 from .json_signin import SigningConnection
 from .ready import conversation_model, read_page, ready_frame
 from .stores import UNOWNED, StoredMessage, new_id
+from .dictation import OUTSIDE
+from .voice import Dictating, Voice
 
 __all__ = ["JsonConnection"]
 
@@ -34,6 +36,7 @@ class JsonConnection(SigningConnection):
     def __init__(self, ws: ServerConnection, hub: Hub, principal: Principal | None) -> None:
         super().__init__(ws, hub, wire.encode_delta, principal, wire.encode_reasoning)
         self.model: str | None = None  # the open conversation's model; None: the default
+        self._dictating: Dictating | None = None  # from the first voice.start
 
     async def _read(self) -> None:
         if self.principal is None and not await self._sign_in():
@@ -45,8 +48,13 @@ class JsonConnection(SigningConnection):
 
     async def _answer(self, frame: str | bytes) -> None:
         try:
-            await self._dispatch(wire.parse_client(frame))
+            if isinstance(frame, bytes) and self.hub.voice is not None:
+                await self._audio(frame)
+            else:
+                await self._dispatch(wire.parse_client(frame))
         except ProtocolError as exc:
+            if exc.frame_type == "voice.start" and self.hub.voice is not None:  # its audio follows: drop it quietly
+                self._dictating_now(self.hub.voice).state.refused(exc.ref or "")
             self.outbox.put(wire.encode_error(exc, ref=exc.ref))
         except GatewayError as exc:
             self.outbox.put(wire.encode_error(exc))
@@ -80,6 +88,33 @@ class JsonConnection(SigningConnection):
                 await self._continue(msg)
             case wire.Select() | wire.DeleteBranch() | wire.Settings() | wire.Export():
                 await self._tree(msg)
+            case wire.VoiceStart():
+                await self._voice_start(msg)
+            case wire.VoiceStop():
+                if self._dictating is None:
+                    raise ProtocolError(ErrorCode.BAD_REQUEST, "no such dictation", ref=msg.id)
+                await self._dictating.stop(msg)
+
+    async def _voice_start(self, msg: wire.VoiceStart) -> None:
+        voice = self.hub.voice
+        if voice is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "voice input is not enabled on this gateway", ref=msg.id)
+        await self._dictating_now(voice).start(msg)
+
+    def _dictating_now(self, voice: Voice) -> Dictating:
+        if self._dictating is None:
+            self._dictating = Dictating(voice, self.outbox.put, self.session_id)
+        return self._dictating
+
+    async def _audio(self, frame: bytes) -> None:
+        if self._dictating is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, OUTSIDE)
+        await self._dictating.audio(frame)
+
+    async def _left(self) -> None:
+        if self._dictating is not None:
+            await self._dictating.close()
+        await super()._left()
 
     async def _tree(self, msg: wire.Select | wire.DeleteBranch | wire.Settings | wire.Export) -> None:
         """The open conversation's branches, instructions and files."""
@@ -144,7 +179,7 @@ class JsonConnection(SigningConnection):
         budget = await self.hub.registry.accounting.budget(subject, runtime.limits.quota)
         self.outbox.put(ready_frame(
             self.session_id, conv_id, title, history, runtime, active, self.principal, budget, self._sticky_model(),
-            instructions,
+            instructions, self.hub.voice.offer() if self.hub.voice else None,
         ))
 
     def _claims(self, owner: str) -> bool:

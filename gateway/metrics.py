@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
+from .stores.base import StoreUnavailable
+
 __all__ = ["CONTENT_TYPE", "Metrics", "Tally", "TimedStore"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -111,6 +113,13 @@ class Metrics:
         self.store_latency = Histogram(
             "gateway_store_seconds", "Conversation store operation latency", ["op"], buckets=_STORE, registry=r
         )
+        self.dictations = Counter(
+            "gateway_dictations", "Voice dictations ended, by outcome (final, limit, shutdown, error, bad_audio, "
+            "dropped, refused)", ["outcome"], registry=r,
+        )
+        self.dictations_active = Gauge("gateway_dictations_active", "Voice dictations open or being recognised",
+                                       registry=r)
+        self.dictation_seconds = Counter("gateway_dictation_audio_seconds", "Seconds of audio dictated", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -121,6 +130,7 @@ class TimedStore:
 
     def __init__(self, store: Any, metrics: Metrics) -> None:
         self.inner = store
+        self.failing = False  # its last operation could not reach it (StoreUnavailable)
         self._observe = {
             op: metrics.store_latency.labels(op).observe
             for op in (
@@ -138,8 +148,13 @@ class TimedStore:
         async def timed(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
-                return await attr(*args, **kwargs)
+                result = await attr(*args, **kwargs)
+            except StoreUnavailable:
+                self.failing = True
+                raise
             finally:
                 observe(time.perf_counter() - start)
+            self.failing = False
+            return result
 
         return timed

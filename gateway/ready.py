@@ -54,6 +54,7 @@ def ready_frame(
     budget: dict[str, Any] | None,
     model: Model,
     system_prompt: str = "",
+    voice: dict[str, Any] | None = None,
 ) -> bytes:
     """``ready``: the conversation now open, who the client is, and what it may do."""
     limits = runtime.config.limits
@@ -77,4 +78,5 @@ def ready_frame(
         budget=budget,
         streaming=wire.streaming_item(active) if active else None,
         system_prompt=system_prompt or None,
+        voice=voice,
     )

@@ -34,6 +34,8 @@ from .supervisor import Supervisor, open_store, prune_forever, status_line
 from .systemd import Notifier, listen_sockets
 from .tasks import TaskSet
 from .upstream import client_session, make_provider
+from .stt import Recogniser, make_recogniser
+from .voice import Voice
 from .web import WebState
 
 if TYPE_CHECKING:
@@ -43,6 +45,7 @@ __all__ = ["Gateway"]
 
 _log: Any = structlog.get_logger("gateway.server")
 SHIP_TIMEOUT = 5.0  # seconds, after the drain, for Redis to take the last replies' text
+DICTATION_END_TIMEOUT = 5.0  # seconds, at the drain's start, for open dictations' final texts
 
 
 class Gateway:
@@ -74,6 +77,7 @@ class Gateway:
         self._web_state: WebState | None = None
         self._tasks = TaskSet()  # the supervisor and the pruner
         self.cluster: ClusterNode | None = None  # with [cluster] redis_url
+        self._recogniser: Recogniser | None = None  # with [stt] provider
 
     @property
     def runtime(self) -> Runtime | None:
@@ -120,9 +124,13 @@ class Gateway:
         metrics = self.metrics.render if cfg.server.metrics else None
         self._web_state = WebState(
             cfg.server.static_dir, lambda: self.ws_port, lambda: hub.runtime, metrics, self._origins,
-            redis=self.cluster.redis_state_now if self.cluster else None,
+            health=self._health, voice=lambda: hub.voice.offer() if hub.voice else None,
         )
         await self.listeners.open_http(cfg, self._web_state, inherited)
+        if (recogniser := make_recogniser(cfg.stt, session)) is not None:
+            self._recogniser = recogniser
+            await recogniser.open()
+            hub.voice = Voice(cfg, recogniser, self.metrics)
         # In a cluster, the replies a crash left streaming are ended by the instance that takes them over.
         report = await open_store(self.store, self._notifier, self.lifecycle.stopped_within, recover=not self.cluster)
         if report is None:
@@ -147,6 +155,17 @@ class Gateway:
             )
         self.lifecycle.serving()
         self._notifier.notify("READY=1", f"STATUS={self._status()}", f"MAINPID={os.getpid()}")
+
+    def _health(self) -> dict[str, str]:
+        """Each part's state in a word (``/healthz``)."""
+        hub = self.hub
+        parts = {"store": "unavailable" if getattr(self.store, "failing", False) else "ok"}
+        if hub is not None:
+            parts["llm"] = llm_state(hub.runtime, hub.registry.health.cooling(asyncio.get_running_loop().time()))
+        parts["stt"] = self._recogniser.state() if self._recogniser is not None else "off"
+        if self.cluster is not None:
+            parts["redis"] = self.cluster.redis_state_now()
+        return parts
 
     def _origins(self) -> tuple[str, ...]:
         """The browser origins allowed now: configured, or those of the gateway's own page."""
@@ -215,6 +234,8 @@ class Gateway:
         if self.hub is not None and self.listeners.stop_accepting():
             timeout = self.config.server.drain_timeout
             _log.info("drain_started", replies_in_flight=in_flight, timeout_s=timeout)
+            if self.hub.voice is not None:  # each open dictation's text so far, before sockets close
+                await self.hub.voice.end_all(DICTATION_END_TIMEOUT)
             moving = None
             if self.cluster is not None and self.cluster.link.up:
                 # Clients resume on another instance at once; the replies stream on into Redis meanwhile.
@@ -227,6 +248,8 @@ class Gateway:
             await self.hub.registry.close()
         if self.cluster is not None:
             await self.cluster.close(SHIP_TIMEOUT)
+        if self._recogniser is not None:
+            await self._recogniser.close()
         await self._tasks.cancel()
         await self.listeners.close_http()
         if self._session is not None:
@@ -248,6 +271,13 @@ async def _starting(start: Any) -> None:
         raise StartupError(str(exc), retry=False) from exc
     except StoreUnavailable as exc:  # the database may come back
         raise StartupError(str(exc), retry=True) from exc
+
+
+def llm_state(runtime: Runtime, cooling: list[str]) -> str:
+    """ok; degraded while some deployments cool down after failures; down while all do."""
+    deployments = set(runtime.upstreams)
+    cool = deployments & set(cooling)
+    return "down" if cool and cool == deployments else "degraded" if cool else "ok"
 
 
 def _loopback(host: str) -> bool:

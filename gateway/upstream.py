@@ -21,7 +21,7 @@ from .sse import SSEDecoder, SSEError, SSEEvent
 from .providers import ChatMessage, Chunk, Provider, dashscope, openai
 from .providers.demo import DemoProvider
 
-__all__ = ["DashScopeProvider", "OpenAIProvider", "client_session", "make_provider", "stream_sse"]
+__all__ = ["DashScopeProvider", "OpenAIProvider", "client_session", "make_provider", "status_error", "stream_sse"]
 
 _log: Any = structlog.get_logger("gateway.upstream")
 _MAX_ERROR_BODY = 64 * 1024
@@ -63,7 +63,7 @@ async def stream_sse(
         async with session.post(url, data=orjson.dumps(body), headers=headers, timeout=timeout) as resp:
             idle.touch()
             if resp.status != 200:
-                raise await _status_error(resp, error_from_body)
+                raise await status_error(resp, error_from_body)
             reader = _Body(_inflater(resp, max_bytes), decoder)
             async for data in resp.content.iter_any():
                 idle.touch()
@@ -237,7 +237,8 @@ def _decode(events: list[SSEEvent], decoder: Decoder) -> tuple[list[Chunk], Upst
     return chunks, None
 
 
-async def _status_error(resp: aiohttp.ClientResponse, error_from_body: Any) -> UpstreamError:
+async def status_error(resp: aiohttp.ClientResponse, error_from_body: Any, *, what: str = "provider") -> UpstreamError:
+    """The error a non-200 answer of ``what`` (read at most 64 KiB of its body) is."""
     try:
         raw = await resp.content.read(_MAX_ERROR_BODY)
     except (aiohttp.ClientError, TimeoutError):
@@ -248,17 +249,17 @@ async def _status_error(resp: aiohttp.ClientResponse, error_from_body: Any) -> U
         exc: UpstreamError = error_from_body(obj, status)
     elif status == 429:
         exc = UpstreamError(
-            ErrorCode.RATE_LIMITED, "the provider is rate limiting (HTTP 429)", detail=detail,
+            ErrorCode.RATE_LIMITED, f"the {what} is rate limiting (HTTP 429)", detail=detail,
             status=status, retry_after=_DEFAULT_RETRY_AFTER if asked is None else asked,
         )
     elif status in (401, 403):
         exc = UpstreamError(
-            ErrorCode.UPSTREAM_ERROR, f"the provider refused the gateway's credentials (HTTP {status})", detail=detail,
+            ErrorCode.UPSTREAM_ERROR, f"the {what} refused the gateway's credentials (HTTP {status})", detail=detail,
             status=status, retryable=False,
         )
     else:
         exc = UpstreamError(
-            ErrorCode.UPSTREAM_ERROR, f"the provider answered HTTP {status}", detail=detail,
+            ErrorCode.UPSTREAM_ERROR, f"the {what} answered HTTP {status}", detail=detail,
             status=status, retryable=status >= 500 or status in (408, 409),
         )
     exc.asked_wait = asked  # a Retry-After on any status is honoured by the route

@@ -50,10 +50,12 @@ class WebState:
         metrics: Callable[[], bytes] | None = None,
         origins: Callable[[], tuple[str, ...]] = lambda: (),
         *,
-        redis: Callable[[], str] | None = None,
+        health: Callable[[], dict[str, str]] = dict,
+        voice: Callable[[], dict[str, Any] | None] = lambda: None,
     ) -> None:
         self.metrics = metrics
-        self.redis = redis  # cluster mode: "up" or "down"
+        self.health = health  # each part's state in a word: llm, store, stt, and redis in a cluster
+        self.voice = voice  # what voice input the page is offered (None: off)
         self.origins = origins
         self.static_dir = static_dir.resolve()
         self.ws_port = ws_port
@@ -155,12 +157,9 @@ def _page_host(request: web.Request, state: WebState) -> str:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    """Alive. In a cluster, also whether Redis answers: without it the instance still
-    serves, alone (so this stays 200)."""
-    body = {"status": "ok"}
-    redis = request.app[STATE].redis
-    if redis is not None:
-        body["redis"] = redis()
+    """Alive (200 whatever a part's state: the process serves what it can), and each
+    part's state: ``llm``, ``store``, ``stt``, and ``redis`` in a cluster (docs/operations.md)."""
+    body = {"status": "ok", **request.app[STATE].health()}
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
@@ -187,6 +186,8 @@ async def _config(request: web.Request) -> web.Response:
         "ws_url": _ws_url(request), "model": model.id, "provider": model.provider, "models": runtime.catalog.public(),
         "auth": {"mode": auth.mode, **({"token_url": auth.token_url} if auth.token_url else {})},
     }
+    if (voice := request.app[STATE].voice()) is not None:
+        body["voice"] = voice
     return web.json_response(body, headers={"Cache-Control": "no-cache"})
 
 

@@ -36,6 +36,8 @@ __all__ = [
     "Resume",
     "Select",
     "Settings",
+    "VoiceStart",
+    "VoiceStop",
     "encode",
     "encode_delta",
     "encode_error",
@@ -185,9 +187,25 @@ class Delete:
     id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class VoiceStart:
+    """Open a dictation ``id``: binary frames of 16-bit mono PCM at ``sample_rate`` follow."""
+
+    id: str
+    sample_rate: int | None = None  # None: the rate the gateway offers
+    language: str | None = None  # a hint for the recogniser
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceStop:
+    """The dictation ``id`` is over: its final text follows."""
+
+    id: str
+
+
 ClientMessage = (
     Hello | Message | Cancel | Resume | Ping | History | Regenerate | Refresh | Conversations | Rename | Delete
-    | Edit | Select | Continue | DeleteBranch | Settings | Export
+    | Edit | Select | Continue | DeleteBranch | Settings | Export | VoiceStart | VoiceStop
 )
 
 
@@ -210,6 +228,7 @@ def parse_client(frame: str | bytes) -> ClientMessage:
         return parser(obj)
     except ProtocolError as exc:
         exc.ref = exc.ref or ref
+        exc.frame_type = kind
         raise
 
 
@@ -319,6 +338,21 @@ def _export(obj: Mapping[str, Any]) -> Export:
     return Export(fmt, scope, _field(obj, "id", str, required=False))
 
 
+MAX_LANGUAGE_CHARS = 35  # a BCP 47 tag
+
+
+def _voice_start(obj: Mapping[str, Any]) -> VoiceStart:
+    language = _field(obj, "language", str, required=False)
+    tag = (language or "").replace("-", "")
+    if language is not None and (len(language) > MAX_LANGUAGE_CHARS or not (tag.isascii() and tag.isalnum())):
+        raise _bad("field 'language' must be a language tag such as en or zh-CN")
+    return VoiceStart(_field(obj, "id", str), _field(obj, "sample_rate", int, required=False), language or None)
+
+
+def _voice_stop(obj: Mapping[str, Any]) -> VoiceStop:
+    return VoiceStop(_field(obj, "id", str))
+
+
 def _refresh(obj: Mapping[str, Any]) -> Refresh:
     token = _field(obj, "token", str)
     if not token:
@@ -369,6 +403,8 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], ClientMessage]] = {
     "delete_branch": _delete_branch,
     "settings": _settings,
     "export": _export,
+    "voice.start": _voice_start,
+    "voice.stop": _voice_stop,
 }
 
 

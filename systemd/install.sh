@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install.sh - install llm-ws-gateway as a systemd service (Debian 12 and alike).
 #
-#   systemd/install.sh [install] [--wheelhouse DIR]   install, or upgrade in place
+#   systemd/install.sh [install] [--wheelhouse DIR] [--voice]   install, or upgrade in place
+#                                                     (--voice: with Vosk, for [stt] provider = "vosk")
 #   systemd/install.sh rollback                       switch back to the previous release
 #   systemd/install.sh uninstall                      remove program and units, keep config and state
 #   systemd/install.sh wheelhouse DIR                 build wheels for an offline install
@@ -38,6 +39,7 @@ UNITS=(gateway.service gateway-ws.socket gateway-http.socket gateway@.service)
 PY=${INSTALL_PYTHON:-/usr/bin/python3}
 KEEP=${KEEP_RELEASES:-3}
 PACKAGE=llm-ws-gateway
+EXTRAS=uvloop  # the optional dependencies installed (--voice adds Vosk)
 
 PARTIAL=""   # a release being built: removed if the script stops before it is done
 TMP=""
@@ -52,7 +54,7 @@ step() { printf '==> %s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-  sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -93,10 +95,10 @@ new_release() {
   local pip=("$DESTDIR$rel/bin/python" -m pip --disable-pip-version-check --no-input --quiet)
   if [ -n "$wheelhouse" ]; then
     step "install $PACKAGE from the wheelhouse $wheelhouse (offline)"
-    "${pip[@]}" install --no-index --find-links "$wheelhouse" "${PACKAGE}[uvloop]"
+    "${pip[@]}" install --no-index --find-links "$wheelhouse" "${PACKAGE}[$EXTRAS]"
   else
     step "install $PACKAGE from $SRC"
-    "${pip[@]}" install "${SRC}[uvloop]"
+    "${pip[@]}" install "${SRC}[$EXTRAS]"
   fi
   install -d -m 0755 "$DESTDIR$rel/share/doc/$PACKAGE"
   install -m 0644 "$SRC/docs/operations.md" "$SRC/Caddyfile" "$SRC/gateway.example.toml" \
@@ -220,6 +222,7 @@ cmd_install() {
   while [ $# -gt 0 ]; do
     case "$1" in
       --wheelhouse) [ $# -ge 2 ] || usage 2; wheelhouse=$(cd "$2" && pwd); shift 2 ;;
+      --voice) EXTRAS=uvloop,voice; shift ;;
       -h | --help) usage 0 ;;
       *) say "unknown option: $1" >&2; usage 2 ;;
     esac
@@ -282,7 +285,7 @@ cmd_wheelhouse() {
   TMP=$(mktemp -d)
   step "building wheels for $PACKAGE and its dependencies into $dir"
   "$PY" -m venv "$TMP/venv"
-  "$TMP/venv/bin/python" -m pip --disable-pip-version-check --no-input --quiet wheel --wheel-dir "$dir" "${SRC}[uvloop]"
+  "$TMP/venv/bin/python" -m pip --disable-pip-version-check --no-input --quiet wheel --wheel-dir "$dir" "${SRC}[uvloop,voice]"
   local wheels=("$dir"/*.whl)
   say "    ${#wheels[@]} wheels. On the server: systemd/install.sh install --wheelhouse $dir"
 }

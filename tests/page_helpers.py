@@ -161,3 +161,24 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+# Chromium's fake microphone, allowed without asking: a beep, or a WAV file (looped).
+FAKE_MIC_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+
+
+def fake_mic_args(wav: Path | None = None) -> list[str]:
+    """The flags for a fake microphone that plays ``wav`` (None: Chromium's beep)."""
+    return [*FAKE_MIC_ARGS, *([f"--use-file-for-fake-audio-capture={wav}"] if wav else [])]
+
+
+@contextlib.asynccontextmanager
+async def chromium(*args: str) -> AsyncIterator[Browser]:
+    """A Chromium of a test's own, launched with ``args`` besides CHROMIUM_ARGS (a fake
+    microphone: :func:`fake_mic_args`)."""
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[*CHROMIUM_ARGS, *args])
+        try:
+            yield b
+        finally:
+            await b.close()

@@ -322,7 +322,9 @@ async def test_redis_down_then_back(
         await b.send(type="resume", reply_id=start["reply_id"], after_seq=0)
         refused = await b.expect("error")
         assert refused["code"] == "resume_unavailable"
-        assert (await get_json(first.http_url + "healthz")) == {"status": "ok", "redis": "down"}
+        assert (await get_json(first.http_url + "healthz")) == {
+            "status": "ok", "redis": "down", "llm": "ok", "store": "ok", "stt": "off",
+        }
         assert "gateway_redis_up 0.0" in await get_text(first.http_url + "metrics")
         redis_server.start()
         for proc in (first, second):

@@ -558,7 +558,7 @@ def test_render_without_key_says_not_set() -> None:
 def test_render_lists_every_setting() -> None:
     doc = tomllib.loads(render(load(None, {})))
     # Without [[models]], the one model [provider] describes is shown as comments.
-    hidden = {"provider.api_key", "provider.api_key_file"} | {
+    hidden = {"provider.api_key", "provider.api_key_file", "stt.api_key"} | {  # secrets: comments
         s.name for s in config.SETTINGS if s.section in ("models", "deployments")
     }
     assert {f"{section}.{key}" for section, table in doc.items() for key in table} == {
@@ -766,3 +766,50 @@ def test_auth_settings_that_cannot_work_are_refused(
     with pytest.raises(ConfigError) as info:
         load(None, {k: v.format(**paths) for k, v in env.items()})
     assert info.value.key == key and message in str(info.value)
+
+
+# --------------------------------------------------------------------------- [stt]
+
+
+def test_voice_is_off_by_default_and_the_old_vosk_variables_still_work(tmp_path: Path) -> None:
+    assert load(None, {}).stt.provider == "none" and not load(None, {}).stt.enabled
+    old = load(None, {"USE_REAL_VOSK": "1", "VOSK_MODEL_PATH": "/srv/vosk", "VOSK_SAMPLE_RATE": "8000"}).stt
+    assert (old.provider, old.model_path, old.sample_rate) == ("vosk", "/srv/vosk", 8000)
+    # The gateway's own names, and the file, win over the old variables.
+    new = load_toml(tmp_path, '[stt]\nprovider = "none"\nsample_rate = 22050\n',
+                    {"USE_REAL_VOSK": "1", "VOSK_SAMPLE_RATE": "8000", "GATEWAY_STT_MODEL_PATH": "/a",
+                     "VOSK_MODEL_PATH": "/b"}).stt
+    assert (new.provider, new.sample_rate, new.model_path) == ("none", 22050, "/a")
+    assert config_error(lambda: load(None, {"VOSK_SAMPLE_RATE": "fast"})).key == "VOSK_SAMPLE_RATE"
+
+
+def test_vosk_needs_a_model_and_openai_a_url(tmp_path: Path) -> None:
+    assert config_error(lambda: load(None, {"GATEWAY_STT_PROVIDER": "vosk"})).key == "stt.model_path"
+    assert config_error(lambda: load(None, {"GATEWAY_STT_PROVIDER": "openai"})).key == "stt.url"
+    bad = config_error(lambda: load(None, {"GATEWAY_STT_PROVIDER": "openai", "GATEWAY_STT_URL": "ftp://x"}))
+    assert bad.key == "stt.url"
+
+
+def test_the_transcription_key_comes_from_its_file_and_is_never_shown(tmp_path: Path) -> None:
+    key_file = write(tmp_path, f"{SECRET}\n", "stt_key")
+    cfg = load(None, {"GATEWAY_STT_PROVIDER": "openai", "GATEWAY_STT_URL": "https://api.groq.com/openai/v1/",
+                      "GATEWAY_STT_API_KEY_FILE": str(key_file)})
+    assert (cfg.stt.api_key, cfg.stt.url) == (SECRET, "https://api.groq.com/openai/v1")
+    assert SECRET not in render(cfg) and SECRET not in repr(cfg)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    write(creds, "from-systemd", "stt_api_key")
+    cfg = load(None, {"GATEWAY_STT_PROVIDER": "openai", "GATEWAY_STT_URL": "http://127.0.0.1:9000/v1",
+                      "CREDENTIALS_DIRECTORY": str(creds)})
+    assert cfg.stt.api_key == "from-systemd"
+    missing = config_error(lambda: load(None, {"GATEWAY_STT_PROVIDER": "openai", "GATEWAY_STT_URL": "http://x",
+                                               "GATEWAY_STT_API_KEY_FILE": str(tmp_path / "nope")}))
+    assert missing.key == "stt.api_key_file"
+
+
+def test_an_empty_gateway_variable_does_not_hide_the_old_vosk_ones() -> None:
+    stt = load(None, {"GATEWAY_STT_MODEL_PATH": "", "GATEWAY_STT_PROVIDER": "none", "USE_REAL_VOSK": "1",
+                      "VOSK_MODEL_PATH": "/srv/vosk"}).stt
+    assert (stt.provider, stt.model_path) == ("none", "/srv/vosk")
+    stt = load(None, {"GATEWAY_STT_MODEL_PATH": " ", "USE_REAL_VOSK": "yes", "VOSK_MODEL_PATH": "/srv/vosk"}).stt
+    assert (stt.provider, stt.model_path) == ("vosk", "/srv/vosk")

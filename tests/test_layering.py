@@ -53,6 +53,9 @@ PURE = (
     "gateway.cluster.names",
     "gateway.cluster.mirror",
     "gateway.cluster.scripts",
+    "gateway.dictation",
+    "gateway.stt.wav",
+    "gateway.stt.base",
 )
 
 # Imports `module` in a fresh interpreter and prints the I/O libraries that got

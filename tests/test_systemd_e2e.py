@@ -444,6 +444,53 @@ async def test_online_backup_and_restore_of_the_state_directory(system: sysroot.
         assert error["code"] == "not_found", "restored to the backup's state"
 
 
+async def test_voice_input_with_a_vosk_model_under_the_hardened_unit(
+    system: sysroot.Sysroot, tmp_path: Path
+) -> None:
+    # As docs/voice.md says: install with --voice, a model in /opt/vosk readable by all,
+    # the memory limits raised in a drop-in, [stt] in the configuration.
+    from speech import pcm_of, shared_syllables, speak, vosk_model
+
+    model, pcm = Path(vosk_model()), pcm_of(speak(tmp_path))
+    wheels = sysroot.shared_wheelhouse(ROOT, None)
+    system.run("bash", str(ROOT / "systemd" / "install.sh"), "install", "--wheelhouse", str(wheels), "--voice",
+               timeout=300, env={"GATEWAY_SITE": "localhost"})
+    shutil.copytree(model, system.path("/opt/vosk/ko"), dirs_exist_ok=True)
+    system.run("chmod", "-R", "a+rX", "/opt/vosk")
+    drop_in = system.path("/etc/systemd/system/gateway.service.d/voice.conf")
+    drop_in.parent.mkdir(parents=True, exist_ok=True)
+    drop_in.write_text("[Service]\nMemoryHigh=2G\nMemoryMax=3G\n")
+    toml = system.path(str(TOML))
+    good = toml.read_text()
+    assert '# provider = "none"' in good
+    toml.write_text(good.replace('# provider = "none"', 'provider = "vosk"').replace(
+        '# model_path = ""', 'model_path = "/opt/vosk/ko"'))
+    try:
+        system.systemctl("daemon-reload")
+        system.systemctl("restart", UNIT)
+        pid = system.show(UNIT, "MainPID")
+        assert wait_event(system, "stt_ready", pid=pid)[-1]["provider"] == "vosk"
+        status, body = system.http_get(HTTP, "/healthz")
+        assert status == 200 and orjson.loads(body)["stt"] == "ready"
+        async with chat_inside(system) as chat:
+            assert (await chat.hello())["voice"]["provider"] == "vosk"
+            await chat.send(type="voice.start", id="v1")
+            await chat.expect("voice.started")
+            for i in range(0, len(pcm), 3200):
+                await chat.ws.send(pcm[i:i + 3200])
+            await chat.send(type="voice.stop", id="v1")
+            while (event := await chat.recv())["type"] == "voice.partial":
+                pass
+        assert event["type"] == "voice.final" and shared_syllables(event["text"]) >= 4, event
+        ended = wait_event(system, "dictation_ended", pid=pid)[-1]
+        assert ended["chars"] == len(event["text"]) and event["text"] not in journal_text(system)
+    finally:
+        toml.write_text(good)
+        drop_in.unlink()
+        system.systemctl("daemon-reload")
+        system.systemctl("restart", UNIT)
+
+
 async def test_stop_drains_and_exits_0_and_the_socket_starts_it_again(system: sysroot.Sysroot) -> None:
     pid = ensure_started(system)
     system.systemctl("stop", UNIT)

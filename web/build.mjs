@@ -3,6 +3,9 @@
 //   static/index.html               from src/index.html, naming the hashed assets
 //   static/assets/app-<hash>.js     src/main.js, the catalogues (src/i18n/) and the libraries, bundled and minified
 //   static/assets/app-<hash>.css    the styles
+//   static/assets/voice-worklet-<hash>.js  the microphone's AudioWorklet processor (src/voice-worklet.js),
+//                                   a file of its own: audioWorklet.addModule() needs a URL, and the
+//                                   CSP (script-src 'self') refuses blob: and data: ones
 //   static/favicon.svg
 //   static/licenses/                each bundled library's license + README.txt
 //
@@ -46,9 +49,57 @@ const catalogues = {
   },
 };
 
-async function bundle() {
+// Scripts the page loads by URL rather than imports (an AudioWorklet module): each
+// src/<name>.js is built on its own as assets/<name>-<hash>.js, and
+// `import file from "asset:<name>"` gives the page that file's name (beside app-<hash>.js).
+const SEPARATE = ["voice-worklet"];
+
+async function separateAssets() {
   const result = await build({
-    plugins: [catalogues],
+    absWorkingDir: ROOT,
+    entryPoints: Object.fromEntries(SEPARATE.map((name) => [name, `src/${name}.js`])),
+    outdir: ASSETS,
+    entryNames: "[name]-[hash]",
+    bundle: true,
+    minify: true,
+    format: "esm",
+    target: ["es2020", "chrome100", "firefox100", "safari15"],
+    charset: "utf8",
+    legalComments: "none",
+    banner: { js: "/*! LLM Gateway chat page: voice input. */" },
+    sourcemap: false,
+    metafile: true,
+    logLevel: "warning",
+  });
+  const files = {};
+  for (const [file, info] of Object.entries(result.metafile.outputs)) {
+    const name = SEPARATE.find((n) => info.entryPoint === `src/${n}.js`);
+    if (name) files[name] = file.split("/").pop();
+  }
+  for (const name of SEPARATE) if (!files[name]) throw new Error(`esbuild produced no ${name} asset`);
+  return files;
+}
+
+function assetNames(files) {
+  return {
+    name: "asset-names",
+    setup(b) {
+      b.onResolve({ filter: /^asset:/ }, (args) => {
+        const name = args.path.slice("asset:".length);
+        if (!files[name]) return { errors: [{ text: `no separate asset named ${name} (see SEPARATE in build.mjs)` }] };
+        return { path: name, namespace: "asset-names" };
+      });
+      b.onLoad({ filter: /.*/, namespace: "asset-names" }, (args) => ({
+        contents: `export default ${JSON.stringify(files[args.path])};\n`,
+        loader: "js",
+      }));
+    },
+  };
+}
+
+async function bundle(separate) {
+  const result = await build({
+    plugins: [catalogues, assetNames(separate)],
     absWorkingDir: ROOT,
     entryPoints: { app: "src/main.js" },
     outdir: ASSETS,
@@ -78,7 +129,7 @@ async function bundle() {
   }
   if (!js || !css) throw new Error("esbuild produced no JS or CSS bundle");
   const rel = (file) => relative(OUT, resolve(ROOT, file)).split(sep).join("/");
-  return { js: rel(js), css: rel(css), inputs: Object.keys(result.metafile.inputs) };
+  return { js: rel(js), css: rel(css), inputs: Object.keys(result.metafile.inputs), separate: Object.values(separate).map((f) => `assets/${f}`) };
 }
 
 function writePage({ js, css }) {
@@ -136,7 +187,7 @@ function writeLicenses(packages) {
   writeFileSync(join(LICENSES, "README.txt"), readme);
 }
 
-function report({ js, css }) {
+function report({ js, css, separate }) {
   const files = ["index.html", css, js, "favicon.svg"];
   let raw = 0;
   let gz = 0;
@@ -150,6 +201,10 @@ function report({ js, css }) {
   }
   console.log(`  ${"total".padEnd(34)} ${String(raw).padStart(8)} B  gzip -9 ${String(gz).padStart(7)} B (budget ${BUDGET_GZIP} B)`);
   if (gz > BUDGET_GZIP) throw new Error(`page weight ${gz} B gzip is over the ${BUDGET_GZIP} B budget`);
+  for (const f of separate) {
+    const bytes = readFileSync(join(OUT, f));
+    console.log(`loaded when used: ${f} ${bytes.length} B, gzip -9 ${gzipSync(bytes, { level: 9 }).length} B`);
+  }
 }
 
 if (!existsSync(join(ROOT, "node_modules"))) {
@@ -157,7 +212,7 @@ if (!existsSync(join(ROOT, "node_modules"))) {
   process.exit(1);
 }
 clean();
-const out = await bundle();
+const out = await bundle(await separateAssets());
 writePage(out);
 const packages = bundledPackages(out.inputs);
 writeLicenses(packages);

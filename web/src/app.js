@@ -10,6 +10,7 @@ import { Conversations, isConversationId, titleFrom } from "./conversations.js";
 import { icon } from "./icons.js";
 import { ago, formatDate, formatNumber, inTime, language, languages, onLanguage, setLanguage, t, tr, translate } from "./i18n.js";
 import { MarkdownView } from "./markdown.js";
+import { Recorder, unsupported as voiceUnsupported } from "./recorder.js";
 import { Credential, jwtExpiry } from "./signin.js";
 import { Socket } from "./socket.js";
 
@@ -70,6 +71,12 @@ const ui = {
   input: $("composer"),
   send: $("send"),
   stop: $("stop"),
+  voice: $("voice"),
+  voiceBar: $("voice-bar"),
+  voiceLive: $("voice-live"),
+  voiceLevel: $("voice-level"),
+  voiceTime: $("voice-time"),
+  voiceNote: $("voice-note"),
   announcer: $("announcer"),
 };
 
@@ -149,6 +156,25 @@ const S = {
   selecting: null, // the id of the select awaiting its branch
   editing: null, // the user entry whose editor is open
   anchor: null, // {req, id, prev, top, focus}: keeps the reader's place across a branch switch
+};
+
+// The dictation (voice input, below).
+const V = {
+  offer: null, // ready.voice, checked: {rate, chunk (samples per frame), maxSeconds}; null: no voice input
+  state: "idle", // idle | opening (the microphone) | recording | finishing (the last audio and voice.stop, then the final)
+  id: null, // the dictation's frame id ("voice:…")
+  gen: 0, // the socket generation it runs on
+  rec: null, // its Recorder while the microphone is open
+  stopped: false, // voice.stop sent
+  base: "", // the box's text before the dictation
+  text: "", // the dictated text shown after it (the last partial, then the final)
+  written: "", // the box's value as the dictation last wrote it
+  since: 0, // when it started listening (ms)
+  limit: 0, // its max_seconds
+  level: 0, // the microphone's level, 0..1
+  tick: 0, // the time's timer
+  wait: 0, // the final's timer
+  note: null, // a message shown above the box after a dictation
 };
 
 // ---------------------------------------------------------------------------- helpers
@@ -731,7 +757,7 @@ function syncUI() {
   ui.stop.hidden = !active;
   ui.stop.disabled = !active || active.stopping || !S.live;
   const sendable = S.live && S.status === "live";
-  ui.send.disabled = !sendable || !!S.selecting;
+  ui.send.disabled = !sendable || !!S.selecting || V.state !== "idle"; // the dictated text is still coming
   if (sendable && !S.interactive) {
     S.interactive = true;
     performance.mark("chat:interactive");
@@ -759,6 +785,7 @@ function syncUI() {
   ui.menuButton.disabled = !S.conv;
   if (!ui.menu.hidden) paintMenu();
   ui.settingsSave.disabled = !S.live || S.settingsReq !== null;
+  paintVoice();
 }
 
 /** What the message buttons allow now: versions switch any time, the rest waits for the reply. */
@@ -815,10 +842,11 @@ function sendMessage(text) {
 
 function submit() {
   const text = ui.input.value;
-  if (!text.trim() || activeReply()) return;
+  if (!text.trim() || activeReply() || V.state !== "idle") return;
   if (sendMessage(text)) {
     ui.input.value = "";
     autosize();
+    if (V.note) voiceNote(null);
   }
 }
 
@@ -1378,6 +1406,7 @@ function onOpen() {
 
 function onClose({ code, reason, fatal, delay, failures }) {
   S.live = false;
+  if (V.state !== "idle") voiceDropped(); // its audio went with the socket: what was recognised stays in the box
   for (const r of S.replies.values()) r.stopping = false;
   if (fatal && code === 1008 && S.cred.mode !== "none" && S.cred.mode !== "proxy" && S.refusals < 2) {
     // Refused or expired credential: sign in again (ask, or fetch a new JWT), then resume.
@@ -1488,6 +1517,9 @@ const HANDLERS = {
   deleted: (m) => typeof m.conversation_id === "string" && convs.deletedOnGateway(m.conversation_id),
   "auth.expiring": onExpiring,
   "auth.refreshed": () => {},
+  "voice.started": onVoiceStarted,
+  "voice.partial": onVoicePartial,
+  "voice.final": onVoiceFinal,
   pong: () => {},
 };
 
@@ -1668,6 +1700,7 @@ function onReady(m) {
   convs.setCurrent(conv);
   setHash(conv);
   showModels(m);
+  voiceOffer(m);
   S.systemPrompt = typeof m.system_prompt === "string" ? m.system_prompt : "";
   const max = m.limits && m.limits.max_content_chars;
   if (Number.isInteger(max) && max > 0) {
@@ -2061,6 +2094,10 @@ function errorBanner(info) {
 
 function onError(m) {
   const info = errorInfo(m);
+  if (typeof m.id === "string" && m.id.startsWith("voice:")) {
+    if (m.id === V.id) voiceRefused(info); // else about a dictation already ended here
+    return;
+  }
   // About a reply: its reply.done (finish_reason "error") follows and shows it.
   if (typeof m.reply_id === "string" && S.replies.has(m.reply_id)) {
     S.replies.get(m.reply_id).error = info;
@@ -2153,6 +2190,262 @@ function onError(m) {
   banner(errorBanner(info));
 }
 
+// ---------------------------------------------------------------------------- voice input
+
+// Dictation into the message box (ready.voice, docs/protocol.md): the microphone's PCM goes
+// out as binary frames between voice.start and voice.stop; voice.partial shows the text so
+// far after what the box held, voice.final replaces it. Nothing is sent as a message: the
+// person edits and sends. One dictation at a time (the gateway allows one per connection).
+
+const VOICE_CHUNK_S = 0.1; // seconds of audio per binary frame
+const VOICE_FINAL_WAIT_MS = 90_000; // after voice.stop, how long the final may take (a safety net: the gateway answers, or errs)
+// Why the microphone could not start (recorder.js), in the page's words.
+const VOICE_PROBLEMS = {
+  denied: "dictation.denied", noMic: "dictation.noMic", micBusy: "dictation.micBusy", noWorklet: "dictation.noWorklet",
+  unsupported: "dictation.unsupported", insecure: "dictation.insecure", failed: "dictation.failed",
+};
+// The gateway's error codes about a dictation.
+const VOICE_ERRORS = {
+  bad_request: "dictation.bad_request", busy: "dictation.busy", overloaded: "dictation.overloaded", too_large: "dictation.too_large",
+  rate_limited: "dictation.rate_limited", upstream_error: "dictation.upstream_error", upstream_timeout: "dictation.upstream_timeout",
+  upstream_unavailable: "dictation.upstream_unavailable",
+};
+const VOICE_WHEN = { overloaded: "dictation.overloadedWhen", rate_limited: "dictation.rateLimitedWhen" };
+// Scripts written without spaces between words (Chinese, Japanese): no space is put between such text and a dictation.
+const NO_SPACE = /[\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]/;
+
+/** ready.voice: show the microphone button, or (absent) take it away. */
+function voiceOffer(m) {
+  const v = m.voice && typeof m.voice === "object" ? m.voice : null;
+  if (!v) {
+    V.offer = null;
+    if (V.state !== "idle") endVoice(); // voice input turned off (a reload of the gateway's config)
+    syncUI();
+    return;
+  }
+  const rate = Number.isInteger(v.sample_rate) && v.sample_rate >= 8000 && v.sample_rate <= 48000 ? v.sample_rate : 16000;
+  const maxBytes = Number.isInteger(v.max_frame_bytes) && v.max_frame_bytes >= 2 ? v.max_frame_bytes : 32768;
+  // Whole 16-bit samples, never more than a frame may carry.
+  const chunk = Math.max(1, Math.min(Math.round(rate * VOICE_CHUNK_S), Math.floor(maxBytes / 2)));
+  V.offer = { rate, chunk, maxSeconds: Number(v.max_seconds) > 0 ? Number(v.max_seconds) : 0 };
+  syncUI();
+}
+
+async function startVoice() {
+  if (V.state !== "idle" || !V.offer || !S.live || !S.socket.open) return;
+  if (S.bannerKind === "voice") banner(null);
+  V.note = null;
+  const why = voiceUnsupported();
+  if (why) {
+    voiceProblem(VOICE_PROBLEMS[why]);
+    return;
+  }
+  const offer = V.offer;
+  const id = `voice:${newId()}`;
+  const rec = new Recorder({
+    rate: offer.rate,
+    chunk: offer.chunk,
+    data: (pcm, rms) => voiceData(id, pcm, rms),
+    ended: () => V.id === id && stopVoice(), // the microphone went away: what was said is transcribed
+  });
+  const before = ui.input.value;
+  Object.assign(V, { state: "opening", id, gen: S.socket.gen, rec, stopped: false, base: before, text: "", written: before, since: 0, limit: offer.maxSeconds, level: 0 });
+  syncUI();
+  try {
+    await rec.start(); // the AudioContext is made before its first await: within this click
+  } catch (err) {
+    if (V.id !== id) return; // stopped, or the socket closed, while the browser asked
+    endVoice();
+    console.debug("voice", err && err.cause ? err.cause : err);
+    voiceProblem(VOICE_PROBLEMS[err && err.reason] || "dictation.failed");
+    return;
+  }
+  if (V.id !== id) {
+    rec.close();
+    return;
+  }
+  if (S.socket.gen !== V.gen || !S.socket.send({ type: "voice.start", id, sample_rate: offer.rate })) {
+    voiceDropped();
+    return;
+  }
+  // The audio follows at once (a refused start's audio is dropped by the gateway).
+  V.state = "recording";
+  V.since = Date.now();
+  syncUI();
+  announce(t("dictation.listening"));
+}
+
+/** A chunk of PCM from the microphone: one binary frame. */
+function voiceData(id, pcm, rms) {
+  if (id !== V.id || V.stopped || (V.state !== "recording" && V.state !== "finishing")) return;
+  if (S.socket.gen !== V.gen || !S.socket.sendBinary(pcm)) return; // closed: onClose ends it
+  // The level in dB, -60..0 dBFS as 0..1: quick to rise, slower to fall.
+  const level = rms > 0 ? Math.min(1, Math.max(0, (20 * Math.log10(rms) + 60) / 60)) : 0;
+  V.level = level > V.level ? level : V.level * 0.6 + level * 0.4;
+  paintLevel();
+}
+
+/** Stop listening (the button again, Escape, the microphone gone): the last audio, then
+ * voice.stop; the final text comes next. While the microphone is still opening, it is
+ * simply let go (nothing was sent). */
+async function stopVoice() {
+  if (V.state === "opening") {
+    endVoice();
+    return;
+  }
+  if (V.state !== "recording") return;
+  const id = V.id;
+  V.state = "finishing";
+  syncUI();
+  await V.rec.stop(); // hands over the samples the worklet still held
+  if (V.id !== id) return; // ended meanwhile: a final (the time limit), an error, a closed socket
+  V.rec = null;
+  if (S.socket.gen !== V.gen || !S.socket.send({ type: "voice.stop", id })) {
+    voiceDropped();
+    return;
+  }
+  V.stopped = true;
+  V.wait = setTimeout(() => {
+    if (V.id !== id) return;
+    endVoice();
+    voiceNote({ key: "dictation.noFinal" });
+  }, VOICE_FINAL_WAIT_MS);
+}
+
+/** The dictation is over, whatever ended it: the microphone is let go, the box stays as it is. */
+function endVoice() {
+  clearTimeout(V.tick);
+  clearTimeout(V.wait);
+  if (V.rec) V.rec.close();
+  Object.assign(V, { state: "idle", id: null, rec: null, stopped: false, level: 0 });
+  syncUI();
+}
+
+function voiceDropped() {
+  endVoice();
+  voiceNote({ key: "dictation.dropped" });
+}
+
+/** The microphone could not start: said in the banner, like the page's other errors. */
+function voiceProblem(key) {
+  banner({ key }, null, "voice");
+  syncUI();
+}
+
+/** The gateway refused or ended the dictation (an error frame with its id): no final follows. */
+function voiceRefused(info) {
+  endVoice();
+  const key = VOICE_ERRORS[info.code];
+  const text = key ? { key } : { key: "dictation.unknown", params: { code: info.code } };
+  let msg = text;
+  if (info.retryAt) {
+    msg = VOICE_WHEN[info.code] ? { key: VOICE_WHEN[info.code] } : { key: "error.retryWhen", params: { message: text } };
+    msg = { ...msg, until: info.retryAt, then: text };
+  }
+  banner(msg, null, "voice");
+}
+
+function onVoiceStarted(m) {
+  if (m.id !== V.id || V.state === "idle") return;
+  if (Number(m.max_seconds) > 0) V.limit = Number(m.max_seconds);
+  syncUI();
+}
+
+function onVoicePartial(m) {
+  if (m.id !== V.id || V.state === "idle" || typeof m.text !== "string") return;
+  writeDictation(m.text.trim());
+}
+
+function onVoiceFinal(m) {
+  if (m.id !== V.id || V.state === "idle") return;
+  const text = typeof m.text === "string" ? m.text.trim() : "";
+  writeDictation(text);
+  const lost = document.activeElement === ui.voice || document.activeElement === document.body || !document.activeElement;
+  endVoice();
+  if (m.reason === "max_seconds") voiceNote({ key: "dictation.limit" });
+  else if (!text) voiceNote({ key: "dictation.empty" });
+  else announce(t("dictation.done"));
+  // Back to the box (never sent by itself), the caret after the text.
+  if (lost || document.activeElement === ui.input) {
+    ui.input.focus();
+    ui.input.setSelectionRange(ui.input.value.length, ui.input.value.length);
+  }
+}
+
+/** ``base`` then ``text``, a space between them unless one is already there, or both sides are written without spaces. */
+function joinDictation(base, text) {
+  if (!base || !text || /\s$/.test(base) || /^\s/.test(text)) return base + text;
+  return NO_SPACE.test(base.slice(-1)) && NO_SPACE.test(text[0]) ? base + text : `${base} ${text}`;
+}
+
+/** The box: its text from before the dictation, then ``text`` (which replaces the last partial). */
+function writeDictation(text) {
+  const box = ui.input;
+  if (box.value !== V.written) {
+    // Typed in meanwhile: that is what comes before the dictation now (less its own text, if still at the end).
+    const now = box.value;
+    V.base = V.text && now.endsWith(V.text) ? now.slice(0, now.length - V.text.length) : now;
+  }
+  V.text = text;
+  const value = joinDictation(V.base, text);
+  if (box.value !== value) {
+    box.value = value;
+    autosize();
+    box.scrollTop = box.scrollHeight;
+  }
+  V.written = value;
+}
+
+/** A note above the box after a dictation (null: none), said by the live region too. */
+function voiceNote(msg) {
+  V.note = msg;
+  syncUI();
+  if (msg) announce(say(msg));
+}
+
+const clock = (s) => `${Math.floor(s / 60)}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
+
+/** The microphone is open (or opening) for a dictation: the button and Escape stop it. */
+const listening = () => V.state === "opening" || V.state === "recording";
+
+/** The microphone button and the line above the box. */
+function paintVoice() {
+  const on = listening();
+  ui.voice.hidden = !V.offer && V.state === "idle";
+  ui.voice.setAttribute("aria-pressed", String(on));
+  ui.voice.dataset.state = V.state; // a test hook
+  tr(ui.voice, { title: on ? "dictation.stopTitle" : "dictation.title" });
+  ui.voice.disabled = V.state === "idle" && !(S.live && S.status === "live");
+  if (V.state === "finishing") ui.voice.setAttribute("aria-disabled", "true"); // focusable still: the focus stays on it
+  else ui.voice.removeAttribute("aria-disabled");
+  ui.voiceLive.hidden = V.state !== "recording";
+  const status = V.state === "opening" ? { key: "dictation.opening" } : V.state === "finishing" ? { key: "dictation.finishing" } : V.state === "idle" ? V.note : null;
+  show(ui.voiceNote, status);
+  ui.voiceBar.hidden = ui.voiceLive.hidden && ui.voiceNote.hidden;
+  paintLevel();
+  paintVoiceTime();
+}
+
+function paintLevel() {
+  ui.voiceLevel.style.transform = `scaleX(${V.state === "recording" ? V.level.toFixed(3) : 0})`; // CSSOM: allowed by the CSP
+}
+
+/** How long it has listened, of how long it may; the last 10 s counted down. */
+function paintVoiceTime() {
+  clearTimeout(V.tick);
+  if (V.state !== "recording") return;
+  const ms = Date.now() - V.since;
+  const elapsed = Math.floor(ms / 1000);
+  const left = V.limit ? Math.max(0, Math.ceil(V.limit - ms / 1000)) : Infinity;
+  const ending = left <= 10;
+  let text = clock(elapsed);
+  if (ending) text = t("dictation.left", { count: left });
+  else if (V.limit) text = t("dictation.time", { elapsed: clock(elapsed), limit: clock(V.limit) });
+  if (ui.voiceTime.textContent !== text) ui.voiceTime.textContent = text;
+  ui.voiceTime.classList.toggle("ending", ending);
+  V.tick = setTimeout(paintVoiceTime, 1000 - (ms % 1000));
+}
+
 // ---------------------------------------------------------------------------- events
 
 ui.form.addEventListener("submit", (ev) => {
@@ -2165,6 +2458,9 @@ ui.input.addEventListener("keydown", (ev) => {
   if (ev.key === "Enter" && !ev.shiftKey && !ev.altKey) {
     ev.preventDefault();
     submit();
+  } else if (ev.key === "Escape" && listening()) {
+    ev.preventDefault();
+    stopVoice();
   } else if (ev.key === "Escape" && activeReply()) {
     ev.preventDefault();
     stop();
@@ -2181,8 +2477,16 @@ ui.bannerClose.addEventListener("click", () => banner(null));
 ui.bannerAction.addEventListener("click", () => S.bannerRun && S.bannerRun());
 MOBILE.addEventListener("change", syncSidebarMode);
 document.addEventListener("keydown", (ev) => {
+  if (ev.key === "Escape" && listening() && !ev.defaultPrevented && !composing(ev) && !document.querySelector("dialog[open]")) {
+    ev.preventDefault();
+    stopVoice(); // wherever the focus is (the microphone button, most often)
+    return;
+  }
   if (ev.key === "Escape" && ui.app.classList.contains("sidebar-open")) toggleSidebar(false);
 });
+// The box keeps the focus (and its caret) when the microphone button is clicked.
+ui.voice.addEventListener("mousedown", (ev) => ev.preventDefault());
+ui.voice.addEventListener("click", () => (V.state === "idle" ? startVoice() : stopVoice()));
 
 ui.messages.addEventListener("click", async (ev) => {
   const button = ev.target instanceof Element ? ev.target.closest("button[data-action]") : null;
@@ -2302,7 +2606,10 @@ document.addEventListener("visibilitychange", () => {
     S.socket.connect(); // back to the page: do not wait out the backoff
   }
 });
-window.addEventListener("pagehide", () => S.socket && S.socket.stop());
+window.addEventListener("pagehide", () => {
+  if (V.rec) V.rec.close(); // the microphone goes with the page
+  if (S.socket) S.socket.stop();
+});
 window.addEventListener("pageshow", (ev) => {
   if (ev.persisted && S.socket) reconnectNow();
 });

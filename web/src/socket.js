@@ -81,6 +81,13 @@ export class Socket {
     return true;
   }
 
+  /** A binary frame (an ArrayBuffer: voice input's audio). */
+  sendBinary(data) {
+    if (!this.open) return false;
+    this.ws.send(data);
+    return true;
+  }
+
   /** Drop the current socket without reporting its close. */
   detach(code = 1000, reason = "") {
     const ws = this.ws;

@@ -69,10 +69,14 @@ class Voice:
         """The drain: refuse new dictations; end the open ones now, each with its text so
         far (``reason: "shutdown"``), waiting up to ``timeout`` seconds for their finals."""
         self.draining = True
-        ending = [d.end_now() for d in list(self.dictating)]
-        if ending:
-            _log.info("dictations_ended_for_shutdown", count=len(ending))
-            await asyncio.wait([asyncio.ensure_future(e) for e in ending], timeout=timeout)
+        ending = [asyncio.ensure_future(d.end_now()) for d in list(self.dictating)]
+        if not ending:
+            return
+        _log.info("dictations_ended_for_shutdown", count=len(ending))
+        _, late = await asyncio.wait(ending, timeout=timeout)
+        for waiting in late:  # their connections drop them when they close
+            waiting.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
 
 class Dictating:

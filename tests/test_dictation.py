@@ -105,3 +105,19 @@ def test_the_transcription_endpoint_of_a_base_url_or_its_own(url: str, endpoint:
     from gateway.stt.openai import transcriptions_url
 
     assert transcriptions_url(url) == endpoint
+
+
+@pytest.mark.parametrize(
+    ("pieces", "text"),
+    [
+        (("今天 天气 很 好",), "今天天气很好"),
+        (("今天 天气", "不错"), "今天天气不错"),
+        (("안녕하세요 오늘", "날씨가"), "안녕하세요 오늘 날씨가"),  # Korean keeps its spaces
+        (("hello world", "", "again"), "hello world again"),
+        (("我 用 Python 写 代码",), "我用 Python 写代码"),
+    ],
+)
+def test_vosk_pieces_read_as_the_language_writes(pieces: tuple[str, ...], text: str) -> None:
+    from gateway.stt.vosk import _joined
+
+    assert _joined(*pieces) == text

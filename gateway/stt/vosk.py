@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -139,4 +140,11 @@ def _text(result: str, key: str) -> str:
 
 
 def _joined(*parts: str) -> str:
-    return " ".join(p for p in parts if p)
+    """Vosk's pieces as text: Chinese and Japanese models put spaces between words, which
+    those languages do not write (Korean does: its spaces stay)."""
+    return _CJK_SPACE.sub("", " ".join(p for p in parts if p))
+
+
+# A space between two Han or kana characters (and their punctuation).
+_CJK = r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]"
+_CJK_SPACE = re.compile(rf"(?<={_CJK}) +(?={_CJK})")

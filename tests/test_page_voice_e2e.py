@@ -27,6 +27,7 @@ from conftest import TIMEOUT, StartGateway
 from page_helpers import (  # noqa: F401  (browser is a fixture)
     browser,
     chromium,
+    doc_shot,
     fake_mic_args,
     missing_browser_reason,
     new_page,
@@ -73,6 +74,59 @@ _COMPOSER = """() => {
   return { page: document.documentElement.scrollWidth, right: Math.max(box.right, voice.right, send.right),
            apart: voice.right <= send.left, input: input.width, voiceLeft: voice.left, inputRight: input.right };
 }"""
+
+
+# The microphone watched: tracks opened and still live (track.stop() not called), audio
+# contexts made and closed; and, while window.__micGate is a promise, getUserMedia waits for
+# it (the browser still asking: the microphone "opening").
+_WATCH_MIC = """
+(() => {
+  const mic = (window.__mic = { opened: 0, live: 0, ctxs: 0, closed: 0 });
+  window.__micGate = null;
+  const md = navigator.mediaDevices;
+  const ask = md.getUserMedia.bind(md);
+  md.getUserMedia = async (constraints) => {
+    if (window.__micGate) await window.__micGate;
+    const stream = await ask(constraints);
+    for (const track of stream.getTracks()) {
+      mic.opened++;
+      mic.live++;
+      const stop = track.stop.bind(track);
+      let on = true;
+      track.stop = () => {
+        if (on) mic.live--;
+        on = false;
+        stop();
+      };
+    }
+    return stream;
+  };
+  const Base = window.AudioContext;
+  window.AudioContext = class extends Base {
+    constructor(...args) {
+      super(...args);
+      mic.ctxs++;
+    }
+    close() {
+      if (!this.__closed) mic.closed++;
+      this.__closed = true;
+      return super.close();
+    }
+  };
+})();
+"""
+_HOLD_MIC = "() => { window.__micGate = new Promise((r) => { window.__openMic = r; }); }"
+_OPEN_MIC = "() => { window.__openMic(); window.__micGate = null; }"
+
+# The microphone let go since ``before`` (window.__mic then): no live track, every context
+# closed, and a new one was made (and, with ``tracks``, a track opened).
+_RELEASED = """([before, tracks]) => {
+  const m = window.__mic;
+  return m.live === 0 && m.closed === m.ctxs && m.ctxs > before.ctxs && (!tracks || m.opened > before.opened);
+}"""
+
+# The box's caret (a collapsed selection; -1 otherwise).
+_CARET = "() => { const b = document.getElementById('composer'); return b.selectionStart === b.selectionEnd ? b.selectionStart : -1; }"
 
 
 def _stt_missing() -> str | None:
@@ -225,7 +279,7 @@ async def test_dictation_puts_what_was_said_after_the_typed_text_and_sends_nothi
         await page.wait_for_function(_DICTATED, arg=[BEFORE, 26], timeout=HEARD_MS)  # about all of the sentence
         await page.wait_for_function(_METER_MOVED)  # the level meter follows the voice
         await expect(voice).to_have_attribute("aria-pressed", "true")
-        await shot(page, "voice-recording")
+        await doc_shot(page, "voice-recording")
 
         await voice.click()  # Stop: the final text replaces the partial
         await expect(voice).to_have_attribute("data-state", "idle", timeout=HEARD_MS)
@@ -352,6 +406,217 @@ async def test_the_page_s_side_of_the_contract(start_gateway: StartGateway) -> N
         await page.get_by_test_id("new-chat").click()
         await expect(page.get_by_test_id("voice")).to_be_hidden()
         await expect(page.locator('[data-role="user"]')).to_have_count(0)
+        await w.assert_clean()
+
+
+async def test_typing_during_a_dictation_keeps_its_place_and_the_caret(start_gateway: StartGateway) -> None:
+    gw = await start_gateway(toml=DEMO_TOML)
+    relay = _Scripted(OFFER)
+    async with chromium(*fake_mic_args()) as b:
+        w = await new_page(b, **DESKTOP)
+        page = w.page
+        await relay.attach(page)
+        await page.goto(gw.http_url + "/")
+        await expect(page.get_by_test_id("send")).to_be_enabled()
+        voice = page.get_by_role("button", name="Voice input")
+        box = page.get_by_test_id("composer")
+        await box.fill(BEFORE)
+
+        await voice.click()
+        start = await relay.next("voice.start")
+        relay.say(type="voice.started", id=start["id"], sample_rate=16000, max_seconds=60)
+
+        def say(text: str) -> None:
+            relay.say(type="voice.partial", id=start["id"], text=text)
+
+        say("hello wor")
+        await expect(box).to_have_value("Note: hello wor")
+        assert await page.evaluate(_CARET) == len("Note: hello wor")  # the caret follows the dictated text
+
+        # Typed after the dictated text: a tail it keeps (it was "Note: hello wor, hello world").
+        await page.keyboard.type(",")
+        say("hello world")
+        await expect(box).to_have_value("Note: hello world,")
+        assert await page.evaluate(_CARET) == len("Note: hello world,"), "the caret stays after the comma"
+
+        # Typed before it: it moves along, and the caret stays where the person typed.
+        await page.evaluate("document.getElementById('composer').setSelectionRange(0, 0)")
+        await page.keyboard.type("A ")
+        say("hello world again")
+        await expect(box).to_have_value("A Note: hello world again,")
+        assert await page.evaluate(_CARET) == 2, "the caret stays where the person typed"
+
+        # Typed inside it: that text is the person's now; only what the recogniser adds
+        # after what it had written goes in, at the end of the dictated text.
+        inside = len("A Note: hello")
+        await page.evaluate(f"document.getElementById('composer').setSelectionRange({inside}, {inside})")
+        await page.keyboard.type(";")
+        await expect(box).to_have_value("A Note: hello; world again,")
+        say("hello world again and")
+        await expect(box).to_have_value("A Note: hello; world again and,")
+        say("hello word again and")  # a revision of the words the person may have corrected: left out
+        await page.wait_for_timeout(300)
+        await expect(box).to_have_value("A Note: hello; world again and,")
+        assert await page.evaluate(_CARET) == inside + 1, "the caret stays after the typed ';'"
+        await box.press("Escape")
+        await relay.next("voice.stop")
+        relay.say(type="voice.final", id=start["id"], text="hello world again and more", seconds=3.0)
+        await expect(voice).to_have_attribute("data-state", "idle")
+        await expect(box).to_have_value("A Note: hello; world again and more,")
+        assert await page.evaluate(_CARET) == inside + 1
+        await expect(box).to_be_focused()
+
+        # A final with the caret at the end of the dictated text: it moves with the text.
+        await box.fill(BEFORE)
+        await voice.click()
+        start = await relay.next("voice.start")
+        relay.say(type="voice.partial", id=start["id"], text="one")
+        await expect(box).to_have_value("Note: one")
+        await box.press("Escape")
+        await relay.next("voice.stop")
+        relay.say(type="voice.final", id=start["id"], text="one two", seconds=1.0)
+        await expect(box).to_have_value("Note: one two")
+        assert await page.evaluate(_CARET) == len("Note: one two")
+        await w.assert_clean()
+
+
+async def test_the_microphone_is_let_go_however_a_dictation_ends(start_gateway: StartGateway) -> None:
+    gw = await start_gateway(toml=DEMO_TOML)
+    relay = _Scripted(OFFER)
+    async with chromium(*fake_mic_args()) as b:  # Chromium's beep
+        w = await new_page(b, **DESKTOP)
+        page = w.page
+        await w.context.add_init_script(_WATCH_MIC)
+        await relay.attach(page)
+        await page.goto(gw.http_url + "/")
+        send = page.get_by_test_id("send")
+        await expect(send).to_be_enabled()
+        voice = page.get_by_role("button", name="Voice input")
+        box = page.get_by_test_id("composer")
+        note = page.get_by_test_id("voice-note")
+        status = page.get_by_test_id("status")
+
+        async def mic() -> dict[str, int]:
+            counts: dict[str, int] = await page.evaluate("({...window.__mic})")
+            return counts
+
+        async def recording() -> dict[str, Any]:
+            """A dictation, started and sending audio: its voice.start."""
+            audio = len(relay.audio())
+            await voice.click()
+            start = await relay.next("voice.start")
+            relay.say(type="voice.started", id=start["id"], sample_rate=16000, max_seconds=60)
+            await relay.until(lambda: len(relay.audio()) > audio)
+            await expect(voice).to_have_attribute("data-state", "recording")
+            return start
+
+        async def quiet(start: dict[str, Any]) -> None:
+            """Nothing more from the page about ``start``'s dictation: no audio, no voice.stop."""
+            n = len(relay.got)
+            await page.wait_for_timeout(1000)
+            assert relay.got[n:] == [], relay.got[n:]
+            assert {"type": "voice.stop", "id": start["id"]} not in relay.got
+
+        # Stopped: the microphone goes once the last audio is out.
+        before = await mic()
+        start = await recording()
+        await voice.click()
+        await relay.next("voice.stop")
+        relay.say(type="voice.final", id=start["id"], text="done", seconds=1.0)
+        await expect(voice).to_have_attribute("data-state", "idle")
+        await page.wait_for_function(_RELEASED, arg=[before, True])
+
+        # The time limit: the final ends it, the microphone goes; no more audio, no voice.stop.
+        before = await mic()
+        start = await recording()
+        relay.say(type="voice.final", id=start["id"], text="", seconds=60.0, reason="max_seconds")
+        await expect(voice).to_have_attribute("data-state", "idle")
+        await page.wait_for_function(_RELEASED, arg=[before, True])
+        await quiet(start)
+
+        # An error ends it.
+        before = await mic()
+        start = await recording()
+        relay.say(type="error", id=start["id"], code="upstream_error", message="the endpoint failed")
+        await expect(voice).to_have_attribute("data-state", "idle")
+        await page.wait_for_function(_RELEASED, arg=[before, True])
+        await quiet(start)
+        await page.locator("#banner-close").click()
+
+        # Stop, Escape, or a double click while the browser still opens the microphone: no
+        # dictation, no audio, and the microphone let go once the browser hands it over.
+        for how in ("click", "escape", "dblclick"):
+            before, sent = await mic(), len(relay.got)
+            await page.evaluate(_HOLD_MIC)
+            if how == "dblclick":
+                await voice.dblclick()
+            else:
+                await voice.click()
+                await expect(voice).to_have_attribute("data-state", "opening")
+                await (voice.click() if how == "click" else box.press("Escape"))
+            await expect(voice).to_have_attribute("data-state", "idle")
+            await expect(voice).to_have_attribute("aria-pressed", "false")
+            await page.evaluate(_OPEN_MIC)
+            await page.wait_for_function(_RELEASED, arg=[before, True])
+            await page.wait_for_timeout(500)
+            assert relay.got[sent:] == [], (how, relay.got[sent:])
+            await expect(voice).to_have_attribute("data-state", "idle")
+            await expect(send).to_be_enabled()
+
+        # The socket drops before anything was recognised: nothing is said to be kept.
+        before = await mic()
+        await recording()
+        await relay.sockets[-1].close(code=1001)
+        await expect(note).to_have_text("The connection dropped, so the dictation stopped before any text was recognised.")
+        await page.wait_for_function(_RELEASED, arg=[before, True])
+        await expect(status).to_have_attribute("data-state", "live")
+
+        # ... or while the microphone is still opening.
+        before, sent = await mic(), len(relay.got)
+        await page.evaluate(_HOLD_MIC)
+        await voice.click()
+        await expect(voice).to_have_attribute("data-state", "opening")
+        await relay.sockets[-1].close(code=1001)
+        await expect(note).to_have_text("The connection dropped, so the dictation stopped before any text was recognised.")
+        await expect(voice).to_have_attribute("data-state", "idle")
+        await page.evaluate(_OPEN_MIC)
+        await page.wait_for_function(_RELEASED, arg=[before, True])
+        assert relay.audio() == [f for f in relay.got[:sent] if isinstance(f, int)], "no audio"
+        assert [f for f in relay.got[sent:] if isinstance(f, dict)] == [], relay.got[sent:]
+        await expect(status).to_have_attribute("data-state", "live")
+
+        # The page is hidden (into the back/forward cache): the dictation ends with it, and the
+        # page shown again is idle, and says why.
+        await box.fill("")
+        before = await mic()
+        start = await recording()
+        relay.say(type="voice.partial", id=start["id"], text="so far")
+        await expect(box).to_have_value("so far")
+        await page.evaluate("window.dispatchEvent(new PageTransitionEvent('pagehide', { persisted: true }))")
+        await expect(voice).to_have_attribute("data-state", "idle")
+        await expect(voice).to_have_attribute("aria-pressed", "false")
+        await page.wait_for_function(_RELEASED, arg=[before, True])
+        await page.evaluate("window.dispatchEvent(new PageTransitionEvent('pageshow', { persisted: true }))")
+        await expect(status).to_have_attribute("data-state", "live")
+        await expect(note).to_have_text("The dictation stopped when you left the page. The text so far stays in the box.")
+        await expect(send).to_be_enabled()
+        await expect(box).to_have_value("so far")
+        await box.fill("")
+
+        # A ready without voice mid-dictation: voice.stop goes first, and the note says why it ended.
+        before = await mic()
+        start = await recording()
+        relay.offer = None
+        await page.get_by_test_id("new-chat").click()
+        stop = await relay.next("voice.stop")
+        assert stop["id"] == start["id"], stop
+        await expect(note).to_have_text("Voice input was turned off on the gateway, so the dictation stopped.")
+        await expect(page.get_by_test_id("voice")).to_be_hidden()
+        await page.wait_for_function(_RELEASED, arg=[before, True])
+        n = len(relay.got)
+        await page.wait_for_timeout(500)
+        assert relay.got[n:] == [], "no audio after the voice.stop"
+        await expect(send).to_be_enabled()
         await w.assert_clean()
 
 

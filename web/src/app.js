@@ -166,9 +166,11 @@ const V = {
   gen: 0, // the socket generation it runs on
   rec: null, // its Recorder while the microphone is open
   stopped: false, // voice.stop sent
-  base: "", // the box's text before the dictation
-  text: "", // the dictated text shown after it (the last partial, then the final)
-  written: "", // the box's value as the dictation last wrote it
+  text: "", // the dictated text as last written into the box (the last partial, then the final)
+  start: 0, // where the dictation's text sits in the box's value: [start, end), with the space before it
+  end: 0,
+  owned: false, // the person edited inside that text: it is theirs, never rewritten (see voiceEdited)
+  value: "", // the box's value as last seen by the dictation (its own writes and the person's edits)
   since: 0, // when it started listening (ms)
   limit: 0, // its max_seconds
   level: 0, // the microphone's level, 0..1
@@ -2219,7 +2221,13 @@ function voiceOffer(m) {
   const v = m.voice && typeof m.voice === "object" ? m.voice : null;
   if (!v) {
     V.offer = null;
-    if (V.state !== "idle") endVoice(); // voice input turned off (a reload of the gateway's config)
+    if (V.state !== "idle") {
+      // Voice input turned off (a reload of the gateway's config): the dictation this socket
+      // still carries is stopped there too, and the person is told why it ended.
+      if (!V.stopped && V.state !== "opening" && S.socket.gen === V.gen) S.socket.send({ type: "voice.stop", id: V.id });
+      endVoice();
+      voiceNote({ key: "dictation.off" });
+    }
     syncUI();
     return;
   }
@@ -2249,7 +2257,10 @@ async function startVoice() {
     ended: () => V.id === id && stopVoice(), // the microphone went away: what was said is transcribed
   });
   const before = ui.input.value;
-  Object.assign(V, { state: "opening", id, gen: S.socket.gen, rec, stopped: false, base: before, text: "", written: before, since: 0, limit: offer.maxSeconds, level: 0 });
+  Object.assign(V, {
+    state: "opening", id, gen: S.socket.gen, rec, stopped: false, text: "", start: before.length, end: before.length,
+    owned: false, value: before, since: 0, limit: offer.maxSeconds, level: 0,
+  });
   syncUI();
   try {
     await rec.start(); // the AudioContext is made before its first await: within this click
@@ -2307,6 +2318,8 @@ async function stopVoice() {
   V.stopped = true;
   V.wait = setTimeout(() => {
     if (V.id !== id) return;
+    // Given up: the gateway may still be making this final, and refuses the next dictation
+    // as busy until it has; the note says to wait a little (and "busy" says the same).
     endVoice();
     voiceNote({ key: "dictation.noFinal" });
   }, VOICE_FINAL_WAIT_MS);
@@ -2321,9 +2334,11 @@ function endVoice() {
   syncUI();
 }
 
-function voiceDropped() {
+/** The socket went (or the page did): the dictation ends; what was recognised stays in the box. */
+function voiceDropped(kept = "dictation.dropped", empty = "dictation.droppedEmpty") {
+  const key = V.text ? kept : empty; // nothing to keep: the microphone was still opening, or nothing was recognised yet
   endVoice();
-  voiceNote({ key: "dictation.dropped" });
+  voiceNote({ key });
 }
 
 /** The microphone could not start: said in the banner, like the page's other errors. */
@@ -2359,16 +2374,17 @@ function onVoicePartial(m) {
 function onVoiceFinal(m) {
   if (m.id !== V.id || V.state === "idle") return;
   const text = typeof m.text === "string" ? m.text.trim() : "";
-  writeDictation(text);
+  writeDictation(text); // the caret follows the text if it was in it; elsewhere, it stays where the person put it
   const lost = document.activeElement === ui.voice || document.activeElement === document.body || !document.activeElement;
+  const end = V.end;
   endVoice();
   if (m.reason === "max_seconds") voiceNote({ key: "dictation.limit" });
   else if (!text) voiceNote({ key: "dictation.empty" });
   else announce(t("dictation.done"));
-  // Back to the box (never sent by itself), the caret after the text.
-  if (lost || document.activeElement === ui.input) {
+  // Back to the box (never sent by itself), the caret after the dictated text.
+  if (lost) {
     ui.input.focus();
-    ui.input.setSelectionRange(ui.input.value.length, ui.input.value.length);
+    ui.input.setSelectionRange(end, end);
   }
 }
 
@@ -2378,22 +2394,71 @@ function joinDictation(base, text) {
   return NO_SPACE.test(base.slice(-1)) && NO_SPACE.test(text[0]) ? base + text : `${base} ${text}`;
 }
 
-/** The box: its text from before the dictation, then ``text`` (which replaces the last partial). */
+/**
+ * The person changed the box during a dictation (an input event, or found before a write):
+ * where the change is, by the longest common head and tail of the old and new values, moves
+ * the dictated span [V.start, V.end). Before the span (or at its start): the span shifts.
+ * After it (or at its end): that text is a tail the dictation keeps. Inside it: the person
+ * owns that text now (V.owned), and it is never rewritten; see writeDictation.
+ */
+function voiceEdited() {
+  const now = ui.input.value;
+  const old = V.value;
+  if (now === old) return;
+  V.value = now;
+  const most = Math.min(old.length, now.length);
+  let head = 0;
+  while (head < most && old[head] === now[head]) head++;
+  let tail = 0;
+  while (tail < most - head && old[old.length - 1 - tail] === now[now.length - 1 - tail]) tail++;
+  const oldEnd = old.length - tail; // the change: old [head, oldEnd) became now [head, newEnd)
+  const newEnd = now.length - tail;
+  const shift = now.length - old.length;
+  if (oldEnd <= V.start) {
+    V.start += shift;
+    V.end += shift;
+  } else if (head >= V.end) {
+    // a tail after the span: nothing moves
+  } else {
+    V.owned = true;
+    V.start = Math.min(V.start, head);
+    V.end = oldEnd >= V.end ? newEnd : V.end + shift;
+  }
+}
+
+/**
+ * The box: ``text`` (the whole text recognised so far) replaces the dictation's span, with
+ * the caret and the undo history kept (setRangeText "preserve"); the caret moves with the text
+ * only if it was in it (or at its end). Once the person has edited inside the span, the text
+ * there is theirs: it is never rewritten, and only what the recogniser adds after what it had
+ * written (a later partial or the final that extends it) is put at the span's end; a revision
+ * of the words they may have corrected is left out. The least surprising: nothing they typed
+ * changes under their hands, and words said after their edit are not lost.
+ */
 function writeDictation(text) {
   const box = ui.input;
-  if (box.value !== V.written) {
-    // Typed in meanwhile: that is what comes before the dictation now (less its own text, if still at the end).
-    const now = box.value;
-    V.base = V.text && now.endsWith(V.text) ? now.slice(0, now.length - V.text.length) : now;
+  voiceEdited(); // a change no input event told of
+  let [from, to, piece] = [V.start, V.end, ""];
+  if (!V.owned) {
+    const before = box.value.slice(0, from);
+    piece = joinDictation(before, text).slice(before.length);
+  } else if (text.length > V.text.length && text.startsWith(V.text) && V.end > V.start) {
+    from = to = V.end;
+    piece = text.slice(V.text.length);
+  } else {
+    return;
   }
   V.text = text;
-  const value = joinDictation(V.base, text);
-  if (box.value !== value) {
-    box.value = value;
-    autosize();
-    box.scrollTop = box.scrollHeight;
-  }
-  V.written = value;
+  // The caret in the rewritten text, or at its end (at its start only while it is empty): it
+  // follows the text. Owned, only the end is written to: a caret there follows, others stay.
+  const caret = box.selectionStart === box.selectionEnd ? box.selectionStart : -1;
+  const follow = V.owned ? caret === to : caret >= 0 && (caret > from || from === to) && caret >= from && caret <= to;
+  if (box.value.slice(from, to) !== piece) box.setRangeText(piece, from, to, "preserve");
+  V.end = from + piece.length;
+  V.value = box.value;
+  if (follow) box.setSelectionRange(V.end, V.end);
+  autosize();
+  if (follow && V.end === box.value.length) box.scrollTop = box.scrollHeight;
 }
 
 /** A note above the box after a dictation (null: none), said by the live region too. */
@@ -2452,7 +2517,10 @@ ui.form.addEventListener("submit", (ev) => {
   ev.preventDefault();
   submit();
 });
-ui.input.addEventListener("input", autosize);
+ui.input.addEventListener("input", () => {
+  if (V.state !== "idle") voiceEdited(); // where the dictated text is now
+  autosize();
+});
 ui.input.addEventListener("keydown", (ev) => {
   if (composing(ev)) return;
   if (ev.key === "Enter" && !ev.shiftKey && !ev.altKey) {
@@ -2607,7 +2675,9 @@ document.addEventListener("visibilitychange", () => {
   }
 });
 window.addEventListener("pagehide", () => {
-  if (V.rec) V.rec.close(); // the microphone goes with the page
+  // The microphone and the dictation go with the page (its socket stops here, so no onClose
+  // ends it): a page restored from the back/forward cache comes back idle, and says why.
+  if (V.state !== "idle") voiceDropped("dictation.away", "dictation.awayEmpty");
   if (S.socket) S.socket.stop();
 });
 window.addEventListener("pageshow", (ev) => {

@@ -52,7 +52,8 @@ export class Recorder {
   }
 
   /** Open the microphone and the processor. Call it from the click (or key) that asks for
-   * it: the AudioContext is made before the first await, within that user activation.
+   * it: the AudioContext is made, and asked to resume, before the first await, within that
+   * user activation (autoplay rules allow it only there); the resume is awaited later.
    * Chunks flow from the moment it resolves, never before. Rejects with a RecorderError. */
   async start() {
     try {
@@ -60,6 +61,10 @@ export class Recorder {
     } catch (err) {
       throw new RecorderError("noWorklet", err);
     }
+    const resumed = this.ctx.resume().then(
+      () => null,
+      (err) => err,
+    );
     if (!this.ctx.audioWorklet) {
       this.close();
       throw new RecorderError("noWorklet");
@@ -87,8 +92,9 @@ export class Recorder {
     }
     if (this.closed) throw new RecorderError("cancelled");
     try {
-      if (this.ctx.state !== "running") await this.ctx.resume();
+      const stalled = await resumed;
       if (this.closed) throw new RecorderError("cancelled");
+      if (stalled) throw stalled;
       this.node = new AudioWorkletNode(this.ctx, "voice-capture", {
         numberOfInputs: 1,
         numberOfOutputs: 1,

@@ -12,17 +12,12 @@ import time
 from pathlib import Path
 
 from conftest import ROOT, TIMEOUT
+from ports import free_port
 
 __all__ = ["CADDYFILE", "CADDY_IDLE", "Caddy", "free_port"]
 
 CADDYFILE = ROOT / "Caddyfile"
 CADDY_IDLE = 2  # Caddy's HTTP idle timeout in the tests (the default is 5 minutes)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Caddy:

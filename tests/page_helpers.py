@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 from fakeupstream import openai_sse
+from ports import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -153,14 +153,6 @@ def sse_pieces(*texts: str) -> list[bytes]:
 def sse_end(finish: str = "stop") -> bytes:
     """The end of an OpenAI stream: finish reason, usage, [DONE]."""
     return openai_sse([], finish=finish).split(b"\n\n", 1)[1]
-
-
-def free_port() -> int:
-    """A loopback port free right now (for a gateway restarted at the same address)."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # Chromium's fake microphone, allowed without asking: a beep, or a WAV file (looped).

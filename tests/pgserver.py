@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import psycopg
+from ports import free_port
 
 __all__ = ["PASSWORD", "PgBouncer", "PgServer", "find_bindir", "free_port"]
 
@@ -34,13 +35,6 @@ def find_bindir() -> Path | None:
     """The newest installed PostgreSQL's bin directory (``/usr/lib/postgresql/N/bin``)."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     return Path(found[-1]).parent if found else None
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (once the probe socket is closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PgServer:

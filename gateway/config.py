@@ -423,18 +423,8 @@ def _stt(values: dict[str, Any], table: Mapping[str, Any], env: Mapping[str, str
         if not url.startswith(("http://", "https://")):
             raise ConfigError("stt.url", f"openai needs the transcription API's http(s) URL, got {url!r}")
         values["url"] = url
-        values["api_key"] = _stt_key(values, env)
+        values["api_key"] = _key(values, env, "GATEWAY_STT_API_KEY", "stt_api_key", "stt")
     return SttConfig(**values)
-
-
-def _stt_key(values: Mapping[str, Any], env: Mapping[str, str]) -> str:
-    """GATEWAY_STT_API_KEY > key file > $CREDENTIALS_DIRECTORY/stt_api_key > TOML api_key."""
-    if env.get("GATEWAY_STT_API_KEY", "").strip():
-        return env["GATEWAY_STT_API_KEY"].strip()
-    key_file = values["api_key_file"] or _credential(env, "stt_api_key")
-    if key_file:
-        return _read_secret(key_file, "stt.api_key_file")
-    return str(values["api_key"]).strip()
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -476,15 +466,18 @@ def _explicit(raw: Mapping[str, Any], env: Mapping[str, str]) -> frozenset[str]:
 
 def _api_key(values: Mapping[str, Any], env: Mapping[str, str]) -> str:
     """GATEWAY_API_KEY > key file > $CREDENTIALS_DIRECTORY/api_key > TOML api_key > the seed's API_KEY."""
-    if env.get("GATEWAY_API_KEY", "").strip():
-        return env["GATEWAY_API_KEY"].strip()
-    key_file = values["api_key_file"] or _credential(env, "api_key")
+    return _key(values, env, "GATEWAY_API_KEY", "api_key", "provider") or env.get("API_KEY", "").strip()
+
+
+def _key(values: Mapping[str, Any], env: Mapping[str, str], variable: str, credential: str, section: str) -> str:
+    """A section's API key: ``variable`` > its ``api_key_file`` > the systemd credential
+    ``credential`` > its TOML ``api_key``."""
+    if env.get(variable, "").strip():
+        return env[variable].strip()
+    key_file = values["api_key_file"] or _credential(env, credential)
     if key_file:
-        try:
-            return Path(key_file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError("provider.api_key_file", f"cannot read {key_file}: {exc}") from None
-    return str(values["api_key"]).strip() or env.get("API_KEY", "").strip()
+        return _read_secret(key_file, f"{section}.api_key_file")
+    return str(values["api_key"]).strip()
 
 
 def _auth(values: dict[str, Any], env: Mapping[str, str], server: Mapping[str, Any]) -> AuthConfig:

@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
 import orjson
 
 from .stores import Conversation, StoredMessage, export_document
@@ -68,4 +69,3 @@ def _heading(m: StoredMessage, n: int, numbers: dict[str, int], scope: str) -> s
 
 def _quoted(text: str) -> str:
     return "\n".join("> " + line for line in text.splitlines())
-

@@ -14,13 +14,13 @@ from . import conversation_list, conversation_tree, wire
 from .auth import ANONYMOUS, Principal
 from .catalog import Model
 from .connection import Hub
+from .dictation import OUTSIDE
 from .errors import ErrorCode, GatewayError, ProtocolError
 from .events import ReplyEnded, ReplyReasoning, ReplyStarted
 from .intake import edited_parent, store_errors
 from .json_signin import SigningConnection
 from .ready import conversation_model, read_page, ready_frame
 from .stores import UNOWNED, StoredMessage, new_id
-from .dictation import OUTSIDE
 from .voice import Dictating, Voice
 
 __all__ = ["JsonConnection"]
@@ -194,30 +194,35 @@ class JsonConnection(SigningConnection):
         return none_mode and owner == ANONYMOUS.subject and subject.startswith("anon:")
 
     async def _message(self, msg: wire.Message) -> None:
-        if len(msg.content) > (limit := self.hub.runtime.config.limits.max_content_chars):
-            raise ProtocolError(ErrorCode.TOO_LARGE, f"the message is longer than {limit} characters", ref=msg.id)
+        self._bounded(msg.content, msg.id)
         with self._answering(msg.id):
             if msg.model is not None:  # refused before a new conversation's ready
                 self.hub.runtime.catalog.choose(msg.model)
             if self.conversation_id is None or (msg.conversation_id and msg.conversation_id != self.conversation_id):
                 await self._hello(msg.conversation_id)
-            model = msg.model or self._sticky_model().id
-            await self._start(StoredMessage(msg.id, "user", msg.content, model=model), after=msg.parent_id)
-            self.model = model
+            await self._ask(msg.id, msg.content, msg.model, after=msg.parent_id)
 
     async def _edit(self, msg: wire.Edit) -> None:
         """A new version of a user's message, answered at once; the old one's branch stays."""
-        if len(msg.content) > (limit := self.hub.runtime.config.limits.max_content_chars):
-            raise ProtocolError(ErrorCode.TOO_LARGE, f"the message is longer than {limit} characters", ref=msg.id)
+        self._bounded(msg.content, msg.id)
         conv_id = self._open(msg.id)
         with self._answering(msg.id):
             if msg.model is not None:
                 self.hub.runtime.catalog.choose(msg.model)
             with store_errors(conv_id):
                 parent = await edited_parent(self.hub.store, conv_id, msg.message_id)
-            model = msg.model or self._sticky_model().id
-            await self._start(StoredMessage(msg.id, "user", msg.content, model=model), after=parent)
-            self.model = model
+            await self._ask(msg.id, msg.content, msg.model, after=parent)
+
+    def _bounded(self, content: str, ref: str) -> None:
+        if len(content) > (limit := self.hub.runtime.config.limits.max_content_chars):
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"the message is longer than {limit} characters", ref=ref)
+
+    async def _ask(self, message_id: str, content: str, model_id: str | None, *, after: str | None) -> None:
+        """Store the user's message and start its reply, by ``model_id`` or else the
+        conversation's model; that model is the conversation's from now on."""
+        model = model_id or self._sticky_model().id
+        await self._start(StoredMessage(message_id, "user", content, model=model), after=after)
+        self.model = model
 
     async def _continue(self, msg: wire.Continue) -> None:
         conv_id = self._open(msg.id)

@@ -177,9 +177,7 @@ class Dictating:
         """The connection ended: a dictation still open is dropped."""
         if self._task is not None and not self._task.done():
             self._voice.metrics.dictations.labels("dropped").inc()
-            self._task.cancel()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._cancel()
 
     def _ended(self, d: Dictation, recognition: Recognition, queue: asyncio.Queue[bytes | str]) -> None:
         """The task is over, however (done, failed, cancelled, even before it ran)."""

@@ -391,7 +391,7 @@ async def test_refusals_change_nothing_and_continue_only_the_last_reply(
         error = await answer(chat, type="continue", id="c1", reply_id=cut["reply_id"])
         assert (error["code"], error["id"]) == ("bad_request", "c1")  # a message follows it
         await chat.send(type="message", id="m3", content="three")
-        streaming = await chat.expect("reply.start")
+        await chat.expect("reply.start")
         async with gw.chat() as viewer:
             before = (await viewer.hello(conv))["history"]
         for frame in ({"type": "regenerate", "id": "g", "reply_id": cut["reply_id"], "model": "gpt-test"},

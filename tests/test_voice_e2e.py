@@ -5,7 +5,6 @@ of the test's own. Bounds and bad input lose nothing and leave the connection us
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import os
 import wave
@@ -18,6 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 from conftest import TIMEOUT, Chat, StartGateway
+from ports import free_port
 from speech import SENTENCE, pcm_of, shared_syllables, speak, vosk_model
 from websockets.exceptions import ConnectionClosed
 
@@ -325,9 +325,7 @@ async def test_openai_failures_are_clear_errors_without_the_key(
 async def test_an_unreachable_or_stalled_endpoint_is_an_error_to_the_client(
     start_gateway: StartGateway, transcriber: Transcriber
 ) -> None:
-    with contextlib.closing(__import__("socket").socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
+    closed_port = free_port()  # nothing listens there
     gw = await start_gateway(
         openai_stt(transcriber, GATEWAY_STT_URL=f"http://127.0.0.1:{closed_port}/v1"), toml=DEMO_FAST
     )

@@ -49,6 +49,22 @@ const catalogues = {
   },
 };
 
+// The esbuild options every build here shares.
+const COMMON = {
+  absWorkingDir: ROOT,
+  outdir: ASSETS,
+  entryNames: "[name]-[hash]",
+  bundle: true,
+  minify: true,
+  format: "esm",
+  target: ["es2020", "chrome100", "firefox100", "safari15"],
+  charset: "utf8",
+  legalComments: "none", // the licenses are in static/licenses/, linked from the banner
+  sourcemap: false,
+  metafile: true,
+  logLevel: "warning",
+};
+
 // Scripts the page loads by URL rather than imports (an AudioWorklet module): each
 // src/<name>.js is built on its own as assets/<name>-<hash>.js, and
 // `import file from "asset:<name>"` gives the page that file's name (beside app-<hash>.js).
@@ -56,20 +72,9 @@ const SEPARATE = ["voice-worklet"];
 
 async function separateAssets() {
   const result = await build({
-    absWorkingDir: ROOT,
+    ...COMMON,
     entryPoints: Object.fromEntries(SEPARATE.map((name) => [name, `src/${name}.js`])),
-    outdir: ASSETS,
-    entryNames: "[name]-[hash]",
-    bundle: true,
-    minify: true,
-    format: "esm",
-    target: ["es2020", "chrome100", "firefox100", "safari15"],
-    charset: "utf8",
-    legalComments: "none",
     banner: { js: "/*! LLM Gateway chat page: voice input. */" },
-    sourcemap: false,
-    metafile: true,
-    logLevel: "warning",
   });
   const files = {};
   for (const [file, info] of Object.entries(result.metafile.outputs)) {
@@ -99,25 +104,14 @@ function assetNames(files) {
 
 async function bundle(separate) {
   const result = await build({
+    ...COMMON,
     plugins: [catalogues, assetNames(separate)],
-    absWorkingDir: ROOT,
     entryPoints: { app: "src/main.js" },
-    outdir: ASSETS,
-    entryNames: "[name]-[hash]",
     assetNames: "[name]-[hash]",
-    bundle: true,
-    minify: true,
-    format: "esm",
-    target: ["es2020", "chrome100", "firefox100", "safari15"],
-    charset: "utf8",
-    legalComments: "none", // the licenses are in static/licenses/, linked from the banner
     banner: {
       js: "/*! LLM Gateway chat page. Bundled libraries and their licenses: licenses/README.txt */",
       css: "/*! LLM Gateway chat page. Licenses: licenses/README.txt */",
     },
-    sourcemap: false,
-    metafile: true,
-    logLevel: "warning",
   });
   let js = "";
   let css = "";

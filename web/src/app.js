@@ -830,7 +830,7 @@ function sendMessage(text) {
   if (!S.socket.send(frame)) return false;
   const reply = new Reply(null, S.conv);
   const user = makeUser(id, text);
-  user.parentId = lastStoredId();
+  user.parentId = after;
   const entry = makeAssistant(reply);
   S.pending.set(id, { kind: "message", id, content: text, user, entry, conv: S.conv });
   append(user, entry);
@@ -938,12 +938,9 @@ function startEdit(entry, text = entry.text) {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) {
       ev.preventDefault();
       form.requestSubmit();
-    } else if (ev.key === "Escape") {
-      ev.preventDefault();
-      ev.stopPropagation();
-      closeEdit(entry, true);
     }
   });
+  // Escape, from the box or the buttons.
   form.addEventListener("keydown", (ev) => {
     if (ev.key === "Escape" && !composing(ev)) {
       ev.preventDefault();
@@ -1542,11 +1539,7 @@ function entriesFrom(items, conv, old, skip) {
   for (const h of items) {
     if (!h || typeof h.id !== "string" || typeof h.content !== "string") continue;
     if (h.role === "user") {
-      const e = old.get(`u:${h.id}`);
-      const u = e && e.text === h.content ? e : makeUser(h.id, h.content);
-      u.stored = true;
-      setBranchInfo(u, h);
-      next.push(u);
+      next.push(storedUser(h, old.get(`u:${h.id}`)));
     } else if (h.role === "assistant" && h.id !== skip && h.finish_reason) {
       let r = replyOfMessage(h.id);
       if (!r) {
@@ -1561,11 +1554,23 @@ function entriesFrom(items, conv, old, skip) {
         if (r.state !== "error") r.error = null;
       }
       fromHistory(r, h);
-      const e = old.get(`a:${h.id}`);
-      next.push(e && e.reply === r ? e : makeAssistant(r));
+      next.push(assistantEntry(r, old.get(`a:${h.id}`)));
     }
   }
   return next;
+}
+
+/** The stored user message ``h``'s entry: ``e`` (one shown already) if its text is the same, else a new one. */
+function storedUser(h, e) {
+  const u = e && e.text === h.content ? e : makeUser(h.id, h.content);
+  u.stored = true;
+  setBranchInfo(u, h);
+  return u;
+}
+
+/** ``r``'s entry: ``e`` (one shown already) if it shows ``r``, else a new one. */
+function assistantEntry(r, e) {
+  return e && e.reply === r ? e : makeAssistant(r);
 }
 
 /** The Reply writing the stored message ``id`` (a continuation's stream id differs). */
@@ -1615,8 +1620,7 @@ function attachStreaming(next, s, conv, old) {
   const at = placeOf(next, r);
   if (at === -1) return;
   r.after = "sync"; // picked up mid-stream: its versions are learnt once it ends
-  const e = old.get(`a:${r.msgId}`);
-  next.splice(at, 0, e && e.reply === r ? e : makeAssistant(r));
+  next.splice(at, 0, assistantEntry(r, old.get(`a:${r.msgId}`)));
 }
 
 /** Replies this socket follows in the shown conversation, shown where their branch is. */
@@ -1625,8 +1629,7 @@ function attachFollowed(next, old) {
     if (r.state !== "streaming" || !r.id || r.conv !== S.conv || r.gen !== S.socket.gen || next.some((e) => e.reply === r)) continue;
     const at = placeOf(next, r);
     if (at === -1) continue;
-    const e = old.get(`a:${r.msgId}`);
-    next.splice(at, 0, e && e.reply === r ? e : makeAssistant(r));
+    next.splice(at, 0, assistantEntry(r, old.get(`a:${r.msgId}`)));
   }
 }
 
@@ -1874,10 +1877,7 @@ function onHistory(m) {
   for (const h of messages) {
     if (!h || typeof h.id !== "string" || typeof h.content !== "string") continue;
     if (h.role === "user" && !known.has(`u:${h.id}`)) {
-      const u = makeUser(h.id, h.content);
-      u.stored = true;
-      setBranchInfo(u, h);
-      entries.push(u);
+      entries.push(storedUser(h));
     } else if (h.role === "assistant" && h.finish_reason && !known.has(`a:${h.id}`)) {
       const r = new Reply(h.id, S.conv);
       r.text = h.content;
@@ -2086,12 +2086,17 @@ function errorText(code, m) {
 // Errors whose words end "try again in a moment": counting down, they say when instead.
 const RETRY_WHEN = { rate_limited: "error.rateLimitedWhen", overloaded: "error.overloadedWhen" };
 
+/** ``text`` (a message) with ``info``'s ``retry_after`` counted down: in ``whenKey``'s own
+ * words if it has them, else ``text`` then "try again in N seconds". */
+function retryMessage(text, info, whenKey) {
+  if (!info.retryAt) return text;
+  const msg = whenKey ? { key: whenKey } : { key: "error.retryWhen", params: { message: text } };
+  return { ...msg, until: info.retryAt, then: text };
+}
+
 /** An error for the banner: with its ``retry_after`` counted down. */
 function errorBanner(info) {
-  if (!info.retryAt) return info.text;
-  const own = info.text.key === `error.${info.code}` && RETRY_WHEN[info.code];
-  const msg = own ? { key: own } : { key: "error.retryWhen", params: { message: info.text } };
-  return { ...msg, until: info.retryAt, then: info.text };
+  return retryMessage(info.text, info, info.text.key === `error.${info.code}` && RETRY_WHEN[info.code]);
 }
 
 function onError(m) {
@@ -2352,12 +2357,7 @@ function voiceRefused(info) {
   endVoice();
   const key = VOICE_ERRORS[info.code];
   const text = key ? { key } : { key: "dictation.unknown", params: { code: info.code } };
-  let msg = text;
-  if (info.retryAt) {
-    msg = VOICE_WHEN[info.code] ? { key: VOICE_WHEN[info.code] } : { key: "error.retryWhen", params: { message: text } };
-    msg = { ...msg, until: info.retryAt, then: text };
-  }
-  banner(msg, null, "voice");
+  banner(retryMessage(text, info, VOICE_WHEN[info.code]), null, "voice");
 }
 
 function onVoiceStarted(m) {

@@ -72,8 +72,9 @@ def _trace_memory(path: str) -> None:
             out[key] = [
                 {"size_diff": getattr(st, "size_diff", st.size), "count_diff": getattr(st, "count_diff", st.count),
                  "where": [f"{f.filename}:{f.lineno}" for f in st.traceback]}
-                for st in stats[:60]
+                for st in stats[:2000]
             ]
+            out[f"{key}_total"] = sum(getattr(st, "size_diff", st.size) for st in stats)
         with open(path, "w") as fh:
             json.dump(out, fh)
 

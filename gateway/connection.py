@@ -138,21 +138,31 @@ class Connection:
         self.client_ip: str | None = None
         self.conversation_id: str | None = None
         self.unsaved: str | None = None  # a conversation id given in `ready`, stored with its first message
-        self.replies: set[str] = set()  # ids of the replies this connection follows
-        self.outbox = Outbox(
-            hub.runtime.config.limits.max_pending_bytes, encode_delta, self._overflowed, hub.metrics.frames.inc,
-            hub.budget, self._write_now, encode_reasoning,
-        )
+        # ids of the replies this connection follows (a dict: an empty one is a quarter of an empty set)
+        self.replies: dict[str, None] = {}
+        self._encoders = encode_delta, encode_reasoning
+        self._outbox: Outbox | None = None
         self._closer: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self.peer: str | None = ws.remote_address[0] if ws.remote_address else None
         # Who the client is: known from the handshake, or (JSON mode) from its first frame.
         self.principal: Principal | None = principal
         self.signed_out = False  # its credential expired or was revoked: nothing more it sends is read
-        self._credential = CredentialTimers(self._credential_expiring, self._credential_expired)
+        self._credential: CredentialTimers | None = None  # made for a credential that expires
         self._failed_refreshes = 0
         self._joined: str | None = None  # the subject this connection counts for
         self.counted = False  # held among its subject's connections (connections_per_subject on)
+
+    @property
+    def outbox(self) -> Outbox:
+        """Made on first use: most sockets are idle, and many never get a frame."""
+        if self._outbox is None:
+            encode_delta, encode_reasoning = self._encoders
+            self._outbox = Outbox(
+                self.hub.runtime.config.limits.max_pending_bytes, encode_delta, self._overflowed,
+                self.hub.metrics.frames.inc, self.hub.budget, self._write_now, encode_reasoning,
+            )
+        return self._outbox
 
     async def run(self) -> None:
         """Serve the socket until it closes; replies it watched go on without it."""
@@ -163,7 +173,7 @@ class Connection:
         except ConnectionClosed:
             pass
         finally:
-            self._credential.cancel()
+            self._stop_credential_timers()
             if self._writer is not None:
                 self._writer.cancel()
             self.hub.unwatch(self)
@@ -215,8 +225,15 @@ class Connection:
         self.principal = principal
         structlog.contextvars.bind_contextvars(subject=principal.subject, credential=principal.credential or None)
         auth = self.hub.runtime.config.auth
-        self._credential.set(principal.expires_at, warn_before=auth.expiry_warning, leeway=auth.jwt_leeway)
+        if principal.expires_at is not None and self._credential is None:
+            self._credential = CredentialTimers(self._credential_expiring, self._credential_expired)
+        if self._credential is not None:
+            self._credential.set(principal.expires_at, warn_before=auth.expiry_warning, leeway=auth.jwt_leeway)
         return True
+
+    def _stop_credential_timers(self) -> None:
+        if self._credential is not None:
+            self._credential.cancel()
 
     def _credential_expiring(self, expires_at: float) -> None:
         """The credential expires soon (JSON mode tells the client, which may refresh it)."""
@@ -231,7 +248,7 @@ class Connection:
         """End the session: nothing the client sends from now on is read; close with 1008
         once what is queued is written (bounded like any close)."""
         self.signed_out = True
-        self._credential.cancel()
+        self._stop_credential_timers()
         self.shutdown(CLOSE_POLICY, reason)
 
     def _expired(self) -> None:
@@ -313,11 +330,11 @@ class Connection:
             self._reply_ended(event)
 
     def _reply_started(self, event: ReplyStarted) -> None:
-        self.replies.add(event.reply_id)
+        self.replies[event.reply_id] = None
         self._on_started(event)
 
     def _reply_ended(self, event: ReplyEnded) -> None:
-        self.replies.discard(event.reply_id)
+        self.replies.pop(event.reply_id, None)
         self._on_ended(event)
 
     def _on_reasoning(self, event: ReplyReasoning) -> None:

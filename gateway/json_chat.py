@@ -267,12 +267,12 @@ class JsonConnection(SigningConnection):
         if reply_id in self.replies or self.outbox.holds_delta(reply_id):
             # Also while an ended reply's catch-up still waits: resuming it again would only queue copies.
             raise ProtocolError(ErrorCode.BAD_REQUEST, "this connection already receives that reply")
-        self.replies.add(reply_id)
+        self.replies[reply_id] = None
         try:
             with self.outbox.together():
                 await self.hub.bus.follow(reply_id, self.conversation_id, self, msg.after_seq)
         except GatewayError:
-            self.replies.discard(reply_id)
+            self.replies.pop(reply_id, None)
             raise
 
     async def _history(self, msg: wire.History) -> None:

@@ -35,7 +35,10 @@ class SigningConnection(Connection):
         within ``[auth] timeout``, unless the mode is none); then it is answered."""
         runtime = self.hub.runtime
         try:
-            async with asyncio.timeout(runtime.config.auth.timeout if runtime.authenticator.required else None):
+            if runtime.authenticator.required:
+                async with asyncio.timeout(runtime.config.auth.timeout):
+                    frame = await self.ws.recv()
+            else:  # no timer for the many sockets that wait here
                 frame = await self.ws.recv()
         except TimeoutError:
             return await self._refuse("timeout", "authenticate within the first seconds (hello with a token)")

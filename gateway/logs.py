@@ -88,6 +88,9 @@ def configure(level: str, fmt: str, *, secrets: tuple[str, ...] = (), journal: b
             foreign_pre_chain=shared,
         )
     )
+    # No caller lookup per record (logging's documented optimisation): no line here
+    # shows it, and the lookup kept a frame object alive for each open connection.
+    logging._srcfile = None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])

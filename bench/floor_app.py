@@ -6,7 +6,7 @@ every 20 s) and one shared ``aiohttp.ClientSession``; the upstream's SSE is read
 frame (the plain-text protocol: one text frame in is one user message). No history,
 no store, no logs, no limits: what any relay must at least spend.
 
-    python bench/floor_app.py --upstream http://127.0.0.1:PORT/v1 [--port 0]
+    python bench/floor_app.py --upstream http://127.0.0.1:PORT/v1 [--port 0] [--tracemalloc FILE]
 
 Prints one JSON line ``{"event": "bench_ready", "ws_url": …}`` when it listens;
 stops on SIGTERM/SIGINT.
@@ -76,5 +76,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", required=True, help="base URL, …/v1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tracemalloc", metavar="FILE", help="as bench/gateway_launch.py's (SIGUSR1, SIGUSR2)")
     args = parser.parse_args()
+    if args.tracemalloc:
+        from gateway_launch import _trace_memory
+
+        _trace_memory(args.tracemalloc)
     asyncio.run(main(args.upstream, args.port))

@@ -241,13 +241,16 @@ async def with_cprofile(args: argparse.Namespace, up: FakeUpstream, out: Path) -
 
 
 async def idle_memory(args: argparse.Namespace, up: FakeUpstream, out: Path) -> None:
-    """What one idle connection allocates in the gateway (Python objects, by line), via tracemalloc."""
+    """What one idle connection allocates in the gateway, or the floor (Python objects, by line), via tracemalloc."""
     dump = out / f"tracemalloc-idle-{label(args)}.json"
     dump.unlink(missing_ok=True)
     n = args.idle
     with tempfile.TemporaryDirectory() as state:
-        srv = ServerProc("gateway", gateway_argv(uvloop=args.uvloop, tracemalloc=dump),
-                         gateway_env(up.url, Path(state), args.store))
+        if args.target == "floor":
+            srv = ServerProc("floor", [*floor_argv(up.url), "--tracemalloc", str(dump)])
+        else:
+            srv = ServerProc("gateway", gateway_argv(uvloop=args.uvloop, tracemalloc=dump),
+                             gateway_env(up.url, Path(state), args.store))
         async with srv.running():
             await run_chat(srv.url, args.protocol, 5, 1, 20)
             await asyncio.sleep(0.5)
@@ -265,11 +268,10 @@ async def idle_memory(args: argparse.Namespace, up: FakeUpstream, out: Path) -> 
             abort_all(conns)
     got = len(conns)
     data = json.loads(dump.read_text())
-    traced = sum(st["size_diff"] for st in data["lineno"])
-    print(f"\n## Idle memory: {got} connections, gateway {label(args)} (tracemalloc)\n")
+    print(f"\n## Idle memory: {got} connections, {label(args)} (tracemalloc)\n")
     print(f"RSS grew {(rss1 - rss0) / got / 1024:.1f} KiB per connection here (tracemalloc's own bookkeeping "
-          f"inflates it; bench/run.py measures without it); the Python objects of the top 60 lines come to "
-          f"{traced / got / 1024:.1f} KiB per connection.\n")
+          f"inflates it; bench/run.py measures without it); the Python objects allocated and still alive come to "
+          f"{data['lineno_total'] / got / 1024:.2f} KiB per connection.\n")
     print("| where (innermost line) | bytes / connection | objects / connection |")
     print("|---|---:|---:|")
     for st in data["lineno"][: args.top]:
@@ -287,7 +289,7 @@ async def idle_memory(args: argparse.Namespace, up: FakeUpstream, out: Path) -> 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="gateway", choices=["gateway", "floor", "seed"],
-                        help="floor and seed: py-spy only, plain protocol (to compare the buckets)")
+                        help="floor and seed: py-spy (and the floor --idle), plain protocol (to compare)")
     parser.add_argument("--store", default="sqlite", choices=["sqlite", "memory"])
     parser.add_argument("--protocol", default="json", choices=["json", "plain"])
     parser.add_argument("--scenario", default="throughput", choices=sorted(SCENARIOS))

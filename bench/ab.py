@@ -8,6 +8,7 @@ connections × 2 messages × 100 tokens 20 ms apart); the order alternates. Prin
 round and the median of the per-round ratios B/A.
 
     .venv/bin/python bench/ab.py /tmp/before . [--rounds 6] [--store sqlite] [--protocol json]
+    .venv/bin/python bench/ab.py . . --a-env GATEWAY_GC_THRESHOLD=0    # one setting, one tree
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ _LAUNCH = (
 )
 
 
-async def _paced(up: FakeUpstream, tree: Path, store: str, protocol: str) -> float:
+async def _paced(up: FakeUpstream, tree: Path, env: dict[str, str], store: str, protocol: str) -> float:
     with tempfile.TemporaryDirectory() as state:
         code = _LAUNCH.format(tree=str(tree))
-        srv = ServerProc(tree.name, [sys.executable, "-c", code], gateway_env(up.url, Path(state), store))
+        srv = ServerProc(tree.name, [sys.executable, "-c", code], gateway_env(up.url, Path(state), store, **env))
         async with srv.running():
             await run_chat(srv.url, protocol, 10, 1, 20)  # warm-up
             marks: dict[str, float] = {}
@@ -59,17 +60,20 @@ async def main() -> None:
     parser.add_argument("a", type=Path, help="the tree before the change")
     parser.add_argument("b", type=Path, help="the tree after it")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--a-env", action="append", default=[], metavar="KEY=VALUE", help="for A's gateway")
+    parser.add_argument("--b-env", action="append", default=[], metavar="KEY=VALUE", help="for B's gateway")
     parser.add_argument("--store", default="sqlite", choices=["sqlite", "memory"])
     parser.add_argument("--protocol", default="json", choices=["json", "plain"])
     args = parser.parse_args()
     trees = {"A": args.a.resolve(), "B": args.b.resolve()}
+    envs = {"A": dict(kv.split("=", 1) for kv in args.a_env), "B": dict(kv.split("=", 1) for kv in args.b_env)}
     pin_load()
     raise_nofile()
     got: dict[str, list[float]] = {"A": [], "B": []}
     async with FakeUpstream() as up:
         for n in range(args.rounds):
             for key in ("A", "B") if n % 2 == 0 else ("B", "A"):
-                got[key].append(await _paced(up, trees[key], args.store, args.protocol))
+                got[key].append(await _paced(up, trees[key], envs[key], args.store, args.protocol))
             print(f"round {n + 1}: A {got['A'][-1]:.1f}  B {got['B'][-1]:.1f} µs/token  "
                   f"B/A {got['B'][-1] / got['A'][-1]:.3f}", flush=True)
     ratios = [b / a for a, b in zip(got["A"], got["B"])]

@@ -79,6 +79,9 @@ class ServerConfig:
     event_loop: str = key(v.choice("asyncio", "uvloop", "auto"), "auto", "GATEWAY_EVENT_LOOP",
         "auto (uvloop when installed: pip install 'llm-ws-gateway[uvloop]'; see docs/performance.md), "
         "uvloop, or asyncio")
+    gc_threshold: int = key(v.integer(0, 10_000_000), 50_000, "GATEWAY_GC_THRESHOLD",
+        "objects allocated between the garbage collector's young collections (0: Python's own, 700); "
+        "fewer young collections mean far fewer full ones, which pause every stream (docs/performance.md)")
     metrics: bool = key(v.boolean, True, None,
         "serve Prometheus metrics at GET /metrics on the HTTP listener (keep it private)")
     trusted_proxies: Networks = key(v.networks, ["127.0.0.1/8", "::1/128"], "GATEWAY_TRUSTED_PROXIES",

@@ -14,7 +14,8 @@ __all__ = ["FIXED_ON_RELOAD", "live_config"]
 FIXED_ON_RELOAD = (
     "server.ws_addr", "server.http_addr", "server.state_dir", "server.static_dir", "store",
     "server.compression", "server.http_idle_timeout", "limits.max_message_bytes", "limits.write_limit",
-    "server.ping_interval", "log.format", "limits.socket_send_buffer", "cluster", "stt",
+    "server.ping_interval", "log.format", "limits.socket_send_buffer", "cluster", "stt", "server.event_loop",
+    "server.gc_threshold",
 )
 
 

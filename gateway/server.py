@@ -10,6 +10,7 @@ partial, and closes sockets with 1001 once what was queued for them is sent.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import os
 from collections.abc import Callable
@@ -299,4 +300,5 @@ def _log_started(listeners: Listeners, runtime: Runtime, *, socket_activated: bo
         deployments=list(runtime.upstreams),
         socket_activated=socket_activated,
         event_loop="uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio",
+        gc_threshold=gc.get_threshold()[0],
     )

@@ -174,6 +174,24 @@ def test_missing_config_file_exits_2(run_cli: Callable[..., subprocess.Completed
     assert result.returncode == 2 and "cannot read" in result.stderr
 
 
+async def test_the_garbage_collector_is_tuned(spawn: Callable[..., Any]) -> None:
+    """Young collections every 50,000 allocations by default (docs/performance.md), as
+    configured, or Python's own 700 with 0; the chat works in each."""
+    for env, threshold in (({}, 50_000), ({"GATEWAY_GC_THRESHOLD": "12345"}, 12_345), ({"GATEWAY_GC_THRESHOLD": "0"}, 700)):
+        proc = await spawn(env)
+        assert (await proc.wait_for_event("gateway_started"))["gc_threshold"] == threshold
+        async with connect(proc.ws_url, subprotocols=["chat.v1"]) as ws:
+            text, _ = await Chat(ws).ask(f"collected at {threshold}")
+        assert f"collected at {threshold}" in text
+        proc.proc.send_signal(signal.SIGTERM)
+        assert await proc.finish() == 0
+
+
+def test_a_bad_gc_threshold_is_refused(run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    result = run_cli("serve", env={"GATEWAY_GC_THRESHOLD": "-1"})
+    assert result.returncode == 2 and "GATEWAY_GC_THRESHOLD: must be between 0 and" in result.stderr
+
+
 async def test_uvloop_can_be_chosen(spawn: Callable[..., Any]) -> None:
     pytest.importorskip("uvloop", reason="uvloop is not installed (the test extras install it)")
     proc = await spawn({"GATEWAY_EVENT_LOOP": "uvloop"})

@@ -169,8 +169,11 @@ def _tune_gc(threshold: int) -> None:
     """Young collections every ``threshold`` allocations instead of Python's 700. Each one
     promotes what is alive at that instant, much of it dead soon after; the promoted count
     is what starts a full collection, which walks every object of every open connection:
-    hundreds of milliseconds with 10,000 of them, every stream paused meanwhile."""
+    hundreds of milliseconds with 10,000 of them, every stream paused meanwhile. One full
+    collection now, while nothing is served: the imports' count of promoted objects would
+    otherwise make the first automatic collection a full one, under traffic."""
     if threshold:
+        gc.collect()
         gc.set_threshold(threshold, *gc.get_threshold()[1:])
 
 

@@ -465,6 +465,13 @@ async def chat_load(url: str, connections: int, messages: int, tokens: int = 200
     return await run_chat(url, "json", connections, messages, tokens, timeout=timeout)
 
 
+async def written(path: Path, timeout: float = 20.0) -> None:
+    """Until ``path`` exists and is not empty (a server writes it when signalled), or ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.stat().st_size) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+
+
 async def open_idle(
     url: str, protocol: str, n: int, *, compression: bool, ramp: int = 50, timeout: float = 240
 ) -> tuple[list[Any], list[str]]:

@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     FakeUpstream, ServerProc, abort_all, cpu_seconds, gateway_env, open_idle, pct, pin_load, raise_nofile, run_chat,
+    written,
 )
 
 # The gateway, with every full collection's wall time and end written to a file on SIGUSR1.
@@ -58,10 +59,7 @@ async def _one(up: FakeUpstream, threshold: int, idle: int, streams: int) -> str
             r = await run_chat(srv.url, "json", streams, 1, 60, 100.0, spread=1.0)
             t2, cpu = time.time(), cpu_seconds(srv.pid) - cpu0
             os.kill(srv.pid, signal.SIGUSR1)
-            for _ in range(50):
-                await asyncio.sleep(0.1)
-                if dump.exists() and dump.stat().st_size:
-                    break
+            await written(dump)
             abort_all(conns)
             seen = json.loads(dump.read_text())
     opening = [f"{ms:.0f}" for at, ms in seen if t0 <= at < t1]

@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     BENCH, LOAD_CPU, ROOT, FakeUpstream, ServerProc, abort_all, cpu_seconds, floor_argv, gateway_argv, gateway_env,
-    open_idle, pin_load, raise_nofile, rss_bytes, run_chat, seed_argv,
+    open_idle, pin_load, raise_nofile, rss_bytes, run_chat, seed_argv, written,
 )
 
 # connections, messages, tokens, pace (ms), spread of the first messages (s)
@@ -261,10 +261,7 @@ async def idle_memory(args: argparse.Namespace, up: FakeUpstream, out: Path) -> 
             await asyncio.sleep(1.0)
             rss1 = rss_bytes(srv.pid)
             os.kill(srv.pid, signal.SIGUSR2)
-            for _ in range(100):
-                await asyncio.sleep(0.2)
-                if dump.exists() and dump.stat().st_size:
-                    break
+            await written(dump)
             abort_all(conns)
     got = len(conns)
     data = json.loads(dump.read_text())

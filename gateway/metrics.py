@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
@@ -49,6 +49,7 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        GCCollector(registry=r)  # python_gc_*: the collections [server] gc_threshold spaces out
         self.connections = Gauge("gateway_connections_open", "Open WebSocket connections", ["protocol"], registry=r)
         self.handshakes = Counter("gateway_handshakes", "WebSocket handshakes accepted", ["protocol"], registry=r)
         self.refusals = Counter("gateway_handshakes_refused", "Handshakes or connections refused", ["reason"], registry=r)

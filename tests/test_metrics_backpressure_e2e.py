@@ -67,6 +67,7 @@ async def test_metrics_count_what_happened(start_gateway: StartGateway, upstream
     assert after["gateway_time_to_first_token_seconds_count"] == 1
     assert after["gateway_reply_duration_seconds_count"] == 2
     assert after['gateway_store_seconds_count{op="append"}'] == 2  # each message stored, its history read: one step
+    assert {f'python_gc_collections_total{{generation="{g}"}}' for g in "012"} <= set(after)  # see gc_threshold
     for name in after:
         for label, value in re.findall(r'(\w+)="([^"]*)"', name):
             if label in LABELS:

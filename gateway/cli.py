@@ -188,13 +188,17 @@ def _on_journal() -> bool:
     return bool(stream) and f"{st.st_dev}:{st.st_ino}" == f"{device}:{inode}"
 
 
+def log_secrets(cfg: config.Config) -> tuple[str, ...]:
+    """Every key and password the configuration holds: masked wherever a log line has them."""
+    keys = (d.api_key for d in cfg.deployments)
+    return (cfg.provider.api_key, *keys, cfg.stt.api_key, cfg.store.password, cfg.cluster.password)
+
+
 def _serve(cfg: config.Config, reload: Callable[[], config.Config]) -> int:
     journal = _on_journal()
 
     def configure_logs(cfg: config.Config) -> None:
-        keys = (d.api_key for d in cfg.deployments)
-        secrets = (cfg.provider.api_key, *keys, cfg.store.password, cfg.cluster.password)
-        logs.configure(cfg.log.level, cfg.log.format, secrets=secrets, journal=journal)
+        logs.configure(cfg.log.level, cfg.log.format, secrets=log_secrets(cfg), journal=journal)
 
     configure_logs(cfg)
     log: Any = structlog.get_logger("gateway.cli")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
 from gateway import logs
+from gateway.cli import log_secrets
+from gateway.config import load
 
 _log: Any = structlog.get_logger("gateway.test")
 
@@ -62,3 +65,19 @@ def test_logged_exceptions_carry_no_locals_and_no_secret(capsys: pytest.CaptureF
     assert "frame_failed" in out and "RuntimeError" in out
     assert "what the user wrote" not in out, "tracebacks carry no local variables"
     assert "sk-very-secret-value" not in out and "[redacted]" in out
+
+
+def test_every_secret_of_the_configuration_is_masked_in_logs(tmp_path: Path) -> None:
+    """The provider's key, each deployment's, the transcription endpoint's, and the passwords."""
+    (tmp_path / "pg").write_text("pg-password-1\n")
+    (tmp_path / "redis").write_text("redis-password-2\n")
+    cfg = load(None, {
+        "GATEWAY_PROVIDER": "openai", "GATEWAY_API_KEY": "sk-provider-key-3", "GATEWAY_STT_PROVIDER": "openai",
+        "GATEWAY_STT_URL": "http://127.0.0.1:9/v1", "GATEWAY_STT_API_KEY": "sk-transcription-key-4",
+        "GATEWAY_STORE": "postgres", "GATEWAY_DATABASE_URL": "postgresql://gw@127.0.0.1/gw",
+        "GATEWAY_DATABASE_PASSWORD_FILE": str(tmp_path / "pg"), "GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "GATEWAY_REDIS_PASSWORD_FILE": str(tmp_path / "redis"),
+    })
+    secrets = log_secrets(cfg)
+    for secret in ("sk-provider-key-3", "sk-transcription-key-4", "pg-password-1", "redis-password-2"):
+        assert secret in secrets

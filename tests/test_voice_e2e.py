@@ -237,7 +237,9 @@ class Transcriber:
             await resp.write(body[7:])
             await resp.write_eof()
             return resp
-        return web.Response(status=status, headers={"Content-Type": "application/json", **headers}, body=body)
+        resp = web.Response(status=status, headers={"Content-Type": "application/json", **headers}, body=body)
+        resp.enable_compression()  # gzip or deflate when the request accepts either, as APIs do
+        return resp
 
 
 @pytest.fixture
@@ -543,6 +545,16 @@ async def test_a_chunked_transcription_answer_is_read_whole(
         await chat.hello()
         assert (await dictate(chat, TONE))[-1]["text"] == "안녕하세요, 반갑습니다"
     assert (await get_json(gw.http_url + "/healthz"))["stt"] == "ready"
+
+
+async def test_the_answer_is_asked_for_uncompressed(start_gateway: StartGateway, transcriber: Transcriber) -> None:
+    """The shared session does not inflate: the endpoint, which compresses for clients that
+    accept it, is asked not to."""
+    gw = await start_gateway(openai_stt(transcriber), toml=DEMO_FAST)
+    async with gw.chat() as chat:
+        await chat.hello()
+        assert (await dictate(chat, TONE))[-1]["text"] == "hello there"
+    assert transcriber.requests[0]["headers"]["Accept-Encoding"] == "identity"
 
 
 async def test_the_drain_ends_open_dictations_with_their_text(

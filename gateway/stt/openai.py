@@ -59,7 +59,10 @@ class OpenAIRecogniser:
         if language:
             form.add_field("language", language)
         form.add_field("file", audio, filename="speech.wav", content_type="audio/wav")
-        headers = {"Authorization": f"Bearer {self._cfg.api_key}"} if self._cfg.api_key else {}
+        # The shared session does not inflate (it bounds what upstreams send): ask for no compression.
+        headers = {"Accept-Encoding": "identity"}
+        if self._cfg.api_key:
+            headers["Authorization"] = f"Bearer {self._cfg.api_key}"
         try:
             text = await self._post(form, headers)
         except UpstreamError as exc:
@@ -75,6 +78,8 @@ class OpenAIRecogniser:
             async with self._session.post(self._url, data=form, headers=headers, timeout=timeout) as resp:
                 if resp.status != 200:
                     raise await status_error(resp, None, what="transcription endpoint")
+                if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
+                    raise UpstreamError(ErrorCode.UPSTREAM_ERROR, "the transcription endpoint's answer came compressed")
                 return _text(await _body(resp))
         except aiohttp.ClientConnectorError as exc:
             _log.warning("stt_connect_failed", error=str(exc.os_error), errno=exc.os_error.errno)

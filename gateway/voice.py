@@ -117,7 +117,7 @@ class Dictating:
         self._queue = queue = asyncio.Queue[bytes | str](QUEUED_FRAMES)
         task = asyncio.create_task(self._recognise(dictation, recognition, queue), name=f"dictation-{msg.id}")
         # Released when the task ends, even one cancelled before it ever ran.
-        task.add_done_callback(lambda _: self._ended(dictation, recognition, queue))
+        task.add_done_callback(lambda done: self._ended(done, dictation, recognition, queue))
         self._task = task
         self._voice.dictating.add(self)
         self._put(wire.encode(
@@ -157,6 +157,9 @@ class Dictating:
         behind) the dictation ends with ``overloaded``: this connection's other frames must
         not wait behind it."""
         assert self._queue is not None
+        if not self._queue.full():  # the usual case: no timer
+            self._queue.put_nowait(item)
+            return
         try:
             async with asyncio.timeout(STALL):
                 await self._queue.put(item)
@@ -179,10 +182,13 @@ class Dictating:
             self._voice.metrics.dictations.labels("dropped").inc()
         await self._cancel()
 
-    def _ended(self, d: Dictation, recognition: Recognition, queue: asyncio.Queue[bytes | str]) -> None:
+    def _ended(
+        self, task: asyncio.Task[None], d: Dictation, recognition: Recognition, queue: asyncio.Queue[bytes | str]
+    ) -> None:
         """The task is over, however (done, failed, cancelled, even before it ran)."""
         self._voice.release()
-        self._voice.dictating.discard(self)
+        if self._task is task:  # not a next dictation, started before this callback ran
+            self._voice.dictating.discard(self)
         self._voice.metrics.dictation_seconds.inc(d.seconds)
         recognition.abandon()  # frees what it still holds; nothing after a final
         if self.state.open is d:  # it ended while the client still sends: drop the rest
@@ -220,13 +226,14 @@ class Dictating:
                 if self.state.open is d:
                     self.state.finished()
                 return LIMIT
-            pcm = bytearray()
+            parts: list[bytes] = []
             while isinstance(item, bytes):  # what else waits goes in the same hand-off
-                pcm += item
+                parts.append(item)
                 if queue.empty():
                     break
                 item = queue.get_nowait()
-            if pcm and (text := await recognition.feed(bytes(pcm))) is not None:
+            pcm = parts[0] if len(parts) == 1 else b"".join(parts)
+            if pcm and (text := await recognition.feed(pcm)) is not None:
                 self._put(wire.encode("voice.partial", id=d.id, text=text))
             if isinstance(item, str):
                 return item

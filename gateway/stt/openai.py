@@ -136,4 +136,4 @@ class OpenAIRecognition:
     async def finish(self) -> str:
         if not self._pcm:
             return ""
-        return await self._recogniser.transcribe(wav(bytes(self._pcm), self._rate), self._language)
+        return await self._recogniser.transcribe(wav(self._pcm, self._rate), self._language)

@@ -7,7 +7,7 @@ import struct
 __all__ = ["wav"]
 
 
-def wav(pcm: bytes, sample_rate: int) -> bytes:
+def wav(pcm: bytes | bytearray, sample_rate: int) -> bytes:
     """``pcm`` (16-bit little-endian mono) with a RIFF/WAVE header."""
     header = struct.pack(
         "<4sI4s4sIHHIIHH4sI",
@@ -15,4 +15,4 @@ def wav(pcm: bytes, sample_rate: int) -> bytes:
         b"fmt ", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16,
         b"data", len(pcm),
     )
-    return header + pcm
+    return header + pcm  # one copy, even of a bytearray

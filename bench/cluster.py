@@ -41,7 +41,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
-from pgserver import PgServer, find_bindir, free_port  # noqa: E402
+from pgserver import PgServer, find_bindir  # noqa: E402
+from ports import free_port  # noqa: E402
 from redisserver import RedisServer, find_redis  # noqa: E402
 from common import (  # noqa: E402
     LOAD_CPU, PY, ROOT, FakeUpstream, ServerProc, cpu_seconds, gateway_argv, gateway_env, median, pct, run_chat,

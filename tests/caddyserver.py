@@ -14,7 +14,7 @@ from pathlib import Path
 from conftest import ROOT, TIMEOUT
 from ports import free_port
 
-__all__ = ["CADDYFILE", "CADDY_IDLE", "Caddy", "free_port"]
+__all__ = ["CADDYFILE", "CADDY_IDLE", "Caddy"]
 
 CADDYFILE = ROOT / "Caddyfile"
 CADDY_IDLE = 2  # Caddy's HTTP idle timeout in the tests (the default is 5 minutes)

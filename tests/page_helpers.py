@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from fakeupstream import openai_sse
-from ports import free_port  # noqa: F401  (the page tests import it from here)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

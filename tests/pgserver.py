@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg
 from ports import free_port
 
-__all__ = ["PASSWORD", "PgBouncer", "PgServer", "find_bindir", "free_port"]
+__all__ = ["PASSWORD", "PgBouncer", "PgServer", "find_bindir"]
 
 PASSWORD = "pg-test-password-7f3a9c"
 ROLE = "gateway"

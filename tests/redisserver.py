@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import redis
-from pgserver import free_port
+from ports import free_port
 
 __all__ = ["REDIS_PASSWORD", "RedisServer", "find_redis"]
 

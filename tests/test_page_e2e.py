@@ -17,10 +17,10 @@ import pytest
 from conftest import TIMEOUT, StartGateway, openai_env
 from fakeupstream import FakeUpstream, Pause, Script, openai_error_body, openai_sse
 from page_helpers import another_tab as _tab
+from ports import free_port
 from page_helpers import (  # noqa: F401  (browser is a fixture)
     Watched,
     browser,
-    free_port,
     missing_browser_reason,
     new_page,
     open_page,

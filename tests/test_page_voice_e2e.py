@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from conftest import TIMEOUT, StartGateway
 from page_helpers import (  # noqa: F401  (browser is a fixture)
+    Watched,
     browser,
     chromium,
     doc_shot,
@@ -216,6 +217,17 @@ class _Scripted:
         return of_type()[taken]
 
 
+async def _relayed(browser: Browser, relay: _Scripted, url: str, *init_scripts: str, **context: Any) -> Watched:
+    """A page whose socket goes through ``relay`` (attached before it loads), ready to send."""
+    w = await new_page(browser, **context)
+    for script in init_scripts:
+        await w.context.add_init_script(script)
+    await relay.attach(w.page)
+    await w.page.goto(url + "/")
+    await expect(w.page.get_by_test_id("send")).to_be_enabled()
+    return w
+
+
 async def test_dictation_puts_what_was_said_after_the_typed_text_and_sends_nothing(
     speech: Path, stt_env: dict[str, str], start_gateway: StartGateway
 ) -> None:
@@ -280,12 +292,9 @@ async def test_the_page_s_side_of_the_contract(start_gateway: StartGateway) -> N
     gw = await start_gateway(toml=DEMO_TOML)
     relay = _Scripted({**OFFER, "max_frame_bytes": 1000, "max_seconds": 30})  # frames of 500 samples at most
     async with chromium(*fake_mic_args()) as b:  # Chromium's beep
-        w = await new_page(b, **DESKTOP)
+        w = await _relayed(b, relay, gw.http_url, **DESKTOP)
         page = w.page
-        await relay.attach(page)
-        await page.goto(gw.http_url + "/")
         send = page.get_by_test_id("send")
-        await expect(send).to_be_enabled()
         voice = page.get_by_role("button", name="Voice input")
         box = page.get_by_test_id("composer")
         note = page.get_by_test_id("voice-note")
@@ -377,11 +386,8 @@ async def test_typing_during_a_dictation_keeps_its_place_and_the_caret(start_gat
     gw = await start_gateway(toml=DEMO_TOML)
     relay = _Scripted(OFFER)
     async with chromium(*fake_mic_args()) as b:
-        w = await new_page(b, **DESKTOP)
+        w = await _relayed(b, relay, gw.http_url, **DESKTOP)
         page = w.page
-        await relay.attach(page)
-        await page.goto(gw.http_url + "/")
-        await expect(page.get_by_test_id("send")).to_be_enabled()
         voice = page.get_by_role("button", name="Voice input")
         box = page.get_by_test_id("composer")
         await box.fill(BEFORE)
@@ -448,13 +454,9 @@ async def test_the_microphone_is_let_go_however_a_dictation_ends(start_gateway: 
     gw = await start_gateway(toml=DEMO_TOML)
     relay = _Scripted(OFFER)
     async with chromium(*fake_mic_args()) as b:  # Chromium's beep
-        w = await new_page(b, **DESKTOP)
+        w = await _relayed(b, relay, gw.http_url, _WATCH_MIC, **DESKTOP)
         page = w.page
-        await w.context.add_init_script(_WATCH_MIC)
-        await relay.attach(page)
-        await page.goto(gw.http_url + "/")
         send = page.get_by_test_id("send")
-        await expect(send).to_be_enabled()
         voice = page.get_by_role("button", name="Voice input")
         box = page.get_by_test_id("composer")
         note = page.get_by_test_id("voice-note")
@@ -591,12 +593,8 @@ async def test_a_refused_or_missing_microphone_is_explained_and_nothing_is_dicta
     gw = await start_gateway(toml=DEMO_TOML)
     relay = _Scripted(OFFER)
     chinese = locale == "zh-CN"
-    w = await new_page(browser, locale=locale, **PHONE)
+    w = await _relayed(browser, relay, gw.http_url, _REFUSE_MIC, locale=locale, **PHONE)
     page = w.page
-    await w.context.add_init_script(_REFUSE_MIC)
-    await relay.attach(page)
-    await page.goto(gw.http_url + "/")
-    await expect(page.get_by_test_id("send")).to_be_enabled()
     voice = page.get_by_role("button", name="语音输入" if chinese else "Voice input")
     await expect(voice).to_be_visible()
     sizes = await page.evaluate(_COMPOSER)  # at 360 px, beside Send, nothing sideways

@@ -8,7 +8,8 @@ import asyncio
 
 import psycopg
 import pytest
-from pgserver import PASSWORD, PgBouncer, PgServer, free_port
+from pgserver import PASSWORD, PgBouncer, PgServer
+from ports import free_port
 
 from gateway.stores import StoredMessage, StoreUnavailable, StoreUnusable
 from gateway.stores.postgres import PostgresStore

@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 import orjson
 import psycopg
-from pgserver import PASSWORD, PgServer, free_port
+from pgserver import PASSWORD, PgServer
+from ports import free_port
 from test_durability_e2e import _open_chat
 
 from gateway.stores import StoredMessage

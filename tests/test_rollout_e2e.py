@@ -14,7 +14,8 @@ from pathlib import Path
 
 import orjson
 from conftest import ROOT, TIMEOUT, Process
-from pgserver import PgServer, free_port
+from pgserver import PgServer
+from ports import free_port
 from test_caddy_e2e import Caddy
 
 Spawn = Callable[..., Awaitable[Process]]

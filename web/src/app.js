@@ -164,8 +164,7 @@ const V = {
   state: "idle", // idle | opening (the microphone) | recording | finishing (the last audio and voice.stop, then the final)
   id: null, // the dictation's frame id ("voice:…")
   gen: 0, // the socket generation it runs on
-  rec: null, // its Recorder while the microphone is open
-  stopped: false, // voice.stop sent
+  rec: null, // its Recorder while the microphone is open (let go before voice.stop is sent)
   text: "", // the dictated text as last written into the box (the last partial, then the final)
   start: 0, // where the dictation's text sits in the box's value: [start, end), with the space before it
   end: 0,
@@ -2229,7 +2228,8 @@ function voiceOffer(m) {
     if (V.state !== "idle") {
       // Voice input turned off (a reload of the gateway's config): the dictation this socket
       // still carries is stopped there too, and the person is told why it ended.
-      if (!V.stopped && V.state !== "opening" && S.socket.gen === V.gen) S.socket.send({ type: "voice.stop", id: V.id });
+      // (a recorder still held: voice.stop not sent yet)
+      if (V.rec && V.state !== "opening" && S.socket.gen === V.gen) S.socket.send({ type: "voice.stop", id: V.id });
       endVoice();
       voiceNote({ key: "dictation.off" });
     }
@@ -2263,7 +2263,7 @@ async function startVoice() {
   });
   const before = ui.input.value;
   Object.assign(V, {
-    state: "opening", id, gen: S.socket.gen, rec, stopped: false, text: "", start: before.length, end: before.length,
+    state: "opening", id, gen: S.socket.gen, rec, text: "", start: before.length, end: before.length,
     owned: false, value: before, since: 0, limit: offer.maxSeconds, level: 0,
   });
   syncUI();
@@ -2293,7 +2293,7 @@ async function startVoice() {
 
 /** A chunk of PCM from the microphone: one binary frame. */
 function voiceData(id, pcm, rms) {
-  if (id !== V.id || V.stopped || (V.state !== "recording" && V.state !== "finishing")) return;
+  if (id !== V.id || (V.state !== "recording" && V.state !== "finishing")) return; // after voice.stop, the recorder is closed
   if (S.socket.gen !== V.gen || !S.socket.sendBinary(pcm)) return; // closed: onClose ends it
   // The level in dB, -60..0 dBFS as 0..1: quick to rise, slower to fall.
   const level = rms > 0 ? Math.min(1, Math.max(0, (20 * Math.log10(rms) + 60) / 60)) : 0;
@@ -2320,7 +2320,6 @@ async function stopVoice() {
     voiceDropped();
     return;
   }
-  V.stopped = true;
   V.wait = setTimeout(() => {
     if (V.id !== id) return;
     // Given up: the gateway may still be making this final, and refuses the next dictation
@@ -2335,7 +2334,7 @@ function endVoice() {
   clearTimeout(V.tick);
   clearTimeout(V.wait);
   if (V.rec) V.rec.close();
-  Object.assign(V, { state: "idle", id: null, rec: null, stopped: false, level: 0 });
+  Object.assign(V, { state: "idle", id: null, rec: null, level: 0 });
   syncUI();
 }
 
